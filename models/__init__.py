@@ -1,0 +1,1 @@
+"""Model architectures and loaders shared by verification, training and physics."""

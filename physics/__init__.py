@@ -1,0 +1,1 @@
+"""Hard-constraint PDE layers with a parallel mixture of experts."""

@@ -1,0 +1,1 @@
+"""Robust training on the Clarke engine: certified training, PGD-AT, TRADES, DONE, CS-IB (in progress)."""

@@ -1,0 +1,70 @@
+"""Random network factories shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+ACTIVATIONS = (nn.ReLU, nn.Sigmoid, nn.Tanh)
+
+
+class Residual(nn.Module):
+    def __init__(self, d: int, h: int, act: type[nn.Module], out: int):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(d, h), nn.Linear(h, h), nn.Linear(h, out)
+        self.act1, self.act2 = act(), act()
+
+    def forward(self, x):
+        h = self.act1(self.fc1(x))
+        h = self.act2(h + self.fc2(h))
+        return self.fc3(h)
+
+
+def random_network(seed: int) -> tuple[nn.Module, tuple[int, ...], str]:
+    """A small random network of one of several families; returns (module, input shape, description)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ri(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    torch.manual_seed(seed)
+    act = ACTIVATIONS[ri(0, 2)]
+    family = ("mlp", "cnn", "residual", "cnn_bn")[seed % 4]
+    if family == "mlp":
+        sizes = [ri(1, 6)] + [ri(2, 12) for _ in range(ri(1, 3))] + [ri(1, 4)]
+        layers: list[nn.Module] = []
+        for i in range(len(sizes) - 1):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < len(sizes) - 2:
+                layers.append(act())
+        net, shape = nn.Sequential(*layers), (sizes[0],)
+    elif family == "residual":
+        d = ri(1, 5)
+        net, shape = Residual(d, ri(2, 10), act, ri(1, 4)), (d,)
+    else:
+        c, side = ri(1, 2), ri(5, 8)
+        k, s, p = ri(2, 3), ri(1, 2), ri(0, 1)
+        ch = ri(2, 4)
+        layers = [nn.Conv2d(c, ch, k, stride=s, padding=p)]
+        if family == "cnn_bn":
+            bn = nn.BatchNorm2d(ch)
+            bn.running_mean.uniform_(-0.5, 0.5, generator=g)
+            bn.running_var.uniform_(0.5, 2.0, generator=g)
+            bn.weight.data.uniform_(0.5, 1.5, generator=g)
+            bn.bias.data.uniform_(-0.5, 0.5, generator=g)
+            layers.append(bn)
+        layers.append(act())
+        pool = ri(0, 2)
+        if pool == 1:
+            layers.append(nn.MaxPool2d(2, stride=ri(1, 2)))
+        elif pool == 2:
+            layers.append(nn.AvgPool2d(2, stride=ri(1, 2)))
+        layers.append(nn.Flatten())
+        with torch.no_grad():
+            n_flat = nn.Sequential(*layers)(torch.zeros(1, c, side, side)).numel()
+        layers += [nn.Linear(n_flat, ri(2, 8)), nn.ReLU()]
+        layers.append(nn.Linear(layers[-2].out_features, ri(1, 4)))
+        net, shape = nn.Sequential(*layers), (c, side, side)
+    for p in net.parameters():
+        p.data.mul_(1.5)  # larger weights: more unstable neurons, harder relaxations
+    return net.eval(), shape, f"{family}/{act.__name__}"

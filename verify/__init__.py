@@ -1,0 +1,29 @@
+"""Clarke's bound-propagation engine: graph IR, IBP / CROWN / alpha-CROWN, verification front ends."""
+
+from verify.api import METHODS, as_graph, bound
+from verify.errors import ClarkeError, ModelError, ShapeError, UnsupportedOperator, VnnlibError
+from verify.graph import Graph
+
+__version__ = "0.1.0"
+
+
+def load_onnx(path, dtype=None) -> Graph:
+    """Read an ONNX file into the graph IR (see ``verify.frontends.onnx_frontend``)."""
+    import torch
+
+    from verify.frontends.onnx_frontend import load_onnx as _load
+
+    return _load(path, dtype or torch.float32)
+
+
+def from_torch(module, input_shape) -> Graph:
+    """Trace a torch module into the graph IR (see ``verify.frontends.torch_frontend``)."""
+    from verify.frontends.torch_frontend import from_torch as _from
+
+    return _from(module, input_shape)
+
+
+__all__ = [
+    "METHODS", "ClarkeError", "Graph", "ModelError", "ShapeError", "UnsupportedOperator", "VnnlibError",
+    "__version__", "as_graph", "bound", "from_torch", "load_onnx",
+]

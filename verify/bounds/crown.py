@@ -1,0 +1,180 @@
+"""CROWN: backward linear bound propagation (Zhang et al., NeurIPS 2018; Xu et al., NeurIPS 2020).
+
+To lower-bound ``C f(x)`` keep ``Lambda`` per node (``[B, S, *shape]``), start from ``Lambda_out = C`` and
+push it to the inputs in reverse topological order; each op adds its constant to ``kappa``. The
+result ``Lambda_x x + kappa`` is concretised over the box: ``Lambda_x m - |Lambda_x| r + kappa``.
+Intermediate pre-activation bounds come from the same pass started at each bounded node (rows only
+for neurons IBP does not show stable), intersected with interval bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from verify.graph import Graph
+from verify.ops.activation import Relu
+from verify.ops.base import Bounds
+
+MAX_ROWS = 2048  # spec rows per backward pass when bounding an intermediate node (memory cap)
+
+
+def backward_pass(graph: Graph, start: str, lam: Tensor, bounds: Mapping[str, Bounds],
+                  alphas: Mapping[str, Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
+    """Back-substitute ``<lam, v_start>`` to the input: returns ``(Lambda_x, kappa)``."""
+    alphas = alphas or {}
+    lams: dict[str, Tensor] = {start: lam}
+    kappa = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
+    for n in reversed(graph.ancestors(start)):
+        lam_n = lams.pop(n.name, None)
+        if lam_n is None:
+            continue
+        in_b = [bounds[i] for i in n.inputs] if n.op.needs_input_bounds else [None] * len(n.inputs)
+        lam_ins, k = n.op.backward(lam_n, in_b, alphas.get(n.name))
+        if k is not None:
+            kappa = kappa + k
+        for i, li in zip(n.inputs, lam_ins, strict=True):
+            if li is not None:
+                lams[i] = lams[i] + li if i in lams else li
+    return lams.get(graph.input_name), kappa
+
+
+def concretize_lower(lam_x: Tensor | None, kappa: Tensor, x_lo: Tensor, x_hi: Tensor) -> Tensor:
+    """``min over the box of <Lambda_x, x> + kappa`` = ``<Lambda_x, m> - <|Lambda_x|, r> + kappa``."""
+    if lam_x is None:
+        return kappa
+    b, s = lam_x.shape[:2]
+    lam_flat = lam_x.reshape(b, s, -1)
+    mid = ((x_hi + x_lo) / 2).reshape(b, -1, 1)
+    rad = ((x_hi - x_lo) / 2).reshape(b, -1, 1)
+    return (lam_flat @ mid).squeeze(-1) - (lam_flat.abs() @ rad).squeeze(-1) + kappa
+
+
+def lower_bound(graph: Graph, start: str, lam: Tensor, bounds: Mapping[str, Bounds],
+                alphas: Mapping[str, Tensor] | None = None) -> Tensor:
+    lam_x, kappa = backward_pass(graph, start, lam, bounds, alphas)
+    x_lo, x_hi = bounds[graph.input_name]
+    return concretize_lower(lam_x, kappa, x_lo, x_hi)
+
+
+def _relu_only_consumers(graph: Graph) -> dict[str, bool]:
+    out: dict[str, bool] = {}
+    for n in graph.nodes:
+        if n.op.needs_input_bounds:
+            for i in n.inputs:
+                out[i] = out.get(i, True) and isinstance(n.op, Relu)
+    return out
+
+
+def _behind_relaxation(graph: Graph) -> set[str]:
+    """Nodes with a relaxed (nonlinear) op among their ancestors."""
+    out: set[str] = set()
+    for n in graph.nodes:
+        if n.op.needs_input_bounds or any(i in out for i in n.inputs):
+            out.add(n.name)
+    return out
+
+
+def refine_rows(lo: Tensor, hi: Tensor, relu_only: bool) -> Tensor:
+    """Flat indices of neurons worth a CROWN pass (unstable for ReLU inputs, non-degenerate otherwise)."""
+    lo_f, hi_f = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)
+    mask = (lo_f < 0) & (hi_f > 0) if relu_only else hi_f > lo_f
+    return mask.any(0).nonzero().flatten()
+
+
+def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bounds],
+               alphas: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """CROWN lower and upper bounds of the given flat neurons of ``name``: two ``[B, R]`` tensors."""
+    x_lo = bounds[graph.input_name][0]
+    b, shape = x_lo.shape[0], graph.shape_of(name)
+    numel = int(torch.Size(shape).numel())
+    r = rows.numel()
+    eye = torch.zeros(r, numel, dtype=x_lo.dtype, device=x_lo.device)
+    eye[torch.arange(r), rows] = 1.0
+    lam = torch.cat([eye, -eye]).expand(b, 2 * r, numel).reshape(b, 2 * r, *shape)
+    res = lower_bound(graph, name, lam, bounds, alphas)
+    return res[:, :r], -res[:, r:]
+
+
+def intersect_rows(lo: Tensor, hi: Tensor, rows: Tensor, new_lo: Tensor, new_hi: Tensor) -> Bounds:
+    """Tighten ``[lo, hi]`` at ``rows`` with new bounds (out of place, so autograd sees it)."""
+    b = lo.shape[0]
+    lo_f, hi_f = lo.reshape(b, -1).clone(), hi.reshape(b, -1).clone()
+    lo_f[:, rows] = torch.maximum(lo_f[:, rows], new_lo)
+    hi_f[:, rows] = torch.minimum(hi_f[:, rows], new_hi)
+    # Rounding can cross the bounds by an ulp on degenerate boxes; keep lo <= hi.
+    hi_f = torch.maximum(hi_f, lo_f)
+    return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
+
+
+def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = "crown",
+                        alpha_store: AlphaStore | None = None,
+                        reference: Mapping[str, Bounds] | None = None) -> dict[str, Bounds]:
+    """Bounds of every node: interval rules forward, refined by CROWN at the inputs of relaxed ops.
+
+    ``reference`` (earlier sound bounds) is intersected in; ``alpha_store`` supplies optimisable
+    slopes for the intermediate passes (alpha-CROWN with intermediate optimisation).
+    """
+    bounds: dict[str, Bounds] = {graph.input_name: (x_lo, x_hi)}
+    refine = set(graph.bounded_nodes()) if method == "crown" else set()
+    refine &= _behind_relaxation(graph)  # an affine function of the input: intervals are already exact
+    relu_only = _relu_only_consumers(graph)
+    for n in graph.nodes:
+        lo, hi = n.op.interval(*[bounds[i] for i in n.inputs])
+        if reference is not None and n.name in reference:
+            rlo, rhi = reference[n.name]
+            lo, hi = torch.maximum(lo, rlo), torch.minimum(hi, rhi)
+            hi = torch.maximum(hi, lo)
+        if n.name in refine:
+            rows = alpha_store.rows(n.name) if alpha_store is not None else None
+            if rows is None:
+                rows = refine_rows(lo, hi, relu_only.get(n.name, False))
+                if alpha_store is not None:
+                    alpha_store.set_rows(n.name, rows)
+            for start in range(0, rows.numel(), MAX_ROWS):
+                chunk = rows[start:start + MAX_ROWS]
+                alphas = alpha_store.for_start(n.name, chunk, start, bounds) if alpha_store else None
+                new_lo, new_hi = bound_rows(graph, n.name, chunk, bounds, alphas)
+                lo, hi = intersect_rows(lo, hi, chunk, new_lo, new_hi)
+        bounds[n.name] = (lo, hi)
+    return bounds
+
+
+class AlphaStore:
+    """Optimisable slopes per (bounded start node, activation node), created lazily at first use."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.params: dict[tuple[str, int, str], Tensor] = {}
+        self._rows: dict[str, Tensor] = {}
+
+    def rows(self, name: str) -> Tensor | None:
+        return self._rows.get(name)
+
+    def set_rows(self, name: str, rows: Tensor) -> None:
+        self._rows[name] = rows
+
+    def for_start(self, start: str, rows: Tensor, chunk_id: int, bounds: Mapping[str, Bounds]
+                  ) -> dict[str, Tensor]:
+        s = 2 * rows.numel()
+        out = {}
+        for n in self.graph.ancestors(start):
+            if not hasattr(n.op, "init_alpha"):
+                continue
+            key = (start, chunk_id, n.name)
+            if key not in self.params:
+                lo, hi = bounds[n.inputs[0]]
+                init = n.op.init_alpha(lo.unsqueeze(1), hi.unsqueeze(1))
+                self.params[key] = init.detach().expand(init.shape[0], lo.shape[0], s, *lo.shape[1:]).clone()
+                self.params[key].requires_grad_(True)
+            out[n.name] = self.params[key]
+        return out
+
+    def project(self, bounds: Mapping[str, Bounds]) -> None:
+        with torch.no_grad():
+            for (_, _, name), p in self.params.items():
+                n = self.graph.node(name)
+                lo, hi = bounds[n.inputs[0]]
+                p.copy_(n.op.project_alpha(p, lo.unsqueeze(1), hi.unsqueeze(1)))

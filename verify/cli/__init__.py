@@ -1,0 +1,1 @@
+"""The ``clarke`` command line."""

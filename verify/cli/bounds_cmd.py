@@ -1,0 +1,103 @@
+"""``clarke bounds``: sound output bounds of an ONNX model over an input box."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from verify.api import METHODS, bound
+from verify.cli.common import CliError, load_array, print_json
+from verify.frontends.onnx_frontend import load_onnx
+
+DESCRIPTION = """Compute certified lower/upper bounds of every network output (or of C*f(x)) over an
+input box: either x0 +- eps (--center/--eps, clipped to --clip), an explicit box (--box LO HI),
+or the input box of a VNNLIB property (second positional argument; a union of boxes is covered
+by the union of their bounds). Every x in the box satisfies lower <= f(x) <= upper."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bounds", help="bound network outputs over an input box (IBP, CROWN, alpha-CROWN)",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("spec", nargs="?", help="VNNLIB file whose input box to use (instead of --center/--box)")
+    p.add_argument("--center", metavar="X.npy", help="centre point x0 (.npy, or text with one value per line)")
+    p.add_argument("--eps", type=float, help="l_inf radius around --center")
+    p.add_argument("--clip", nargs=2, type=float, metavar=("MIN", "MAX"),
+                   help="clip the eps-box to [MIN, MAX] (e.g. the data range 0 1)")
+    p.add_argument("--box", nargs=2, metavar=("LO.npy", "HI.npy"), help="explicit input box")
+    p.add_argument("--method", choices=METHODS, default="crown",
+                   help="ibp: interval propagation (fast, loose); crown: backward linear relaxation "
+                        "(default); alpha-crown: CROWN with optimised ReLU/sigmoid slopes (tightest)")
+    p.add_argument("--C", metavar="C.npy", help="spec matrix [S, n_outputs]: bound C*f(x) instead of f(x)")
+    p.add_argument("--iterations", type=int, default=20, help="alpha-CROWN optimisation steps (default 20)")
+    p.add_argument("--lr", type=float, default=0.5, help="alpha-CROWN Adam learning rate (default 0.5)")
+    p.add_argument("--optimize-intermediate", action="store_true",
+                   help="alpha-CROWN: also optimise slopes of intermediate-layer bounds (tighter, slower)")
+    p.add_argument("--float64", action="store_true", help="compute in double precision")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: lower, upper (one entry per output, C-order), method, seconds")
+    p.set_defaults(func=run)
+
+
+def _boxes(args, graph) -> list[tuple[np.ndarray, np.ndarray]]:
+    n = graph.input_numel
+    given = [args.spec is not None, args.center is not None, args.box is not None]
+    if sum(given) != 1:
+        raise CliError("give exactly one input region: a VNNLIB spec, --center with --eps, or --box LO HI")
+    if args.spec is not None:
+        from verify.vnnlib import parse_vnnlib
+        spec = parse_vnnlib(args.spec, n_inputs=n, n_outputs=graph.output_numel)
+        return [(p.box.lo, p.box.hi) for p in spec.properties]
+    if args.center is not None:
+        if args.eps is None or args.eps < 0:
+            raise CliError("--center needs a non-negative --eps")
+        x0 = load_array(args.center, "centre").reshape(-1).astype(np.float64)
+        lo, hi = x0 - args.eps, x0 + args.eps
+        if args.clip:
+            lo, hi = np.clip(lo, *args.clip), np.clip(hi, *args.clip)
+    else:
+        lo = load_array(args.box[0], "box lower").reshape(-1).astype(np.float64)
+        hi = load_array(args.box[1], "box upper").reshape(-1).astype(np.float64)
+    for name, a in (("box", lo),):
+        if a.size != n:
+            raise CliError(f"{name} has {a.size} values but the model input has {n} ({graph.input_shape})")
+    return [(lo, hi)]
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    dtype = torch.float64 if args.float64 else torch.float32
+    graph = load_onnx(args.model, dtype=dtype)
+    boxes = _boxes(args, graph)
+    C = None if args.C is None else load_array(args.C, "spec matrix")
+    lower = upper = None
+    for lo, hi in boxes:
+        lo_t = torch.tensor(lo, dtype=dtype).reshape(1, -1)
+        hi_t = torch.tensor(hi, dtype=dtype).reshape(1, -1)
+        with torch.no_grad() if args.method != "alpha-crown" else torch.enable_grad():
+            lb, ub = bound(graph, lo_t, hi_t, C=C, method=args.method, iterations=args.iterations, lr=args.lr,
+                           optimize_intermediate=args.optimize_intermediate)
+        lb, ub = lb[0].detach().double().numpy(), ub[0].detach().double().numpy()
+        lower = lb if lower is None else np.minimum(lower, lb)
+        upper = ub if upper is None else np.maximum(upper, ub)
+    seconds = time.perf_counter() - t0
+    if args.json:
+        print_json({"lower": lower.tolist(), "upper": upper.tolist(), "method": args.method,
+                    "seconds": round(seconds, 6), "model": args.model, "boxes": len(boxes)})
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"{args.method} bounds of {Path(args.model).name}",
+                  caption=f"{len(boxes)} input box(es), {seconds:.3f} s")
+    table.add_column("output" if C is None else "spec row", justify="right")
+    table.add_column("lower", justify="right")
+    table.add_column("upper", justify="right")
+    table.add_column("width", justify="right")
+    for i, (lb, ub) in enumerate(zip(lower, upper, strict=True)):
+        table.add_row(str(i), f"{lb:.6g}", f"{ub:.6g}", f"{ub - lb:.4g}")
+    Console().print(table)
+    return 0

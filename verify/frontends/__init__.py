@@ -1,0 +1,1 @@
+"""Frontends that build the graph IR: ONNX files and torch modules."""

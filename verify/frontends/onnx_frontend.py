@@ -1,0 +1,446 @@
+"""ONNX -> graph IR with our own interpreter (opsets 8..18).
+
+The real input is the one graph input without an initializer (ACAS Xu lists every weight as an
+input). Subgraphs that only involve constants (shape arithmetic, Constant nodes) are folded with
+numpy; everything touching the input becomes an IR node. Unknown ops raise ``UnsupportedOperator``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from verify.errors import ModelError, ShapeError, UnsupportedOperator
+from verify.graph import Graph, GraphBuilder
+from verify.ops import (
+    AddVars,
+    AvgPool2d,
+    Concat,
+    Conv2d,
+    Dense,
+    MaxPool2d,
+    Pad,
+    Relu,
+    Reshape,
+    Scale,
+    Sigmoid,
+    Tanh,
+    Transpose,
+)
+
+Value = np.ndarray | str  # a folded constant, or the name of an IR node
+
+
+class _Ctx:
+    def __init__(self, builder: GraphBuilder, opset: int, dtype: torch.dtype):
+        self.b, self.opset, self.dtype = builder, opset, dtype
+        self.values: dict[str, Value] = {}
+
+    def t(self, a: np.ndarray) -> torch.Tensor:
+        return torch.tensor(np.array(a, dtype=np.float64), dtype=self.dtype)
+
+    def shape(self, v: Value) -> tuple[int, ...]:
+        return tuple(v.shape) if isinstance(v, np.ndarray) else self.b.shapes[v]
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _const_input(ctx: _Ctx, node: onnx.NodeProto, i: int, what: str) -> np.ndarray | None:
+    if i >= len(node.input) or node.input[i] == "":
+        return None
+    v = ctx.values[node.input[i]]
+    if not isinstance(v, np.ndarray):
+        raise UnsupportedOperator(node.op_type, node.name, ctx.opset, f"{what} must be a constant")
+    return v
+
+
+def _pair(v, default=(1, 1)):
+    return tuple(int(x) for x in v) if v is not None else default
+
+
+def _sym_pads(node, ctx, pads, n=2):
+    """ONNX pads [b1, b2, ..., e1, e2, ...] -> symmetric (p1, p2) or raise."""
+    if pads is None:
+        return (0,) * n
+    pads = [int(p) for p in pads]
+    begin, end = pads[:n], pads[n:]
+    if begin != end:
+        return None
+    return tuple(begin)
+
+
+# --------------------------------------------------------------------------------------------
+# Handlers for nodes with at least one variable input. Each returns the IR node name.
+
+
+def _elementwise(ctx: _Ctx, node, x: Value, y: Value, kind: str) -> Value:
+    xv, yv = isinstance(x, str), isinstance(y, str)
+    name = node.name or node.output[0]
+    if xv and yv:
+        if kind in ("Mul", "Div"):
+            raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "product of two variables")
+        sx, sy = ctx.shape(x), ctx.shape(y)
+        if sx != sy:
+            raise UnsupportedOperator(node.op_type, node.name, ctx.opset, f"broadcast of variables {sx} and {sy}")
+        return ctx.b.add(name, AddVars([1.0, 1.0 if kind == "Add" else -1.0]), [x, y])
+    var, const = (x, y) if xv else (y, x)
+    var = _broadcast_var(ctx, node, var, const)
+    c = ctx.t(const)
+    if kind == "Add":
+        op = Scale(None, c)
+    elif kind == "Sub":
+        op = Scale(None, -c) if xv else Scale(-torch.ones_like(c), c)
+    elif kind == "Mul":
+        op = Scale(c, None)
+    else:  # Div
+        if not xv:
+            raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "division by a variable")
+        if np.any(const == 0):
+            raise ModelError(f"node '{node.name}': division by zero constant")
+        op = Scale(ctx.t(1.0 / const), None)
+    return ctx.b.add(name, op, [var])
+
+
+def _broadcast_var(ctx, node, var: str, const: np.ndarray) -> str:
+    """Make the variable carry the broadcast output shape (reshape when only the rank differs)."""
+    sv = ctx.shape(var)
+    out = tuple(np.broadcast_shapes(sv, const.shape))
+    if out == sv:
+        return var
+    if int(np.prod(out)) == int(np.prod(sv)):
+        return ctx.b.add(f"{node.name}_bcast", Reshape(out), [var])
+    raise UnsupportedOperator(node.op_type, node.name, ctx.opset, f"constant {const.shape} expands variable {sv}")
+
+
+def _matmul(ctx, node, a: Value, b: Value) -> Value:
+    name = node.name or node.output[0]
+    if isinstance(a, str) and isinstance(b, np.ndarray):
+        sa = ctx.shape(a)
+        if b.ndim == 2:
+            if len(sa) == 1:  # 1-D input: [k] @ [k, n] -> [n]
+                return ctx.b.add(name, Dense(ctx.t(b.T)), [a])
+            return ctx.b.add(name, Dense(ctx.t(b.T)), [a])
+        if b.ndim == 1:  # [..., k] @ [k] -> [...]
+            d = ctx.b.add(name, Dense(ctx.t(b[None, :])), [a])
+            return ctx.b.add(f"{name}_squeeze", Reshape(sa[:-1]), [d])
+    if isinstance(b, str) and isinstance(a, np.ndarray):
+        sb = ctx.shape(b)
+        if a.ndim == 2 and len(sb) == 1:  # [n, k] @ [k] -> [n]
+            return ctx.b.add(name, Dense(ctx.t(a)), [b])
+        if a.ndim == 2 and len(sb) >= 2:  # W @ X: transpose the last two axes around a Dense
+            perm = list(range(len(sb) - 2)) + [len(sb) - 1, len(sb) - 2]
+            t1 = ctx.b.add(f"{name}_T", Transpose(perm), [b])
+            d = ctx.b.add(name, Dense(ctx.t(a)), [t1])
+            return ctx.b.add(f"{name}_Tback", Transpose(perm), [d])
+    raise UnsupportedOperator(node.op_type, node.name, ctx.opset,
+                              f"MatMul of shapes {ctx.shape(a)} and {ctx.shape(b)}")
+
+
+def _gemm(ctx, node, attrs) -> Value:
+    a = ctx.values[node.input[0]]
+    if not isinstance(a, str):
+        raise UnsupportedOperator("Gemm", node.name, ctx.opset, "first operand must be the variable")
+    bmat = _const_input(ctx, node, 1, "Gemm weight")
+    c = _const_input(ctx, node, 2, "Gemm bias")
+    if attrs.get("transA", 0):
+        raise UnsupportedOperator("Gemm", node.name, ctx.opset, "transA=1 on a variable")
+    w = bmat.T if attrs.get("transB", 0) else bmat  # [k, n]
+    w = float(attrs.get("alpha", 1.0)) * w
+    bias = None
+    if c is not None:
+        bias = float(attrs.get("beta", 1.0)) * np.broadcast_to(c, (1, w.shape[1])).reshape(-1)
+    return ctx.b.add(node.name or node.output[0], Dense(ctx.t(w.T), None if bias is None else ctx.t(bias)), [a])
+
+
+def _conv(ctx, node, attrs) -> Value:
+    x = ctx.values[node.input[0]]
+    w = _const_input(ctx, node, 1, "Conv weight")
+    bias = _const_input(ctx, node, 2, "Conv bias")
+    if w.ndim != 4:
+        raise UnsupportedOperator("Conv", node.name, ctx.opset, f"{w.ndim - 2}-D convolution")
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise UnsupportedOperator("Conv", node.name, ctx.opset, "auto_pad")
+    pads = _sym_pads(node, ctx, attrs.get("pads"))
+    if pads is None:
+        p = [int(v) for v in attrs["pads"]]
+        x = ctx.b.add(f"{node.name}_pad", Pad((p[1], p[3], p[0], p[2])), [x])
+        pads = (0, 0)
+    op = Conv2d(ctx.t(w), None if bias is None else ctx.t(bias), _pair(attrs.get("strides")), pads,
+                _pair(attrs.get("dilations")), int(attrs.get("group", 1)))
+    return ctx.b.add(node.name or node.output[0], op, [x])
+
+
+def _pool(ctx, node, attrs, kind: str) -> Value:
+    x = ctx.values[node.input[0]]
+    if len(ctx.shape(x)) < 3 or len(attrs["kernel_shape"]) != 2:
+        raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "only 2-D pooling")
+    if attrs.get("ceil_mode", 0) or any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "ceil_mode/dilations")
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "auto_pad")
+    k = _pair(attrs["kernel_shape"])
+    s = _pair(attrs.get("strides"))
+    pads = _sym_pads(node, ctx, attrs.get("pads"))
+    if pads is None:
+        raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "asymmetric pooling pads")
+    if kind == "max":
+        op = MaxPool2d(k, s, pads)
+    else:
+        op = AvgPool2d(k, s, pads, count_include_pad=bool(attrs.get("count_include_pad", 0)))
+    return ctx.b.add(node.name or node.output[0], op, [x])
+
+
+def _reshape_to(ctx, node, x: str, shape) -> Value:
+    return ctx.b.add(node.name or node.output[0], Reshape(tuple(int(d) for d in shape)), [x])
+
+
+def _resolve_reshape(in_shape, target, allowzero=0) -> tuple[int, ...]:
+    target = [int(t) for t in target]
+    out = [in_shape[i] if (t == 0 and not allowzero and i < len(in_shape)) else t for i, t in enumerate(target)]
+    if out.count(-1) > 1:
+        raise ShapeError(f"reshape target {target} has more than one -1")
+    n = int(np.prod(in_shape))
+    if -1 in out:
+        rest = int(np.prod([d for d in out if d != -1]))
+        if rest == 0 or n % rest:
+            raise ShapeError(f"cannot reshape {tuple(in_shape)} to {target}")
+        out[out.index(-1)] = n // rest
+    if int(np.prod(out)) != n:
+        raise ShapeError(f"cannot reshape {tuple(in_shape)} to {target}")
+    return tuple(out)
+
+
+def _axes(ctx, node, attrs, idx: int) -> list[int] | None:
+    if "axes" in attrs:
+        return [int(a) for a in attrs["axes"]]
+    a = _const_input(ctx, node, idx, "axes")
+    return None if a is None else [int(v) for v in a]
+
+
+def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
+    op = node.op_type
+    attrs = _attrs(node)
+    ins = [ctx.values[i] if i else None for i in node.input]
+    x = ins[0]
+    name = node.name or node.output[0]
+    if op in ("Relu", "Sigmoid", "Tanh"):
+        return ctx.b.add(name, {"Relu": Relu, "Sigmoid": Sigmoid, "Tanh": Tanh}[op](), [x])
+    if op in ("Add", "Sub", "Mul", "Div"):
+        return _elementwise(ctx, node, ins[0], ins[1], op)
+    if op == "MatMul":
+        return _matmul(ctx, node, ins[0], ins[1])
+    if op == "Gemm":
+        return _gemm(ctx, node, attrs)
+    if op == "Conv":
+        return _conv(ctx, node, attrs)
+    if op == "MaxPool":
+        if len(node.output) > 1 and node.output[1]:
+            raise UnsupportedOperator(op, node.name, ctx.opset, "Indices output")
+        return _pool(ctx, node, attrs, "max")
+    if op == "AveragePool":
+        return _pool(ctx, node, attrs, "avg")
+    if op in ("Dropout", "Identity"):
+        return x
+    if op == "Flatten":
+        s = ctx.shape(x)
+        axis = int(attrs.get("axis", 1))
+        axis = axis + len(s) if axis < 0 else axis
+        return _reshape_to(ctx, node, x, (int(np.prod(s[:axis])), int(np.prod(s[axis:]))))
+    if op == "Reshape":
+        target = _const_input(ctx, node, 1, "Reshape shape") if ctx.opset >= 5 else attrs["shape"]
+        return _reshape_to(ctx, node, x, _resolve_reshape(ctx.shape(x), target, attrs.get("allowzero", 0)))
+    if op == "Squeeze":
+        s = ctx.shape(x)
+        axes = _axes(ctx, node, attrs, 1)
+        axes = [i for i, d in enumerate(s) if d == 1] if axes is None else [a % len(s) for a in axes]
+        return _reshape_to(ctx, node, x, [d for i, d in enumerate(s) if i not in axes])
+    if op == "Unsqueeze":
+        s = list(ctx.shape(x))
+        axes = sorted(a % (len(s) + len(_axes(ctx, node, attrs, 1))) for a in _axes(ctx, node, attrs, 1))
+        for a in axes:
+            s.insert(a, 1)
+        return _reshape_to(ctx, node, x, s)
+    if op == "Transpose":
+        s = ctx.shape(x)
+        perm = attrs.get("perm", list(reversed(range(len(s)))))
+        return ctx.b.add(name, Transpose(perm), [x])
+    if op == "Pad":
+        mode = attrs.get("mode", b"constant")
+        if mode not in (b"constant", "constant"):
+            raise UnsupportedOperator(op, node.name, ctx.opset, f"mode {mode!r}")
+        if ctx.opset >= 11:
+            pads = _const_input(ctx, node, 1, "pads")
+            value = _const_input(ctx, node, 2, "constant_value")
+            value = 0.0 if value is None else float(np.asarray(value).reshape(-1)[0])
+            if len(node.input) > 3 and node.input[3]:
+                raise UnsupportedOperator(op, node.name, ctx.opset, "axes input")
+        else:
+            pads, value = attrs["pads"], float(attrs.get("value", 0.0))
+        pads = [int(p) for p in pads]
+        if any(p < 0 for p in pads):
+            raise UnsupportedOperator(op, node.name, ctx.opset, "negative pads")
+        n = len(pads) // 2
+        torch_pads: list[int] = []
+        for i in reversed(range(n)):
+            torch_pads += [pads[i], pads[i + n]]
+        return ctx.b.add(name, Pad(torch_pads, value), [x])
+    if op == "Concat":
+        s0 = ctx.shape(next(v for v in ins if isinstance(v, str)))
+        axis = int(attrs["axis"]) % len(s0)
+        var_names = [v for v in ins if isinstance(v, str)]
+        consts = {i: ctx.t(v) for i, v in enumerate(ins) if isinstance(v, np.ndarray)}
+        return ctx.b.add(name, Concat(axis, len(var_names), consts), var_names)
+    if op == "BatchNormalization":
+        scale, bias, mean, var = (_const_input(ctx, node, i, "BatchNorm parameter") for i in range(1, 5))
+        eps = float(attrs.get("epsilon", 1e-5))
+        s = ctx.shape(x)
+        w = scale / np.sqrt(var + eps)
+        b = bias - mean * w
+        tail = (1,) * (len(s) - 2)
+        return ctx.b.add(name, Scale(ctx.t(w.reshape(-1, *tail)), ctx.t(b.reshape(-1, *tail))), [x])
+    raise UnsupportedOperator(op, node.name, ctx.opset)
+
+
+# --------------------------------------------------------------------------------------------
+# Constant folding (numpy) for nodes whose inputs are all constants.
+
+
+def _fold(ctx: _Ctx, node: onnx.NodeProto) -> list[np.ndarray]:
+    op, attrs = node.op_type, _attrs(node)
+    ins = [ctx.values[i] if i else None for i in node.input]
+    unary: dict[str, Callable] = {
+        "Relu": lambda a: np.maximum(a, 0), "Sigmoid": lambda a: 1 / (1 + np.exp(-a)), "Tanh": np.tanh,
+        "Identity": lambda a: a, "Dropout": lambda a: a, "Neg": np.negative, "Sqrt": np.sqrt,
+    }
+    binary: dict[str, Callable] = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
+                                   "MatMul": np.matmul}
+    if op in unary:
+        return [unary[op](ins[0])]
+    if op in binary:
+        return [binary[op](ins[0], ins[1])]
+    if op == "Cast":
+        return [ins[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))]
+    if op == "Reshape":
+        target = ins[1] if ctx.opset >= 5 else attrs["shape"]
+        return [ins[0].reshape(_resolve_reshape(ins[0].shape, target, attrs.get("allowzero", 0)))]
+    if op == "Flatten":
+        axis = int(attrs.get("axis", 1)) % max(ins[0].ndim, 1)
+        return [ins[0].reshape(int(np.prod(ins[0].shape[:axis])), -1)]
+    if op == "Transpose":
+        return [np.transpose(ins[0], attrs.get("perm"))]
+    if op == "Gather":
+        return [np.take(ins[0], ins[1].astype(np.int64), axis=int(attrs.get("axis", 0)))]
+    if op == "Unsqueeze":
+        axes = _axes(ctx, node, attrs, 1)
+        out = ins[0]
+        for a in sorted(a % (out.ndim + len(axes)) for a in axes):
+            out = np.expand_dims(out, a)
+        return [out]
+    if op == "Squeeze":
+        axes = _axes(ctx, node, attrs, 1)
+        return [np.squeeze(ins[0], axis=None if axes is None else tuple(axes))]
+    if op == "Concat":
+        return [np.concatenate(ins, axis=int(attrs["axis"]))]
+    if op == "Gemm":
+        a = ins[0].T if attrs.get("transA", 0) else ins[0]
+        b = ins[1].T if attrs.get("transB", 0) else ins[1]
+        out = attrs.get("alpha", 1.0) * a @ b
+        if len(ins) > 2 and ins[2] is not None:
+            out = out + attrs.get("beta", 1.0) * ins[2]
+        return [out]
+    if op == "ConstantOfShape":
+        value = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
+        return [np.full(tuple(int(d) for d in ins[0]), value.reshape(-1)[0], dtype=value.dtype)]
+    if op == "Slice" and ctx.opset >= 10:
+        starts, ends = ins[1], ins[2]
+        axes = ins[3] if len(ins) > 3 and ins[3] is not None else range(len(starts))
+        steps = ins[4] if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+        idx = [slice(None)] * ins[0].ndim
+        for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+            idx[int(a)] = slice(int(s), int(e), int(st))
+        return [ins[0][tuple(idx)]]
+    raise UnsupportedOperator(op, node.name, ctx.opset, "on constant inputs")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _shape_of(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
+    dims = vi.type.tensor_type.shape.dim
+    # Symbolic or unknown dims (batch 'unk__6', 'BatchSize') are taken as 1.
+    return tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
+
+
+def load_onnx(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Graph:
+    """Read an ONNX file into the graph IR. Raises ``ModelError`` / ``UnsupportedOperator``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError and friends
+        detail = str(e).splitlines()[0] if str(e) else "parse error"
+        raise ModelError(f"{path}: not a valid ONNX file ({type(e).__name__}: {detail})") from None
+    return from_onnx_model(model, source=str(path), dtype=dtype)
+
+
+def from_onnx_model(model: onnx.ModelProto, source: str = "<onnx>", dtype: torch.dtype = torch.float32) -> Graph:
+    g = model.graph
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if not (7 <= opset <= 21):
+        raise ModelError(f"{source}: unsupported opset {opset} (supported: 8..18)")
+    inits = {i.name: i for i in g.initializer}
+    real_inputs = [i for i in g.input if i.name not in inits]
+    if len(real_inputs) != 1:
+        raise ModelError(f"{source}: expected exactly one non-constant graph input, found "
+                         f"{[i.name for i in real_inputs]}")
+    if len(g.output) != 1:
+        raise ModelError(f"{source}: expected exactly one graph output, found {len(g.output)}")
+    inp = real_inputs[0]
+    builder = GraphBuilder(inp.name, _shape_of(inp), source=source)
+    ctx = _Ctx(builder, opset, dtype)
+    ctx.values[inp.name] = inp.name
+    for name, init in inits.items():
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise ModelError(f"{source}: non-finite values (NaN/Inf) in weight '{name}'")
+        ctx.values[name] = arr
+    for node in g.node:
+        for i in node.input:
+            if i and i not in ctx.values:
+                raise ModelError(f"{source}: node '{node.name}' ({node.op_type}) uses undefined value '{i}'")
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOperator(f"{node.domain}.{node.op_type}", node.name, opset)
+        if node.op_type == "Constant":
+            a = _attrs(node)
+            if "value" not in a:
+                raise UnsupportedOperator("Constant", node.name, opset, "only the 'value' attribute")
+            ctx.values[node.output[0]] = numpy_helper.to_array(a["value"])
+            continue
+        ins = [ctx.values[i] for i in node.input if i]
+        if node.op_type == "Shape":
+            ctx.values[node.output[0]] = np.array(ctx.shape(ins[0]), dtype=np.int64)
+            continue
+        try:
+            if any(isinstance(v, str) for v in ins):
+                ctx.values[node.output[0]] = _var_node(ctx, node)
+            else:
+                outs = _fold(ctx, node)
+                for o, v in zip(node.output, outs, strict=False):
+                    ctx.values[o] = np.asarray(v)
+        except (UnsupportedOperator, ModelError, ShapeError):
+            raise
+        except (KeyError, ValueError, IndexError, TypeError) as e:
+            raise ModelError(f"{source}: cannot interpret node '{node.name}' ({node.op_type}): {e}") from None
+    out = ctx.values[g.output[0].name]
+    if not isinstance(out, str):
+        raise ModelError(f"{source}: the output does not depend on the input")
+    return builder.build(out)

@@ -1,0 +1,176 @@
+"""torch.nn.Module -> graph IR via ``torch.fx`` symbolic tracing.
+
+Supported: Linear, Conv2d, ReLU, Sigmoid, Tanh, Flatten, BatchNorm1d/2d (eval), AvgPool2d, MaxPool2d,
+Dropout/Identity, nested Sequential, residual ``+``/``-``, ``torch.flatten``, ``x.view(x.size(0), -1)``.
+Weights are referenced, not copied, so bounds stay differentiable w.r.t. the module's parameters.
+The per-sample shape carries a leading 1 (the module's own batch axis), as in ONNX.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from verify.errors import UnsupportedOperator
+from verify.graph import Graph, GraphBuilder
+from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
+
+_ACT_MODULES = {nn.ReLU: Relu, nn.Sigmoid: Sigmoid, nn.Tanh: Tanh}
+_ACT_FUNCS = {torch.relu: Relu, F.relu: Relu, torch.sigmoid: Sigmoid, F.sigmoid: Sigmoid,
+              torch.tanh: Tanh, F.tanh: Tanh}
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class BatchNormScale(Scale):
+    """Eval-mode BatchNorm as ``y = w x + b``, recomputed from the module on each use so that gradients
+    reach its current parameters."""
+
+    def __init__(self, module: nn.modules.batchnorm._BatchNorm, rank: int):
+        self.module, self.tail = module, (1,) * (rank - 2)
+
+    @property
+    def weight(self):
+        m = self.module
+        inv = torch.rsqrt(m.running_var + m.eps)
+        w = inv if m.weight is None else m.weight * inv
+        return w.reshape(-1, *self.tail)
+
+    @property
+    def bias(self):
+        m = self.module
+        b = -m.running_mean * self.weight.reshape(-1)
+        if m.bias is not None:
+            b = b + m.bias
+        return b.reshape(-1, *self.tail)
+
+    def tensors(self):
+        return {"weight": self.weight.detach(), "bias": self.bias.detach()}
+
+    def cast(self, dtype):
+        self.module.to(dtype)
+
+
+def _bn_scale(m: nn.modules.batchnorm._BatchNorm, rank: int) -> Scale:
+    if m.training or m.running_mean is None:
+        raise UnsupportedOperator("BatchNorm", "", None, "only eval-mode BatchNorm with running statistics")
+    return BatchNormScale(m, rank)
+
+
+def _module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
+    if isinstance(m, nn.Linear):
+        return Dense(m.weight, m.bias)
+    if isinstance(m, nn.Conv2d):
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise UnsupportedOperator("Conv2d", name, None, "padding mode/strings")
+        return Conv2d(m.weight, m.bias, _pair(m.stride), _pair(m.padding), _pair(m.dilation), m.groups)
+    for cls, act in _ACT_MODULES.items():
+        if isinstance(m, cls):
+            return act()
+    if isinstance(m, nn.Flatten):
+        s = list(in_shape)
+        start, end = m.start_dim % len(s), m.end_dim % len(s)
+        return Reshape(s[:start] + [int(torch.Size(s[start:end + 1]).numel())] + s[end + 1:])
+    if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+        return _bn_scale(m, len(in_shape))
+    if isinstance(m, nn.AvgPool2d):
+        if m.ceil_mode or m.divisor_override:
+            raise UnsupportedOperator("AvgPool2d", name, None, "ceil_mode/divisor_override")
+        k = _pair(m.kernel_size)
+        return AvgPool2d(k, _pair(m.stride or k), _pair(m.padding), m.count_include_pad)
+    if isinstance(m, nn.MaxPool2d):
+        if m.ceil_mode or _pair(m.dilation) != (1, 1) or m.return_indices:
+            raise UnsupportedOperator("MaxPool2d", name, None, "ceil_mode/dilation/indices")
+        k = _pair(m.kernel_size)
+        return MaxPool2d(k, _pair(m.stride or k), _pair(m.padding))
+    if isinstance(m, nn.Dropout | nn.Identity):
+        return None
+    raise UnsupportedOperator(type(m).__name__, name, None)
+
+
+def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
+    """Trace ``module`` for inputs of per-sample shape ``input_shape`` (without the batch axis)."""
+    traced = fx.symbolic_trace(module)
+    mods = dict(traced.named_modules())
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise UnsupportedOperator("forward", "", None, f"expected one input, found {len(placeholders)}")
+    b = GraphBuilder(placeholders[0].name, (1, *input_shape), source=type(module).__name__)
+    env: dict[fx.Node, object] = {placeholders[0]: placeholders[0].name}
+
+    def var(a):
+        return env[a] if isinstance(a, fx.Node) else a
+
+    output = None
+    for n in traced.graph.nodes:
+        if n.op == "placeholder":
+            continue
+        if n.op == "output":
+            output = var(n.args[0])
+            break
+        args = [var(a) for a in n.args]
+        if n.op == "call_module":
+            op = _module_op(mods[n.target], b.shapes[args[0]], n.target)
+            env[n] = args[0] if op is None else b.add(n.target.replace(".", "_"), op, [args[0]])
+        elif n.op == "call_function" and n.target in _ACT_FUNCS:
+            env[n] = b.add(n.name, _ACT_FUNCS[n.target](), [args[0]])
+        elif n.op == "call_function" and n.target in (operator.add, torch.add, operator.sub, torch.sub):
+            sign = -1.0 if n.target in (operator.sub, torch.sub) else 1.0
+            x, y = args
+            if isinstance(x, str) and isinstance(y, str):
+                env[n] = b.add(n.name, AddVars([1.0, sign]), [x, y])
+            elif isinstance(x, str):
+                env[n] = b.add(n.name, Scale(None, torch.as_tensor(y * sign, dtype=torch.float32)), [x])
+            else:
+                env[n] = b.add(n.name, Scale(torch.tensor(sign), torch.as_tensor(x, dtype=torch.float32)), [y])
+        elif n.op == "call_function" and n.target in (operator.mul, torch.mul, operator.truediv):
+            x, y = args
+            if isinstance(x, str) and isinstance(y, str):
+                raise UnsupportedOperator("mul", n.name, None, "product of two variables")
+            v, c = (x, y) if isinstance(x, str) else (y, x)
+            c = torch.as_tensor(c, dtype=torch.float32)
+            env[n] = b.add(n.name, Scale(1.0 / c if n.target is operator.truediv else c, None), [v])
+        elif n.op == "call_function" and n.target is torch.flatten:
+            s = list(b.shapes[args[0]])
+            start = (args[1] if len(args) > 1 else n.kwargs.get("start_dim", 0)) % len(s)
+            env[n] = b.add(n.name, Reshape(s[:start] + [int(torch.Size(s[start:]).numel())]), [args[0]])
+        elif n.op == "call_method" and n.target == "size":
+            s = b.shapes[args[0]]
+            env[n] = s if len(args) == 1 else s[args[1]]
+        elif n.op == "call_method" and n.target in ("view", "reshape", "flatten"):
+            x = args[0]
+            s = list(b.shapes[x])
+            if n.target == "flatten":
+                start = (args[1] if len(args) > 1 else n.kwargs.get("start_dim", 0)) % len(s)
+                target = s[:start] + [int(torch.Size(s[start:]).numel())]
+            else:
+                dims = args[1] if len(args) == 2 and isinstance(args[1], tuple | list) else args[1:]
+                target = list(dims)
+                numel = int(torch.Size(s).numel())
+                if -1 in target:
+                    rest = int(torch.Size([d for d in target if d != -1]).numel())
+                    target[target.index(-1)] = numel // rest
+            env[n] = b.add(n.name, Reshape(target), [x])
+        elif n.op == "call_method" and n.target in ("relu", "sigmoid", "tanh"):
+            env[n] = b.add(n.name, {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh}[n.target](), [args[0]])
+        elif n.op == "call_function" and n.target is operator.getitem and isinstance(args[0], tuple):
+            env[n] = args[0][args[1]]
+        else:
+            raise UnsupportedOperator(str(getattr(n.target, "__name__", n.target)), n.name, None)
+    if not isinstance(output, str):
+        raise UnsupportedOperator("output", "", None, "the module must return one tensor")
+    graph = b.build(output)
+    return _strip_batch_axis_view(graph, input_shape)
+
+
+def _strip_batch_axis_view(graph: Graph, input_shape: Sequence[int]) -> Graph:
+    """Record the user-facing shape: callers pass ``[B, *input_shape]``, the IR adds the leading 1."""
+    graph.user_input_shape = tuple(input_shape)
+    return graph

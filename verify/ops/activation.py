@@ -1,0 +1,182 @@
+"""Element-wise activations with sound linear relaxations ``aL z + cL <= f(z) <= aU z + cU`` on [l, u].
+
+ReLU: triangle relaxation, lower slope alpha in [0, 1] (CROWN / alpha-CROWN, Xu et al., ICLR 2021).
+Sigmoid / Tanh: any slope ``a`` gives a sound line once its intercept is the exact extremum of
+``f(z) - a z`` on [l, u]; that extremum is attained at an end point or where ``f'(z) = a``, which has a
+closed form for both functions. Slopes are tangent/chord heuristics (CROWN) or optimised (alpha).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from verify.ops.base import Op, dot_trailing
+
+
+class Activation(Op):
+    """Element-wise ``h = f(z)``; one input, same shape."""
+
+    needs_input_bounds = True
+    n_alpha = 1  # optimisable slopes per neuron (lower only for ReLU; lower and upper otherwise)
+
+    def relax(self, lo: Tensor, hi: Tensor, alpha: Tensor | None = None
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def init_alpha(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """Default slopes, stacked on a leading axis of size ``n_alpha``."""
+        raise NotImplementedError
+
+    def project_alpha(self, alpha: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def interval(self, bounds):
+        lo, hi = bounds
+        return self.forward(lo), self.forward(hi)
+
+    def backward(self, lam, in_bounds, alpha=None):
+        lo, hi = in_bounds[0]
+        # Bounds are per box [B, *shape]; broadcast over the spec axis S.
+        aL, cL, aU, cU = self.relax(lo.unsqueeze(1), hi.unsqueeze(1), alpha)
+        pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+        lam_in = pos * aL + neg * aU
+        kappa = dot_trailing(pos, cL) + dot_trailing(neg, cU)
+        return [lam_in], kappa
+
+
+class Relu(Activation):
+    kind = "relu"
+
+    def forward(self, x):
+        return torch.relu(x)
+
+    def relax(self, lo, hi, alpha=None):
+        active, inactive = lo >= 0, hi <= 0
+        unstable = ~(active | inactive)
+        denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
+        a_up = torch.where(unstable, hi / denom, active.to(hi.dtype))
+        c_up = torch.where(unstable, -hi * lo / denom, torch.zeros_like(hi))
+        if alpha is None:
+            a_lo_unstable = (hi >= -lo).to(hi.dtype)
+        else:
+            a_lo_unstable = alpha[0]
+        a_lo = torch.where(unstable, a_lo_unstable, active.to(hi.dtype))
+        return a_lo, torch.zeros_like(c_up), a_up, c_up
+
+    def init_alpha(self, lo, hi):
+        return (hi >= -lo).to(hi.dtype).unsqueeze(0)
+
+    def project_alpha(self, alpha, lo, hi):
+        return alpha.clamp(0.0, 1.0)
+
+
+class _SShaped(Activation):
+    """Convex on z < 0, concave on z > 0, increasing, with closed-form ``(f')^{-1}``."""
+
+    n_alpha = 2
+
+    def f(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def df(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def stationary(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        """Both solutions of ``f'(z) = a`` (+-inf / 0 where there are none; callers clamp to [l, u])."""
+        raise NotImplementedError
+
+    def forward(self, x):
+        return self.f(x)
+
+    def _tangent_through(self, lo, hi, anchor_hi: bool) -> Tensor:
+        """Slope of the tangent at t touching the curve and passing through an end point (bisection).
+
+        For the upper line (anchor at l): t in [0, u]; for the lower line (anchor at u): t in [l, 0].
+        """
+        if anchor_hi:
+            a, b, px = lo.clamp(max=0), torch.zeros_like(lo), hi
+        else:
+            a, b, px = torch.zeros_like(hi), hi.clamp(min=0), lo
+        py = self.f(px)
+        for _ in range(24):
+            t = (a + b) / 2
+            # g(t) = tangent at t evaluated at px, minus f(px)
+            g = self.f(t) + self.df(t) * (px - t) - py
+            if anchor_hi:  # lower line: need tangent at t (t<=0) below f(u): g <= 0; move t towards 0
+                a, b = torch.where(g <= 0, t, a), torch.where(g <= 0, b, t)
+            else:  # upper line: need tangent at t (t>=0) above f(l): g >= 0; move t towards 0
+                a, b = torch.where(g >= 0, a, t), torch.where(g >= 0, t, b)
+        t = a if anchor_hi else b
+        return self.df(t)
+
+    def init_alpha(self, lo, hi):
+        mid = (lo + hi) / 2
+        width = hi - lo
+        chord = (self.f(hi) - self.f(lo)) / torch.where(width > 1e-6, width, torch.ones_like(width))
+        chord = torch.where(width > 1e-6, chord, self.df(mid))
+        tangent = self.df(mid)
+        up_straddle = self._tangent_through(lo, hi, anchor_hi=False)
+        lo_straddle = self._tangent_through(lo, hi, anchor_hi=True)
+        a_up = torch.where(hi <= 0, chord, torch.where(lo >= 0, tangent, torch.minimum(up_straddle, chord)))
+        a_lo = torch.where(lo >= 0, chord, torch.where(hi <= 0, tangent, torch.minimum(lo_straddle, chord)))
+        return torch.stack([a_lo, a_up])
+
+    def project_alpha(self, alpha, lo, hi):
+        # Slopes outside [0, max f' on [l, u]] are sound but never useful.
+        peak = self.df(torch.minimum(torch.maximum(torch.zeros_like(lo), lo), hi))
+        return torch.minimum(alpha.clamp(min=0.0), peak)
+
+    def _offsets(self, lo, hi, a):
+        """``(min, max)`` of ``f(z) - a z`` over [l, u], computed in float64 plus a safety margin."""
+        lo64, hi64, a64 = lo.double(), hi.double(), a.double()
+        with torch.no_grad():  # envelope theorem: d/da max_z (f(z) - a z) = -z*, so z* is a constant
+            z1, z2 = self.stationary(a64)
+            z1 = torch.minimum(torch.maximum(z1, lo64), hi64)
+            z2 = torch.minimum(torch.maximum(z2, lo64), hi64)
+        cands = torch.stack(torch.broadcast_tensors(lo64, hi64, z1, z2))
+        vals = self.f(cands) - a64 * cands
+        cmin, cmax = vals.min(0).values, vals.max(0).values
+        # Never let a NaN through as a bound: an infinite offset is loose but sound.
+        cmin = torch.where(torch.isnan(cmin), torch.full_like(cmin, float("-inf")), cmin)
+        cmax = torch.where(torch.isnan(cmax), torch.full_like(cmax, float("inf")), cmax)
+        margin = 1e-7 * (1 + cmin.abs().maximum(cmax.abs()))
+        return (cmin - margin).to(lo.dtype), (cmax + margin).to(lo.dtype)
+
+    def relax(self, lo, hi, alpha=None):
+        if alpha is None:
+            alpha = self.init_alpha(lo, hi)
+        a_lo, a_up = alpha[0], alpha[1]
+        c_lo, _ = self._offsets(lo, hi, a_lo)
+        _, c_up = self._offsets(lo, hi, a_up)
+        return a_lo.expand_as(c_lo), c_lo, a_up.expand_as(c_up), c_up
+
+
+class Sigmoid(_SShaped):
+    kind = "sigmoid"
+
+    def f(self, z):
+        return torch.sigmoid(z)
+
+    def df(self, z):
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+
+    def stationary(self, a):
+        disc = (1 - 4 * a).clamp(0, 1).sqrt()  # a <= 0: no stationary point (z -> -+inf, clamped)
+        s1, s2 = (1 - disc) / 2, (1 + disc) / 2
+        return torch.logit(s1), torch.logit(s2)
+
+
+class Tanh(_SShaped):
+    kind = "tanh"
+
+    def f(self, z):
+        return torch.tanh(z)
+
+    def df(self, z):
+        return 1 - torch.tanh(z) ** 2
+
+    def stationary(self, a):
+        t = (1 - a).clamp(min=0, max=1).sqrt()
+        return torch.atanh(-t), torch.atanh(t)

@@ -1,0 +1,119 @@
+"""Operator interface of the graph IR.
+
+Every operator holds its constant parameters and implements, for a leading batch of boxes ``B``
+(and a spec dimension ``S`` in backward passes):
+
+* ``forward(*xs)``: concrete evaluation, tensors ``[B, *shape]``;
+* ``interval(*bounds)``: IBP, ``[(lo, hi), ...] -> (lo, hi)``;
+* ``backward(lam, in_bounds, alpha)``: one CROWN back-substitution step. ``lam`` has shape
+  ``[B, S, *out_shape]`` and stands for the linear function ``<lam, y>``; the op returns the
+  coefficients on each input and a constant ``kappa [B, S]`` such that
+  ``<lam, y> >= sum_i <lam_i, x_i> + kappa`` for all inputs inside ``in_bounds``
+  (Zhang et al., NeurIPS 2018; Xu et al., NeurIPS 2020).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+Bounds = tuple[Tensor, Tensor]
+
+
+def merge_leading(t: Tensor, n_trailing: int) -> tuple[Tensor, tuple[int, ...]]:
+    """Flatten all leading dims (batch, spec) into one so per-sample torch ops can run on them."""
+    lead = tuple(t.shape[: t.dim() - n_trailing])
+    return t.reshape(-1, *t.shape[t.dim() - n_trailing:]), lead
+
+
+def dot_trailing(lam: Tensor, const: Tensor) -> Tensor:
+    """``sum over per-sample dims of lam * const``: ``lam [B, S, *shape]``, const broadcastable to shape."""
+    prod = lam * const
+    return prod.reshape(prod.shape[0], prod.shape[1], -1).sum(-1)
+
+
+class Op:
+    """Base class. ``in_shapes`` / ``out_shape`` are per-sample shapes, set by :meth:`bind`."""
+
+    kind: str = "op"
+    linear: bool = False  # affine in (all of) its inputs jointly
+    needs_input_bounds: bool = False  # its relaxation needs [l, u] of its input(s)
+    in_shapes: tuple[tuple[int, ...], ...] = ()
+    out_shape: tuple[int, ...] = ()
+
+    def bind(self, in_shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
+        """Record input shapes and infer the output shape by evaluating on zeros."""
+        self.in_shapes = tuple(tuple(int(d) for d in s) for s in in_shapes)
+        with torch.no_grad():
+            xs = [torch.zeros(1, *s, dtype=self.dtype()) for s in self.in_shapes]
+            self.out_shape = tuple(self.forward(*xs).shape[1:])
+        return self.out_shape
+
+    def dtype(self) -> torch.dtype:
+        for t in self.tensors().values():
+            return t.dtype
+        return torch.get_default_dtype()
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Named constant tensors (weights); used for dtype casts and NaN checks."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, Tensor)}
+
+    def cast(self, dtype: torch.dtype) -> None:
+        for k, v in self.tensors().items():
+            if v.is_floating_point():
+                setattr(self, k, v.to(dtype))
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def interval(self, *bounds: Bounds) -> Bounds:
+        raise NotImplementedError
+
+    def backward(
+        self, lam: Tensor, in_bounds: Sequence[Bounds | None], alpha: Tensor | None = None
+    ) -> tuple[list[Tensor | None], Tensor | None]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LinearOp(Op):
+    """An affine op ``y = L(x_1..x_n) + c``. CROWN and Jacobian steps are both the adjoint ``L^T``.
+
+    Subclasses give ``adjoint`` explicitly where cheap; the default uses autograd (a vjp of the op
+    at zero input), which is exact for any affine op and keeps gradients w.r.t. parameters.
+    """
+
+    linear = True
+    monotone = False  # True when all coefficients of L are >= 0 (IBP then maps lo->lo, hi->hi)
+
+    def offset(self) -> Tensor | None:
+        """``c = y(0)``, per-sample shape, or None when the op has no constant term."""
+        xs = [torch.zeros(1, *s, dtype=self.dtype()) for s in self.in_shapes]
+        return self.forward(*xs)[0]
+
+    def adjoint(self, lam: Tensor) -> list[Tensor | None]:
+        lam_flat, lead = merge_leading(lam, len(self.out_shape))
+        with torch.enable_grad():
+            xs = [
+                torch.zeros(lam_flat.shape[0], *s, dtype=lam.dtype, requires_grad=True)
+                for s in self.in_shapes
+            ]
+            y = self.forward(*xs)
+            grads = torch.autograd.grad(y, xs, lam_flat, create_graph=lam.requires_grad, allow_unused=True)
+        return [None if g is None else g.reshape(*lead, *s) for g, s in zip(grads, self.in_shapes, strict=True)]
+
+    def backward(self, lam, in_bounds, alpha=None):
+        c = self.offset()
+        kappa = None if c is None else dot_trailing(lam, c)
+        return self.adjoint(lam), kappa
+
+    def interval(self, *bounds: Bounds) -> Bounds:
+        if not self.monotone:
+            raise NotImplementedError(f"{type(self).__name__} needs an explicit interval rule")
+        lo = self.forward(*[b[0] for b in bounds])
+        hi = self.forward(*[b[1] for b in bounds])
+        return lo, hi

@@ -1,0 +1,90 @@
+"""Dense and convolutional layers: ``y = W x + b`` and ``y = conv(x, W) + b``.
+
+IBP uses centre/radius: ``y in W mu + b +- |W| rho`` (Gowal et al., 2018). The CROWN step and the
+Jacobian step are both the adjoint: ``Lambda W`` for dense, ``conv_transpose(Lambda, W)`` for conv.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from verify.ops.base import LinearOp, merge_leading
+
+
+class Dense(LinearOp):
+    """``y[..., o] = sum_i W[o, i] x[..., i] + b[o]`` on the last axis (Gemm, MatMul, nn.Linear)."""
+
+    kind = "dense"
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+        self.weight = weight
+        self.bias = bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def interval(self, bounds):
+        lo, hi = bounds
+        mid, rad = (hi + lo) / 2, (hi - lo) / 2
+        c = F.linear(mid, self.weight, self.bias)
+        r = F.linear(rad, self.weight.abs())
+        return c - r, c + r
+
+    def offset(self):
+        if self.bias is None:
+            return None
+        return self.bias.expand(self.out_shape)
+
+    def adjoint(self, lam):
+        return [lam @ self.weight]
+
+    def __repr__(self):
+        return f"Dense({self.weight.shape[1]}->{self.weight.shape[0]})"
+
+
+class Conv2d(LinearOp):
+    """2-D convolution; the per-sample input may carry leading dims (e.g. ONNX's batch of 1)."""
+
+    kind = "conv"
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, stride=(1, 1), padding=(0, 0),
+                 dilation=(1, 1), groups: int = 1):
+        self.weight, self.bias = weight, bias
+        self.stride, self.padding = tuple(stride), tuple(padding)
+        self.dilation, self.groups = tuple(dilation), int(groups)
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        flat, lead = merge_leading(x, 3)
+        y = F.conv2d(flat, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return y.reshape(*lead, *y.shape[1:])
+
+    def forward(self, x):
+        return self._conv(x, self.weight, self.bias)
+
+    def interval(self, bounds):
+        lo, hi = bounds
+        c = self._conv((hi + lo) / 2, self.weight, self.bias)
+        r = self._conv((hi - lo) / 2, self.weight.abs(), None)
+        return c - r, c + r
+
+    def offset(self):
+        if self.bias is None:
+            return None
+        return self.bias.reshape(-1, 1, 1).expand(self.out_shape[-3:]).expand(self.out_shape)
+
+    def adjoint(self, lam):
+        flat, lead = merge_leading(lam, 3)
+        h_in, w_in = self.in_shapes[0][-2:]
+        h_out, w_out = flat.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        # output_padding recovers input rows/cols the strided forward conv never reached.
+        op_h = h_in - ((h_out - 1) * self.stride[0] - 2 * self.padding[0] + self.dilation[0] * (kh - 1) + 1)
+        op_w = w_in - ((w_out - 1) * self.stride[1] - 2 * self.padding[1] + self.dilation[1] * (kw - 1) + 1)
+        g = F.conv_transpose2d(flat, self.weight, None, self.stride, self.padding, (op_h, op_w),
+                               self.groups, self.dilation)
+        return [g.reshape(*lam.shape[:2], *self.in_shapes[0])]
+
+    def __repr__(self):
+        o, i, kh, kw = self.weight.shape
+        return f"Conv2d({i * self.groups}->{o}, k={kh}x{kw}, s={self.stride}, p={self.padding})"

@@ -1,0 +1,131 @@
+"""Shape operators: Reshape (Flatten, Squeeze, Unsqueeze), Transpose, constant Pad, Concat.
+
+All are linear with non-negative 0/1 coefficients, so IBP maps ``lo -> lo`` and ``hi -> hi`` and
+the CROWN/Jacobian step is the inverse data movement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from verify.ops.base import LinearOp
+
+
+class Reshape(LinearOp):
+    kind = "reshape"
+    monotone = True
+
+    def __init__(self, shape: Sequence[int]):
+        self.shape = tuple(int(d) for d in shape)
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.shape)
+
+    def offset(self):
+        return None
+
+    def adjoint(self, lam):
+        return [lam.reshape(*lam.shape[:2], *self.in_shapes[0])]
+
+    def __repr__(self):
+        return f"Reshape{self.shape}"
+
+
+class Transpose(LinearOp):
+    """Permutes per-sample axes; ``perm`` is given over the per-sample axes."""
+
+    kind = "transpose"
+    monotone = True
+
+    def __init__(self, perm: Sequence[int]):
+        self.perm = tuple(int(p) for p in perm)
+
+    def forward(self, x):
+        return x.permute(0, *[p + 1 for p in self.perm])
+
+    def offset(self):
+        return None
+
+    def adjoint(self, lam):
+        inv = [0] * len(self.perm)
+        for i, p in enumerate(self.perm):
+            inv[p] = i
+        return [lam.permute(0, 1, *[p + 2 for p in inv])]
+
+    def __repr__(self):
+        return f"Transpose{self.perm}"
+
+
+class Pad(LinearOp):
+    """Constant padding; ``pads`` in torch order (last axis first: left, right, top, bottom, ...)."""
+
+    kind = "pad"
+    monotone = True
+
+    def __init__(self, pads: Sequence[int], value: float = 0.0):
+        self.pads, self.value = tuple(int(p) for p in pads), float(value)
+
+    def forward(self, x):
+        return F.pad(x, self.pads, mode="constant", value=self.value)
+
+    def offset(self):
+        return None if self.value == 0.0 else super().offset()
+
+    def adjoint(self, lam):
+        idx = [slice(None), slice(None)] + [slice(None)] * (lam.dim() - 2)
+        for i in range(len(self.pads) // 2):
+            axis = lam.dim() - 1 - i
+            lo, hi = self.pads[2 * i], self.pads[2 * i + 1]
+            idx[axis] = slice(lo, lam.shape[axis] - hi)
+        return [lam[tuple(idx)]]
+
+    def __repr__(self):
+        return f"Pad{self.pads}"
+
+
+class Concat(LinearOp):
+    """Concatenation of variables (and constant pieces) along a per-sample axis."""
+
+    kind = "concat"
+    monotone = True
+
+    def __init__(self, axis: int, n_vars: int, constants: dict[int, Tensor] | None = None):
+        # constants: position in the concatenation -> constant piece (per-sample shape).
+        self.axis, self.n_vars = int(axis), int(n_vars)
+        self.constants = dict(constants or {})
+
+    def tensors(self):
+        return {f"const{k}": v for k, v in self.constants.items()}
+
+    def cast(self, dtype):
+        self.constants = {k: v.to(dtype) for k, v in self.constants.items()}
+
+    def _pieces(self, xs):
+        pieces, it = [], iter(xs)
+        for pos in range(self.n_vars + len(self.constants)):
+            if pos in self.constants:
+                c = self.constants[pos]
+                pieces.append(c.to(xs[0].dtype).expand(xs[0].shape[0], *c.shape))
+            else:
+                pieces.append(next(it))
+        return pieces
+
+    def forward(self, *xs):
+        return torch.cat(self._pieces(xs), dim=self.axis + 1)
+
+    def offset(self):
+        return None if not self.constants else super().offset()
+
+    def adjoint(self, lam):
+        sizes, it = [], iter(self.in_shapes)
+        for pos in range(self.n_vars + len(self.constants)):
+            sizes.append(self.constants[pos].shape[self.axis] if pos in self.constants else next(it)[self.axis])
+        parts = torch.split(lam, sizes, dim=self.axis + 2)
+        return [p for pos, p in enumerate(parts) if pos not in self.constants]
+
+    def __repr__(self):
+        return f"Concat(axis={self.axis})"
