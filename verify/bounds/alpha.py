@@ -55,7 +55,8 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
         if it == iterations:
             break
         # autograd.grad, not backward(): model parameters must not accumulate .grad here.
-        grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
         opt.step(grads)
         with torch.no_grad():
             for name, p in alphas.items():

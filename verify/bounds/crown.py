@@ -22,8 +22,14 @@ MAX_ROWS = 2048  # spec rows per backward pass when bounding an intermediate nod
 
 
 def backward_pass(graph: Graph, start: str, lam: Tensor, bounds: Mapping[str, Bounds],
-                  alphas: Mapping[str, Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
-    """Back-substitute ``<lam, v_start>`` to the input: returns ``(Lambda_x, kappa)``."""
+                  alphas: Mapping[str, Tensor] | None = None, betas: Mapping[str, Tensor] | None = None,
+                  record: dict[str, Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
+    """Back-substitute ``<lam, v_start>`` to the input: returns ``(Lambda_x, kappa)``.
+
+    ``betas[name]`` (``[B, S, *shape]``, already multiplied by the split signs ``s``) adds the
+    beta-CROWN term ``sum_i beta_i s_i z_i`` at node ``name`` (Wang et al., NeurIPS 2021): valid for
+    ``beta >= 0`` on sub-domains where ``s_i z_i <= 0``. ``record`` receives the Lambda of its keys.
+    """
     alphas = alphas or {}
     lams: dict[str, Tensor] = {start: lam}
     kappa = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
@@ -31,6 +37,10 @@ def backward_pass(graph: Graph, start: str, lam: Tensor, bounds: Mapping[str, Bo
         lam_n = lams.pop(n.name, None)
         if lam_n is None:
             continue
+        if betas is not None and n.name in betas:
+            lam_n = lam_n + betas[n.name]
+        if record is not None and n.name in record:
+            record[n.name] = lam_n
         in_b = [bounds[i] for i in n.inputs] if n.op.needs_input_bounds else [None] * len(n.inputs)
         lam_ins, k = n.op.backward(lam_n, in_b, alphas.get(n.name))
         if k is not None:
@@ -53,8 +63,9 @@ def concretize_lower(lam_x: Tensor | None, kappa: Tensor, x_lo: Tensor, x_hi: Te
 
 
 def lower_bound(graph: Graph, start: str, lam: Tensor, bounds: Mapping[str, Bounds],
-                alphas: Mapping[str, Tensor] | None = None) -> Tensor:
-    lam_x, kappa = backward_pass(graph, start, lam, bounds, alphas)
+                alphas: Mapping[str, Tensor] | None = None, betas: Mapping[str, Tensor] | None = None,
+                record: dict[str, Tensor] | None = None) -> Tensor:
+    lam_x, kappa = backward_pass(graph, start, lam, bounds, alphas, betas, record)
     x_lo, x_hi = bounds[graph.input_name]
     return concretize_lower(lam_x, kappa, x_lo, x_hi)
 
@@ -85,8 +96,12 @@ def refine_rows(lo: Tensor, hi: Tensor, relu_only: bool) -> Tensor:
 
 
 def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bounds],
-               alphas: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """CROWN lower and upper bounds of the given flat neurons of ``name``: two ``[B, R]`` tensors."""
+               alphas: Mapping[str, Tensor] | None = None, functions: dict | None = None
+               ) -> tuple[Tensor, Tensor]:
+    """CROWN lower and upper bounds of the given flat neurons of ``name``: two ``[B, R]`` tensors.
+
+    With ``functions``, also stores the linear bounds ``(Lambda_x [B, 2R, n], kappa [B, 2R])`` (lower
+    rows, then negated upper rows) under ``name``: they stay valid on any sub-box."""
     x_lo = bounds[graph.input_name][0]
     b, shape = x_lo.shape[0], graph.shape_of(name)
     numel = int(torch.Size(shape).numel())
@@ -94,7 +109,11 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
     eye = torch.zeros(r, numel, dtype=x_lo.dtype, device=x_lo.device)
     eye[torch.arange(r), rows] = 1.0
     lam = torch.cat([eye, -eye]).expand(b, 2 * r, numel).reshape(b, 2 * r, *shape)
-    res = lower_bound(graph, name, lam, bounds, alphas)
+    lam_x, kappa = backward_pass(graph, name, lam, bounds, alphas)
+    x_lo, x_hi = bounds[graph.input_name]
+    res = concretize_lower(lam_x, kappa, x_lo, x_hi)
+    if functions is not None:
+        functions.setdefault(name, []).append((rows, lam_x.reshape(b, 2 * r, -1), kappa))
     return res[:, :r], -res[:, r:]
 
 
@@ -104,18 +123,27 @@ def intersect_rows(lo: Tensor, hi: Tensor, rows: Tensor, new_lo: Tensor, new_hi:
     lo_f, hi_f = lo.reshape(b, -1).clone(), hi.reshape(b, -1).clone()
     lo_f[:, rows] = torch.maximum(lo_f[:, rows], new_lo)
     hi_f[:, rows] = torch.minimum(hi_f[:, rows], new_hi)
-    # Rounding can cross the bounds by an ulp on degenerate boxes; keep lo <= hi.
-    hi_f = torch.maximum(hi_f, lo_f)
     return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
+
+
+def apply_splits(lo: Tensor, hi: Tensor, split: Tensor) -> Bounds:
+    """ReLU split ``+1``: ``z >= 0`` (``l := max(l, 0)``); ``-1``: ``z <= 0`` (``u := min(u, 0)``).
+    An infeasible split leaves ``l > u``, which callers treat as an empty domain."""
+    lo = torch.where(split > 0, lo.clamp(min=0), lo)
+    hi = torch.where(split < 0, hi.clamp(max=0), hi)
+    return lo, hi
 
 
 def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = "crown",
                         alpha_store: AlphaStore | None = None,
-                        reference: Mapping[str, Bounds] | None = None) -> dict[str, Bounds]:
+                        reference: Mapping[str, Bounds] | None = None,
+                        splits: Mapping[str, Tensor] | None = None,
+                        functions: dict | None = None) -> dict[str, Bounds]:
     """Bounds of every node: interval rules forward, refined by CROWN at the inputs of relaxed ops.
 
     ``reference`` (earlier sound bounds) is intersected in; ``alpha_store`` supplies optimisable
-    slopes for the intermediate passes (alpha-CROWN with intermediate optimisation).
+    slopes for the intermediate passes (alpha-CROWN with intermediate optimisation); ``splits``
+    (``[B, *shape]`` in {-1, 0, 1} per ReLU input node) restricts each box to a ReLU sub-domain.
     """
     bounds: dict[str, Bounds] = {graph.input_name: (x_lo, x_hi)}
     refine = set(graph.bounded_nodes()) if method == "crown" else set()
@@ -126,7 +154,8 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
         if reference is not None and n.name in reference:
             rlo, rhi = reference[n.name]
             lo, hi = torch.maximum(lo, rlo), torch.minimum(hi, rhi)
-            hi = torch.maximum(hi, lo)
+            if splits is None:
+                hi = torch.maximum(hi, lo)
         if n.name in refine:
             rows = alpha_store.rows(n.name) if alpha_store is not None else None
             if rows is None:
@@ -136,8 +165,10 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
             for start in range(0, rows.numel(), MAX_ROWS):
                 chunk = rows[start:start + MAX_ROWS]
                 alphas = alpha_store.for_start(n.name, chunk, start, bounds) if alpha_store else None
-                new_lo, new_hi = bound_rows(graph, n.name, chunk, bounds, alphas)
+                new_lo, new_hi = bound_rows(graph, n.name, chunk, bounds, alphas, functions)
                 lo, hi = intersect_rows(lo, hi, chunk, new_lo, new_hi)
+        if splits is not None and n.name in splits:
+            lo, hi = apply_splits(lo, hi, splits[n.name])
         bounds[n.name] = (lo, hi)
     return bounds
 

@@ -39,9 +39,10 @@ class Activation(Op):
         lo, hi = in_bounds[0]
         # Bounds are per box [B, *shape]; broadcast over the spec axis S.
         aL, cL, aU, cU = self.relax(lo.unsqueeze(1), hi.unsqueeze(1), alpha)
-        pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-        lam_in = pos * aL + neg * aU
-        kappa = dot_trailing(pos, cL) + dot_trailing(neg, cU)
+        # Lambda+ takes the lower line, Lambda- the upper: lam*aU + (aL - aU)*Lambda+ in fewer passes.
+        pos = lam.clamp(min=0)
+        lam_in = lam * aU + pos * (aL - aU)
+        kappa = dot_trailing(lam, cU) + dot_trailing(pos, cL - cU)
         return [lam_in], kappa
 
 
@@ -56,7 +57,9 @@ class Relu(Activation):
         unstable = ~(active | inactive)
         denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
         a_up = torch.where(unstable, hi / denom, active.to(hi.dtype))
-        c_up = torch.where(unstable, -hi * lo / denom, torch.zeros_like(hi))
+        # Two ulps of slack: the float chord through (l, 0) and (u, u) may dip below ReLU by rounding.
+        slack = 2 * torch.finfo(hi.dtype).eps * (hi.abs() + lo.abs())
+        c_up = torch.where(unstable, -hi * lo / denom + slack, torch.zeros_like(hi))
         if alpha is None:
             a_lo_unstable = (hi >= -lo).to(hi.dtype)
         else:

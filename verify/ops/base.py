@@ -29,9 +29,18 @@ def merge_leading(t: Tensor, n_trailing: int) -> tuple[Tensor, tuple[int, ...]]:
 
 
 def dot_trailing(lam: Tensor, const: Tensor) -> Tensor:
-    """``sum over per-sample dims of lam * const``: ``lam [B, S, *shape]``, const broadcastable to shape."""
-    prod = lam * const
-    return prod.reshape(prod.shape[0], prod.shape[1], -1).sum(-1)
+    """``sum over per-sample dims of lam * const`` as a matrix product: ``lam [B, S, *shape]``; ``const``
+    of per-sample shape (shared by all boxes) or ``[B, 1, *shape]`` (one per box) or ``[B, S, *shape]``."""
+    b, s = lam.shape[:2]
+    n_trailing = lam.dim() - 2
+    flat = lam.reshape(b, s, -1)
+    if const.dim() <= n_trailing:  # shared: [*shape] (broadcastable)
+        c = const.expand(lam.shape[2:]).reshape(-1)
+        return flat @ c
+    if const.shape[1] == 1:  # per box: [B, 1, *shape]
+        c = const.expand(b, 1, *lam.shape[2:]).reshape(b, -1, 1)
+        return torch.bmm(flat, c).squeeze(-1)
+    return (flat * const.expand_as(lam).reshape(b, s, -1)).sum(-1)
 
 
 class Op:

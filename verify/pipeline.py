@@ -1,0 +1,144 @@
+"""Complete verification of one (ONNX, VNNLIB) instance.
+
+1. Falsify: sampling + PGD; every candidate re-checked with onnxruntime before ``sat``.
+2. Incomplete: CROWN, then alpha-CROWN on each property's rows.
+3. Complete: input-split BaB for low-dimensional inputs, ReLU-split BaB with beta-CROWN otherwise,
+   exact MIP for small networks. Anything undecided at the deadline is ``timeout``; never a guess.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from verify.bab.common import BabResult, Deadline
+from verify.bab.input_split import input_split_bab
+from verify.bounds.alpha import alpha_crown_lower
+from verify.bounds.crown import intermediate_bounds
+from verify.counterexample import snap_into_box, validate_counterexample
+from verify.errors import ShapeError
+from verify.frontends.onnx_frontend import load_onnx
+from verify.graph import Graph
+from verify.spec import RowSpec
+from verify.vnnlib import VnnlibSpec, parse_vnnlib
+
+INPUT_SPLIT_MAX_DIMS = 16
+
+
+@dataclass
+class VerifyResult:
+    status: str  # sat | unsat | timeout | unknown | error
+    seconds: float = 0.0
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    stage: str = ""
+    message: str = ""
+    validated: bool | None = None
+    stats: dict = field(default_factory=dict)
+
+
+class _CexChecker:
+    """Screens candidate points with the IR and confirms them with onnxruntime (doc §6.5)."""
+
+    def __init__(self, graph: Graph, rows: RowSpec, spec: VnnlibSpec, onnx_path: str, lo: np.ndarray,
+                 hi: np.ndarray):
+        self.graph, self.rows, self.spec, self.onnx_path = graph, rows, spec, onnx_path
+        self.lo, self.hi = lo, hi
+        self.found: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, cands: torch.Tensor) -> np.ndarray | None:
+        with torch.no_grad():
+            y = self.graph(cands.reshape(-1, *self.graph.input_shape)).reshape(cands.shape[0], -1)
+            margin = self.rows.group_max(self.rows.values(cands.reshape(cands.shape[0], -1), y)).min(1).values
+        order = margin.argsort()[:8]
+        for i in order[margin[order] <= 1e-4]:
+            x = snap_into_box(cands[i].double().numpy(), self.lo, self.hi)
+            v = validate_counterexample(self.onnx_path, self.spec, x)
+            if v.ok:
+                self.found = (x, v.y)
+                return x
+        return None
+
+
+def _root_verified(graph: Graph, rows: RowSpec, lo: torch.Tensor, hi: torch.Tensor, deadline: Deadline,
+                   alpha_iterations: int) -> tuple[bool, str]:
+    """CROWN, then alpha-CROWN on the property's rows. Returns (proved, stage)."""
+    shape = graph.input_shape
+    x_lo, x_hi = lo.reshape(1, *shape), hi.reshape(1, *shape)
+    with torch.no_grad():
+        bounds = intermediate_bounds(graph, x_lo, x_hi, "crown")
+        lb, _ = rows.lower_bounds(graph, bounds)
+    if bool((rows.group_max(lb).min(1).values > 0).all()):
+        return True, "crown"
+    if rows.Ax is not None or alpha_iterations <= 0 or deadline.left() < 1:
+        return False, "crown"
+    lam = rows.C.unsqueeze(0).reshape(1, rows.C.shape[0], *graph.output_shape)
+    lb = alpha_crown_lower(graph, x_lo, x_hi, lam, iterations=alpha_iterations, bounds=bounds) - rows.b
+    return bool((rows.group_max(lb).min(1).values > 0).all()), "alpha-crown"
+
+
+def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float = 60.0, seed: int = 0,
+                    attack_budget: float | None = None, alpha_iterations: int = 20) -> VerifyResult:
+    """Decide one instance. Raises ``ClarkeError`` subclasses for bad input (the CLI maps them to ``error``)."""
+    t0 = time.perf_counter()
+    # Leave room to write the result: answer `timeout` before the limit, never after it.
+    deadline = Deadline(max(0.0, 0.97 * timeout - 0.3))
+    torch.manual_seed(seed)
+    graph = load_onnx(onnx_path)
+    spec = parse_vnnlib(vnnlib_path, n_inputs=graph.input_numel, n_outputs=graph.output_numel)
+    if spec.n_inputs != graph.input_numel:
+        raise ShapeError(f"{vnnlib_path}: {spec.n_inputs} inputs, model has {graph.input_numel}")
+
+    def done(status: str, stage: str, x=None, y=None, **stats) -> VerifyResult:
+        return VerifyResult(status, time.perf_counter() - t0, x, y, stage, validated=None if x is None else True,
+                            stats=stats)
+
+    props = [(p, RowSpec.from_property(p, graph.input_numel, graph.output_numel)) for p in spec.properties]
+    open_props, stages = [], []
+    for prop, rows in props:  # CROWN first: milliseconds, and it settles easy instances before any attack
+        lo = torch.tensor(prop.box.lo, dtype=torch.float32)
+        hi = torch.tensor(prop.box.hi, dtype=torch.float32)
+        proved, stage = _root_verified(graph, rows, lo, hi, deadline, alpha_iterations=0)
+        (stages.append(stage) if proved else open_props.append((prop, rows, lo, hi)))
+    if not open_props:
+        return done("unsat", "crown")
+
+    from verify.attack import falsify
+    budget = attack_budget if attack_budget is not None else min(max(0.5, 0.02 * timeout), 3.0)
+    found = falsify(graph, spec, time_budget_s=min(budget, deadline.left()), seed=seed, onnx_path=str(onnx_path))
+    if found is not None:
+        return done("sat", "attack", found.x, found.y)
+
+    for prop, rows, lo, hi in open_props:
+        proved, stage = _root_verified(graph, rows, lo, hi, deadline, alpha_iterations)
+        if proved:
+            stages.append(stage)
+            continue
+        if deadline.passed():
+            return done("timeout", stage)
+        checker = _CexChecker(graph, rows, spec, str(onnx_path), prop.box.lo, prop.box.hi)
+        if graph.input_numel <= INPUT_SPLIT_MAX_DIMS:
+            res = input_split_bab(graph, rows, lo, hi, deadline, checker)
+            stage = "input-bab"
+        else:
+            res = _relu_bab(graph, rows, lo, hi, deadline, checker)
+            stage = "relu-bab"
+        if res.status == "sat":
+            x, y = checker.found
+            return done("sat", stage, x, y, domains=res.domains)
+        if res.status != "unsat":
+            return done(res.status, stage, domains=res.domains)
+        stages.append(stage)
+    return done("unsat", "+".join(sorted(set(stages))) or "trivial")
+
+
+def _relu_bab(graph, rows, lo, hi, deadline, checker) -> BabResult:
+    try:
+        from verify.bab.relu_split import relu_split_bab
+    except ImportError:
+        return BabResult("unknown")
+    return relu_split_bab(graph, rows, lo, hi, deadline, checker)

@@ -1,0 +1,80 @@
+"""A VNNLIB property in the engine's terms: rows ``r(x) = C f(x) + Ax x - b`` grouped into disjuncts.
+
+The counterexample set of one property is ``x in box and OR_d AND_{rows r in d} r(x) <= 0``; a
+domain is proved safe when every disjunct has a row whose lower bound is positive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from verify.bounds.crown import backward_pass, concretize_lower
+from verify.graph import Graph
+from verify.vnnlib import Property
+
+
+@dataclass
+class RowSpec:
+    C: Tensor  # [R, K] on the flattened output
+    Ax: Tensor | None  # [R, n] input coefficients (mixed X/Y atoms), or None
+    b: Tensor  # [R]
+    group: Tensor  # [R] disjunct index of each row
+    n_groups: int
+
+    @classmethod
+    def from_property(cls, prop: Property, n_in: int, n_out: int, dtype=torch.float32) -> RowSpec:
+        Cs, Axs, bs, groups = [], [], [], []
+        any_mixed = False
+        for d, dj in enumerate(prop.disjuncts):
+            Cs.append(dj.A)
+            Axs.append(np.zeros((dj.A.shape[0], n_in)))
+            bs.append(dj.b)
+            groups += [d] * dj.A.shape[0]
+            if dj.mixed is not None:
+                ax, ay, bm = dj.mixed
+                Cs.append(ay)
+                Axs.append(ax)
+                bs.append(bm)
+                groups += [d] * ay.shape[0]
+                any_mixed = True
+        C = torch.tensor(np.concatenate(Cs).reshape(-1, n_out), dtype=dtype)
+        Ax = torch.tensor(np.concatenate(Axs).reshape(-1, n_in), dtype=dtype) if any_mixed else None
+        return cls(C, Ax, torch.tensor(np.concatenate(bs), dtype=dtype), torch.tensor(groups), len(prop.disjuncts))
+
+    def values(self, x: Tensor, y: Tensor) -> Tensor:
+        """Row values ``r(x)`` at points ``x [N, n]`` with outputs ``y [N, K]``: ``[N, R]``."""
+        r = y @ self.C.T - self.b
+        if self.Ax is not None:
+            r = r + x @ self.Ax.T
+        return r
+
+    def violated(self, x: Tensor, y: Tensor) -> Tensor:
+        """``[N]`` bool: some disjunct has all rows <= 0 (a counterexample)."""
+        return self.group_max(self.values(x, y)).min(-1).values <= 0
+
+    def group_max(self, rows: Tensor) -> Tensor:
+        """Max over the rows of each disjunct: ``[N, R] -> [N, D]``."""
+        out = torch.full((rows.shape[0], self.n_groups), float("-inf"), dtype=rows.dtype)
+        return out.scatter_reduce(1, self.group.expand(rows.shape[0], -1), rows, reduce="amax")
+
+    def lower_bounds(self, graph: Graph, bounds, betas=None, alphas=None, record=None
+                     ) -> tuple[Tensor, Tensor]:
+        """CROWN lower bounds of every row over each box: ``([B, R], Lambda_x [B, R, n])``."""
+        x_lo, x_hi = bounds[graph.input_name]
+        b = x_lo.shape[0]
+        lam = self.C.expand(b, -1, -1).reshape(b, self.C.shape[0], *graph.output_shape)
+        lam_x, kappa = backward_pass(graph, graph.output, lam, bounds, alphas, betas, record)
+        lam_x = lam_x.reshape(b, self.C.shape[0], -1)
+        if self.Ax is not None:
+            lam_x = lam_x + self.Ax
+        return concretize_lower(lam_x, kappa, x_lo, x_hi) - self.b, lam_x
+
+
+def minimizers(lam_x: Tensor, x_lo: Tensor, x_hi: Tensor) -> Tensor:
+    """Box corner minimising each row's linear bound: ``[B, R, n]`` (a free counterexample candidate)."""
+    lo, hi = x_lo.reshape(x_lo.shape[0], 1, -1), x_hi.reshape(x_hi.shape[0], 1, -1)
+    return torch.where(lam_x > 0, lo, hi)
