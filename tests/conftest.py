@@ -19,3 +19,11 @@ def vnncomp_dir() -> Path:
 @pytest.fixture
 def vnncomp() -> Path:
     return vnncomp_dir()
+
+
+def pytest_configure(config) -> None:
+    # The engine's tensors here are small: one intra-op thread avoids synchronisation costs that make
+    # two threads slower on a 2-core machine (tests that need more set it themselves and restore it).
+    import torch
+
+    torch.set_num_threads(1)

@@ -27,13 +27,23 @@ from verify.spec import RowSpec, minimizers
 Functions = dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]
 
 
-def _split(lo: Tensor, hi: Tensor, lam_row: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Bisect each box along its best dimension: ``[N, n] -> [2N, n]``; returns the parent index too."""
+def _split(lo: Tensor, hi: Tensor, lam_row: Tensor, root_width: Tensor, balance: float = 16.0
+           ) -> tuple[Tensor, Tensor, Tensor]:
+    """Bisect each box: ``[N, n] -> [2N, n]``; returns the parent index of each child too.
+
+    The dimension maximises ``|Lambda_x,i| (u_i - l_i)``, unless that dimension is already ``balance``
+    times narrower (relative to the root box) than the widest one: a dimension can loosen the
+    relaxations without showing in the final linear bound (its coefficient cancels), and the score
+    alone would then never split it."""
     width = hi - lo
+    rel = width / root_width.clamp(min=1e-12)
     score = lam_row.abs() * width
     score = torch.where(width > 0, score + 1e-12 * width, torch.full_like(score, -1.0))
     dim = score.argmax(1)
     idx = torch.arange(lo.shape[0])
+    widest = rel.argmax(1)
+    starved = rel[idx, dim] * balance < rel[idx, widest]
+    dim = torch.where(starved, widest, dim)
     mid = (lo[idx, dim] + hi[idx, dim]) / 2
     lo2, hi1 = lo.clone(), hi.clone()
     hi1[idx, dim] = mid
@@ -97,11 +107,12 @@ def _cat(parts: list[Functions]) -> Functions:
 @torch.no_grad()
 def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadline: Deadline,
                     check: CexCheck, batch_max: int = 8192, max_domains: int = 5_000_000,
-                    refresh: int = 2) -> BabResult:
+                    refresh: int = 1, balance: float = 16.0) -> BabResult:
     """``lo``/``hi``: the property's box ``[n]`` (or several root boxes ``[M, n]``).
 
     Stack entries: ``(lo, hi, functions or None, age)`` — a group of boxes sharing an age."""
     lo, hi = lo.reshape(-1, lo.shape[-1]), hi.reshape(-1, hi.shape[-1])
+    root_width = (hi - lo).max(0).values
     stack: list[tuple[Tensor, Tensor, Functions | None, int]] = [(lo, hi, None, 0)]
     visited = 0
     per_domain = 1e-3  # seconds per domain, measured as we go; sizes batches so the deadline holds
@@ -142,6 +153,6 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
             return BabResult("sat", x=x, domains=visited)
         if visited > max_domains:
             return BabResult("timeout", domains=visited, stats={"reason": "domain limit"})
-        lo2, hi2, parent = _split(L, H, lam_x[idx, row])
+        lo2, hi2, parent = _split(L, H, lam_x[idx, row], root_width, balance)
         stack.append((lo2, hi2, _take(funcs, parent), age + 1))
     return BabResult("unsat", domains=visited)

@@ -149,6 +149,7 @@ def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline
     splits = {name: torch.zeros(1, *graph.shape_of(name), dtype=torch.int8) for name in bab.pre}
     visited = 0
     stuck = 0
+    found: list = []
 
     def process(bounds, splits) -> _Domains | str:
         nonlocal visited, stuck
@@ -170,6 +171,7 @@ def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline
                             x_hi.reshape(1, -1).expand(keep.numel(), -1))[ar, row]
         x = check(corner)
         if x is not None:
+            found.append(x)
             return "sat"
         kept_bounds = {k: (v[0][keep], v[1][keep]) for k, v in extra["bounds"].items()}
         kept_splits = {k: v[keep] for k, v in splits.items()}
@@ -180,7 +182,7 @@ def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline
 
     pool = process(root_bounds, splits)
     if pool == "sat":
-        return BabResult("sat", domains=visited)
+        return BabResult("sat", x=found[0], domains=visited)
     while len(pool):
         if deadline.passed():
             return BabResult("timeout", domains=visited)
@@ -207,7 +209,7 @@ def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline
                         for key, v in parents.bounds.items()}
         res = process(child_bounds, child_splits)
         if res == "sat":
-            return BabResult("sat", domains=visited)
+            return BabResult("sat", x=found[0], domains=visited)
         pool = _Domains.cat([pool, res])
         if visited > max_domains:
             return BabResult("timeout", domains=visited, stats={"reason": "domain limit"})

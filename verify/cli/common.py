@@ -32,11 +32,17 @@ def load_array(path: str, what: str) -> np.ndarray:
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write via a temporary file and rename, so readers never see a partial result."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
+    except OSError as e:
+        raise CliError(f"{path}: cannot write ({e.strerror})") from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CliError(f"{path}: cannot write ({e.strerror})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -16,7 +16,12 @@ EPILOG = """examples:
 Run 'clarke COMMAND --help' for the options of each command."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+SUBCOMMAND_MODULES = {"verify": "verify.cli.verify_cmd", "pde": "physics.cli",
+                      "lipschitz": "verify.cli.lipschitz_cmd", "monotonicity": "verify.cli.lipschitz_cmd"}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, just the module serving that subcommand is imported (fast start)."""
     parser = argparse.ArgumentParser(
         prog="clarke", description="Clarke: neural-network verification, local Lipschitz constants, "
         "robust training and hard-constrained PDE layers on one bound-propagation engine.",
@@ -24,17 +29,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clarke {verify.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     bounds_cmd.add_parser(sub)
-    for module in ("verify.cli.verify_cmd", "physics.cli"):
+    modules = dict.fromkeys(SUBCOMMAND_MODULES.values())
+    if only in SUBCOMMAND_MODULES:
+        modules = {SUBCOMMAND_MODULES[only]: None}
+    elif only == "bounds":
+        modules = {}
+    for module in modules:
         try:
             mod = __import__(module, fromlist=["add_parser"])
-        except ImportError:
-            continue
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                continue  # that part of Clarke is not installed
+            raise
         mod.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

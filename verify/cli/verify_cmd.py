@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -57,17 +56,19 @@ def run_single(args: argparse.Namespace) -> int:
     from verify.counterexample import format_result
     from verify.errors import ClarkeError
     from verify.pipeline import verify_instance
-    if not args.model or not args.spec:
-        raise CliError("give MODEL.onnx and SPEC.vnnlib, or --instances CSV")
     try:
+        if not args.model or not args.spec:
+            raise CliError("give MODEL.onnx and SPEC.vnnlib, or --instances CSV")
         res = verify_instance(args.model, args.spec, timeout=args.timeout, seed=args.seed)
+        text = format_result(res.status, res.x, res.y)
+        if args.result_file:
+            write_atomic(args.result_file, text)
     except ClarkeError as e:
-        print("error")
-        sys.stdout.flush()
+        print("error", flush=True)
         return fail(str(e))
-    text = format_result(res.status, res.x, res.y)
-    if args.result_file:
-        write_atomic(args.result_file, text)
+    except Exception as e:  # an engine bug must still produce a status line, never a traceback alone
+        print("error", flush=True)
+        return fail(f"internal error: {type(e).__name__}: {e}")
     print(res.status)
     if args.json:
         print_json(_result_dict(res))
@@ -76,8 +77,6 @@ def run_single(args: argparse.Namespace) -> int:
 
 def _one(job: tuple[str, str, float, int]) -> dict:
     onnx, vnnlib, timeout, seed = job
-    import torch
-    torch.set_num_threads(1)
     from verify.errors import ClarkeError
     from verify.pipeline import verify_instance
     t0 = time.perf_counter()
@@ -87,6 +86,9 @@ def _one(job: tuple[str, str, float, int]) -> dict:
         d["validated"] = "" if res.x is None else "yes"
     except ClarkeError as e:
         d = {"status": "error", "seconds": round(time.perf_counter() - t0, 4), "message": str(e), "validated": ""}
+    except Exception as e:  # keep the batch going; the row says what broke
+        d = {"status": "error", "seconds": round(time.perf_counter() - t0, 4),
+             "message": f"internal error: {type(e).__name__}: {e}", "validated": ""}
     return d
 
 

@@ -7,6 +7,7 @@ numpy; everything touching the input becomes an IR node. Unknown ops raise ``Uns
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -385,8 +386,12 @@ def load_onnx(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Gr
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     try:
-        model = onnx.load(str(path))
-    except Exception as e:  # protobuf DecodeError and friends
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                model = onnx.load_model_from_string(f.read())
+        else:
+            model = onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError, gzip errors and friends
         detail = str(e).splitlines()[0] if str(e) else "parse error"
         raise ModelError(f"{path}: not a valid ONNX file ({type(e).__name__}: {detail})") from None
     return from_onnx_model(model, source=str(path), dtype=dtype)

@@ -1,0 +1,273 @@
+"""PI-SC vs PI-HC vs PI-HC-MoE on 1D diffusion-sorption (CPU-sized), timing sweep and gloo wall times.
+
+    python benchmarks/pde_moe.py [--quick] [--json] [--out DIR]
+
+One table: relative L2 (%) on held-out reference solutions over the whole horizon and on the extrapolated frames
+t > 0.8 T (trained on t <= 0.8 T); time per training step (forward + backward) and per inference for
+K in {1, 2, 4, 8} experts and m in {1e2, 1e3, 1e4} collocation points in total (m / K per expert, so every
+configuration fits the same number of PDE rows; K = 1 is PI-HC); wall time of one training step with 1, 2 and 4
+gloo processes (data and expert placements). ``--json`` prints the same table as one JSON object on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from physics.dist_check import CheckConfig, single_process, worker  # noqa: E402
+from physics.layer import HardConstraintMoE  # noqa: E402
+from physics.model import PDEModel, physics_loss  # noqa: E402
+from physics.problems import make_spec  # noqa: E402
+from physics.train import TrainConfig, build_backbone, build_layer, evaluate, sample_fields, train  # noqa: E402
+
+
+def effective_points(model: PDEModel) -> int | None:
+    """PDE rows actually fitted per sample: m is capped by the points available (per expert block)."""
+    layer = model.layer
+    if layer is None:
+        return None
+    if isinstance(layer, HardConstraintMoE):
+        return min(layer.points, layer.router.block_size()) * layer.K
+    return min(layer.points, len(layer.allowed))
+
+
+def agg(per_seed: list[dict], key: str, fn=statistics.mean) -> float | None:
+    """Mean (or std) over seeds of a per-seed metric; the std of one seed is 0."""
+    vals = [r[key] for r in per_seed if r.get(key) is not None]
+    if not vals:
+        return None
+    return fn(vals) if len(vals) > 1 or fn is statistics.mean else 0.0
+
+
+def accuracy(quick: bool, cache: str, seeds: int, log) -> list[dict]:
+    """Train PI-SC, PI-HC and PI-HC-MoE with the same backbone and budget for several seeds (initialisation,
+    points and test set); report the mean over seeds of the per-seed mean relative L2, and its std over seeds."""
+    rows = []
+    base = dict(
+        problem="diffusion-sorption",
+        basis=8,
+        width=32,
+        layers=3,
+        modes=8,
+        nt=21,
+        nx=64,
+        steps=80 if quick else 400,
+        batch=4,
+        train_time_fraction=0.8,
+        n_test=4 if quick else 16,
+        cache_dir=cache,
+    )
+    for name, kw in (
+        ("PI-SC", dict(constraint="soft")),
+        ("PI-HC", dict(constraint="hard", points=1000)),
+        ("PI-HC-MoE", dict(constraint="moe", experts=4, points=1000)),
+        # Not in the paper: continuity rows between neighbouring experts (joint solve per sample).
+        ("PI-HC-MoE+interface", dict(constraint="moe", experts=4, points=1000, interface_weight=100.0)),
+    ):
+        per_seed = []
+        for seed in range(seeds):
+            cfg = TrainConfig(**base, **kw, seed=seed)
+            t0 = time.perf_counter()
+            model, hist = train(cfg, log=None)
+            res = evaluate(cfg, model.backbone)
+            res.update(
+                train_step_ms=1e3 * statistics.median(hist["step_time"]),
+                infer_ms=1e3 * res["infer_time"],
+                train_s=time.perf_counter() - t0,
+                nonconverged=sum(hist["nonconverged"]),
+            )
+            per_seed.append(res)
+            log(
+                f"{name} seed {seed}: test {res['test_rel_l2']:.2f}% "
+                f"extrap {res.get('extrap_rel_l2', float('nan')):.2f}%"
+            )
+
+        rows.append(
+            {
+                "model": name,
+                "K": cfg.experts if cfg.constraint == "moe" else (1 if name == "PI-HC" else None),
+                "points": effective_points(model),
+                "seeds": seeds,
+                "test_rel_l2": agg(per_seed, "test_rel_l2"),
+                "test_rel_l2_std": agg(per_seed, "test_rel_l2", statistics.stdev),
+                "extrap_rel_l2": agg(per_seed, "extrap_rel_l2"),
+                "extrap_rel_l2_std": agg(per_seed, "extrap_rel_l2", statistics.stdev),
+                "test_rel_l2_per_seed": [r["test_rel_l2"] for r in per_seed],
+                "train_step_ms": agg(per_seed, "train_step_ms"),
+                "infer_ms": agg(per_seed, "infer_ms"),
+                "train_s": agg(per_seed, "train_s"),
+                "nonconverged": sum(r["nonconverged"] for r in per_seed),
+            }
+        )
+    return rows
+
+
+def timing(quick: bool, log) -> list[dict]:
+    """Median time per training step and per inference over a few steps of real training (the basis evolves)."""
+    # The minimum over repeats: on a shared machine external load only ever adds time.
+    rows = []
+    points = (100, 1000) if quick else (100, 1000, 10000)
+    experts = (1, 2, 4) if quick else (1, 2, 4, 8)
+    reps = 3 if quick else 5
+    for m in points:
+        base_ms = None
+        for K in experts:
+            cfg = TrainConfig(
+                problem="diffusion-sorption",
+                constraint="hard" if K == 1 else "moe",
+                experts=K,
+                points=max(1, m // K),
+                basis=16,
+                width=32,
+                layers=3,
+                nt=41,
+                nx=256,
+                batch=4,
+                steps=reps,
+            )
+            spec = make_spec(cfg.problem, cfg.nt, cfg.nx)
+            model = PDEModel(spec, build_backbone(cfg), build_layer(cfg, spec))
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            st, it, iters = [], [], []
+            for step in range(reps + 1):  # the first step is warm-up
+                ids = list(range(step * cfg.batch, (step + 1) * cfg.batch))
+                data = sample_fields(cfg, spec, step, ids)
+                t0 = time.perf_counter()
+                u, info = model(data, step, ids)
+                loss = physics_loss(spec, u, data, info).total()
+                opt.zero_grad()
+                loss.backward()
+                t1 = time.perf_counter()
+                opt.step()
+                with torch.no_grad():
+                    t2 = time.perf_counter()
+                    model(data, step, ids)
+                    t3 = time.perf_counter()
+                if step:
+                    st.append(t1 - t0)
+                    it.append(t3 - t2)
+                    iters.append(float(info.iterations.double().mean()))
+            row = {
+                "model": "PI-HC" if K == 1 else "PI-HC-MoE",
+                "K": K,
+                "points": m,
+                "train_step_ms": 1e3 * min(st),
+                "infer_ms": 1e3 * min(it),
+                "lm_iters": statistics.mean(iters),
+            }
+            base_ms = base_ms or row
+            row["train_speedup"] = base_ms["train_step_ms"] / row["train_step_ms"]
+            row["infer_speedup"] = base_ms["infer_ms"] / row["infer_ms"]
+            rows.append(row)
+            log(
+                f"K={K} m={m}: step {row['train_step_ms']:.0f} ms ({row['train_speedup']:.2f}x), "
+                f"inference {row['infer_ms']:.0f} ms ({row['infer_speedup']:.2f}x), LM iters {row['lm_iters']:.1f}"
+            )
+    return rows
+
+
+def distributed(quick: bool, log) -> list[dict]:
+    """Wall time of one step with 1, 2, 4 gloo processes; gradients checked against one process."""
+    import torch.multiprocessing as mp
+
+    cfg = CheckConfig()
+    _, ref = single_process(cfg)
+    rows = []
+    for world in (1, 2) if quick else (1, 2, 4):
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            mp.spawn(worker, args=(world, os.path.join(d, "store"), d, cfg), nprocs=world, join=True)
+            total = time.perf_counter() - t0
+            for placement in ("data", "expert"):
+                out = np.load(Path(d) / f"{placement}.npy")
+                rel = float(np.linalg.norm(out[2:] - ref) / np.linalg.norm(ref))
+                rows.append(
+                    {
+                        "model": f"gloo {placement}",
+                        "K": cfg.experts,
+                        "points": cfg.points * cfg.experts,
+                        "processes": world,
+                        "train_step_ms": 1e3 * float(out[1]),
+                        "wall_s": total,
+                        "grad_rel_diff": rel,
+                    }
+                )
+                log(f"{placement} W={world}: step {1e3 * out[1]:.1f} ms, wall {total:.1f} s, grad diff {rel:.1e}")
+    return rows
+
+
+def fmt(v, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="Diffusion-sorption: PI-SC / PI-HC / PI-HC-MoE (CPU)")
+    cols = [
+        ("model", "model", "s"),
+        ("K", "K", "d"),
+        ("points", "points (total)", "d"),
+        ("W", "processes", "d"),
+        ("test_rel_l2", "test rel L2 %", ".2f"),
+        ("test_rel_l2_std", "± (seeds)", ".2f"),
+        ("extrap_rel_l2", "extrap rel L2 %", ".2f"),
+        ("extrap_rel_l2_std", "± (seeds)", ".2f"),
+        ("train_step_ms", "train step ms", ".1f"),
+        ("train_speedup", "train speedup", ".2f"),
+        ("infer_ms", "inference ms", ".1f"),
+        ("infer_speedup", "infer speedup", ".2f"),
+        ("lm_iters", "LM iters", ".1f"),
+        ("wall_s", "wall s", ".1f"),
+        ("grad_rel_diff", "grad diff", ".1e"),
+    ]
+    for _, head, _ in cols:
+        t.add_column(head)
+    for r in rows:
+        r = {**r, "W": r.get("processes")}
+        t.add_row(*[fmt(r.get(k), f) for k, _, f in cols])
+    Console(width=200).print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small budgets (a few minutes on 2 cores)")
+    ap.add_argument("--json", action="store_true", help="print the table as one JSON object on the last line")
+    ap.add_argument("--cache", default="", help="dataset cache directory (default ~/.cache/clarke/pde)")
+    ap.add_argument("--sections", default="accuracy,timing,distributed", help="comma-separated subset to run")
+    ap.add_argument("--seeds", type=int, default=0, help="training seeds per model (0: 1 with --quick, else 3)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    sections = set(args.sections.split(","))
+    rows: list[dict] = []
+    if "accuracy" in sections:
+        rows += accuracy(args.quick, args.cache, args.seeds or (1 if args.quick else 3), log)
+    if "timing" in sections:
+        rows += timing(args.quick, log)
+    if "distributed" in sections:
+        rows += distributed(args.quick, log)
+    print_table(rows)
+    if args.json:
+        print(json.dumps({"benchmark": "pde_moe", "quick": args.quick, "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,288 @@
+"""One trainer for PI-SC (soft), PI-HC (hard) and PI-HC-MoE (moe), plus evaluation on held-out solutions.
+
+Adam on the physics loss (no interior solution data), global-norm clipping 1.0, learning rate halved every
+``lr_halve_every`` steps down to ``lr_min`` (Chalapathi et al., ICLR 2024, App. D). Solver failures are counted
+per step; a non-finite loss or gradient stops training with a PhysicsError instead of being zeroed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from models.fno import FNO
+from models.mlp_basis import MLPBasis
+from physics.datasets import default_cache_dir, diffsorp_dataset, heat_dataset
+from physics.errors import PhysicsError
+from physics.implicit import SolverConfig
+from physics.layer import HardConstraint, HardConstraintMoE
+from physics.lm import LMConfig
+from physics.model import CONSTRAINTS, PDEModel, physics_loss, relative_l2
+from physics.parallel import PLACEMENTS, ExpertParallelSolve, shard
+from physics.problems import Fields, PDESpec, make_spec
+from physics.router import normalise_experts
+
+
+@dataclass
+class TrainConfig:
+    """Everything needed to rebuild a run; saved as config.json next to the weights."""
+
+    problem: str = "diffusion-sorption"
+    constraint: str = "moe"
+    experts: int = 4
+    interface_weight: float = 0.0  # > 0: joint solve with continuity rows between neighbouring experts
+    local_rows: bool = False  # experts keep only the IC/BC rows on their own block (paper: all rows)
+    moe_loss: str = "expert"  # "expert": own-expert residual + interface mismatch; "stitched": F(u) of the
+    # stitched field by finite differences across interfaces (as the reference code)
+    points: int = 1000
+    basis: int = 16
+    backbone: str = "fno"
+    width: int = 32
+    modes: int = 8
+    layers: int = 4
+    nt: int = 21
+    nx: int = 64
+    steps: int = 300
+    batch: int = 4
+    lr: float = 1e-3
+    lr_halve_every: int = 0  # 0: steps // 5
+    lr_min: float = 1e-4
+    clip: float = 1.0
+    train_time_fraction: float = 1.0  # < 1: train on t <= fraction * T, report extrapolation beyond
+    n_test: int = 8
+    seed: int = 0
+    max_iter: int = 50
+    gtol: float = 1e-8
+    ridge: float = 1e-4
+    hessian: str = "exact"
+    drop_nonconverged: bool = False
+    dtype: str = "float32"
+    placement: str = "local"  # local | data | expert (torch.distributed; launch with torchrun)
+    cache_dir: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.constraint not in CONSTRAINTS:
+            raise PhysicsError(f"unknown constraint {self.constraint!r}; choose one of {', '.join(CONSTRAINTS)}")
+        if self.backbone not in ("fno", "mlp"):
+            raise PhysicsError(f"unknown backbone {self.backbone!r}; choose fno or mlp")
+        if self.moe_loss not in ("expert", "stitched"):
+            raise PhysicsError(f"unknown moe_loss {self.moe_loss!r}; choose expert or stitched")
+        if self.placement not in PLACEMENTS:
+            raise PhysicsError(f"unknown placement {self.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+        if not 0.0 < self.train_time_fraction <= 1.0:
+            raise PhysicsError(f"train_time_fraction must be in (0, 1], got {self.train_time_fraction}")
+
+
+def full_spec(cfg: TrainConfig) -> PDESpec:
+    """The evaluation grid (whole time horizon)."""
+    return make_spec(cfg.problem, cfg.nt, cfg.nx)
+
+
+def train_spec(cfg: TrainConfig) -> PDESpec:
+    """The training grid: the first train_time_fraction of the frames, inputs normalised by the full horizon."""
+    full = full_spec(cfg)
+    nt = int(round(cfg.train_time_fraction * (cfg.nt - 1))) + 1
+    return make_spec(cfg.problem, nt, cfg.nx, t_max=full.extent[0] * (nt - 1) / (cfg.nt - 1), t_ref=full.extent[0])
+
+
+def build_backbone(cfg: TrainConfig) -> nn.Module:
+    """FNO2d over (t, x) or a pointwise MLP; N outputs with a final GELU for hard constraints, 1 for soft."""
+    hard = cfg.constraint != "soft"
+    out = cfg.basis if hard else 1
+    torch.manual_seed(cfg.seed)
+    if cfg.backbone == "fno":
+        net: nn.Module = FNO(
+            3,
+            out,
+            (cfg.modes, cfg.modes),
+            width=cfg.width,
+            layers=cfg.layers,
+            fc=2 * cfg.width,
+            final_activation=hard,
+        )
+    else:
+        net = MLPBasis(3, out, width=cfg.width, depth=cfg.layers, final_activation=hard)
+    return net.to(getattr(torch, cfg.dtype))
+
+
+def build_layer(cfg: TrainConfig, spec: PDESpec) -> HardConstraint | HardConstraintMoE | None:
+    """The constraint layer for ``spec`` (None for the soft model)."""
+    solver = SolverConfig(
+        lm=LMConfig(max_iter=cfg.max_iter, gtol=cfg.gtol, on_fail="ignore"),
+        ridge=cfg.ridge,
+        hessian=cfg.hessian,
+        drop_nonconverged=cfg.drop_nonconverged,
+    )
+    # The paper starts diffusion-sorption solves from ones(N).
+    w0 = 1.0 if cfg.problem == "diffusion-sorption" else 0.0
+    if cfg.constraint == "hard":
+        return HardConstraint(spec, cfg.points, solver, seed=cfg.seed, omega0=w0)
+    if cfg.constraint == "moe":
+        return HardConstraintMoE(
+            spec,
+            normalise_experts(cfg.experts, 2),
+            cfg.points,
+            solver,
+            seed=cfg.seed,
+            omega0=w0,
+            min_points=cfg.basis,
+            interface_weight=cfg.interface_weight,
+            local_rows=cfg.local_rows,
+        )
+    return None
+
+
+def sample_fields(cfg: TrainConfig, spec: PDESpec, step: int, ids: list[int]) -> Fields:
+    """Training initial conditions, a function of (seed, step, sample id) only (data-free training)."""
+    rows = []
+    x = spec.x_coords()
+    for sid in ids:
+        rng = np.random.default_rng([cfg.seed, 7, step, sid])
+        if cfg.problem == "diffusion-sorption":
+            rows.append(torch.full_like(x, rng.uniform(0.0, 0.2)))  # PDEBench's family u0 = const
+        else:
+            a = rng.standard_normal(4) / np.arange(1, 5)
+            rows.append(sum(float(a[n]) * torch.sin((n + 1) * torch.pi * x) for n in range(4)))
+    return Fields(torch.stack(rows))
+
+
+def heldout_set(cfg: TrainConfig) -> tuple[Fields, torch.Tensor]:
+    """Held-out reference solutions on the evaluation grid (cached generator data)."""
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    if cfg.problem == "diffusion-sorption":
+        d = diffsorp_dataset(
+            cfg.n_test, nx=cfg.nx, nt=cfg.nt, seed=10_000 + cfg.seed, cache_dir=cache, progress=sys.stderr.isatty()
+        )
+    else:
+        d = heat_dataset(cfg.n_test, nx=cfg.nx, nt=cfg.nt, seed=10_000 + cfg.seed)
+    u = torch.tensor(d["u"], dtype=torch.float64)
+    return Fields(u[:, 0].clone()), u
+
+
+def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEModel, dict]:
+    """Train; returns the model and a history with per-step loss, time and solver failure counts."""
+    spec = train_spec(cfg)
+    model = PDEModel(spec, build_backbone(cfg), build_layer(cfg, spec))
+    runner: nn.Module = model
+    rank, world = 0, 1
+    if cfg.placement != "local":
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")  # torchrun provides the rendezvous environment
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if cfg.placement == "expert":
+            if not isinstance(model.layer, HardConstraintMoE):
+                raise PhysicsError("expert placement needs --constraint moe")
+            model.layer.solve_fn = ExpertParallelSolve(model.layer.K, group=dist.new_group(list(range(world))))
+        runner = DistributedDataParallel(model)
+        if rank != 0:
+            log = None
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    every = cfg.lr_halve_every or max(1, cfg.steps // 5)
+    hist: dict[str, list] = {
+        "loss": [],
+        "pde": [],
+        "rows": [],
+        "step_time": [],
+        "nonconverged": [],
+        "lm_iters": [],
+    }
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = max(cfg.lr * 0.5 ** (step // every), cfg.lr_min)
+        # Global sample ids: the sampled ICs and collocation points do not depend on the number of ranks.
+        ids = [step * cfg.batch + i for i in shard(cfg.batch, rank, world)]
+        data = sample_fields(cfg, spec, step, ids)
+        t0 = time.perf_counter()
+        u, info = runner(data, step, ids)
+        parts = physics_loss(spec, u, data, info if cfg.moe_loss == "expert" else None)
+        loss = parts.total()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        if not torch.isfinite(norm):
+            raise PhysicsError(f"non-finite gradient at step {step} (loss {loss.item():.3e})")
+        opt.step()
+        hist["step_time"].append(time.perf_counter() - t0)
+        logged = loss.detach().clone()
+        if world > 1:  # report the global-batch loss, not rank 0's share
+            dist.all_reduce(logged)
+            logged /= world
+        hist["loss"].append(logged.item())
+        hist["pde"].append(parts.pde.mean().item())
+        hist["rows"].append(parts.rows.mean().item())
+        hist["nonconverged"].append(0 if info is None else int((~info.converged).sum()))
+        hist["lm_iters"].append(0.0 if info is None else float(info.iterations.double().mean()))
+        if log and (step % max(1, cfg.steps // 10) == 0 or step == cfg.steps - 1):
+            log(
+                f"step {step:5d} loss {hist['loss'][-1]:.4e} pde {hist['pde'][-1]:.3e} rows {hist['rows'][-1]:.3e} "
+                f"lm-iters {hist['lm_iters'][-1]:.1f} nonconv {hist['nonconverged'][-1]} "
+                f"{hist['step_time'][-1]:.3f}s"
+            )
+    if log and sum(hist["nonconverged"]):
+        log(f"warning: {sum(hist['nonconverged'])} solves did not converge during training")
+    if out is not None and rank == 0:
+        save(model, cfg, hist, out)
+    return model, hist
+
+
+def save(model: PDEModel, cfg: TrainConfig, hist: dict, out: Path) -> None:
+    """Write config.json, backbone.pt and history.json into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    torch.save(model.backbone.state_dict(), out / "backbone.pt")
+    (out / "history.json").write_text(json.dumps(hist))
+
+
+def load(out: Path) -> tuple[TrainConfig, nn.Module]:
+    """Config and trained backbone of a run directory."""
+    if not (out / "config.json").exists():
+        raise PhysicsError(f"{out} is not a training run directory (no config.json)")
+    cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
+    net = build_backbone(cfg)
+    net.load_state_dict(torch.load(out / "backbone.pt", weights_only=True))
+    return cfg, net
+
+
+def evaluate(cfg: TrainConfig, backbone: nn.Module, plots: Path | None = None) -> dict:
+    """Relative L2 (%) on held-out solutions over the whole grid and, if trained on a shorter horizon, on the
+    extrapolated frames only; plus the inference time per batch."""
+    spec = full_spec(cfg)
+    model = PDEModel(spec, backbone, build_layer(cfg, spec)).eval()
+    data, ref = heldout_set(cfg)
+    ids = list(range(ref.shape[0]))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        u, info = model(data, 10**6, ids)  # a fixed evaluation step for the seeded point sampling
+    infer = time.perf_counter() - t0
+    rel = relative_l2(u, ref)
+    res = {
+        "test_rel_l2": 100 * rel.mean().item(),
+        "test_rel_l2_std": 100 * rel.std().item(),
+        "infer_time": infer,
+        "nonconverged": 0 if info is None else int((~info.converged).sum()),
+    }
+    n_train = train_spec(cfg).grid[0]
+    if n_train < cfg.nt:
+        ext = relative_l2(u[:, n_train:], ref[:, n_train:])
+        res["extrap_rel_l2"] = 100 * ext.mean().item()
+        res["extrap_rel_l2_std"] = 100 * ext.std().item()
+    if plots is not None:
+        from physics.plots import save_field_plots
+
+        k = min(3, ref.shape[0])
+        ext = (0.0, 1.0, 0.0, spec.extent[0])
+        res["plot"] = str(
+            save_field_plots(u[:k].numpy(), ref[:k].numpy(), plots, f"{cfg.problem} {cfg.constraint}", extent=ext)
+        )
+    return res

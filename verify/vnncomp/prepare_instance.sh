@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# VNN-COMP prepare script for Clarke (competition interface v1):
+#
+#   prepare_instance.sh v1 CATEGORY ONNX VNNLIB
+#
+# Checks the version string and that both files exist and are readable (gzip integrity for .gz files),
+# and that the clarke command starts (which also warms the interpreter's file caches). Clarke needs no
+# per-instance conversion and keeps no server running, so there is nothing to kill or to set up.
+# Exit status 0 when the instance can be run, non-zero otherwise (with a one-line message on stderr).
+#
+# The clarke command is found as in run_instance.sh: $CLARKE, else `clarke` on PATH, else
+# `${PYTHON:-python3} -m verify.cli.main` with this repository on PYTHONPATH.
+set -u
+
+usage() {
+    echo "usage: $0 v1 CATEGORY ONNX VNNLIB" >&2
+    exit 2
+}
+
+[ "$#" -eq 4 ] || usage
+VERSION=$1
+CATEGORY=$2
+ONNX=$3
+VNNLIB=$4
+
+if [ "$VERSION" != "v1" ]; then
+    echo "prepare_instance.sh: expected version string v1, got '$VERSION'" >&2
+    exit 2
+fi
+for f in "$ONNX" "$VNNLIB"; do
+    if [ ! -f "$f" ] || [ ! -r "$f" ]; then
+        echo "prepare_instance.sh: $f: no such readable file" >&2
+        exit 2
+    fi
+    if [[ "$f" == *.gz ]] && ! gzip -t -- "$f" 2> /dev/null; then
+        echo "prepare_instance.sh: $f: not a valid gzip file" >&2
+        exit 2
+    fi
+done
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+if [ -n "${CLARKE:-}" ]; then
+    read -r -a CMD <<< "$CLARKE"
+elif command -v clarke > /dev/null 2>&1; then
+    CMD=(clarke)
+else
+    CMD=("${PYTHON:-python3}" -m verify.cli.main)
+    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! "${CMD[@]}" --version > /dev/null; then
+    echo "prepare_instance.sh: cannot run the clarke command (${CMD[*]})" >&2
+    exit 1
+fi
+echo "clarke: prepared category $CATEGORY, $(basename "$ONNX"), $(basename "$VNNLIB")" >&2
+exit 0

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# VNN-COMP run script for Clarke (competition interface v1):
+#
+#   run_instance.sh v1 CATEGORY ONNX VNNLIB RESULT_FILE TIMEOUT
+#
+# Runs `clarke verify ONNX VNNLIB --timeout TIMEOUT --result-file RESULT_FILE`. Clarke answers before
+# TIMEOUT seconds (it stops its search with a margin) and writes RESULT_FILE atomically: the status line
+# (sat / unsat / timeout / unknown) and, for sat, the counterexample it re-checked with onnxruntime.
+# Compressed inputs (.onnx.gz, .vnnlib.gz) are decompressed into a temporary folder first.
+# Exit status: 0 when a result file was written; non-zero on bad input or any other failure, in which
+# case no result file is left behind (a stale one from an earlier run is removed first).
+#
+# The clarke command: $CLARKE when set (e.g. CLARKE="/opt/venv/bin/clarke"), else `clarke` on PATH, else
+# `${PYTHON:-python3} -m verify.cli.main` with this repository on PYTHONPATH.
+set -u
+
+usage() {
+    echo "usage: $0 v1 CATEGORY ONNX VNNLIB RESULT_FILE TIMEOUT" >&2
+    exit 2
+}
+
+[ "$#" -eq 6 ] || usage
+VERSION=$1
+CATEGORY=$2
+ONNX=$3
+VNNLIB=$4
+RESULT_FILE=$5
+TIMEOUT=$6
+
+if [ "$VERSION" != "v1" ]; then
+    echo "run_instance.sh: expected version string v1, got '$VERSION'" >&2
+    exit 2
+fi
+if ! [[ "$TIMEOUT" =~ ^([0-9]+([.][0-9]*)?|[.][0-9]+)$ ]]; then
+    echo "run_instance.sh: TIMEOUT must be a positive number of seconds, got '$TIMEOUT'" >&2
+    exit 2
+fi
+for f in "$ONNX" "$VNNLIB"; do
+    if [ ! -f "$f" ]; then
+        echo "run_instance.sh: $f: no such file" >&2
+        exit 2
+    fi
+done
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+if [ -n "${CLARKE:-}" ]; then
+    read -r -a CMD <<< "$CLARKE"
+elif command -v clarke > /dev/null 2>&1; then
+    CMD=(clarke)
+else
+    CMD=("${PYTHON:-python3}" -m verify.cli.main)
+    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+rm -f -- "$RESULT_FILE"
+
+TMP=""
+cleanup() {
+    if [ -n "$TMP" ]; then
+        rm -rf -- "$TMP"
+    fi
+}
+trap cleanup EXIT
+
+# Clarke's ONNX loader reads plain files only, so compressed inputs get an uncompressed copy.
+if [[ "$ONNX" == *.gz || "$VNNLIB" == *.gz ]]; then
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/clarke-vnncomp.XXXXXX") || exit 1
+fi
+if [[ "$ONNX" == *.gz ]]; then
+    mkdir -p "$TMP/onnx"
+    out="$TMP/onnx/$(basename "${ONNX%.gz}")"
+    if ! gzip -dc -- "$ONNX" > "$out"; then
+        echo "run_instance.sh: $ONNX: cannot decompress" >&2
+        exit 2
+    fi
+    ONNX=$out
+fi
+if [[ "$VNNLIB" == *.gz ]]; then
+    mkdir -p "$TMP/vnnlib"
+    out="$TMP/vnnlib/$(basename "${VNNLIB%.gz}")"
+    if ! gzip -dc -- "$VNNLIB" > "$out"; then
+        echo "run_instance.sh: $VNNLIB: cannot decompress" >&2
+        exit 2
+    fi
+    VNNLIB=$out
+fi
+
+echo "clarke: category $CATEGORY, $(basename "$ONNX"), $(basename "$VNNLIB"), timeout $TIMEOUT s" >&2
+"${CMD[@]}" verify "$ONNX" "$VNNLIB" --timeout "$TIMEOUT" --result-file "$RESULT_FILE"
+rc=$?
+if [ "$rc" -ne 0 ]; then
+    rm -f -- "$RESULT_FILE"
+    exit "$rc"
+fi
+if [ ! -s "$RESULT_FILE" ]; then
+    echo "run_instance.sh: clarke wrote no result file" >&2
+    exit 1
+fi
+exit 0
