@@ -23,6 +23,15 @@ def from_torch(module, input_shape) -> Graph:
     return _from(module, input_shape)
 
 
+def __getattr__(name: str):
+    # ``verify.lipschitz(...)`` without an explicit import of the (heavier) subpackage.
+    if name == "lipschitz":
+        import importlib
+
+        return importlib.import_module("verify.lipschitz")
+    raise AttributeError(f"module 'verify' has no attribute {name!r}")
+
+
 __all__ = [
     "METHODS", "ClarkeError", "Graph", "ModelError", "ShapeError", "UnsupportedOperator", "VnnlibError",
     "__version__", "as_graph", "bound", "from_torch", "load_onnx",

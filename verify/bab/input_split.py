@@ -27,7 +27,7 @@ from verify.spec import RowSpec, minimizers
 Functions = dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]
 
 
-def _split(lo: Tensor, hi: Tensor, lam_row: Tensor, root_width: Tensor, balance: float = 16.0
+def _split(lo: Tensor, hi: Tensor, lam_row: Tensor, root_width: Tensor, balance: float = 64.0
            ) -> tuple[Tensor, Tensor, Tensor]:
     """Bisect each box: ``[N, n] -> [2N, n]``; returns the parent index of each child too.
 
@@ -107,7 +107,7 @@ def _cat(parts: list[Functions]) -> Functions:
 @torch.no_grad()
 def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadline: Deadline,
                     check: CexCheck, batch_max: int = 8192, max_domains: int = 5_000_000,
-                    refresh: int = 1, balance: float = 16.0) -> BabResult:
+                    refresh: int = 1, balance: float = 64.0) -> BabResult:
     """``lo``/``hi``: the property's box ``[n]`` (or several root boxes ``[M, n]``).
 
     Stack entries: ``(lo, hi, functions or None, age)`` — a group of boxes sharing an age."""

@@ -10,6 +10,8 @@ Intermediate bounds are the parent's, clamped by the splits; an empty clamp prov
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import Tensor
 
@@ -183,9 +185,12 @@ def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline
     pool = process(root_bounds, splits)
     if pool == "sat":
         return BabResult("sat", x=found[0], domains=visited)
+    step_seconds = 0.0
     while len(pool):
-        if deadline.passed():
+        # Stop when another batch would likely run past the deadline (answer `timeout` on time).
+        if deadline.left() <= 1.2 * step_seconds:
             return BabResult("timeout", domains=visited)
+        step_start = time.perf_counter()
         splittable = pool.branch_node >= 0
         if not splittable.any():
             return BabResult("unknown", domains=visited, stats={"reason": "fully split domains remain"})
@@ -211,6 +216,7 @@ def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline
         if res == "sat":
             return BabResult("sat", x=found[0], domains=visited)
         pool = _Domains.cat([pool, res])
+        step_seconds = time.perf_counter() - step_start
         if visited > max_domains:
             return BabResult("timeout", domains=visited, stats={"reason": "domain limit"})
     return BabResult("unsat", domains=visited)

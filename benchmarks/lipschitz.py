@@ -1,0 +1,138 @@
+"""Local Lipschitz constants side by side: naive, IBP, CROWN, alpha-CROWN, BaB, exact MIP, LipSDP*sqrt(d) and
+the sampled lower bound, value and seconds each, on briefly trained MLPs (synthetic clustered data in
+[0,1]^16), an MNIST-sized MLP (784-100-100-10, random weights) and a small CNN, at several eps.
+
+    python benchmarks/lipschitz.py            # full table (several minutes)
+    python benchmarks/lipschitz.py --quick    # one point per model, small budgets
+    python benchmarks/lipschitz.py --acceptance  # BaB(10 s) vs exact MIP on 16-16-16-10 nets
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn as nn
+
+from models.zoo import mlp, small_cnn
+from verify.lipschitz.api import _prepare, upper_bounds
+from verify.lipschitz.attack import lower_bound
+
+
+def clustered_data(n: int = 2000, d: int = 16, classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian clusters (std 0.1) around uniform centres in ``[0,1]^d``, clipped to the cube."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(classes, d, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = (centres[y] + 0.1 * torch.randn(n, d, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def trained_mlp(sizes: list[int], seed: int = 0, epochs: int = 30) -> nn.Sequential:
+    """A ReLU MLP trained briefly (Adam, full batch) on :func:`clustered_data`."""
+    torch.manual_seed(seed)
+    x, y = clustered_data(d=sizes[0], classes=sizes[-1], seed=seed)
+    net = mlp(sizes)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.eval().double()
+
+
+def run_methods(net: nn.Module, shape: tuple[int, ...], x0: torch.Tensor, eps: float, methods: list[str],
+                timeout: float, clip: bool = True) -> dict[str, tuple[float, float]]:
+    """``{method: (max over outputs of the bound, seconds)}`` plus the sampled lower bound on ``x0 +- eps``."""
+    lo, hi = x0 - eps, x0 + eps
+    if clip:
+        lo, hi = lo.clamp(0, 1), hi.clamp(0, 1)
+    graph, glo, ghi = _prepare(net, lo, hi, shape)
+    outs = list(range(graph.output_numel))
+    res: dict[str, tuple[float, float]] = {}
+    for m in methods:
+        t = time.perf_counter()
+        try:
+            up, _ = upper_bounds(graph, glo, ghi, outs, m, timeout=timeout)
+            res[m] = (float(up.max()), time.perf_counter() - t)
+        except Exception as e:  # noqa: BLE001 - a benchmark row reports what failed and goes on
+            res[m] = (math.nan, time.perf_counter() - t)
+            print(f"  {m}: {type(e).__name__}: {str(e).splitlines()[0]}")
+    t = time.perf_counter()
+    low, _ = lower_bound(graph, glo, ghi, outs, samples=20000 if graph.input_numel <= 64 else 2000)
+    res["sample"] = (float(low.max()), time.perf_counter() - t)
+    return res
+
+
+def table(rows: list[tuple[str, str, dict]], methods: list[str]) -> None:
+    cols = methods + ["sample"]
+    head = f"{'model':<22} {'eps':>6} " + " ".join(f"{c:>20}" for c in cols)
+    print(head)
+    print("-" * len(head))
+    for model, eps, res in rows:
+        cells = []
+        for c in cols:
+            v, s = res.get(c, (math.nan, math.nan))
+            cells.append(f"{v:>11.4f} ({s:6.2f}s)" if not math.isnan(v) else f"{'-':>20}")
+        print(f"{model:<22} {eps:>6} " + " ".join(cells))
+
+
+def acceptance(n_nets: int = 4, points: int = 3, eps_list=(0.05, 0.1, 0.2), timeout: float = 10.0) -> None:
+    """BaB (``timeout`` s) vs exact MIP on trained 16-16-16-10 MLPs: fraction within 1.01x."""
+    ok = total = 0
+    print(f"{'net':>3} {'pt':>3} {'eps':>5} {'crown':>10} {'bab':>10} {'bab s':>7} {'mip':>10} {'mip s':>7} ratio")
+    for s in range(n_nets):
+        net = trained_mlp([16, 16, 16, 10], seed=s)
+        x, _ = clustered_data(points, seed=100 + s)
+        for p in range(points):
+            for eps in eps_list:
+                r = run_methods(net, (16,), x[p].double(), eps, ["crown", "bab", "mip"], timeout)
+                ratio = r["bab"][0] / r["mip"][0]
+                total += 1
+                ok += ratio <= 1.01
+                print(f"{s:>3} {p:>3} {eps:>5} {r['crown'][0]:>10.4f} {r['bab'][0]:>10.4f} {r['bab'][1]:>7.2f} "
+                      f"{r['mip'][0]:>10.4f} {r['mip'][1]:>7.2f} {ratio:.5f}")
+    print(f"BaB within 1.01x of exact MIP: {ok}/{total} = {ok / max(total, 1):.0%}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--acceptance", action="store_true")
+    ap.add_argument("--timeout", type=float, default=10.0, help="BaB / MIP seconds")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared CPU)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.acceptance:
+        acceptance(timeout=args.timeout)
+        return
+    small = ["naive", "ibp", "crown", "alpha-crown", "bab", "mip", "lipsdp"]
+    medium = small[:-1]  # LipSDP with 96 hidden neurons: ~20 s per output with CLARABEL here, skipped
+    big = ["naive", "ibp", "crown", "alpha-crown", "bab"]
+    eps_list = [0.05] if args.quick else [0.05, 0.1, 0.2]
+    timeout = 2.0 if args.quick else args.timeout
+    rows = []
+    for name, sizes, methods in (("16-16-16-10", [16, 16, 16, 10], small),
+                                 ("16-32-32-32-10", [16, 32, 32, 32, 10], medium)):
+        net = trained_mlp(sizes)
+        x, _ = clustered_data(1 if args.quick else 2, seed=100)
+        for p in range(x.shape[0]):
+            for eps in eps_list:
+                rows.append((f"{name} pt{p}", str(eps), run_methods(net, (16,), x[p].double(), eps, methods, timeout)))
+    torch.manual_seed(0)
+    mnist = mlp([784, 100, 100, 10]).double()
+    x0 = torch.rand(784, dtype=torch.float64)
+    for eps in ([0.01] if args.quick else [0.005, 0.01, 0.02]):
+        rows.append(("mnist-mlp 784-100-100", str(eps), run_methods(mnist, (784,), x0, eps, big, timeout)))
+    cnn = small_cnn().double()
+    xc = torch.rand(3, 32, 32, dtype=torch.float64)
+    for eps in ([2 / 255] if args.quick else [1 / 255, 2 / 255]):
+        rows.append(("small-cnn", f"{eps:.4f}", run_methods(cnn, (3, 32, 32), xc, eps,
+                                                            big, timeout)))
+    table(rows, small)
+
+
+if __name__ == "__main__":
+    main()

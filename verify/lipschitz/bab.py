@@ -1,0 +1,288 @@
+"""Branch and bound on forward ReLU pre-activations for Jacobian objectives (Lipschitz, monotonicity).
+
+A domain fixes signs ``s_i z_i <= 0`` of some ReLU inputs. Unlike the published Lipschitz BaB (which only
+flips the Clarke mask and so converges to the *pattern-only* value), every child re-computes the forward
+CROWN bounds under all its splits, so split constraints propagate to deeper neurons (newly stable neurons
+fix their gates); a domain whose clamped bounds become empty is infeasible and dropped; a fully split domain
+(every gate degenerate, the network affine on it) is settled by an exact LP over ``{x in X: s_i z_i(x) <= 0}``.
+BaB therefore converges to the max over feasible patterns = the LipMIP value. Best-first on the upper
+bound, batched, 'area' branching score ``|Lambda_y| * |u_g|u_g| - l_g|l_g||`` on unstable neurons.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from verify.bounds.crown import intermediate_bounds
+from verify.graph import Graph
+from verify.lipschitz.jacobian import JacobianGraph, seed_tensor
+from verify.mip import _float64_copy
+from verify.ops.activation import Relu
+
+
+@dataclass
+class Objective:
+    """``kind='l1'``: ``sum_i |G:x_i|``; ``kind='entry'``: ``sign * G:x_feature`` (maximised)."""
+
+    kind: str = "l1"
+    feature: int = 0
+    sign: float = 1.0
+
+
+@dataclass
+class BabResult:
+    """Per-output results of :func:`bab`."""
+
+    upper: Tensor  # [K] upper bound of the objective's max per output
+    lower: Tensor  # [K] exact values of feasible fully split domains (-inf when none)
+    lower_x: list  # per output: interior point realising ``lower`` (or None)
+    status: str  # "converged" / "bounded" / "proved" (max <= 0) / "refuted" (a feasible point > 0)
+    domains: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def _objective(jg: JacobianGraph, gates, gb, seeds, obj: Objective, record: dict | None) -> Tensor:
+    """Upper bound ``[N]`` of the objective; ``record`` receives the Lambdas at gate outputs (for scores)."""
+    if obj.kind == "l1":
+        return jg.l1_upper(gates, gb, seeds, True, record)
+    x = jg.graph.input_name
+    shape = jg.graph.input_shape
+    e = torch.zeros(int(torch.Size(shape).numel()), dtype=seeds.dtype)
+    e[obj.feature] = -obj.sign
+    lam = e.reshape(1, 1, *shape)
+    # upper of sign*G = -lower(-sign*G); also intersected with the interval bound of G:x
+    up = -jg.lower(x, lam, gates, gb, seeds, record)[:, 0]
+    lo, hi = gb[x]
+    n = seeds.shape[0]
+    ival = (hi if obj.sign > 0 else -lo).reshape(n, -1)[:, obj.feature]
+    return torch.minimum(up, ival)
+
+
+class _Evaluator:
+    def __init__(self, graph: Graph, jg: JacobianGraph, x_lo: Tensor, x_hi: Tensor, seeds_k: Tensor,
+                 obj: Objective):
+        self.graph, self.jg, self.x_lo, self.x_hi, self.seeds_k, self.obj = graph, jg, x_lo, x_hi, seeds_k, obj
+        self.relus = [n for n in graph.nodes if isinstance(n.op, Relu)]
+        self.names = [n.inputs[0] for n in self.relus]
+
+    def __call__(self, seed_idx: Tensor, splits: dict[str, Tensor], ref: dict | None):
+        m = seed_idx.shape[0]
+        lo, hi = self.x_lo.expand(m, *self.x_lo.shape[1:]), self.x_hi.expand(m, *self.x_hi.shape[1:])
+        with torch.no_grad():
+            fb = intermediate_bounds(self.graph, lo, hi, "crown", splits=splits, reference=ref)
+        feasible = torch.ones(m, dtype=torch.bool)
+        for l, h in fb.values():
+            # empty bounds prove the domain infeasible; the tolerance covers rounding of the bound computation
+            tol = 1e-9 if l.dtype == torch.float64 else 1e-5
+            bad = (l > h + tol * (1 + h.abs())) | torch.isnan(l) | torch.isnan(h)
+            feasible &= ~bad.reshape(m, -1).any(-1)
+        seeds = self.seeds_k[seed_idx]
+        gates = self.jg.gates(fb, splits)
+        gb = self.jg.bounds(gates, seeds, True)
+        record = {n.name: None for n in self.relus}
+        up = _objective(self.jg, gates, gb, seeds, self.obj, record)
+        scores, unstable_any = [torch.zeros(m, 0, dtype=up.dtype)], torch.zeros(m, dtype=torch.bool)
+        for n in self.relus:
+            dl, du = gates[n.name]
+            lg, ug = gb[n.name]
+            unst = du > dl
+            lam = record[n.name]
+            weight = torch.zeros_like(lg) if lam is None else lam.abs().sum(1).expand_as(lg)
+            area = (ug * ug.abs() - lg * lg.abs()).abs()
+            sc = torch.where(unst, weight * area + 1e-12, torch.full_like(lg, -1.0))
+            scores.append(sc.reshape(m, -1))
+            unstable_any |= unst.reshape(m, -1).any(-1)
+        ref_out = {k: fb[k] for k in self.names}
+        return up, feasible, torch.cat(scores, 1), ~unstable_any, ref_out, gates
+
+
+def _pattern_lp(graph: Graph, relus, gates_row: dict[str, Tensor], x_lo: Tensor, x_hi: Tensor
+                ) -> tuple[bool, np.ndarray | None, float]:
+    """Exact check of a fully fixed ReLU pattern: ``max t`` s.t. ``s_i z_i(x) >= t`` for all ReLU inputs,
+    ``x`` in the box (``z`` affine in ``x`` once the pattern is fixed). Feasible iff ``t* >= -tol``."""
+    from scipy.optimize import linprog
+
+    n = graph.input_numel
+    shape = graph.input_shape
+    pts = torch.cat([torch.zeros(1, n, dtype=x_lo.dtype), torch.eye(n, dtype=x_lo.dtype)]).reshape(n + 1, *shape)
+    vals = {graph.input_name: pts}
+    rows_a, rows_c = [], []
+    for node in graph.nodes:
+        ins = [vals[i] for i in node.inputs]
+        if isinstance(node.op, Relu):
+            z = ins[0]
+            mask = gates_row[node.name].to(z.dtype)
+            zf = z.reshape(n + 1, -1)
+            c = zf[0]
+            a = zf[1:] - c  # [n, numel]
+            s = mask.reshape(-1) * 2 - 1  # +1: z >= 0, -1: z <= 0
+            rows_a.append((s.unsqueeze(0) * a).T)
+            rows_c.append(s * c)
+            vals[node.name] = z * mask.unsqueeze(0)
+        else:
+            vals[node.name] = node.op.forward(*ins)
+    if not rows_a:
+        return True, ((x_lo + x_hi) / 2).reshape(-1).numpy(), 1.0
+    A = torch.cat(rows_a).double().numpy()  # s (A x + c) >= t  <=>  -sA x + t <= s c
+    C = torch.cat(rows_c).double().numpy()
+    scale = np.abs(A).sum(1) + np.abs(C) + 1e-12
+    A_ub = np.hstack([-A / scale[:, None], np.ones((A.shape[0], 1))])
+    b_ub = C / scale
+    bounds = [(float(lo), float(hi)) for lo, hi in zip(x_lo.reshape(-1).tolist(), x_hi.reshape(-1).tolist(),
+                                                        strict=True)] + [(None, 1.0)]
+    cost = np.zeros(n + 1)
+    cost[-1] = -1.0
+    res = linprog(cost, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs")
+    if res.status != 0:
+        # 2: infeasible is impossible here (t is free below); anything else: keep the domain (sound)
+        return True, None, -math.inf
+    t = -float(res.fun)
+    return t >= -1e-9, np.asarray(res.x[:n]), t
+
+
+def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: Objective,
+        timeout: float = 10.0, batch: int = 64, root_upper: Tensor | None = None,
+        max_domains: int = 200_000, stop_below: float | None = None, known_lower: float | None = None
+        ) -> BabResult:
+    """Best-first BaB maximising the objective over the box for every selected output (one batch).
+
+    ``graph`` should be float64. ``root_upper`` [K]: sound bounds (e.g. CROWN) children never exceed.
+    ``stop_below``: stop as soon as the global upper is <= it (monotonicity: 0). ``known_lower``: a value
+    attained in the box (e.g. a sampled gradient norm); the search stops once the upper bound meets it."""
+    t0 = time.perf_counter()
+    jg = JacobianGraph(graph)
+    k = len(outputs)
+    seeds_k = seed_tensor(graph, outputs, x_lo.dtype)
+    ev = _Evaluator(graph, jg, x_lo, x_hi, seeds_k, obj)
+    names, relus = ev.names, ev.relus
+    sizes = [int(torch.Size(graph.shape_of(nm)).numel()) for nm in names]
+    offsets = np.cumsum([0] + sizes)
+    seed_idx = torch.arange(k)
+    splits = {nm: torch.zeros(k, *graph.shape_of(nm), dtype=torch.int8) for nm in names}
+    t_root = time.perf_counter()
+    up, feas, scores, full, ref, gates = ev(seed_idx, splits, None)
+    # one batch of 2*batch children should take at most ~5% of the budget (large nets: CNNs)
+    per_domain = (time.perf_counter() - t_root) / k
+    batch = int(max(1, min(batch, 0.05 * timeout / (2 * per_domain + 1e-9))))
+    if root_upper is not None:
+        up = torch.minimum(up, root_upper.to(up.dtype))
+    lower = torch.full((k,), -math.inf, dtype=x_lo.dtype)
+    lower_x: list = [None] * k
+    if not relus:  # nothing to branch on (smooth activations only): the root bound is the answer
+        return BabResult(up, lower, lower_x, "bounded", k, time.perf_counter() - t0)
+    # with smooth activations a fully split domain is still relaxed: its bound is not an attained value
+    exact_leaves = len(relus) == len(jg.activations) and not jg.pools
+    # the LP of a fully split domain is always built in float64 (feasibility decides dropping a domain)
+    lp_graph = graph if graph.dtype == torch.float64 else _float64_copy(graph)
+    lp_relus = [n for n in lp_graph.nodes if isinstance(n.op, Relu)]
+    closed_upper = torch.full((k,), -math.inf, dtype=x_lo.dtype)  # exact values of settled domains
+    q_seed, q_up, q_scores, q_full = seed_idx, up, scores, full
+    q_splits, q_ref = splits, ref
+    q_gates = gates
+    keep = feas
+    n_domains = k
+
+    def filt(mask: Tensor):
+        nonlocal q_seed, q_up, q_scores, q_full, q_splits, q_ref, q_gates
+        q_seed, q_up, q_scores, q_full = q_seed[mask], q_up[mask], q_scores[mask], q_full[mask]
+        q_splits = {a: b[mask] for a, b in q_splits.items()}
+        q_ref = {a: (b[0][mask], b[1][mask]) for a, b in q_ref.items()}
+        q_gates = {a: (b[0][mask], b[1][mask]) for a, b in q_gates.items()}
+
+    filt(keep)
+    status = "bounded"
+    while True:
+        glob = torch.maximum(_per_output(q_up, q_seed, k), closed_upper)
+        if stop_below is not None and float(glob.max()) <= stop_below:
+            status = "proved"
+            break
+        if q_up.numel() == 0:
+            status = "converged"
+            break
+        if known_lower is not None and float(glob.max()) <= known_lower + 1e-6 * max(1.0, abs(known_lower)):
+            status = "converged"
+            break
+        if time.perf_counter() - t0 > timeout or n_domains > max_domains:
+            break
+        # fully split domains at the top are settled exactly by LP
+        top = int(q_up.argmax())
+        if bool(q_full[top]):
+            if exact_leaves:  # the net is affine on the domain: an exact LP settles it
+                row = {n.name: q_gates[o.name][0][top] for n, o in zip(lp_relus, relus, strict=True)}
+                ok, x, t = _pattern_lp(lp_graph, lp_relus, row, x_lo.double(), x_hi.double())
+            else:  # other nonlinearities remain: no exact test, keep the domain's (sound) bound as settled
+                ok, x, t = True, None, -math.inf
+            j = int(q_seed[top])
+            val = q_up[top]
+            mask = torch.ones(q_up.numel(), dtype=torch.bool)
+            mask[top] = False
+            if ok:
+                closed_upper[j] = torch.maximum(closed_upper[j], val)
+                if exact_leaves and t > 1e-9 and val > lower[j]:
+                    lower[j], lower_x[j] = val, x
+                if stop_below is not None and float(val) > stop_below and t > 1e-9 and exact_leaves:
+                    filt(mask)
+                    status = "refuted"
+                    break
+            filt(mask)
+            if ok and exact_leaves and float(val) >= float(
+                    torch.maximum(_per_output(q_up, q_seed, k), closed_upper).max()):
+                status = "converged"
+                break
+            continue
+        # pop the worst (largest upper) domains that still have unstable neurons
+        cand = (~q_full).nonzero().flatten()
+        order = q_up[cand].argsort(descending=True)[:batch]
+        pick = cand[order]
+        rest = torch.ones(q_up.numel(), dtype=torch.bool)
+        rest[pick] = False
+        p_seed, p_up, p_scores = q_seed[pick], q_up[pick], q_scores[pick]
+        p_splits = {a: b[pick] for a, b in q_splits.items()}
+        p_ref = {a: (b[0][pick], b[1][pick]) for a, b in q_ref.items()}
+        filt(rest)
+        choice = p_scores.argmax(1)
+        m = pick.numel()
+        c_splits = {a: torch.cat([b, b]).clone() for a, b in p_splits.items()}
+        for li, nm in enumerate(names):
+            sel = (choice >= offsets[li]) & (choice < offsets[li + 1])
+            if sel.any():
+                idx = sel.nonzero().flatten()
+                local = choice[idx] - int(offsets[li])
+                flat = c_splits[nm].reshape(2 * m, -1)
+                flat[idx, local] = 1
+                flat[idx + m, local] = -1
+        c_seed = torch.cat([p_seed, p_seed])
+        c_ref = {a: (torch.cat([b[0], b[0]]), torch.cat([b[1], b[1]])) for a, b in p_ref.items()}
+        up, feas, scores, full, ref, gates = ev(c_seed, c_splits, c_ref)
+        up = torch.minimum(up, torch.cat([p_up, p_up]))
+        n_domains += 2 * m
+        keep = feas
+        q_seed = torch.cat([q_seed, c_seed[keep]])
+        q_up = torch.cat([q_up, up[keep]])
+        q_scores = torch.cat([q_scores, scores[keep]])
+        q_full = torch.cat([q_full, full[keep]])
+        q_splits = {a: torch.cat([q_splits[a], c_splits[a][keep]]) for a in q_splits}
+        q_ref = {a: (torch.cat([q_ref[a][0], ref[a][0][keep]]), torch.cat([q_ref[a][1], ref[a][1][keep]]))
+                 for a in q_ref}
+        q_gates = {a: (torch.cat([q_gates[a][0], gates[a][0][keep]]), torch.cat([q_gates[a][1], gates[a][1][keep]]))
+                   for a in q_gates}
+    upper = torch.maximum(_per_output(q_up, q_seed, k), closed_upper)
+    if status == "converged" and q_up.numel() > 0:
+        status = "converged"
+    return BabResult(upper, lower, lower_x, status, n_domains, time.perf_counter() - t0)
+
+
+def _per_output(values: Tensor, seed_idx: Tensor, k: int) -> Tensor:
+    """Max of domain values per output index (``-inf`` where none)."""
+    out = torch.full((k,), -math.inf, dtype=values.dtype)
+    if values.numel():
+        out = out.scatter_reduce(0, seed_idx, values, reduce="amax")
+    return out

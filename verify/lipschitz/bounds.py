@@ -1,0 +1,157 @@
+"""Forward bounds plus Jacobian bounds: IBP / CROWN / alpha-CROWN upper bounds of ``||J_j||_1`` over a box,
+and the naive product of operator norms.
+
+``L_inf(f_j, X) = sup_{x in X} sup_{J in Clarke df(x)} ||J_j||_1``; bounds on every forward pre-activation
+``[l_z, u_z]`` fix the Clarke gates, the gradient graph is then bounded with no x-dependence left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from verify.bounds.crown import AlphaStore, intermediate_bounds
+from verify.errors import UnsupportedOperator
+from verify.graph import Graph
+from verify.lipschitz.jacobian import JacobianGraph, seed_tensor
+from verify.ops.activation import Relu, Sigmoid, Tanh
+from verify.ops.affine import Scale
+from verify.ops.base import Bounds, LinearOp
+from verify.ops.linear import Conv2d, Dense
+from verify.ops.pooling import AvgPool2d, MaxPool2d
+from verify.ops.shape import Pad, Reshape, Transpose
+
+
+def forward_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str,
+                   splits: Mapping[str, Tensor] | None = None,
+                   reference: Mapping[str, Bounds] | None = None, alpha_iters: int = 20) -> dict[str, Bounds]:
+    """Sound bounds of every forward node. ``alpha``: intermediate slopes optimised to shrink the widths of
+    unstable pre-activations; the elementwise best of all iterates is kept (each is sound)."""
+    with torch.no_grad():
+        if method == "ibp":
+            return intermediate_bounds(graph, x_lo, x_hi, "ibp", splits=splits, reference=reference)
+        bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", splits=splits, reference=reference)
+    if method != "alpha" or alpha_iters <= 0:
+        return bounds
+    from verify.bounds.alpha import _Adam
+
+    targets = [n.inputs[0] for n in graph.nodes if n.op.needs_input_bounds]
+    store = AlphaStore(graph)
+    best = {k: (v[0].detach(), v[1].detach()) for k, v in bounds.items()}
+    opt = None
+    for _ in range(alpha_iters):
+        with torch.enable_grad():
+            cur = intermediate_bounds(graph, x_lo, x_hi, "crown", alpha_store=store, reference=best, splits=splits)
+            params = list(store.params.values())
+            if not params:
+                break
+            loss = sum((cur[t][1] - cur[t][0]).sum() for t in targets)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        if opt is None:
+            opt = _Adam(params, 0.5, 0.98)
+        opt.step(grads)
+        with torch.no_grad():
+            best = {k: (torch.maximum(best[k][0], v[0].detach()), torch.minimum(best[k][1], v[1].detach()))
+                    for k, v in cur.items()}
+            store.project(best)
+    return best
+
+
+def expand_bounds(fb: Mapping[str, Bounds], index: Tensor, names: Sequence[str]) -> dict[str, Bounds]:
+    """Forward bounds of ``names`` re-indexed from boxes to (box, output) pairs."""
+    return {k: (fb[k][0][index], fb[k][1][index]) for k in names}
+
+
+def jacobian_bounds(jg: JacobianGraph, fb: Mapping[str, Bounds], outputs: Sequence[int], crown: bool = True,
+                    splits: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict]:
+    """Upper bounds ``[B, K]`` of ``||J_j||_1`` for ``B`` boxes (forward bounds ``fb``) and ``K`` outputs, all
+    (box, output) pairs in one batch ``N = B K`` (no loop over classes)."""
+    g = jg.graph
+    x_lo = fb[g.input_name][0]
+    b, k = x_lo.shape[0], len(outputs)
+    index = torch.arange(b).repeat_interleave(k)
+    names = [n.inputs[0] for n in jg.activations + jg.pools]
+    fbn = expand_bounds(fb, index, names)
+    spl = None if splits is None else {kk: v[index] for kk, v in splits.items()}
+    seeds = seed_tensor(g, outputs, x_lo.dtype).repeat(b, *([1] * len(g.output_shape)))
+    gates = jg.gates(fbn, spl)
+    gb = jg.bounds(gates, seeds, crown)
+    up = jg.l1_upper(gates, gb, seeds, crown)
+    return up.reshape(b, k), {"gates": gates, "gb": gb, "seeds": seeds}
+
+
+_ACT_LIP = {Relu: 1.0, Sigmoid: 0.25, Tanh: 1.0, MaxPool2d: 1.0}  # l_inf -> l_inf Lipschitz constants
+
+
+def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
+    """``||W_L[j, :]||_1 prod_k ||W_k||_{inf->inf} prod Lip(sigma)`` for chain graphs ``[K]``.
+
+    Graphs with fan-out (residual adds) use the same product along the graph with absolute adjoints
+    (``1^T |L_1^T| ... |L^T| |c_j|``), which is a valid, tighter product bound."""
+    from verify.lipschitz.jacobian import abs_adjoint
+
+    dtype = graph.dtype
+    chain = all(len(n.inputs) == 1 for n in graph.nodes) and _single_use(graph) and all(
+        _inf_norm(n.op) is not None for n in graph.nodes if isinstance(n.op, LinearOp))
+    seeds = seed_tensor(graph, outputs, dtype)
+    if chain:
+        # the last linear map is applied to the seed exactly (||W_L[j,:]||_1), the rest by operator norms
+        lam = seeds.unsqueeze(0)  # [1, K, *out]
+        factor = torch.ones(len(outputs), dtype=dtype)
+        first = True
+        for n in reversed(graph.nodes):
+            if isinstance(n.op, LinearOp):
+                if first:
+                    lam = abs_adjoint(n.op, lam.abs())[0]
+                    first = False
+                else:
+                    factor = factor * _inf_norm(n.op)
+            else:
+                factor = factor * _ACT_LIP[type(n.op)]
+        if first:
+            return factor * lam.reshape(len(outputs), -1).abs().sum(-1)
+        return lam.reshape(len(outputs), -1).sum(-1) * factor
+    # general DAG: |adjoint| with every activation gate at its global Lipschitz constant
+    acc: dict[str, Tensor] = {graph.output: seeds.abs().unsqueeze(0)}
+    for n in reversed(graph.nodes):
+        lam = acc.pop(n.name, None)
+        if lam is None:
+            continue
+        if isinstance(n.op, LinearOp):
+            ins = abs_adjoint(n.op, lam)
+        elif isinstance(n.op, Relu | Sigmoid | Tanh):
+            ins = [lam * _ACT_LIP[type(n.op)]]
+        else:
+            raise UnsupportedOperator(type(n.op).__name__, n.name, detail="naive Lipschitz bound of a non-chain graph")
+        for i, li in zip(n.inputs, ins, strict=True):
+            if li is not None:
+                acc[i] = acc[i] + li if i in acc else li
+    return acc[graph.input_name].reshape(len(outputs), -1).sum(-1)
+
+
+def _single_use(graph: Graph) -> bool:
+    seen: set[str] = set()
+    for n in graph.nodes:
+        for i in n.inputs:
+            if i in seen:
+                return False
+            seen.add(i)
+    return True
+
+
+def _inf_norm(op: LinearOp) -> Tensor | None:
+    """``||L||_{inf->inf}`` = the largest row sum of ``|L|`` = ``max(|L| 1)``; None when no rule applies."""
+    if isinstance(op, Dense):
+        return op.weight.abs().sum(1).max()
+    ones = torch.ones(1, *op.in_shapes[0], dtype=op.dtype())
+    if isinstance(op, Conv2d):
+        return op._conv(ones, op.weight.abs(), None).max()
+    if isinstance(op, Scale):
+        return torch.ones(()) if op.weight is None else op.weight.abs().max()
+    if isinstance(op, Reshape | Transpose | Pad):
+        return torch.ones((), dtype=ones.dtype)
+    if isinstance(op, AvgPool2d):
+        return op.forward(ones).max()
+    return None
