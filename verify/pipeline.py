@@ -77,7 +77,8 @@ def _root_verified(graph: Graph, rows: RowSpec, lo: torch.Tensor, hi: torch.Tens
     if rows.Ax is not None or alpha_iterations <= 0 or deadline.left() < 1:
         return False, "crown"
     lam = rows.C.unsqueeze(0).reshape(1, rows.C.shape[0], *graph.output_shape)
-    lb = alpha_crown_lower(graph, x_lo, x_hi, lam, iterations=alpha_iterations, bounds=bounds) - rows.b
+    lb = alpha_crown_lower(graph, x_lo, x_hi, lam, iterations=alpha_iterations, bounds=bounds,
+                           time_limit=0.5 * deadline.left()) - rows.b
     return bool((rows.group_max(lb).min(1).values > 0).all()), "alpha-crown"
 
 
@@ -158,8 +159,17 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
 
 
 def _relu_bab(graph, rows, lo, hi, deadline, checker) -> BabResult:
-    try:
-        from verify.bab.relu_split import relu_split_bab
-    except ImportError:
-        return BabResult("unknown")
+    from verify.bab.relu_split import relu_split_bab
+    from verify.ops.activation import Relu
+    if not any(isinstance(n.op, Relu) for n in graph.nodes):
+        # Nothing to split (e.g. sigmoid networks): spend the time on alpha-CROWN with optimised
+        # intermediate slopes instead; undecided stays `unknown`.
+        if rows.Ax is None and deadline.left() > 2:
+            shape = graph.input_shape
+            lam = rows.C.unsqueeze(0).reshape(1, rows.C.shape[0], *graph.output_shape)
+            lb = alpha_crown_lower(graph, lo.reshape(1, *shape), hi.reshape(1, *shape), lam, iterations=60,
+                                   optimize_intermediate=True, time_limit=0.8 * deadline.left()) - rows.b
+            if bool((rows.group_max(lb).min(1).values > 0).all()):
+                return BabResult("unsat")
+        return BabResult("unknown", stats={"reason": "no ReLU to split"})
     return relu_split_bab(graph, rows, lo, hi, deadline, checker)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from verify.bab.common import BabResult, CexCheck, Deadline
+from verify.bounds.alpha import alpha_crown_lower
 from verify.bounds.crown import intermediate_bounds
 from verify.bounds.forward import forward_bounds
 from verify.graph import Graph
@@ -79,8 +80,8 @@ def _concretize_functions(graph: Graph, funcs: Functions, lo: Tensor, hi: Tensor
     return out
 
 
-def bound_boxes(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, funcs: Functions | None = None
-                ) -> tuple[Tensor, Tensor, Functions | None]:
+def bound_boxes(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, funcs: Functions | None = None,
+                alpha_iterations: int = 0) -> tuple[Tensor, Tensor, Functions | None]:
     """Row lower bounds ``[N, R]``, ``Lambda_x [N, R, n]`` for flat boxes ``[N, n]``, and (when computed
     here, i.e. ``funcs`` is None) the CROWN intermediate linear bounds for the children to re-use."""
     shape = graph.input_shape
@@ -93,6 +94,13 @@ def bound_boxes(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, funcs: Func
     else:
         bounds = forward_bounds(graph, x_lo, x_hi, reference=_concretize_functions(graph, funcs, lo, hi))
     lb, lam_x = spec.lower_bounds(graph, bounds)
+    if alpha_iterations > 0 and spec.Ax is None:
+        # A few slope-optimisation steps on the spec rows only (intermediate bounds fixed): cheap, since
+        # there are few rows, and every prune saves a subtree.
+        n_rows = spec.C.shape[0]
+        lam = spec.C.expand(lo.shape[0], -1, -1).reshape(lo.shape[0], n_rows, *graph.output_shape)
+        best = alpha_crown_lower(graph, x_lo, x_hi, lam, iterations=alpha_iterations, lr=0.5, bounds=bounds)
+        lb = torch.maximum(lb, best - spec.b)
     return lb, lam_x, new_funcs
 
 
@@ -107,7 +115,7 @@ def _cat(parts: list[Functions]) -> Functions:
 @torch.no_grad()
 def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadline: Deadline,
                     check: CexCheck, batch_max: int = 8192, max_domains: int = 5_000_000,
-                    refresh: int = 1, balance: float = 64.0) -> BabResult:
+                    refresh: int = 1, balance: float = 64.0, alpha_iterations: int = 0) -> BabResult:
     """``lo``/``hi``: the property's box ``[n]`` (or several root boxes ``[M, n]``).
 
     Stack entries: ``(lo, hi, functions or None, age)`` — a group of boxes sharing an age."""
@@ -130,7 +138,7 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
         visited += L.shape[0]
         t0 = time.perf_counter()
         use_inherited = funcs is not None and age % refresh != 0
-        lb, lam_x, new_funcs = bound_boxes(graph, spec, L, H, funcs if use_inherited else None)
+        lb, lam_x, new_funcs = bound_boxes(graph, spec, L, H, funcs if use_inherited else None, alpha_iterations)
         if new_funcs is not None:
             funcs = new_funcs
         # Fresh CROWN costs more than the inherited path; track the dearer one.

@@ -145,6 +145,8 @@ class ReluBab:
 def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Deadline, check: CexCheck,
                    batch: int = 32, iterations: int = 8, max_domains: int = 200_000) -> BabResult:
     bab = ReluBab(graph, rows, lo, hi, iterations=iterations)
+    if not bab.pre:
+        return BabResult("unknown", stats={"reason": "no ReLU to split"})
     x_lo, x_hi = bab.x_lo, bab.x_hi
     root_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown")
     root_bounds = {k: root_bounds[k] for k in bab.keep}

@@ -7,6 +7,8 @@ stay at their CROWN values; ``optimize_intermediate`` also optimises the slopes 
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import Tensor
 
@@ -26,8 +28,11 @@ def final_alphas(graph: Graph, bounds, b: int, s: int) -> dict[str, Tensor]:
 
 def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, iterations: int = 20,
                       lr: float = 0.5, decay: float = 0.98, optimize_intermediate: bool = False,
-                      bounds=None) -> Tensor:
-    """Best lower bound of ``<lam, f(x)>`` (``lam [B, S, *out_shape]``) over the box: ``[B, S]``."""
+                      bounds=None, time_limit: float | None = None) -> Tensor:
+    """Best lower bound of ``<lam, f(x)>`` (``lam [B, S, *out_shape]``) over the box: ``[B, S]``.
+
+    ``time_limit`` (seconds) stops the optimisation early; the best bound so far is still sound."""
+    t_end = None if time_limit is None else time.perf_counter() + time_limit
     with torch.no_grad():
         if bounds is None:
             bounds = intermediate_bounds(graph, x_lo, x_hi, "crown")
@@ -52,7 +57,7 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
                 cur_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", alpha_store=store, reference=bounds)
             lb = lower_bound(graph, graph.output, lam, cur_bounds, alphas)
         best = torch.maximum(best, lb.detach())
-        if it == iterations:
+        if it == iterations or (t_end is not None and time.perf_counter() > t_end):
             break
         # autograd.grad, not backward(): model parameters must not accumulate .grad here.
         with torch.enable_grad():
