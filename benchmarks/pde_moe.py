@@ -50,7 +50,21 @@ def agg(per_seed: list[dict], key: str, fn=statistics.mean) -> float | None:
     return fn(vals) if len(vals) > 1 or fn is statistics.mean else 0.0
 
 
-def accuracy(quick: bool, cache: str, seeds: int, log) -> list[dict]:
+MODELS = {
+    "PI-SC": dict(constraint="soft"),
+    "PI-HC": dict(constraint="hard", points=1000),
+    "PI-HC-MoE": dict(constraint="moe", experts=4, points=1000),  # as the paper: global IC/BC rows, own-expert loss
+    # Not in the paper: continuity rows between neighbouring experts (joint solve per sample).
+    "PI-HC-MoE+interface": dict(constraint="moe", experts=4, points=1000, interface_weight=100.0),
+    # ... and the training loss F(u) of the stitched field by finite differences across the interfaces (as the
+    # reference code's loss), so a front that stops at an interface is penalised where it stops.
+    "PI-HC-MoE+interface+stitched": dict(
+        constraint="moe", experts=4, points=1000, interface_weight=100.0, moe_loss="stitched"
+    ),
+}
+
+
+def accuracy(quick: bool, cache: str, seeds: int, log, models: tuple[str, ...] = ()) -> list[dict]:
     """Train PI-SC, PI-HC and PI-HC-MoE with the same backbone and budget for several seeds (initialisation,
     points and test set); report the mean over seeds of the per-seed mean relative L2, and its std over seeds."""
     rows = []
@@ -68,13 +82,9 @@ def accuracy(quick: bool, cache: str, seeds: int, log) -> list[dict]:
         n_test=4 if quick else 16,
         cache_dir=cache,
     )
-    for name, kw in (
-        ("PI-SC", dict(constraint="soft")),
-        ("PI-HC", dict(constraint="hard", points=1000)),
-        ("PI-HC-MoE", dict(constraint="moe", experts=4, points=1000)),
-        # Not in the paper: continuity rows between neighbouring experts (joint solve per sample).
-        ("PI-HC-MoE+interface", dict(constraint="moe", experts=4, points=1000, interface_weight=100.0)),
-    ):
+    for name, kw in MODELS.items():
+        if models and name not in models:
+            continue
         per_seed = []
         for seed in range(seeds):
             cfg = TrainConfig(**base, **kw, seed=seed)
@@ -113,16 +123,22 @@ def accuracy(quick: bool, cache: str, seeds: int, log) -> list[dict]:
     return rows
 
 
-def timing(quick: bool, log) -> list[dict]:
-    """Median time per training step and per inference over a few steps of real training (the basis evolves)."""
-    # The minimum over repeats: on a shared machine external load only ever adds time.
+def timing(quick: bool, log, only_points: tuple[int, ...] = ()) -> list[dict]:
+    """Time per training step and per inference, split into backbone, constraint layer (LM forward) and implicit
+    backward, for K experts and m collocation points in total, over a few steps of real training (the basis evolves).
+
+    Every step is repeated ``reps`` times on the same weights and data and its minimum is kept (on a shared machine
+    external load only ever adds time); the table shows the mean over steps of these minima, because the number of
+    LM iterations, and so the cost, varies from step to step.
+    """
     rows = []
-    points = (100, 1000) if quick else (100, 1000, 10000)
+    points = only_points or ((100, 1000) if quick else (100, 1000, 10000))
     experts = (1, 2, 4) if quick else (1, 2, 4, 8)
-    reps = 3 if quick else 5
+    steps, reps = (2, 2) if quick else (4, 3)
     for m in points:
         base_ms = None
         for K in experts:
+            # The paper's diffusion-sorption basis (N = 16) and m points per step, K = 1 is PI-HC.
             cfg = TrainConfig(
                 problem="diffusion-sorption",
                 constraint="hard" if K == 1 else "moe",
@@ -134,45 +150,65 @@ def timing(quick: bool, log) -> list[dict]:
                 nt=41,
                 nx=256,
                 batch=4,
-                steps=reps,
+                steps=steps,
             )
             spec = make_spec(cfg.problem, cfg.nt, cfg.nx)
             model = PDEModel(spec, build_backbone(cfg), build_layer(cfg, spec))
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            st, it, iters = [], [], []
-            for step in range(reps + 1):  # the first step is warm-up
+            parts = {k: [] for k in ("backbone", "solve", "implicit", "infer", "iters", "iters_max")}
+            for step in range(steps + 1):  # the first step is warm-up
                 ids = list(range(step * cfg.batch, (step + 1) * cfg.batch))
                 data = sample_fields(cfg, spec, step, ids)
-                t0 = time.perf_counter()
-                u, info = model(data, step, ids)
-                loss = physics_loss(spec, u, data, info).total()
-                opt.zero_grad()
-                loss.backward()
-                t1 = time.perf_counter()
-                opt.step()
-                with torch.no_grad():
+                x = spec.inputs(data).float()
+                best = {k: float("inf") for k in ("backbone", "solve", "implicit", "infer")}
+                for _ in range(reps):
+                    opt.zero_grad()
+                    t0 = time.perf_counter()
+                    b = model.backbone(x)
+                    t1 = time.perf_counter()
+                    bl = b.detach().requires_grad_(True)
+                    u, info = model.layer(bl, data, step, ids)
                     t2 = time.perf_counter()
-                    model(data, step, ids)
+                    (gb,) = torch.autograd.grad(physics_loss(spec, u, data, info).total(), bl)
                     t3 = time.perf_counter()
+                    b.backward(gb)
+                    t4 = time.perf_counter()
+                    with torch.no_grad():
+                        model(data, step, ids)
+                    t5 = time.perf_counter()
+                    for k, v in (("backbone", t1 - t0 + t4 - t3), ("solve", t2 - t1), ("implicit", t3 - t2)):
+                        best[k] = min(best[k], v)
+                    best["infer"] = min(best["infer"], t5 - t4)
+                opt.step()
                 if step:
-                    st.append(t1 - t0)
-                    it.append(t3 - t2)
-                    iters.append(float(info.iterations.double().mean()))
+                    for k, v in best.items():
+                        parts[k].append(v)
+                    parts["iters"].append(float(info.iterations.double().mean()))
+                    parts["iters_max"].append(float(info.iterations.max()))
+            mean = {k: statistics.mean(v) for k, v in parts.items()}
             row = {
                 "model": "PI-HC" if K == 1 else "PI-HC-MoE",
                 "K": K,
                 "points": m,
-                "train_step_ms": 1e3 * min(st),
-                "infer_ms": 1e3 * min(it),
-                "lm_iters": statistics.mean(iters),
+                "train_step_ms": 1e3 * (mean["backbone"] + mean["solve"] + mean["implicit"]),
+                "layer_ms": 1e3 * (mean["solve"] + mean["implicit"]),
+                "solve_ms": 1e3 * mean["solve"],
+                "implicit_ms": 1e3 * mean["implicit"],
+                "backbone_ms": 1e3 * mean["backbone"],
+                "infer_ms": 1e3 * mean["infer"],
+                "lm_iters": mean["iters"],
+                "lm_iters_max": mean["iters_max"],
             }
             base_ms = base_ms or row
-            row["train_speedup"] = base_ms["train_step_ms"] / row["train_step_ms"]
-            row["infer_speedup"] = base_ms["infer_ms"] / row["infer_ms"]
+            for key in ("train", "layer", "infer"):
+                k_ms = "train_step_ms" if key == "train" else f"{key}_ms"
+                row[f"{key}_speedup"] = base_ms[k_ms] / row[k_ms]
             rows.append(row)
             log(
-                f"K={K} m={m}: step {row['train_step_ms']:.0f} ms ({row['train_speedup']:.2f}x), "
-                f"inference {row['infer_ms']:.0f} ms ({row['infer_speedup']:.2f}x), LM iters {row['lm_iters']:.1f}"
+                f"K={K} m={m}: step {row['train_step_ms']:.0f} ms ({row['train_speedup']:.2f}x) = backbone "
+                f"{row['backbone_ms']:.0f} + LM {row['solve_ms']:.0f} + implicit {row['implicit_ms']:.0f}; layer "
+                f"{row['layer_ms']:.0f} ms ({row['layer_speedup']:.2f}x); inference {row['infer_ms']:.0f} ms "
+                f"({row['infer_speedup']:.2f}x); LM iters {row['lm_iters']:.1f} (max {row['lm_iters_max']:.1f})"
             )
     return rows
 
@@ -227,6 +263,11 @@ def print_table(rows: list[dict]) -> None:
         ("extrap_rel_l2_std", "± (seeds)", ".2f"),
         ("train_step_ms", "train step ms", ".1f"),
         ("train_speedup", "train speedup", ".2f"),
+        ("backbone_ms", "backbone ms", ".1f"),
+        ("solve_ms", "LM solve ms", ".1f"),
+        ("implicit_ms", "implicit bwd ms", ".1f"),
+        ("layer_ms", "layer ms", ".1f"),
+        ("layer_speedup", "layer speedup", ".2f"),
         ("infer_ms", "inference ms", ".1f"),
         ("infer_speedup", "infer speedup", ".2f"),
         ("lm_iters", "LM iters", ".1f"),
@@ -247,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the table as one JSON object on the last line")
     ap.add_argument("--cache", default="", help="dataset cache directory (default ~/.cache/clarke/pde)")
     ap.add_argument("--sections", default="accuracy,timing,distributed", help="comma-separated subset to run")
-    ap.add_argument("--seeds", type=int, default=0, help="training seeds per model (0: 1 with --quick, else 3)")
+    ap.add_argument("--seeds", type=int, default=0, help="training seeds per model (0: 1 with --quick, else 5)")
+    ap.add_argument("--models", default="", help=f"comma-separated subset of the accuracy models ({', '.join(MODELS)})")
+    ap.add_argument("--points", default="", help="comma-separated m values of the timing sweep (default all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -258,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     sections = set(args.sections.split(","))
     rows: list[dict] = []
     if "accuracy" in sections:
-        rows += accuracy(args.quick, args.cache, args.seeds or (1 if args.quick else 3), log)
+        models = tuple(m for m in args.models.split(",") if m)
+        rows += accuracy(args.quick, args.cache, args.seeds or (1 if args.quick else 5), log, models)
     if "timing" in sections:
-        rows += timing(args.quick, log)
+        rows += timing(args.quick, log, tuple(int(p) for p in args.points.split(",") if p))
     if "distributed" in sections:
         rows += distributed(args.quick, log)
     print_table(rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 
 import numpy as np
 import pytest
@@ -400,24 +399,6 @@ def test_cli_lipschitz_and_monotonicity(tmp_path, capsys):
     rc, _, err = _cli(["lipschitz", str(tmp_path / "missing.onnx"), "--center", str(tmp_path / "x.npy"),
                        "--eps", "0.1"], capsys)
     assert rc == 2 and err.count("\n") == 1
-
-
-def test_speed_mnist_mlp_all_outputs():
-    torch.manual_seed(0)
-    net = mlp([784, 100, 100, 10])
-    x0 = torch.rand(784, dtype=torch.float64)
-    graph, lo, hi = _prepare(net, x0 - 0.01, x0 + 0.01, (784,))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a shared 2-core machine one thread is both faster and steadier
-    try:
-        upper_bounds(graph, lo, hi, list(range(10)), "crown")  # warm-up
-        t = time.perf_counter()
-        for _ in range(3):
-            upper_bounds(graph, lo, hi, list(range(10)), "crown")
-        per_input = (time.perf_counter() - t) / 3
-    finally:
-        torch.set_num_threads(threads)
-    assert per_input < 0.5, per_input  # target 0.1 s (measured 0.03-0.07 s); loose for a loaded CI machine
 
 
 def test_lipsdp_global_l2_bound():
