@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from verify.api import METHODS, bound
-from verify.cli.common import CliError, load_array, print_json
+from verify.cli.common import CliError, load_array, print_json, region_from_args
 from verify.frontends.onnx_frontend import load_onnx
 
 DESCRIPTION = """Compute certified lower/upper bounds of every network output (or of C*f(x)) over an
@@ -52,19 +52,7 @@ def _boxes(args, graph) -> list[tuple[np.ndarray, np.ndarray]]:
         from verify.vnnlib import parse_vnnlib
         spec = parse_vnnlib(args.spec, n_inputs=n, n_outputs=graph.output_numel)
         return [(p.box.lo, p.box.hi) for p in spec.properties]
-    if args.center is not None:
-        if args.eps is None or args.eps < 0:
-            raise CliError("--center needs a non-negative --eps")
-        x0 = load_array(args.center, "centre").reshape(-1).astype(np.float64)
-        lo, hi = x0 - args.eps, x0 + args.eps
-        if args.clip:
-            lo, hi = np.clip(lo, *args.clip), np.clip(hi, *args.clip)
-    else:
-        lo = load_array(args.box[0], "box lower").reshape(-1).astype(np.float64)
-        hi = load_array(args.box[1], "box upper").reshape(-1).astype(np.float64)
-    for name, a in (("box", lo),):
-        if a.size != n:
-            raise CliError(f"{name} has {a.size} values but the model input has {n} ({graph.input_shape})")
+    lo, hi = region_from_args(args, n)
     return [(lo, hi)]
 
 

@@ -55,3 +55,24 @@ def print_json(obj: dict) -> None:
 def fail(message: str, code: int = 2) -> int:
     sys.stderr.write(f"clarke: error: {message}\n")
     return code
+
+
+def region_from_args(args, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The input box of ``--center X --eps E [--clip MIN MAX]`` or ``--box LO HI``, checked against ``n``
+    model inputs (float64, flattened)."""
+    if args.box is not None and args.eps is not None:
+        raise CliError("--eps goes with --center, not with --box")
+    if args.center is not None:
+        if args.eps is None or args.eps < 0:
+            raise CliError("--center needs a non-negative --eps")
+        x0 = load_array(args.center, "centre").reshape(-1).astype(np.float64)
+        lo, hi = x0 - args.eps, x0 + args.eps
+        if getattr(args, "clip", None):
+            lo, hi = np.clip(lo, *args.clip), np.clip(hi, *args.clip)
+    else:
+        lo = load_array(args.box[0], "box lower").reshape(-1).astype(np.float64)
+        hi = load_array(args.box[1], "box upper").reshape(-1).astype(np.float64)
+    for what, a in (("box lower", lo), ("box upper", hi)):
+        if a.size != n:
+            raise CliError(f"{what} has {a.size} values but the model input has {n}")
+    return lo, hi

@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from verify.cli.common import CliError, load_array, print_json
+from verify.cli.common import CliError, print_json, region_from_args
 
 LIP_DESCRIPTION = """Certified upper bound on the local l_inf Lipschitz constant of an ONNX model over an input
 box, max_j sup_x ||grad f_j(x)||_1 (every Clarke Jacobian row), with a lower bound attained by a gradient
@@ -53,22 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _box(args, n: int) -> tuple[np.ndarray, np.ndarray]:
     if (args.center is not None) == (args.box is not None):
         raise CliError("give exactly one input region: --center with --eps, or --box LO HI")
-    if args.box is not None and args.eps is not None:
-        raise CliError("--eps goes with --center, not with --box")
-    if args.center is not None:
-        if args.eps is None or args.eps < 0:
-            raise CliError("--center needs a non-negative --eps")
-        x0 = load_array(args.center, "centre").reshape(-1).astype(np.float64)
-        lo, hi = x0 - args.eps, x0 + args.eps
-        if args.clip:
-            lo, hi = np.clip(lo, *args.clip), np.clip(hi, *args.clip)
-    else:
-        lo = load_array(args.box[0], "box lower").reshape(-1).astype(np.float64)
-        hi = load_array(args.box[1], "box upper").reshape(-1).astype(np.float64)
-    for what, a in (("box lower", lo), ("box upper", hi)):
-        if a.size != n:
-            raise CliError(f"{what} has {a.size} values but the model input has {n}")
-    return lo, hi
+    return region_from_args(args, n)
 
 
 def run_lipschitz(args: argparse.Namespace) -> int:
