@@ -46,7 +46,7 @@ def expert_residual(spec: PDESpec, phi: Tensor, off: Tensor | None, w_at: Tensor
     quantity each expert's solve minimises; finite differences of the stitched field would instead be
     dominated by the jumps at block interfaces. For one expert it equals F(u) exactly.
     """
-    z = torch.einsum("bgjn,bgn->bgj", phi, w_at)
+    z = (phi * w_at[:, :, None, :]).sum(-1)  # einsum would lower to B G tiny matrix products
     if off is not None:
         z = z + off
     return spec.pointwise(z) * spec.collocation_mask().to(z.device)
@@ -180,8 +180,8 @@ class HardConstraintMoE(nn.Module):
         agree there (an addition to the paper, whose experts may jump across interfaces)."""
         bsz, K, m, J, n = phi_s.shape
         eye = torch.eye(K, dtype=bg.dtype)
-        # Expert k's PDE rows act on the k-th block of W only.
-        phi_j = torch.einsum("bkmjn,kl->bkmjln", phi_s, eye).reshape(bsz, K * m, J, K * n)
+        # Expert k's PDE rows act on the k-th block of W only: kept block-structured (blocks=K), never padded.
+        phi_j = phi_s.reshape(bsz, K * m, J, n)
         off_j = None if off_s is None else off_s.reshape(bsz, K * m, -1)
         q = L.shape[1]
         L_j = torch.einsum("bqn,kl->bkqln", L, eye)
@@ -197,4 +197,4 @@ class HardConstraintMoE(nn.Module):
         L_all = torch.cat([L_j, L_if], dim=1)
         y_all = torch.cat([y_j, torch.zeros(bsz, L_if.shape[1], dtype=bg.dtype)], dim=1)
         w0 = torch.full((bsz, K * n), self.omega0, dtype=torch.float64, device=bg.device)
-        return solve_nlls(phi_j, L_all, y_all, self.spec.pointwise, self.solver, offset=off_j, omega0=w0)
+        return solve_nlls(phi_j, L_all, y_all, self.spec.pointwise, self.solver, offset=off_j, omega0=w0, blocks=K)

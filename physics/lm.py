@@ -39,6 +39,7 @@ class LMResult:
     converged: Tensor  # (P,) bool
     residual_norm: Tensor  # (P,) ||r(omega)||_2
     grad_norm: Tensor  # (P,) ||J^T r||_2
+    jtj: Tensor | None = None  # (P, N, N) J^T J (with the ridge) at omega, for the implicit backward
 
 
 def lm_solve(prob: NLLSProblem, omega0: Tensor, cfg: LMConfig | None = None) -> LMResult:
@@ -57,6 +58,7 @@ def lm_solve(prob: NLLSProblem, omega0: Tensor, cfg: LMConfig | None = None) -> 
         gscale = torch.clamp(g.norm(dim=-1), min=1.0)
         converged = g.norm(dim=-1) <= cfg.gtol * gscale
         iters = torch.zeros_like(mu, dtype=torch.long)
+        sub, n_sub = prob, -1
         for _ in range(cfg.max_iter):
             active = ~converged
             if not bool(active.any()):  # one sync per iteration; per-problem logic stays in masks
@@ -64,7 +66,9 @@ def lm_solve(prob: NLLSProblem, omega0: Tensor, cfg: LMConfig | None = None) -> 
             # Work only on the unconverged problems: the cost of a batch is the sum of its problems'
             # iterations, not (max iterations) x (batch size). Easy experts stop early; hard ones go on.
             a = torch.nonzero(active).squeeze(-1)
-            sub = prob if a.numel() == active.numel() else take(prob, a)  # no copy while all are active
+            if a.numel() != n_sub:  # the active set only shrinks: copy the sub-batch only when it changes
+                sub = prob if a.numel() == active.numel() else take(prob, a)
+                n_sub = a.numel()
             w_a, g_a, jtj_a, cost_a, mu_a, nu_a = w[a], g[a], jtj[a], cost[a], mu[a], nu[a]
             chol, info = torch.linalg.cholesky_ex(jtj_a + mu_a[:, None, None] * eye)
             ok = info == 0
@@ -104,7 +108,7 @@ def lm_solve(prob: NLLSProblem, omega0: Tensor, cfg: LMConfig | None = None) -> 
         rnorm = torch.sqrt(2.0 * cost)
     if not torch.isfinite(w).all() or not torch.isfinite(rnorm).all():
         raise PhysicsError(f"Levenberg-Marquardt diverged: residual norm {rnorm.max().item():.3e}")
-    result = LMResult(w, iters, converged, rnorm, g.norm(dim=-1))
+    result = LMResult(w, iters, converged, rnorm, g.norm(dim=-1), jtj)
     report_nonconvergence(result, cfg.on_fail)
     return result
 
@@ -112,7 +116,7 @@ def lm_solve(prob: NLLSProblem, omega0: Tensor, cfg: LMConfig | None = None) -> 
 def take(prob: NLLSProblem, idx: Tensor) -> NLLSProblem:
     """The sub-batch of problems ``idx``."""
     off = None if prob.offset is None else prob.offset[idx]
-    return NLLSProblem(prob.phi[idx], off, prob.L[idx], prob.y[idx], prob.f, prob.ridge)
+    return NLLSProblem(prob.phi[idx], off, prob.L[idx], prob.y[idx], prob.f, prob.ridge, prob.blocks)
 
 
 def report_nonconvergence(res: LMResult, on_fail: str) -> None:
