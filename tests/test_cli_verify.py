@@ -390,7 +390,7 @@ def test_run_instance_script_unsat(tmp_path):
 
 
 def test_run_instance_script_sat_gzipped_inputs(tmp_path):
-    """test_sat with both files gzipped (as some VNN-COMP benchmarks ship them): decompressed, solved."""
+    """test_sat with both files gzipped (as some VNN-COMP benchmarks ship them): read directly, solved."""
     d = bench_dir("test")
     for name in ("test_sat.onnx", "test_prop.vnnlib"):
         (tmp_path / f"{name}.gz").write_bytes(gzip.compress((d / name).read_bytes()))

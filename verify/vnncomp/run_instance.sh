@@ -6,7 +6,7 @@
 # Runs `clarke verify ONNX VNNLIB --timeout TIMEOUT --result-file RESULT_FILE`. Clarke answers before
 # TIMEOUT seconds (it stops its search with a margin) and writes RESULT_FILE atomically: the status line
 # (sat / unsat / timeout / unknown) and, for sat, the counterexample it re-checked with onnxruntime.
-# Compressed inputs (.onnx.gz, .vnnlib.gz) are decompressed into a temporary folder first.
+# Compressed inputs (.onnx.gz, .vnnlib.gz) are read directly by Clarke's loaders.
 # Exit status: 0 when a result file was written; non-zero on bad input or any other failure, in which
 # case no result file is left behind (a stale one from an earlier run is removed first).
 #
@@ -54,37 +54,6 @@ else
 fi
 
 rm -f -- "$RESULT_FILE"
-
-TMP=""
-cleanup() {
-    if [ -n "$TMP" ]; then
-        rm -rf -- "$TMP"
-    fi
-}
-trap cleanup EXIT
-
-# Clarke's ONNX loader reads plain files only, so compressed inputs get an uncompressed copy.
-if [[ "$ONNX" == *.gz || "$VNNLIB" == *.gz ]]; then
-    TMP=$(mktemp -d "${TMPDIR:-/tmp}/clarke-vnncomp.XXXXXX") || exit 1
-fi
-if [[ "$ONNX" == *.gz ]]; then
-    mkdir -p "$TMP/onnx"
-    out="$TMP/onnx/$(basename "${ONNX%.gz}")"
-    if ! gzip -dc -- "$ONNX" > "$out"; then
-        echo "run_instance.sh: $ONNX: cannot decompress" >&2
-        exit 2
-    fi
-    ONNX=$out
-fi
-if [[ "$VNNLIB" == *.gz ]]; then
-    mkdir -p "$TMP/vnnlib"
-    out="$TMP/vnnlib/$(basename "${VNNLIB%.gz}")"
-    if ! gzip -dc -- "$VNNLIB" > "$out"; then
-        echo "run_instance.sh: $VNNLIB: cannot decompress" >&2
-        exit 2
-    fi
-    VNNLIB=$out
-fi
 
 echo "clarke: category $CATEGORY, $(basename "$ONNX"), $(basename "$VNNLIB"), timeout $TIMEOUT s" >&2
 "${CMD[@]}" verify "$ONNX" "$VNNLIB" --timeout "$TIMEOUT" --result-file "$RESULT_FILE"
