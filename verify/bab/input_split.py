@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from verify.bab.common import BabResult, CexCheck, Deadline
-from verify.bounds.alpha import alpha_crown_lower
 from verify.bounds.crown import intermediate_bounds
 from verify.bounds.forward import forward_bounds
 from verify.graph import Graph
@@ -81,41 +80,33 @@ def _concretize_functions(graph: Graph, funcs: Functions, lo: Tensor, hi: Tensor
 
 
 def bound_boxes(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, funcs: Functions | None = None,
-                alpha_iterations: int = 0) -> tuple[Tensor, Tensor, Functions | None]:
-    """Row lower bounds ``[N, R]``, ``Lambda_x [N, R, n]`` for flat boxes ``[N, n]``, and (when computed
-    here, i.e. ``funcs`` is None) the CROWN intermediate linear bounds for the children to re-use."""
+                collect: bool = False) -> tuple[Tensor, Tensor, Functions | None]:
+    """Row lower bounds ``[N, R]`` and ``Lambda_x [N, R, n]`` for flat boxes ``[N, n]``.
+
+    Without ``funcs``: fresh CROWN intermediate bounds; with ``collect``, their linear bounds are also
+    returned for the children to re-use. With ``funcs``: ancestor bounds re-concretised + forward pass."""
     shape = graph.input_shape
     x_lo, x_hi = lo.reshape(-1, *shape), hi.reshape(-1, *shape)
     new_funcs = None
     if funcs is None:
-        raw: dict = {}
+        raw: dict | None = {} if collect else None
         bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", functions=raw)
-        new_funcs = _dense_functions(graph, raw, lo.shape[0])
+        if raw is not None:
+            new_funcs = _dense_functions(graph, raw, lo.shape[0])
     else:
         bounds = forward_bounds(graph, x_lo, x_hi, reference=_concretize_functions(graph, funcs, lo, hi))
     lb, lam_x = spec.lower_bounds(graph, bounds)
-    if alpha_iterations > 0 and spec.Ax is None:
-        # A few slope-optimisation steps on the spec rows only (intermediate bounds fixed): cheap, since
-        # there are few rows, and every prune saves a subtree.
-        n_rows = spec.C.shape[0]
-        lam = spec.C.expand(lo.shape[0], -1, -1).reshape(lo.shape[0], n_rows, *graph.output_shape)
-        best = alpha_crown_lower(graph, x_lo, x_hi, lam, iterations=alpha_iterations, lr=0.5, bounds=bounds)
-        lb = torch.maximum(lb, best - spec.b)
     return lb, lam_x, new_funcs
 
 
-def _take(funcs: Functions, idx: Tensor) -> Functions:
-    return {k: tuple(t[idx] for t in v) for k, v in funcs.items()}
-
-
-def _cat(parts: list[Functions]) -> Functions:
-    return {k: tuple(torch.cat([p[k][i] for p in parts]) for i in range(4)) for k in parts[0]}
+def _take(funcs: Functions | None, idx: Tensor) -> Functions | None:
+    return None if funcs is None else {k: tuple(t[idx] for t in v) for k, v in funcs.items()}
 
 
 @torch.no_grad()
 def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadline: Deadline,
                     check: CexCheck, batch_max: int = 8192, max_domains: int = 5_000_000,
-                    refresh: int = 1, balance: float = 64.0, alpha_iterations: int = 0) -> BabResult:
+                    refresh: int = 1, balance: float = 64.0) -> BabResult:
     """``lo``/``hi``: the property's box ``[n]`` (or several root boxes ``[M, n]``).
 
     Stack entries: ``(lo, hi, functions or None, age)`` — a group of boxes sharing an age."""
@@ -131,19 +122,18 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
         batch = int(max(32, min(batch_max, min(1.0, left / 4) / per_domain)))
         L, H, funcs, age = stack.pop()
         if L.shape[0] > batch:  # process the top part, keep the rest
-            rest = None if funcs is None else _take(funcs, torch.arange(batch, L.shape[0]))
-            stack.append((L[batch:], H[batch:], rest, age))
+            stack.append((L[batch:], H[batch:], _take(funcs, torch.arange(batch, L.shape[0])), age))
             L, H = L[:batch], H[:batch]
-            funcs = None if funcs is None else _take(funcs, torch.arange(batch))
+            funcs = _take(funcs, torch.arange(batch))
         visited += L.shape[0]
         t0 = time.perf_counter()
-        use_inherited = funcs is not None and age % refresh != 0
-        lb, lam_x, new_funcs = bound_boxes(graph, spec, L, H, funcs if use_inherited else None, alpha_iterations)
-        if new_funcs is not None:
+        fresh = funcs is None or age % refresh == 0
+        # Linear bounds for the children are collected only when some child will re-use them.
+        lb, lam_x, new_funcs = bound_boxes(graph, spec, L, H, None if fresh else funcs, collect=fresh and refresh > 1)
+        if fresh:
             funcs = new_funcs
-        # Fresh CROWN costs more than the inherited path; track the dearer one.
-        per_domain = max(0.5 * per_domain, (time.perf_counter() - t0) / L.shape[0]) if new_funcs is not None \
-            else per_domain
+            # Fresh CROWN costs more than the inherited path; track the dearer one.
+            per_domain = max(0.5 * per_domain, (time.perf_counter() - t0) / L.shape[0])
         margins = spec.group_max(lb)  # [N, D]
         open_ = margins.min(1).values <= 0
         if not open_.any():

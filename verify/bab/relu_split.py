@@ -152,11 +152,10 @@ def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline
     root_bounds = {k: root_bounds[k] for k in bab.keep}
     splits = {name: torch.zeros(1, *graph.shape_of(name), dtype=torch.int8) for name in bab.pre}
     visited = 0
-    stuck = 0
     found: list = []
 
     def process(bounds, splits) -> _Domains | str:
-        nonlocal visited, stuck
+        nonlocal visited
         b = splits[bab.pre[0]].shape[0]
         visited += b
         lb, lam_x, feasible, extra = bab.bound(bounds, splits)
@@ -181,7 +180,6 @@ def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline
         kept_splits = {k: v[keep] for k, v in splits.items()}
         lam_h = {k: v[keep] for k, v in extra["lam_h"].items()}
         node, idx = bab.choose(kept_bounds, kept_splits, lam_h, row)
-        stuck += int((node < 0).sum())
         return _Domains(kept_bounds, kept_splits, margins[keep].min(1).values, node, idx)
 
     pool = process(root_bounds, splits)
