@@ -261,9 +261,31 @@ def _box(graph: Graph, x_lo, x_hi) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _linear(op, ins: list[_Expr], in_shapes: list[tuple[int, ...]]) -> _Expr:
+LINEAR_CACHE_MAX = 4_000_000
+"""Largest ``out x in`` size of a one-input affine op whose explicit matrix ``encode`` may cache."""
+
+
+def _linear(op, ins: list[_Expr], in_shapes: list[tuple[int, ...]], cache: dict | None = None) -> _Expr:
     """Push affine expressions through an affine op: the linear part by forward-mode AD (exact, no
-    offset subtraction), the constant by evaluating the op on the constants."""
+    offset subtraction), the constant by evaluating the op on the constants.
+
+    ``cache``: a one-input op's own matrix is computed once (on the identity) and kept there, keyed by op;
+    later calls compose ``M_op @ M_in`` instead of differentiating again (many encodings of one graph)."""
+    if cache is not None and len(ins) == 1:
+        n_in = int(np.prod(in_shapes[0], dtype=np.int64))
+        key = id(op)
+        if key not in cache:
+            own = None
+            if n_in * max(ins[0].M.shape[0], 1) <= LINEAR_CACHE_MAX:
+                own = _linear(op, [_Expr(np.arange(n_in), np.eye(n_in), np.zeros(n_in))], in_shapes)
+                if own.M.size > LINEAR_CACHE_MAX:
+                    own = None
+            cache[key] = (op, own)  # the op is kept so its id stays unique while cached
+        own = cache[key][1]
+        if own is not None:
+            e = ins[0]
+            m = own.M @ e.M[own.cols] if own.cols.size else np.zeros((own.M.shape[0], e.cols.size))
+            return _Expr(e.cols, m, own.M @ e.c[own.cols] + own.c).pruned()
     cols = ins[0].cols
     for e in ins[1:]:
         cols = np.union1d(cols, e.cols)
@@ -392,17 +414,20 @@ def _maxpool(model: _Model, op: MaxPool2d, x: _Expr, shape: tuple[int, ...], l: 
     return _Expr(cols, m, rows_c).pruned()
 
 
-def encode(graph: Graph, x_lo, x_hi, tighten: bool = False, tighten_time: float | None = None) -> MipEncoding:
+def encode(graph: Graph, x_lo, x_hi, tighten: bool = False, tighten_time: float | None = None,
+           linear_cache: dict | None = None) -> MipEncoding:
     """Encode ``graph`` over the box ``[x_lo, x_hi]`` (any shape with ``input_numel`` values).
 
     ``tighten``: also tighten the CROWN bounds of unstable ReLU inputs by LP over the encoding so far (two
     LPs per unstable neuron, for at most ``tighten_time`` seconds) -- fewer binaries, smaller big-M.
+    A float64 ``graph`` is used as it is (no copy); ``linear_cache`` (an empty dict, then passed again for
+    later boxes of the same float64 graph) keeps the affine ops' matrices between calls.
     """
     t0 = time.perf_counter()
     deadline = None if tighten_time is None else t0 + tighten_time
     _check_supported(graph)
     lo, hi = _box(graph, x_lo, x_hi)
-    g = _float64_copy(graph)
+    g = graph if graph.dtype == torch.float64 else _float64_copy(graph)
     shape = g.input_shape
     with torch.no_grad():
         bounds = intermediate_bounds(g, torch.from_numpy(lo).reshape(1, *shape),
@@ -419,7 +444,7 @@ def encode(graph: Graph, x_lo, x_hi, tighten: bool = False, tighten_time: float 
         op = node.op
         ins = [exprs[i] for i in node.inputs]
         if getattr(op, "linear", False):
-            out = _linear(op, ins, [g.shape_of(i) for i in node.inputs])
+            out = _linear(op, ins, [g.shape_of(i) for i in node.inputs], linear_cache if g is graph else None)
         elif isinstance(op, Relu):
             l, u = _widened(*bounds[node.inputs[0]])
             if tighten:
@@ -468,6 +493,24 @@ def _quiet_stdout() -> Iterator[None]:
         os.close(fd)
 
 
+_GUROBI_ENVS: dict[int, object] = {}
+
+
+def _gurobi_env():
+    """One silent Gurobi environment per process (starting one checks the license: milliseconds that
+    thousands of small MIPs, e.g. BaB leaves, would otherwise pay each)."""
+    import gurobipy as gp
+
+    pid = os.getpid()  # never share an environment across fork()
+    if pid not in _GUROBI_ENVS:
+        env = gp.Env(empty=True)
+        env.setParam("OutputFlag", 0)
+        env.setParam("LogToConsole", 0)
+        env.start()
+        _GUROBI_ENVS[pid] = env
+    return _GUROBI_ENVS[pid]
+
+
 def _solve_gurobi(model: _Model, obj: np.ndarray, time_limit: float | None, obj_stop: float | None,
                   bound_stop: float | None, threads: int, seed: int) -> _Solution:
     try:
@@ -479,11 +522,7 @@ def _solve_gurobi(model: _Model, obj: np.ndarray, time_limit: float | None, obj_
     t0 = time.perf_counter()
     try:
         with contextlib.ExitStack() as stack:
-            env = stack.enter_context(gp.Env(empty=True))
-            env.setParam("OutputFlag", 0)
-            env.setParam("LogToConsole", 0)
-            env.start()
-            m = stack.enter_context(gp.Model(env=env))
+            m = stack.enter_context(gp.Model(env=_gurobi_env()))
             v = m.addMVar(model.n, lb=lb, ub=ub, vtype=np.where(integer, GRB.BINARY, GRB.CONTINUOUS))
             eq = rlo == rhi
             upper, lower = np.isfinite(rhi) & ~eq, np.isfinite(rlo) & ~eq

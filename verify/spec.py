@@ -45,6 +45,13 @@ class RowSpec:
         Ax = torch.tensor(np.concatenate(Axs).reshape(-1, n_in), dtype=dtype) if any_mixed else None
         return cls(C, Ax, torch.tensor(np.concatenate(bs), dtype=dtype), torch.tensor(groups), len(prop.disjuncts))
 
+    def subset(self, groups: list[int]) -> RowSpec:
+        """The rows of the given disjuncts only, renumbered ``0..len(groups)-1`` in that order."""
+        keep = torch.cat([(self.group == d).nonzero().flatten() for d in groups])
+        new_id = {d: i for i, d in enumerate(groups)}
+        group = torch.tensor([new_id[int(d)] for d in self.group[keep]], dtype=self.group.dtype)
+        return RowSpec(self.C[keep], None if self.Ax is None else self.Ax[keep], self.b[keep], group, len(groups))
+
     def values(self, x: Tensor, y: Tensor) -> Tensor:
         """Row values ``r(x)`` at points ``x [N, n]`` with outputs ``y [N, K]``: ``[N, R]``."""
         r = y @ self.C.T - self.b
@@ -72,6 +79,53 @@ class RowSpec:
         if self.Ax is not None:
             lam_x = lam_x + self.Ax
         return concretize_lower(lam_x, kappa, x_lo, x_hi) - self.b, lam_x
+
+
+def _project_simplex(v: Tensor) -> Tensor:
+    """Euclidean projection of each row of ``v [N, k]`` onto the probability simplex (Duchi et al., 2008)."""
+    u = v.sort(1, descending=True).values
+    css = u.cumsum(1) - 1
+    k = torch.arange(1, v.shape[1] + 1, dtype=v.dtype)
+    cond = u - css / k > 0
+    rho = cond.to(v.dtype).cumsum(1).argmax(1, keepdim=True)
+    theta = css.gather(1, rho) / (rho + 1).to(v.dtype)
+    return (v - theta).clamp(min=0)
+
+
+def combined_margins(spec: RowSpec, lb: Tensor, lam_x: Tensor, x_lo: Tensor, x_hi: Tensor,
+                     iterations: int = 25) -> Tensor:
+    """Disjunct margins ``[N, D]`` at least ``group_max(lb)``, from convex combinations of each disjunct's rows.
+
+    Each row satisfies ``r_j(x) >= Lambda_j x + c_j`` on the box; for ``mu`` in the simplex,
+    ``min_box sum_j mu_j (Lambda_j x + c_j) > 0`` means no point of the box has every row ``<= 0`` (Farkas-style
+    certificate, as LP duality would combine them). ``mu`` by projected supergradient ascent, best value kept."""
+    margins = spec.group_max(lb)
+    lo = x_lo.reshape(x_lo.shape[0], -1).double()
+    hi = x_hi.reshape(x_hi.shape[0], -1).double()
+    for d in range(spec.n_groups):
+        rows = (spec.group == d).nonzero().flatten()
+        if rows.numel() < 2:
+            continue
+        lam = lam_x[:, rows].double()  # [N, k, n]
+        lo_, hi_ = lo.unsqueeze(1), hi.unsqueeze(1)
+        c = lb[:, rows].double() - torch.minimum(lam * lo_, lam * hi_).sum(-1)  # [N, k]
+        mu = torch.nn.functional.one_hot(lb[:, rows].argmax(1), rows.numel()).double()
+        best = torch.full((lb.shape[0],), -torch.inf, dtype=torch.float64)
+        step = 0.5
+        for _ in range(iterations):
+            a = (mu.unsqueeze(-1) * lam).sum(1)  # [N, n]
+            corner = torch.where(a > 0, lo, hi)
+            terms = a * corner
+            value = terms.sum(1) + (mu * c).sum(1)
+            # Float error of the sum: keep a margin proportional to the magnitudes involved.
+            slack = 1e-6 * (terms.abs().sum(1) + (mu * c).abs().sum(1) + 1)
+            best = torch.maximum(best, value - slack)
+            grad = (lam * corner.unsqueeze(1)).sum(-1) + c  # supergradient in mu
+            grad = grad / grad.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            mu = _project_simplex(mu + step * grad)
+            step *= 0.85
+        margins[:, d] = torch.maximum(margins[:, d], best.to(margins.dtype))
+    return margins
 
 
 def minimizers(lam_x: Tensor, x_lo: Tensor, x_hi: Tensor) -> Tensor:

@@ -12,16 +12,20 @@ intersected with a cheap forward linear pass. The spec rows always get a fresh b
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
 from torch import Tensor
 
 from verify.bab.common import BabResult, CexCheck, Deadline
+from verify.bab.exact_leaf import ExactLeaves, mip_supported, unstable_relus
 from verify.bounds.crown import intermediate_bounds
 from verify.bounds.forward import forward_bounds
 from verify.graph import Graph
-from verify.spec import RowSpec, minimizers
+from verify.spec import RowSpec, combined_margins, minimizers
+
+log = logging.getLogger(__name__)
 
 # Per node: (A_lo [N, numel, n], c_lo [N, numel], A_up, c_up); rows without a function hold -+inf.
 Functions = dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]
@@ -80,11 +84,12 @@ def _concretize_functions(graph: Graph, funcs: Functions, lo: Tensor, hi: Tensor
 
 
 def bound_boxes(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, funcs: Functions | None = None,
-                collect: bool = False) -> tuple[Tensor, Tensor, Functions | None]:
+                collect: bool = False) -> tuple[Tensor, Tensor, Functions | None, dict]:
     """Row lower bounds ``[N, R]`` and ``Lambda_x [N, R, n]`` for flat boxes ``[N, n]``.
 
     Without ``funcs``: fresh CROWN intermediate bounds; with ``collect``, their linear bounds are also
-    returned for the children to re-use. With ``funcs``: ancestor bounds re-concretised + forward pass."""
+    returned for the children to re-use. With ``funcs``: ancestor bounds re-concretised + forward pass.
+    Also returns the intermediate bounds used."""
     shape = graph.input_shape
     x_lo, x_hi = lo.reshape(-1, *shape), hi.reshape(-1, *shape)
     new_funcs = None
@@ -96,7 +101,7 @@ def bound_boxes(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, funcs: Func
     else:
         bounds = forward_bounds(graph, x_lo, x_hi, reference=_concretize_functions(graph, funcs, lo, hi))
     lb, lam_x = spec.lower_bounds(graph, bounds)
-    return lb, lam_x, new_funcs
+    return lb, lam_x, new_funcs, bounds
 
 
 def _take(funcs: Functions | None, idx: Tensor) -> Functions | None:
@@ -106,7 +111,8 @@ def _take(funcs: Functions | None, idx: Tensor) -> Functions | None:
 @torch.no_grad()
 def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadline: Deadline,
                     check: CexCheck, batch_max: int = 8192, max_domains: int = 5_000_000,
-                    refresh: int = 1, balance: float = 64.0) -> BabResult:
+                    refresh: int = 1, balance: float = 64.0, combine: bool = True, exact_leaves: int = 6,
+                    leaf_time: float = 2.0) -> BabResult:
     """``lo``/``hi``: the property's box ``[n]`` (or several root boxes ``[M, n]``).
 
     Stack entries: ``(lo, hi, functions or None, age)`` — a group of boxes sharing an age."""
@@ -114,6 +120,10 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
     root_width = (hi - lo).max(0).values
     stack: list[tuple[Tensor, Tensor, Functions | None, int]] = [(lo, hi, None, 0)]
     visited = 0
+    next_log = 0.0
+    # Small boxes with few unstable ReLUs go to an exact MIP instead of being bisected further.
+    leaves = ExactLeaves(graph, spec, check) if exact_leaves > 0 and mip_supported(graph) else None
+    closed = 0.0  # volume fraction proved (debug log only)
     per_domain = 1e-3  # seconds per domain, measured as we go; sizes batches so the deadline holds
     while stack:
         left = deadline.left()
@@ -129,13 +139,16 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
         t0 = time.perf_counter()
         fresh = funcs is None or age % refresh == 0
         # Linear bounds for the children are collected only when some child will re-use them.
-        lb, lam_x, new_funcs = bound_boxes(graph, spec, L, H, None if fresh else funcs, collect=fresh and refresh > 1)
+        lb, lam_x, new_funcs, bounds = bound_boxes(graph, spec, L, H, None if fresh else funcs,
+                                                   collect=fresh and refresh > 1)
         if fresh:
             funcs = new_funcs
             # Fresh CROWN costs more than the inherited path; track the dearer one.
             per_domain = max(0.5 * per_domain, (time.perf_counter() - t0) / L.shape[0])
-        margins = spec.group_max(lb)  # [N, D]
+        margins = combined_margins(spec, lb, lam_x, L, H) if combine else spec.group_max(lb)  # [N, D]
         open_ = margins.min(1).values <= 0
+        if log.isEnabledFor(logging.DEBUG):
+            closed += float(((H - L)[~open_] / root_width.clamp(min=1e-12)).prod(1).sum())
         if not open_.any():
             continue
         keep = open_.nonzero().flatten()
@@ -149,8 +162,34 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
         x = check(torch.cat([(L + H) / 2, corner]))
         if x is not None:
             return BabResult("sat", x=x, domains=visited)
+        if leaves is not None:
+            few = unstable_relus(graph, bounds, open_.numel())[keep] <= exact_leaves
+            undecided = torch.ones(L.shape[0], dtype=torch.bool)
+            for i in few.nonzero().flatten().tolist():
+                if deadline.left() < leaf_time:
+                    break
+                groups = (margins[i] <= 0).nonzero().flatten().tolist()
+                status, x = leaves.decide(L[i], H[i], groups, leaf_time)
+                if status == "sat":
+                    return BabResult("sat", x=x, domains=visited, stats={"mip_leaves": leaves.count})
+                undecided[i] = status != "unsat"
+                if status == "unsat" and log.isEnabledFor(logging.DEBUG):
+                    closed += float(((H[i] - L[i]) / root_width.clamp(min=1e-12)).prod())
+            if not undecided.all():
+                keep2 = undecided.nonzero().flatten()
+                L, H, lb, lam_x, margins, row = L[keep2], H[keep2], lb[keep2], lam_x[keep2], margins[keep2], row[keep2]
+                funcs = _take(funcs, keep2)
+                idx = torch.arange(L.shape[0])
+                if not L.shape[0]:
+                    continue
         if visited > max_domains:
             return BabResult("timeout", domains=visited, stats={"reason": "domain limit"})
+        if log.isEnabledFor(logging.DEBUG) and time.perf_counter() > next_log:
+            next_log = time.perf_counter() + 2.0
+            rel = ((H - L) / root_width.clamp(min=1e-12)).max(1).values
+            log.debug("visited %d, stack %d, open %d, worst margin %.4g, widest box %.3g, narrowest %.3g, "
+                      "MIP leaves %d, volume done %.4f", visited, len(stack), L.shape[0], float(margins.min()),
+                      float(rel.max()), float(rel.min()), leaves.count if leaves else 0, closed / lo.shape[0])
         lo2, hi2, parent = _split(L, H, lam_x[idx, row], root_width, balance)
         stack.append((lo2, hi2, _take(funcs, parent), age + 1))
-    return BabResult("unsat", domains=visited)
+    return BabResult("unsat", domains=visited, stats={"mip_leaves": leaves.count if leaves else 0})

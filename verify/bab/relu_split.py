@@ -10,6 +10,7 @@ Intermediate bounds are the parent's, clamped by the splits; an empty clamp prov
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -23,15 +24,17 @@ from verify.ops.activation import Relu
 from verify.spec import RowSpec, minimizers
 
 INFEASIBLE_TOL = 1e-5
+log = logging.getLogger(__name__)
 
 
 class _Domains:
     """A pool of domains stored as stacked tensors (one row per domain)."""
 
     def __init__(self, bounds: dict[str, tuple[Tensor, Tensor]], splits: dict[str, Tensor], lb: Tensor,
-                 branch_node: Tensor, branch_idx: Tensor):
+                 branch_node: Tensor, branch_idx: Tensor, warm: dict[str, Tensor]):
         self.bounds, self.splits, self.lb = bounds, splits, lb
         self.branch_node, self.branch_idx = branch_node, branch_idx
+        self.warm = warm  # optimised alphas / betas per domain, inherited by the children
 
     def __len__(self) -> int:
         return int(self.lb.shape[0])
@@ -39,7 +42,7 @@ class _Domains:
     def take(self, idx: Tensor) -> _Domains:
         return _Domains({k: (v[0][idx], v[1][idx]) for k, v in self.bounds.items()},
                         {k: v[idx] for k, v in self.splits.items()}, self.lb[idx], self.branch_node[idx],
-                        self.branch_idx[idx])
+                        self.branch_idx[idx], {k: v[idx] for k, v in self.warm.items()})
 
     @staticmethod
     def cat(parts: list[_Domains]) -> _Domains:
@@ -52,7 +55,8 @@ class _Domains:
                          for k in p0.bounds},
                         {k: torch.cat([p.splits[k] for p in parts]) for k in p0.splits},
                         torch.cat([p.lb for p in parts]), torch.cat([p.branch_node for p in parts]),
-                        torch.cat([p.branch_idx for p in parts]))
+                        torch.cat([p.branch_idx for p in parts]),
+                        {k: torch.cat([p.warm[k] for p in parts]) for k in p0.warm})
 
 
 class ReluBab:
@@ -67,8 +71,12 @@ class ReluBab:
         self.iterations, self.lr_alpha, self.lr_beta = iterations, lr_alpha, lr_beta
 
     # -- bounding ---------------------------------------------------------------------------
-    def bound(self, bounds: dict, splits: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, dict]:
-        """alpha-beta-CROWN on a batch of domains: (row lower bounds [B, R], Lambda_x, feasible [B], Lambda_h)."""
+    def bound(self, bounds: dict, splits: dict[str, Tensor], warm: dict[str, Tensor] | None = None
+              ) -> tuple[Tensor, Tensor, Tensor, dict]:
+        """alpha-beta-CROWN on a batch of domains: (row lower bounds [B, R], Lambda_x, feasible [B], extras).
+
+        ``warm``: slopes (by ReLU name) and betas (by split node) to start from, ``[B, R, *shape]`` each --
+        the parent's optimised values, so a few steps per child suffice (any value in range is sound)."""
         g, rows = self.graph, self.rows
         b = splits[self.pre[0]].shape[0] if self.pre else bounds[g.input_name][0].shape[0]
         bounds = dict(bounds)
@@ -82,11 +90,19 @@ class ReluBab:
         alphas = {}
         for n in self.relus:
             lo, hi = bounds[n.inputs[0]]
-            init = n.op.init_alpha(lo.unsqueeze(1), hi.unsqueeze(1))
-            alphas[n.name] = init.expand(1, b, r, *lo.shape[1:]).clone().requires_grad_(True)
+            if warm is not None and n.name in warm:
+                alphas[n.name] = warm[n.name].unsqueeze(0).clone().requires_grad_(True)
+            else:
+                init = n.op.init_alpha(lo.unsqueeze(1), hi.unsqueeze(1))
+                alphas[n.name] = init.expand(1, b, r, *lo.shape[1:]).clone().requires_grad_(True)
         signs = {name: -splits[name].to(bounds[name][0].dtype).unsqueeze(1) for name in self.pre}
-        betas = {name: torch.zeros(b, r, *bounds[name][0].shape[1:], dtype=bounds[name][0].dtype,
-                                   requires_grad=True) for name in self.pre if bool(splits[name].any())}
+        betas = {}
+        for name in self.pre:
+            if bool(splits[name].any()):
+                key = "beta:" + name
+                v = warm[key].clone() if warm is not None and key in warm else torch.zeros(
+                    b, r, *bounds[name][0].shape[1:], dtype=bounds[name][0].dtype)
+                betas[name] = v.requires_grad_(True)
         params = list(alphas.values()) + list(betas.values())
         opt_a = _Adam(list(alphas.values()), self.lr_alpha, 0.98)
         opt_b = _Adam(list(betas.values()), self.lr_beta, 0.98) if betas else None
@@ -116,55 +132,92 @@ class ReluBab:
                     v.clamp_(min=0)
         lam_h = {k: v.detach() for k, v in record.items() if v is not None}
         best = torch.where(feasible.unsqueeze(1), best, torch.full_like(best, float("inf")))
-        return best, best_lam_x, feasible, {"lam_h": lam_h, "bounds": bounds}
+        state = {k: v.detach()[0] for k, v in alphas.items()}
+        for name in self.pre:  # every key always present: pools of different batches concatenate
+            v = betas.get(name)
+            state["beta:" + name] = v.detach() if v is not None else torch.zeros(
+                b, r, *bounds[name][0].shape[1:], dtype=bounds[name][0].dtype)
+        return best, best_lam_x, feasible, {"lam_h": lam_h, "bounds": bounds, "warm": state}
 
-    def choose(self, bounds: dict, splits: dict[str, Tensor], lam_h: dict, row: Tensor) -> tuple[Tensor, Tensor]:
-        """BaBSR branching: (node index [B], flat neuron index [B]); node index -1 when nothing is left."""
+    def babsr_scores(self, bounds: dict, splits: dict[str, Tensor], lam_h: dict, row: Tensor) -> Tensor:
+        """BaBSR scores of every ReLU, layers concatenated: ``[B, total]``, -1 where not splittable."""
         b = row.shape[0]
-        best_score = torch.full((b,), -1.0)
-        best_node = torch.full((b,), -1, dtype=torch.long)
-        best_idx = torch.zeros(b, dtype=torch.long)
         ar = torch.arange(b)
-        for k, (relu, name) in enumerate(zip(self.relus, self.pre, strict=True)):
+        out = []
+        for relu, name in zip(self.relus, self.pre, strict=True):
             lo, hi = bounds[name]
             lo, hi = lo.reshape(b, -1), hi.reshape(b, -1)
             unstable = (lo < 0) & (hi > 0) & (splits[name].reshape(b, -1) == 0)
             lam = lam_h[relu.name][ar, row].reshape(b, -1)
             intercept = -hi * lo / torch.where(unstable, hi - lo, torch.ones_like(hi))
             score = lam.clamp(max=0).abs() * intercept + 1e-4 * lam.abs() * (hi - lo)
-            score = torch.where(unstable, score, torch.full_like(score, -1.0))
-            s, i = score.max(1)
-            better = s > best_score
-            best_score = torch.where(better, s, best_score)
-            best_node = torch.where(better & (s >= 0), k, best_node)
-            best_idx = torch.where(better, i, best_idx)
-        return best_node, best_idx
+            out.append(torch.where(unstable, score, torch.full_like(score, -1.0)))
+        return torch.cat(out, 1)
+
+    def _locate(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """Concatenated neuron index -> (layer index, index within the layer)."""
+        sizes = torch.tensor([int(torch.Size(self.graph.shape_of(n)).numel()) for n in self.pre])
+        ends = sizes.cumsum(0)
+        node = torch.bucketize(flat, ends, right=True)
+        return node, flat - (ends - sizes)[node]
+
+    def choose(self, bounds: dict, splits: dict[str, Tensor], lam_h: dict, row: Tensor) -> tuple[Tensor, Tensor]:
+        """BaBSR branching: (node index [B], flat neuron index [B]); node index -1 when nothing is left."""
+        s, i = self.babsr_scores(bounds, splits, lam_h, row).max(1)
+        node, idx = self._locate(i)
+        return torch.where(s >= 0, node, -1), idx
 
 
 @torch.no_grad()
 def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Deadline, check: CexCheck,
-                   batch: int = 32, iterations: int = 8, max_domains: int = 200_000) -> BabResult:
-    bab = ReluBab(graph, rows, lo, hi, iterations=iterations)
-    if not bab.pre:
+                   batch: int = 64, iterations: int = 8, max_domains: int = 400_000,
+                   root_bounds: dict | None = None, root_lower: Tensor | None = None) -> BabResult:
+    """Decide ``rows`` over the box one disjunct at a time (each must be refuted; a domain proved for one
+    disjunct says nothing about the others, so they are separate searches with smaller bound batches).
+
+    ``root_bounds``: sound intermediate bounds over the box to start from (e.g. alpha-CROWN with optimised
+    intermediate slopes); ``root_lower`` ``[1, R]``: sound row lower bounds already known, so disjuncts
+    proved at the root are skipped and the hardest are searched first."""
+    if not any(isinstance(n.op, Relu) for n in graph.nodes):
         return BabResult("unknown", stats={"reason": "no ReLU to split"})
+    if root_bounds is None:
+        root_bounds = intermediate_bounds(graph, lo.reshape(1, *graph.input_shape),
+                                          hi.reshape(1, *graph.input_shape), "crown")
+    order = list(range(rows.n_groups))
+    if root_lower is not None:
+        margin = rows.group_max(root_lower.reshape(1, -1))[0]
+        order = [d for d in margin.argsort().tolist() if margin[d] <= 0]
+    visited = 0
+    for d in order:
+        res = _bab_one(graph, rows.subset([d]), lo, hi, deadline, check, batch, iterations,
+                       max_domains - visited, root_bounds)
+        visited += res.domains
+        if res.status != "unsat":
+            return BabResult(res.status, x=res.x, domains=visited, stats=res.stats)
+    return BabResult("unsat", domains=visited)
+
+
+def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Deadline, check: CexCheck,
+             batch: int, iterations: int, max_domains: int, root_bounds: dict) -> BabResult:
+    bab = ReluBab(graph, rows, lo, hi, iterations=iterations)
     x_lo, x_hi = bab.x_lo, bab.x_hi
-    root_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown")
     root_bounds = {k: root_bounds[k] for k in bab.keep}
     splits = {name: torch.zeros(1, *graph.shape_of(name), dtype=torch.int8) for name in bab.pre}
     visited = 0
     found: list = []
 
-    def process(bounds, splits) -> _Domains | str:
+    def process(bounds, splits, warm=None) -> _Domains | str:
         nonlocal visited
         b = splits[bab.pre[0]].shape[0]
         visited += b
-        lb, lam_x, feasible, extra = bab.bound(bounds, splits)
+        lb, lam_x, feasible, extra = bab.bound(bounds, splits, warm)
         margins = rows.group_max(lb)
         open_ = (margins.min(1).values <= 0) & feasible
         if not open_.any():
             return _Domains({k: (v[0][:0], v[1][:0]) for k, v in bounds.items()},
                             {k: v[:0] for k, v in splits.items()}, margins.min(1).values[:0],
-                            torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+                            torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                            {k: v[:0] for k, v in extra["warm"].items()})
         keep = open_.nonzero().flatten()
         worst = margins[keep].argmin(1)
         in_worst = rows.group.unsqueeze(0) == worst.unsqueeze(1)
@@ -179,13 +232,15 @@ def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline
         kept_bounds = {k: (v[0][keep], v[1][keep]) for k, v in extra["bounds"].items()}
         kept_splits = {k: v[keep] for k, v in splits.items()}
         lam_h = {k: v[keep] for k, v in extra["lam_h"].items()}
+        kept_warm = {k: v[keep] for k, v in extra["warm"].items()}
         node, idx = bab.choose(kept_bounds, kept_splits, lam_h, row)
-        return _Domains(kept_bounds, kept_splits, margins[keep].min(1).values, node, idx)
+        return _Domains(kept_bounds, kept_splits, margins[keep].min(1).values, node, idx, kept_warm)
 
     pool = process(root_bounds, splits)
     if pool == "sat":
         return BabResult("sat", x=found[0], domains=visited)
     step_seconds = 0.0
+    next_log = 0.0
     while len(pool):
         # Stop when another batch would likely run past the deadline (answer `timeout` on time).
         if deadline.left() <= 1.2 * step_seconds:
@@ -212,11 +267,16 @@ def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline
             child_splits[name] = flat.reshape(s.shape)
         child_bounds = {key: (v[0].repeat(2, *[1] * (v[0].dim() - 1)), v[1].repeat(2, *[1] * (v[1].dim() - 1)))
                         for key, v in parents.bounds.items()}
-        res = process(child_bounds, child_splits)
+        child_warm = {key: v.repeat(2, *[1] * (v.dim() - 1)) for key, v in parents.warm.items()}
+        res = process(child_bounds, child_splits, child_warm)
         if res == "sat":
             return BabResult("sat", x=found[0], domains=visited)
         pool = _Domains.cat([pool, res])
         step_seconds = time.perf_counter() - step_start
+        if log.isEnabledFor(logging.DEBUG) and time.perf_counter() > next_log:
+            next_log = time.perf_counter() + 2.0
+            log.debug("visited %d, open %d, worst margin %.4f, batch %.3f s", visited, len(pool),
+                      float(pool.lb.min()) if len(pool) else 0.0, step_seconds)
         if visited > max_domains:
             return BabResult("timeout", domains=visited, stats={"reason": "domain limit"})
     return BabResult("unsat", domains=visited)

@@ -28,17 +28,23 @@ def final_alphas(graph: Graph, bounds, b: int, s: int) -> dict[str, Tensor]:
 
 def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, iterations: int = 20,
                       lr: float = 0.5, decay: float = 0.98, optimize_intermediate: bool = False,
-                      bounds=None, time_limit: float | None = None) -> Tensor:
+                      bounds=None, time_limit: float | None = None, return_bounds: bool = False):
     """Best lower bound of ``<lam, f(x)>`` (``lam [B, S, *out_shape]``) over the box: ``[B, S]``.
 
-    ``time_limit`` (seconds) stops the optimisation early; the best bound so far is still sound."""
+    ``time_limit`` (seconds) stops the optimisation early; the best bound so far is still sound.
+    ``return_bounds``: also return the intermediate bounds used last (with ``optimize_intermediate``
+    the tightest found, each the intersection of all passes), as ``(lower, bounds)``."""
     t_end = None if time_limit is None else time.perf_counter() + time_limit
     with torch.no_grad():
         if bounds is None:
             bounds = intermediate_bounds(graph, x_lo, x_hi, "crown")
         best = lower_bound(graph, graph.output, lam, bounds)
+
+    def out(cur):
+        return (best, {k: (v[0].detach(), v[1].detach()) for k, v in cur.items()}) if return_bounds else best
+
     if iterations <= 0:
-        return best
+        return out(bounds)
     b, s = lam.shape[:2]
     alphas = final_alphas(graph, bounds, b, s)
     store = AlphaStore(graph) if optimize_intermediate else None
@@ -48,7 +54,7 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
         cur_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", alpha_store=store, reference=bounds)
         params += list(store.params.values())
     if not params:
-        return best
+        return out(cur_bounds)
     opt = _Adam(params, lr, decay)
     lam = lam.detach()
     for it in range(iterations + 1):
@@ -72,7 +78,7 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
                 store.project({k: (v[0].detach(), v[1].detach()) for k, v in cur_bounds.items()})
                 # Later passes start from the tightest sound bounds found so far.
                 bounds = {k: (v[0].detach(), v[1].detach()) for k, v in cur_bounds.items()}
-    return best
+    return out(cur_bounds)
 
 
 class _Adam:
