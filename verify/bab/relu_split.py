@@ -10,6 +10,7 @@ Intermediate bounds are the parent's, clamped by the splits; an empty clamp prov
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 
@@ -43,20 +44,6 @@ class _Domains:
         return _Domains({k: (v[0][idx], v[1][idx]) for k, v in self.bounds.items()},
                         {k: v[idx] for k, v in self.splits.items()}, self.lb[idx], self.branch_node[idx],
                         self.branch_idx[idx], {k: v[idx] for k, v in self.warm.items()})
-
-    @staticmethod
-    def cat(parts: list[_Domains]) -> _Domains:
-        nonempty = [p for p in parts if len(p)]
-        if len(nonempty) <= 1:
-            return nonempty[0] if nonempty else parts[0]
-        parts = nonempty
-        p0 = parts[0]
-        return _Domains({k: (torch.cat([p.bounds[k][0] for p in parts]), torch.cat([p.bounds[k][1] for p in parts]))
-                         for k in p0.bounds},
-                        {k: torch.cat([p.splits[k] for p in parts]) for k in p0.splits},
-                        torch.cat([p.lb for p in parts]), torch.cat([p.branch_node for p in parts]),
-                        torch.cat([p.branch_idx for p in parts]),
-                        {k: torch.cat([p.warm[k] for p in parts]) for k in p0.warm})
 
 
 class ReluBab:
@@ -236,24 +223,36 @@ def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Dead
         node, idx = bab.choose(kept_bounds, kept_splits, lam_h, row)
         return _Domains(kept_bounds, kept_splits, margins[keep].min(1).values, node, idx, kept_warm)
 
-    pool = process(root_bounds, splits)
-    if pool == "sat":
+    first = process(root_bounds, splits)
+    if first == "sat":
         return BabResult("sat", x=found[0], domains=visited)
+    # The open domains live in chunks (one per bounded batch) on a heap keyed by their worst bound: each
+    # step takes the worst chunk, so only that chunk is ever copied, not the whole pool.
+    heap: list[tuple[float, int, _Domains]] = []
+    pushed = 0
+
+    def push(chunk: _Domains) -> None:
+        nonlocal pushed
+        if len(chunk):
+            pushed += 1
+            heapq.heappush(heap, (float(chunk.lb.min()), pushed, chunk))
+
+    push(first)
     step_seconds = 0.0
     next_log = 0.0
-    while len(pool):
+    while heap:
         # Stop when another batch would likely run past the deadline (answer `timeout` on time).
         if deadline.left() <= 1.2 * step_seconds:
             return BabResult("timeout", domains=visited)
         step_start = time.perf_counter()
-        splittable = pool.branch_node >= 0
-        if not splittable.any():
+        _, _, chunk = heapq.heappop(heap)
+        if not bool((chunk.branch_node >= 0).all()):
             return BabResult("unknown", domains=visited, stats={"reason": "fully split domains remain"})
-        order = torch.where(splittable, pool.lb, torch.full_like(pool.lb, float("inf"))).argsort()
-        k = min(batch, int(splittable.sum()))
-        sel, rest = order[:k], order[k:]
-        parents = pool.take(sel)
-        pool = pool.take(rest)
+        if len(chunk) > batch:
+            order = chunk.lb.argsort()
+            push(chunk.take(order[batch:]))
+            chunk = chunk.take(order[:batch])
+        parents, k = chunk, len(chunk)
         # Two children per parent: split +1 (active) then -1 (inactive) on the chosen neuron.
         child_splits = {}
         for j, name in enumerate(bab.pre):
@@ -271,12 +270,12 @@ def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Dead
         res = process(child_bounds, child_splits, child_warm)
         if res == "sat":
             return BabResult("sat", x=found[0], domains=visited)
-        pool = _Domains.cat([pool, res])
+        push(res)
         step_seconds = time.perf_counter() - step_start
         if log.isEnabledFor(logging.DEBUG) and time.perf_counter() > next_log:
             next_log = time.perf_counter() + 2.0
-            log.debug("visited %d, open %d, worst margin %.4f, batch %.3f s", visited, len(pool),
-                      float(pool.lb.min()) if len(pool) else 0.0, step_seconds)
+            log.debug("visited %d, open %d, worst margin %.4f, batch %.3f s", visited,
+                      sum(len(c) for _, _, c in heap), heap[0][0] if heap else 0.0, step_seconds)
         if visited > max_domains:
             return BabResult("timeout", domains=visited, stats={"reason": "domain limit"})
     return BabResult("unsat", domains=visited)
