@@ -16,7 +16,16 @@ from physics.errors import PhysicsError
 from physics.model import CONSTRAINTS
 from physics.parallel import PLACEMENTS
 
-TRAINABLE = ("diffusion-sorption", "heat")  # navier-stokes has a data generator but no layer spec yet
+TRAINABLE = ("diffusion-sorption", "heat", "navier-stokes")
+
+
+def experts_arg(text: str) -> int | tuple[int, ...]:
+    """``4`` (K blocks) or per-axis counts ``1,2,2`` (t, x[, y])."""
+    try:
+        parts = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K or per-axis counts like 1,2,2, got {text!r}") from None
+    return parts[0] if len(parts) == 1 else parts
 
 
 def add_parser(subparsers) -> None:
@@ -33,7 +42,13 @@ def add_parser(subparsers) -> None:
         help="soft: residual penalty only (PI-SC); hard: one LM solve per sample (PI-HC); "
         "moe: one solve per sample and expert (PI-HC-MoE)",
     )
-    t.add_argument("--experts", type=int, default=4, help="number of experts K (spatial blocks) for --constraint moe")
+    t.add_argument(
+        "--experts",
+        type=experts_arg,
+        default=4,
+        help="experts for --constraint moe: K spatial blocks (along x; a near-square x-y split for navier-stokes) "
+        "or per-axis block counts such as 1,2,2 for (t, x, y)",
+    )
     t.add_argument(
         "--interface-weight",
         type=float,
@@ -47,7 +62,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--layers", type=int, default=4, help="spectral layers (FNO) or hidden layers (MLP)")
     t.add_argument("--modes", type=int, default=8, help="Fourier modes kept per axis (FNO)")
     t.add_argument("--nt", type=int, default=21, help="time frames of the grid")
-    t.add_argument("--nx", type=int, default=64, help="spatial cells of the grid")
+    t.add_argument("--nx", type=int, default=64, help="spatial cells of the grid (per axis for navier-stokes)")
     t.add_argument("--steps", type=int, default=300, help="training steps")
     t.add_argument("--batch", type=int, default=4, help="global batch size (initial conditions per step)")
     t.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (halved 5 times)")

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from physics.errors import PhysicsError
-from physics.nlls import NLLSProblem, normal_equations
+from physics.nlls import NLLSProblem, feature_major, linear_gram, normal_equations
 
 _EPS_COST = 100 * torch.finfo(torch.float64).eps
 
@@ -47,7 +47,8 @@ def lm_solve(prob: NLLSProblem, omega0: Tensor, cfg: LMConfig | None = None) -> 
     cfg = cfg or LMConfig()
     with torch.no_grad():
         w = omega0.detach().clone()
-        cost, jtj, g = normal_equations(prob, w)
+        lin = linear_gram(prob)  # the IC/BC rows' and ridge's part of J^T J: the same in every iteration
+        cost, jtj, g = normal_equations(prob, w, lin)
         if not torch.isfinite(cost).all():
             bad = cost[~torch.isfinite(cost)]
             raise PhysicsError(f"residual is not finite at the starting point (norm {bad[0].item()})")
@@ -58,24 +59,24 @@ def lm_solve(prob: NLLSProblem, omega0: Tensor, cfg: LMConfig | None = None) -> 
         gscale = torch.clamp(g.norm(dim=-1), min=1.0)
         converged = g.norm(dim=-1) <= cfg.gtol * gscale
         iters = torch.zeros_like(mu, dtype=torch.long)
-        sub, n_sub = prob, -1
+        # The loop works on the unconverged problems only, a compacted sub-batch (state and data) that shrinks
+        # when problems converge: the cost of a batch is the sum of its problems' iterations, not (max
+        # iterations) x (batch size); easy experts stop early, hard ones go on. Results are written back to the
+        # full arrays when problems leave, so nothing is gathered or scattered in iterations where none does.
+        a = torch.nonzero(~converged).squeeze(-1)
+        full = a.numel() == converged.numel()
+        sub, lin_a = (prob, lin) if full else (take(prob, a), lin[a])
+        w_a, g_a, jtj_a, cost_a, mu_a, nu_a, gs_a = w[a], g[a], jtj[a], cost[a], mu[a], nu[a], gscale[a]
+        it_a = torch.zeros_like(a)
         for _ in range(cfg.max_iter):
-            active = ~converged
-            if not bool(active.any()):  # one sync per iteration; per-problem logic stays in masks
+            if a.numel() == 0:
                 break
-            # Work only on the unconverged problems: the cost of a batch is the sum of its problems'
-            # iterations, not (max iterations) x (batch size). Easy experts stop early; hard ones go on.
-            a = torch.nonzero(active).squeeze(-1)
-            if a.numel() != n_sub:  # the active set only shrinks: copy the sub-batch only when it changes
-                sub = prob if a.numel() == active.numel() else take(prob, a)
-                n_sub = a.numel()
-            w_a, g_a, jtj_a, cost_a, mu_a, nu_a = w[a], g[a], jtj[a], cost[a], mu[a], nu[a]
             chol, info = torch.linalg.cholesky_ex(jtj_a + mu_a[:, None, None] * eye)
             ok = info == 0
             step = torch.cholesky_solve(-g_a[..., None], chol).squeeze(-1)
             step = torch.where(ok[:, None], step, torch.zeros_like(step))
             w_new = w_a + step
-            cost_new, jtj_new, g_new = normal_equations(sub, w_new)
+            cost_new, jtj_new, g_new = normal_equations(sub, w_new, lin_a)
             pred = -(step * g_a).sum(-1) - 0.5 * torch.einsum("pn,pnk,pk->p", step, jtj_a, step)
             rho = (cost_a - cost_new) / torch.where(pred > 0, pred, torch.ones_like(pred))
             # Once the predicted decrease is below the rounding error of the cost (slow Gauss-Newton tails of
@@ -94,17 +95,20 @@ def lm_solve(prob: NLLSProblem, omega0: Tensor, cfg: LMConfig | None = None) -> 
             gn = g_a.norm(dim=-1)
             small_step = step.norm(dim=-1) <= cfg.xtol * (w_a.norm(dim=-1) + cfg.xtol)
             # A rejected step at the floating-point floor (tiny pred and gradient) is also convergence.
-            stalled = ~accept & tiny & (gn <= 1e-6 * gscale[a])
-            conv_a = (gn <= cfg.gtol * gscale[a]) | (accept & small_step) | stalled
-            w, cost, jtj, g = (
-                w.index_copy(0, a, w_a),
-                cost.index_copy(0, a, cost_a),
-                jtj.index_copy(0, a, jtj_a),
-                g.index_copy(0, a, g_a),
-            )
-            mu, nu = mu.index_copy(0, a, mu_a), nu.index_copy(0, a, nu_a)
-            converged = converged.index_copy(0, a, conv_a)
-            iters = iters + active.long()
+            stalled = ~accept & tiny & (gn <= 1e-6 * gs_a)
+            conv_a = (gn <= cfg.gtol * gs_a) | (accept & small_step) | stalled
+            it_a += 1
+            if bool(conv_a.any()):  # one sync per iteration; per-problem logic stays in masks
+                done, keep = conv_a.nonzero().squeeze(-1), (~conv_a).nonzero().squeeze(-1)
+                _write_back(a[done], done, (w, cost, jtj, g, iters), (w_a, cost_a, jtj_a, g_a, it_a))
+                converged[a[done]] = True
+                a, sub, lin_a = a[keep], take(sub, keep), lin_a[keep]
+                w_a, g_a, jtj_a, cost_a, mu_a, nu_a, gs_a, it_a = (
+                    v[keep] for v in (w_a, g_a, jtj_a, cost_a, mu_a, nu_a, gs_a, it_a)
+                )
+        _write_back(
+            a, torch.arange(a.numel(), device=a.device), (w, cost, jtj, g, iters), (w_a, cost_a, jtj_a, g_a, it_a)
+        )
         rnorm = torch.sqrt(2.0 * cost)
     if not torch.isfinite(w).all() or not torch.isfinite(rnorm).all():
         raise PhysicsError(f"Levenberg-Marquardt diverged: residual norm {rnorm.max().item():.3e}")
@@ -113,10 +117,18 @@ def lm_solve(prob: NLLSProblem, omega0: Tensor, cfg: LMConfig | None = None) -> 
     return result
 
 
+def _write_back(dst: Tensor, src: Tensor, full: tuple[Tensor, ...], sub: tuple[Tensor, ...]) -> None:
+    """full[i][dst] = sub[i][src] in place: the final state of problems leaving the active sub-batch."""
+    for f, v in zip(full, sub, strict=True):
+        f[dst] = v[src]
+
+
 def take(prob: NLLSProblem, idx: Tensor) -> NLLSProblem:
-    """The sub-batch of problems ``idx``."""
+    """The sub-batch of problems ``idx`` (phi keeps its feature-major storage)."""
     off = None if prob.offset is None else prob.offset[idx]
-    return NLLSProblem(prob.phi[idx], off, prob.L[idx], prob.y[idx], prob.f, prob.ridge, prob.blocks)
+    fm = feature_major(prob.phi)
+    phi = prob.phi[idx] if fm is None else fm[idx].transpose(1, 2)
+    return NLLSProblem(phi, off, prob.L[idx], prob.y[idx], prob.f, prob.ridge, prob.blocks)
 
 
 def report_nonconvergence(res: LMResult, on_fail: str) -> None:

@@ -72,4 +72,4 @@ def physics_loss(spec: PDESpec, u: Tensor, data: Fields, info: SolveInfo | None 
 def relative_l2(u: Tensor, ref: Tensor) -> Tensor:
     """Per-sample ||u - ref||_2 / ||ref||_2 over all grid points, shape (B,)."""
     dims = tuple(range(1, u.ndim))
-    return (u - ref).norm(dim=dims) / ref.norm(dim=dims)
+    return torch.linalg.vector_norm(u - ref, dim=dims) / torch.linalg.vector_norm(ref, dim=dims)

@@ -26,13 +26,15 @@ class _AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, group) -> Tensor:  # noqa: D401
         ctx.group = group
-        out = torch.empty_like(x)
+        # Contiguous buffers on both sides: empty_like would copy the strides of a non-contiguous input, and
+        # the exchange writes rows in C order.
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         dist.all_to_all_single(out, x.contiguous(), group=group)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        out = torch.empty_like(grad)
+        out = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
         # Equal chunks: the reverse exchange (split sizes swapped) is the same call.
         dist.all_to_all_single(out, grad.contiguous(), group=ctx.group)
         return out, None

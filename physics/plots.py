@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 
 
-def save_field_plots(pred: np.ndarray, ref: np.ndarray, path: Path, title: str = "", extent=None) -> Path:
-    """One row per sample: prediction, reference, |error|; fields shaped (S, nt, nx) with t on the vertical axis."""
+def save_field_plots(
+    pred: np.ndarray, ref: np.ndarray, path: Path, title: str = "", extent=None, labels: tuple[str, str] = ("x", "t")
+) -> Path:
+    """One row per sample: prediction, reference, |error|; fields shaped (S, rows, cols), e.g. (S, nt, nx) with t
+    on the vertical axis; ``labels`` names the horizontal and vertical axes."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on CI machines
@@ -28,8 +31,8 @@ def save_field_plots(pred: np.ndarray, ref: np.ndarray, path: Path, title: str =
         axes[i, 2].set_title(f"|error| (rel. L2 {100 * rel:.2f}%)")
         fig.colorbar(im, ax=axes[i, 2])
         for ax in axes[i]:
-            ax.set_xlabel("x")
-            ax.set_ylabel("t")
+            ax.set_xlabel(labels[0])
+            ax.set_ylabel(labels[1])
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -17,8 +17,12 @@ from physics.errors import PhysicsError
 
 
 def normalise_experts(experts: int | tuple[int, ...], ndim: int) -> tuple[int, ...]:
-    """An int K means K blocks along the last (spatial) axis, as the paper's diffusion-sorption (1, 4)."""
+    """An int K means K blocks along the last (spatial) axis, as the paper's diffusion-sorption (1, 4); on a
+    (t, x, y) grid a near-square spatial split a x b = K, a <= b, as the paper's Navier-Stokes (1, 2, 2)."""
     if isinstance(experts, int):
+        if ndim == 3:
+            a = max(d for d in range(1, math.isqrt(experts) + 1) if experts % d == 0)
+            return (1, a, experts // a)
         return (1,) * (ndim - 1) + (experts,)
     if len(experts) != ndim:
         raise PhysicsError(f"experts {experts} must give one count per grid axis ({ndim})")

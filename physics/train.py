@@ -20,14 +20,15 @@ from torch import nn
 
 from models.fno import FNO
 from models.mlp_basis import MLPBasis
-from physics.datasets import default_cache_dir, diffsorp_dataset, heat_dataset
+from physics.datasets import default_cache_dir, diffsorp_dataset, heat_dataset, navier_stokes_dataset
 from physics.errors import PhysicsError
+from physics.gen_navier_stokes import grf_2d
 from physics.implicit import SolverConfig
 from physics.layer import HardConstraint, HardConstraintMoE
 from physics.lm import LMConfig
 from physics.model import CONSTRAINTS, PDEModel, physics_loss, relative_l2
 from physics.parallel import PLACEMENTS, ExpertParallelSolve, shard
-from physics.problems import Fields, PDESpec, make_spec
+from physics.problems import PROBLEMS, Fields, PDESpec, make_spec, problem_dims
 from physics.router import normalise_experts
 
 
@@ -37,7 +38,7 @@ class TrainConfig:
 
     problem: str = "diffusion-sorption"
     constraint: str = "moe"
-    experts: int = 4
+    experts: int | tuple[int, ...] = 4  # K blocks (last axis; a near-square spatial split in 3D) or per-axis counts
     interface_weight: float = 0.0  # > 0: joint solve with continuity rows between neighbouring experts
     local_rows: bool = False  # experts keep only the IC/BC rows on their own block (paper: all rows)
     moe_loss: str = "expert"  # "expert": own-expert residual + interface mismatch; "stitched": F(u) of the
@@ -70,6 +71,10 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.problem not in PROBLEMS:
+            raise PhysicsError(f"unknown problem {self.problem!r}; choose one of {', '.join(PROBLEMS)}")
+        if isinstance(self.experts, list):  # from config.json
+            self.experts = tuple(self.experts)
         if self.constraint not in CONSTRAINTS:
             raise PhysicsError(f"unknown constraint {self.constraint!r}; choose one of {', '.join(CONSTRAINTS)}")
         if self.backbone not in ("fno", "mlp"):
@@ -95,22 +100,24 @@ def train_spec(cfg: TrainConfig) -> PDESpec:
 
 
 def build_backbone(cfg: TrainConfig) -> nn.Module:
-    """FNO2d over (t, x) or a pointwise MLP; N outputs with a final GELU for hard constraints, 1 for soft."""
+    """FNO over the grid ((t, x) or (t, x, y)) or a pointwise MLP; N outputs with a final GELU for hard
+    constraints, 1 for soft."""
     hard = cfg.constraint != "soft"
     out = cfg.basis if hard else 1
+    ndim, channels = problem_dims(cfg.problem)
     torch.manual_seed(cfg.seed)
     if cfg.backbone == "fno":
         net: nn.Module = FNO(
-            3,
+            channels,
             out,
-            (cfg.modes, cfg.modes),
+            (cfg.modes,) * ndim,
             width=cfg.width,
             layers=cfg.layers,
             fc=2 * cfg.width,
             final_activation=hard,
         )
     else:
-        net = MLPBasis(3, out, width=cfg.width, depth=cfg.layers, final_activation=hard)
+        net = MLPBasis(channels, out, width=cfg.width, depth=cfg.layers, final_activation=hard)
     return net.to(getattr(torch, cfg.dtype))
 
 
@@ -129,7 +136,7 @@ def build_layer(cfg: TrainConfig, spec: PDESpec) -> HardConstraint | HardConstra
     if cfg.constraint == "moe":
         return HardConstraintMoE(
             spec,
-            normalise_experts(cfg.experts, 2),
+            normalise_experts(cfg.experts, len(spec.grid)),
             cfg.points,
             solver,
             seed=cfg.seed,
@@ -149,6 +156,8 @@ def sample_fields(cfg: TrainConfig, spec: PDESpec, step: int, ids: list[int]) ->
         rng = np.random.default_rng([cfg.seed, 7, step, sid])
         if cfg.problem == "diffusion-sorption":
             rows.append(torch.full_like(x, rng.uniform(0.0, 0.2)))  # PDEBench's family u0 = const
+        elif cfg.problem == "navier-stokes":
+            rows.append(torch.as_tensor(grf_2d(len(x), rng), dtype=x.dtype))  # the test set's GRF family
         else:
             a = rng.standard_normal(4) / np.arange(1, 5)
             rows.append(sum(float(a[n]) * torch.sin((n + 1) * torch.pi * x) for n in range(4)))
@@ -161,6 +170,18 @@ def heldout_set(cfg: TrainConfig) -> tuple[Fields, torch.Tensor]:
     if cfg.problem == "diffusion-sorption":
         d = diffsorp_dataset(
             cfg.n_test, nx=cfg.nx, nt=cfg.nt, seed=10_000 + cfg.seed, cache_dir=cache, progress=sys.stderr.isatty()
+        )
+    elif cfg.problem == "navier-stokes":
+        spec = full_spec(cfg)
+        d = navier_stokes_dataset(
+            cfg.n_test,
+            res=cfg.nx,
+            nt=cfg.nt,
+            nu=spec.nu,
+            t_max=spec.t_max,
+            seed=10_000 + cfg.seed,
+            cache_dir=cache,
+            progress=sys.stderr.isatty(),
         )
     else:
         d = heat_dataset(cfg.n_test, nx=cfg.nx, nt=cfg.nt, seed=10_000 + cfg.seed)
@@ -268,7 +289,7 @@ def evaluate(cfg: TrainConfig, backbone: nn.Module, plots: Path | None = None) -
     rel = relative_l2(u, ref)
     res = {
         "test_rel_l2": 100 * rel.mean().item(),
-        "test_rel_l2_std": 100 * rel.std().item(),
+        "test_rel_l2_std": 100 * rel.std().item() if rel.numel() > 1 else 0.0,
         "infer_time": infer,
         "nonconverged": 0 if info is None else int((~info.converged).sum()),
     }
@@ -276,13 +297,16 @@ def evaluate(cfg: TrainConfig, backbone: nn.Module, plots: Path | None = None) -
     if n_train < cfg.nt:
         ext = relative_l2(u[:, n_train:], ref[:, n_train:])
         res["extrap_rel_l2"] = 100 * ext.mean().item()
-        res["extrap_rel_l2_std"] = 100 * ext.std().item()
+        res["extrap_rel_l2_std"] = 100 * ext.std().item() if ext.numel() > 1 else 0.0
     if plots is not None:
         from physics.plots import save_field_plots
 
         k = min(3, ref.shape[0])
-        ext = (0.0, 1.0, 0.0, spec.extent[0])
-        res["plot"] = str(
-            save_field_plots(u[:k].numpy(), ref[:k].numpy(), plots, f"{cfg.problem} {cfg.constraint}", extent=ext)
-        )
+        title = f"{cfg.problem} {cfg.constraint}"
+        if u.ndim == 4:  # (t, x, y): the last frame
+            pred, true, ext, labels = u[:k, -1], ref[:k, -1], (0.0, 1.0, 0.0, 1.0), ("y", "x")
+            title += f", t = {spec.extent[0]:g}"
+        else:
+            pred, true, ext, labels = u[:k], ref[:k], (0.0, 1.0, 0.0, spec.extent[0]), ("x", "t")
+        res["plot"] = str(save_field_plots(pred.numpy(), true.numpy(), plots, title, extent=ext, labels=labels))
     return res

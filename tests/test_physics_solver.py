@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from physics.errors import PhysicsError
-from physics.implicit import SolverConfig, solve_nlls
+from physics.implicit import SolverConfig, solve_nlls, solve_nlls_factored
 from physics.lm import LMConfig, lm_solve
-from physics.nlls import NLLSProblem, hessian, residual
+from physics.nlls import NLLSProblem, feature_major, hessian, residual
 
 
 @pytest.fixture(autouse=True)
@@ -215,3 +215,67 @@ def test_block_structured_solve_equals_the_zero_padded_joint_solve():
     assert torch.allclose(ws[0], ws[1], rtol=1e-10, atol=1e-12)
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_feature_major_storage_gives_the_same_solve_and_gradients(blocks):
+    """phi stored feature-major (a transposed view of (P, J, m, N), as the layer gathers it) solves and
+    differentiates like the row-major tensor, also block-structured, and its gradient keeps the storage."""
+    g = torch.Generator().manual_seed(11)
+    p, m, n, q = 3, 36, 4, 3
+    phi = torch.randn(p, m, 4, n, generator=g) / n**0.5
+    phi[:, :, 3] = 0.0
+    offset = torch.zeros(p, m, 4)
+    offset[..., 3] = 0.3 * torch.randn(p, m, generator=g)
+    L, y = torch.randn(p, q, blocks * n, generator=g), torch.randn(p, q, generator=g)
+    c = torch.randn(p, blocks * n, generator=g)
+    cfg = SolverConfig(lm=TIGHT, ridge=1e-3)
+    outs = []
+    for fm in (False, True):
+        x = phi.transpose(1, 2).contiguous().transpose(1, 2) if fm else phi.clone()
+        assert (feature_major(x) is not None) == fm
+        xs = [t.clone().requires_grad_(True) for t in (offset, L, y)]
+        x.requires_grad_(True)
+        w, res = solve_nlls(x, xs[1], xs[2], coupled, cfg, offset=xs[0], blocks=blocks)
+        grads = torch.autograd.grad((c * w).sum(), [x, *xs])
+        if fm:
+            assert feature_major(grads[0]) is not None
+        outs.append((w.detach(), res.iterations, grads))
+    assert torch.allclose(outs[0][0], outs[1][0], rtol=1e-12, atol=1e-14)
+    assert torch.equal(outs[0][1], outs[1][1])
+    for a, b in zip(outs[0][2], outs[1][2], strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_factored_backward_equals_autograd_through_the_features():
+    """solve_nlls_factored (the phi gradient handed to an adjoint as two row fields) gives the gradients of
+    solve_nlls applied to phi = make_phi(src) with autograd through make_phi, for src, offset, L and y."""
+    g = torch.Generator().manual_seed(13)
+    p, m, n, q, s = 2, 30, 4, 3, 5
+    A = torch.randn(p, m, 4, n, s, generator=g) / (n * s) ** 0.5
+    A[:, :, 3] = 0.0
+
+    def make_phi(src):
+        return torch.einsum("pmjns,ps->pmjn", A, src)
+
+    def adjoint(qf, pf, w, lam):
+        return torch.einsum("pmjns,pmj,pn->ps", A, qf, w) + torch.einsum("pmjns,pmj,pn->ps", A, pf, lam)
+
+    src = torch.randn(p, s, generator=g)
+    offset = torch.zeros(p, m, 4)
+    offset[..., 3] = 0.3 * torch.randn(p, m, generator=g)
+    L, y = torch.randn(p, q, n, generator=g), torch.randn(p, q, generator=g)
+    c = torch.randn(p, n, generator=g)
+    cfg = SolverConfig(lm=TIGHT, ridge=1e-3)
+    w0 = torch.zeros(p, n)
+    outs = []
+    for factored in (True, False):
+        xs = [t.clone().requires_grad_(True) for t in (src, offset, L, y)]
+        if factored:
+            w, _ = solve_nlls_factored(xs[0], make_phi, adjoint, xs[2], xs[3], coupled, w0, cfg, offset=xs[1])
+        else:
+            w, _ = solve_nlls(make_phi(xs[0]), xs[2], xs[3], coupled, cfg, offset=xs[1], omega0=w0)
+        outs.append((w.detach(), torch.autograd.grad((c * w).sum(), xs)))
+    assert torch.equal(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
