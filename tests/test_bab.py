@@ -169,3 +169,14 @@ def test_relu_bab_searches_each_open_disjunct_from_optimised_root_bounds(seed):
         res = relu_split_bab(graph, rows, lo, hi, Deadline(60), _checker(graph, rows), root_bounds=root_bounds,
                              root_lower=root_lower)
         assert res.status == expected, (seed, threshold, vmin, res)
+
+
+def test_relu_bab_stops_at_its_memory_cap(monkeypatch):
+    import verify.bab.relu_split as relu_split
+
+    graph, lo, hi, c, vmin = _problem(0, [12, 12, 12, 3])
+    rows = _rows(c, vmin - 1e-4, 12, 3, lo, hi)  # barely unsat: many open domains
+    monkeypatch.setattr(relu_split, "MAX_POOL_BYTES", 1.0)
+    res = relu_split_bab(graph, rows, lo, hi, Deadline(30), _checker(graph, rows))
+    assert res.status == "timeout" and res.stats["reason"] == "memory limit"
+    assert res.domains < 100  # stopped after the first batches, not at the deadline

@@ -25,6 +25,8 @@ from verify.ops.activation import Relu
 from verify.spec import RowSpec, minimizers
 
 INFEASIBLE_TOL = 1e-5
+MAX_POOL_BYTES = 3e9
+"""Open domains may hold at most this much memory; past it the search stops with ``timeout``."""
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +42,10 @@ class _Domains:
     def __len__(self) -> int:
         return int(self.lb.shape[0])
 
+    def nbytes(self) -> int:
+        ts = [t for v in self.bounds.values() for t in v] + list(self.splits.values()) + list(self.warm.values())
+        return sum(t.numel() * t.element_size() for t in ts)
+
     def take(self, idx: Tensor) -> _Domains:
         return _Domains({k: (v[0][idx], v[1][idx]) for k, v in self.bounds.items()},
                         {k: v[idx] for k, v in self.splits.items()}, self.lb[idx], self.branch_node[idx],
@@ -54,7 +60,7 @@ class ReluBab:
         self.x_hi = hi.reshape(1, *graph.input_shape)
         self.relus = [n for n in graph.nodes if isinstance(n.op, Relu)]
         self.pre = [n.inputs[0] for n in self.relus]  # split nodes (ReLU inputs)
-        self.keep = [graph.input_name] + graph.bounded_nodes()
+        self.keep = graph.bounded_nodes()  # per-domain bounds; the input box is shared, not stored per domain
         self.iterations, self.lr_alpha, self.lr_beta = iterations, lr_alpha, lr_beta
 
     # -- bounding ---------------------------------------------------------------------------
@@ -197,7 +203,8 @@ def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Dead
         nonlocal visited
         b = splits[bab.pre[0]].shape[0]
         visited += b
-        lb, lam_x, feasible, extra = bab.bound(bounds, splits, warm)
+        box = (x_lo.expand(b, *x_lo.shape[1:]), x_hi.expand(b, *x_hi.shape[1:]))
+        lb, lam_x, feasible, extra = bab.bound({graph.input_name: box, **bounds}, splits, warm)
         margins = rows.group_max(lb)
         open_ = (margins.min(1).values <= 0) & feasible
         if not open_.any():
@@ -216,7 +223,7 @@ def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Dead
         if x is not None:
             found.append(x)
             return "sat"
-        kept_bounds = {k: (v[0][keep], v[1][keep]) for k, v in extra["bounds"].items()}
+        kept_bounds = {k: (v[0][keep], v[1][keep]) for k, v in extra["bounds"].items() if k != graph.input_name}
         kept_splits = {k: v[keep] for k, v in splits.items()}
         lam_h = {k: v[keep] for k, v in extra["lam_h"].items()}
         kept_warm = {k: v[keep] for k, v in extra["warm"].items()}
@@ -230,11 +237,13 @@ def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Dead
     # step takes the worst chunk, so only that chunk is ever copied, not the whole pool.
     heap: list[tuple[float, int, _Domains]] = []
     pushed = 0
+    pool_bytes = 0
 
     def push(chunk: _Domains) -> None:
-        nonlocal pushed
+        nonlocal pushed, pool_bytes
         if len(chunk):
             pushed += 1
+            pool_bytes += chunk.nbytes()
             heapq.heappush(heap, (float(chunk.lb.min()), pushed, chunk))
 
     push(first)
@@ -246,6 +255,7 @@ def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Dead
             return BabResult("timeout", domains=visited)
         step_start = time.perf_counter()
         _, _, chunk = heapq.heappop(heap)
+        pool_bytes -= chunk.nbytes()
         if not bool((chunk.branch_node >= 0).all()):
             return BabResult("unknown", domains=visited, stats={"reason": "fully split domains remain"})
         if len(chunk) > batch:
@@ -278,4 +288,6 @@ def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Dead
                       sum(len(c) for _, _, c in heap), heap[0][0] if heap else 0.0, step_seconds)
         if visited > max_domains:
             return BabResult("timeout", domains=visited, stats={"reason": "domain limit"})
+        if pool_bytes > MAX_POOL_BYTES:
+            return BabResult("timeout", domains=visited, stats={"reason": "memory limit"})
     return BabResult("unsat", domains=visited)
