@@ -59,7 +59,7 @@ def test_bab_agrees_with_exact_mip(seed, kind):
     """``input`` finishes small boxes with exact MIP leaves; ``input-no-mip`` bisects only."""
     sizes = [3, 10, 10, 2] if kind.startswith("input") else [12, 12, 12, 3]
     graph, lo, hi, c, vmin = _problem(seed, sizes)
-    bab = {"input": input_split_bab, "relu": relu_split_bab,
+    bab = {"input": functools.partial(input_split_bab, leaf_patience=0.0), "relu": relu_split_bab,
            "input-no-mip": functools.partial(input_split_bab, exact_leaves=0)}[kind]
     gap = 0.02 * (1 + abs(vmin))
     for threshold, expected in ((vmin + gap, "sat"), (vmin - gap, "unsat")):

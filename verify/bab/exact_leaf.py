@@ -58,7 +58,7 @@ class ExactLeaves:
                 A = spec.C[rows].double().numpy()
                 A_x = None if spec.Ax is None else spec.Ax[rows].double().numpy()
                 v = mip_verify(self.graph, None, None, A, spec.b[rows].double().numpy(), timeout=time_limit,
-                               A_x=A_x, crown_check=False, encoding=enc)
+                               A_x=A_x, crown_check=False, encoding=enc, light=True)
                 if v.status == "sat" and v.x is not None:
                     x = self.check(torch.as_tensor(v.x, dtype=torch.float32).reshape(1, -1))
                     return ("sat", x) if x is not None else ("open", None)

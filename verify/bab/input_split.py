@@ -111,11 +111,13 @@ def _take(funcs: Functions | None, idx: Tensor) -> Functions | None:
 @torch.no_grad()
 def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadline: Deadline,
                     check: CexCheck, batch_max: int = 8192, max_domains: int = 5_000_000,
-                    refresh: int = 1, balance: float = 64.0, combine: bool = True, exact_leaves: int = 6,
-                    leaf_time: float = 2.0) -> BabResult:
+                    refresh: int = 1, balance: float = 64.0, combine: bool = True, exact_leaves: int = 40,
+                    leaf_time: float = 2.0, leaf_patience: float = 3.0) -> BabResult:
     """``lo``/``hi``: the property's box ``[n]`` (or several root boxes ``[M, n]``).
 
-    Stack entries: ``(lo, hi, functions or None, age)`` — a group of boxes sharing an age."""
+    Stack entries: ``(lo, hi, functions or None, age)`` — a group of boxes sharing an age.
+    ``exact_leaves``: open boxes with at most this many unstable ReLUs are decided by MILP (each at most
+    ``leaf_time`` s) once the search has run ``leaf_patience`` s -- easy instances never pay for a MIP."""
     lo, hi = lo.reshape(-1, lo.shape[-1]), hi.reshape(-1, hi.shape[-1])
     root_width = (hi - lo).max(0).values
     stack: list[tuple[Tensor, Tensor, Functions | None, int]] = [(lo, hi, None, 0)]
@@ -124,6 +126,7 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
     # Small boxes with few unstable ReLUs go to an exact MIP instead of being bisected further.
     leaves = ExactLeaves(graph, spec, check) if exact_leaves > 0 and mip_supported(graph) else None
     closed = 0.0  # volume fraction proved (debug log only)
+    t_start = time.perf_counter()
     per_domain = 1e-3  # seconds per domain, measured as we go; sizes batches so the deadline holds
     while stack:
         left = deadline.left()
@@ -162,7 +165,7 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
         x = check(torch.cat([(L + H) / 2, corner]))
         if x is not None:
             return BabResult("sat", x=x, domains=visited)
-        if leaves is not None:
+        if leaves is not None and time.perf_counter() - t_start >= leaf_patience:
             few = unstable_relus(graph, bounds, open_.numel())[keep] <= exact_leaves
             undecided = torch.ones(L.shape[0], dtype=torch.bool)
             for i in few.nonzero().flatten().tolist():
