@@ -185,6 +185,7 @@ def relu_split_bab(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline
         res = _bab_one(graph, rows.subset([d]), lo, hi, deadline, check, batch, iterations,
                        max_domains - visited, root_bounds)
         visited += res.domains
+        log.debug("disjunct %d: %s after %d domains (%d in all)", d, res.status, res.domains, visited)
         if res.status != "unsat":
             return BabResult(res.status, x=res.x, domains=visited, stats=res.stats)
     return BabResult("unsat", domains=visited)
