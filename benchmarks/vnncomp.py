@@ -27,10 +27,10 @@ selected instances; they were measured on the competition's hardware with the fu
 "published, other hardware"). The last line compares Marabou's and Clarke's times on the instances both
 solved. ``--json`` prints the same numbers as one JSON object on the last line.
 
-Measured (2 shared CPU cores, 2026-11-29, ``acasxu --timeout-scale 0.25 --jobs 2``, commit e82456e): Clarke
-106/108 solved, 0 wrong, 172 s in total; Marabou 2.0.0 80/108, 0 wrong, 304 s; on the 80 instances both
-solved Marabou / Clarke = 304 s / 54 s = 5.7x (median per-instance ratio 4.1x). Since then (exact MILP
-leaves in input splitting) Clarke solves all 108 at the full timeouts, 200 s summed over instances.
+Measured (2 shared CPU cores, 2026-11-29, ``acasxu --timeout-scale 0.25 --jobs 2``, commit 47e5031): Clarke
+106/108 solved (the 2 timeouts need 54 s and 19 s), 0 wrong, 116 s in total; Marabou 2.0.0 82/108, 0 wrong,
+227 s; on the 82 instances both solved Marabou / Clarke = 227 s / 39 s = 5.9x (median per-instance ratio
+3.9x). At the full timeouts Clarke solves all 108 (``clarke verify --instances``: 204 s wall, one process).
 """
 
 from __future__ import annotations

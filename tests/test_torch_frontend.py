@@ -33,6 +33,8 @@ class ResNetLike(nn.Module):
     (lambda: small_cnn().eval(), (3, 32, 32)),
     (lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.Tanh(), nn.Dropout(0.3), nn.Linear(5, 2)).eval(),
      (3, 4)),
+    (lambda: nn.Linear(6, 3), (6,)),  # bare layers, not wrapped in a container
+    (lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 5, 5)),
 ])
 def test_traced_graph_matches_module(make, shape):
     torch.manual_seed(0)

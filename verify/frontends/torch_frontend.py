@@ -97,6 +97,10 @@ def _module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
 
 def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
     """Trace ``module`` for inputs of per-sample shape ``input_shape`` (without the batch axis)."""
+    if not any(True for _ in module.children()):
+        # A bare layer (nn.Linear, nn.Conv2d, ...) traces to raw parameter reads; as the one child of a
+        # Sequential it is a module call, which the layer rules below understand.
+        module = nn.Sequential(module)
     traced = fx.symbolic_trace(module)
     mods = dict(traced.named_modules())
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
