@@ -156,13 +156,8 @@ class HardConstraint(nn.Module):
         omega0: float = 0.0,
     ):
         super().__init__()
-        self.spec, self.points, self.solver, self.seed, self.omega0 = (
-            spec,
-            points,
-            solver or SolverConfig(),
-            seed,
-            omega0,
-        )
+        self.spec, self.points, self.seed, self.omega0 = spec, points, seed, omega0
+        self.solver = solver or SolverConfig()
         self.allowed = torch.nonzero(spec.collocation_mask()).squeeze(-1)
         self.own = torch.zeros(math.prod(spec.grid), dtype=torch.long)  # every point belongs to the one solve
 
@@ -202,13 +197,8 @@ class HardConstraintMoE(nn.Module):
         local_rows: bool = False,
     ):
         super().__init__()
-        self.spec, self.points, self.solver, self.seed, self.omega0 = (
-            spec,
-            points,
-            solver or SolverConfig(),
-            seed,
-            omega0,
-        )
+        self.spec, self.points, self.seed, self.omega0 = spec, points, seed, omega0
+        self.solver = solver or SolverConfig()
         self.router = Router(spec.grid, experts, spec.collocation_mask(), min_points=min_points)
         self.solve_fn: SolveFn = solve_fn or solve_nlls
         self.interface_weight = interface_weight

@@ -43,7 +43,7 @@ from verify.ops.pooling import MaxPool2d
 
 __all__ = [
     "GUROBI_SIZE_LIMIT", "MipEncoding", "MipResult", "MipVerdict", "SolverUnavailable", "encode",
-    "mip_bound", "mip_verify", "mip_verify_spec",
+    "mip_bound", "mip_supported", "mip_verify", "mip_verify_spec",
 ]
 
 Backend = Literal["auto", "gurobi", "highs"]
@@ -236,9 +236,18 @@ def _float64_copy(graph: Graph) -> Graph:
     return g
 
 
+def _encodable(op) -> bool:
+    return getattr(op, "linear", False) or isinstance(op, Relu | MaxPool2d)
+
+
+def mip_supported(graph: Graph) -> bool:
+    """Every node has an exact mixed-integer form (affine ops, ReLU, MaxPool)."""
+    return all(_encodable(n.op) for n in graph.nodes)
+
+
 def _check_supported(graph: Graph) -> None:
     for n in graph.nodes:
-        if getattr(n.op, "linear", False) or isinstance(n.op, Relu | MaxPool2d):
+        if _encodable(n.op):
             continue
         raise UnsupportedOperator(
             type(n.op).__name__, n.name,
@@ -276,7 +285,7 @@ def _linear(op, ins: list[_Expr], in_shapes: list[tuple[int, ...]], cache: dict 
         key = id(op)
         if key not in cache:
             own = None
-            if n_in * max(ins[0].M.shape[0], 1) <= LINEAR_CACHE_MAX:
+            if n_in * n_in <= LINEAR_CACHE_MAX:  # the identity it is computed from must be affordable too
                 own = _linear(op, [_Expr(np.arange(n_in), np.eye(n_in), np.zeros(n_in))], in_shapes)
                 if own.M.size > LINEAR_CACHE_MAX:
                     own = None

@@ -72,14 +72,13 @@ def _root_verified(graph: Graph, rows: RowSpec, lo: torch.Tensor, hi: torch.Tens
     with torch.no_grad():
         bounds = intermediate_bounds(graph, x_lo, x_hi, "crown")
         lb, _ = rows.lower_bounds(graph, bounds)
-    if bool((rows.group_max(lb).min(1).values > 0).all()):
+    if rows.proved(lb):
         return True, "crown"
     if rows.Ax is not None or alpha_iterations <= 0 or deadline.left() < 1:
         return False, "crown"
-    lam = rows.C.unsqueeze(0).reshape(1, rows.C.shape[0], *graph.output_shape)
-    lb = alpha_crown_lower(graph, x_lo, x_hi, lam, iterations=alpha_iterations, bounds=bounds,
+    lb = alpha_crown_lower(graph, x_lo, x_hi, rows.output_lam(graph), iterations=alpha_iterations, bounds=bounds,
                            time_limit=0.5 * deadline.left()) - rows.b
-    return bool((rows.group_max(lb).min(1).values > 0).all()), "alpha-crown"
+    return rows.proved(lb), "alpha-crown"
 
 
 SMALL_NETWORK_PARAMS = 1_000_000
@@ -161,27 +160,20 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
 def _relu_bab(graph, rows, lo, hi, deadline, checker) -> BabResult:
     from verify.bab.relu_split import relu_split_bab
     from verify.ops.activation import Relu
-    if not any(isinstance(n.op, Relu) for n in graph.nodes):
-        # Nothing to split (e.g. sigmoid networks): spend the time on alpha-CROWN with optimised
-        # intermediate slopes instead; undecided stays `unknown`.
-        if rows.Ax is None and deadline.left() > 2:
-            shape = graph.input_shape
-            lam = rows.C.unsqueeze(0).reshape(1, rows.C.shape[0], *graph.output_shape)
-            lb = alpha_crown_lower(graph, lo.reshape(1, *shape), hi.reshape(1, *shape), lam, iterations=60,
-                                   optimize_intermediate=True, time_limit=0.8 * deadline.left()) - rows.b
-            if bool((rows.group_max(lb).min(1).values > 0).all()):
-                return BabResult("unsat")
-        return BabResult("unknown", stats={"reason": "no ReLU to split"})
+    has_relu = any(isinstance(n.op, Relu) for n in graph.nodes)
     root_bounds = root_lower = None
     if rows.Ax is None and deadline.left() > 2:
         # Intermediate bounds with optimised slopes: on deep MNIST nets the root margin goes from about
-        # -10 to -3, which is what makes the split search finite.
+        # -10 to -3, which is what makes the split search finite. With nothing to split (e.g. sigmoid
+        # networks) this is all there is, so it gets most of the time.
         shape = graph.input_shape
-        lam = rows.C.unsqueeze(0).reshape(1, rows.C.shape[0], *graph.output_shape)
         root_lower, root_bounds = alpha_crown_lower(
-            graph, lo.reshape(1, *shape), hi.reshape(1, *shape), lam, iterations=20, optimize_intermediate=True,
-            time_limit=0.1 * deadline.left(), return_bounds=True)
+            graph, lo.reshape(1, *shape), hi.reshape(1, *shape), rows.output_lam(graph),
+            iterations=20 if has_relu else 60, optimize_intermediate=True,
+            time_limit=(0.1 if has_relu else 0.8) * deadline.left(), return_bounds=True)
         root_lower = root_lower - rows.b
-        if bool((rows.group_max(root_lower).min(1).values > 0).all()):
+        if rows.proved(root_lower):
             return BabResult("unsat")
+    if not has_relu:  # undecided stays `unknown`
+        return BabResult("unknown", stats={"reason": "no ReLU to split"})
     return relu_split_bab(graph, rows, lo, hi, deadline, checker, root_bounds=root_bounds, root_lower=root_lower)

@@ -68,13 +68,20 @@ class RowSpec:
         out = torch.full((rows.shape[0], self.n_groups), float("-inf"), dtype=rows.dtype)
         return out.scatter_reduce(1, self.group.expand(rows.shape[0], -1), rows, reduce="amax")
 
+    def proved(self, lower: Tensor) -> bool:
+        """Row lower bounds ``[N, R]`` refute every disjunct in every box (``group_max > 0``)."""
+        return bool((self.group_max(lower).min(1).values > 0).all())
+
+    def output_lam(self, graph: Graph, b: int = 1) -> Tensor:
+        """The rows' output coefficients as a CROWN start ``Lambda [b, R, *output_shape]``."""
+        return self.C.expand(b, -1, -1).reshape(b, self.C.shape[0], *graph.output_shape)
+
     def lower_bounds(self, graph: Graph, bounds, betas=None, alphas=None, record=None
                      ) -> tuple[Tensor, Tensor]:
         """CROWN lower bounds of every row over each box: ``([B, R], Lambda_x [B, R, n])``."""
         x_lo, x_hi = bounds[graph.input_name]
         b = x_lo.shape[0]
-        lam = self.C.expand(b, -1, -1).reshape(b, self.C.shape[0], *graph.output_shape)
-        lam_x, kappa = backward_pass(graph, graph.output, lam, bounds, alphas, betas, record)
+        lam_x, kappa = backward_pass(graph, graph.output, self.output_lam(graph, b), bounds, alphas, betas, record)
         lam_x = lam_x.reshape(b, self.C.shape[0], -1)
         if self.Ax is not None:
             lam_x = lam_x + self.Ax

@@ -17,13 +17,7 @@ from verify.errors import ClarkeError
 from verify.graph import Graph
 from verify.mip import _float64_copy, encode, mip_verify
 from verify.ops.activation import Relu
-from verify.ops.pooling import MaxPool2d
 from verify.spec import RowSpec
-
-
-def mip_supported(graph: Graph) -> bool:
-    """Every nonlinear node has an exact mixed-integer form (ReLU, MaxPool)."""
-    return all(getattr(n.op, "linear", False) or isinstance(n.op, (Relu, MaxPool2d)) for n in graph.nodes)
 
 
 def unstable_relus(graph: Graph, bounds: dict[str, tuple[Tensor, Tensor]], n_boxes: int) -> Tensor:
@@ -41,24 +35,28 @@ class ExactLeaves:
     matrices across boxes (thousands of leaves: set-up, not the solve, would dominate otherwise)."""
 
     def __init__(self, graph: Graph, spec: RowSpec, check: CexCheck):
-        self.graph, self.spec, self.check = _float64_copy(graph), spec, check
+        self.graph, self.check = _float64_copy(graph), check
         self.cache: dict = {}
         self.count = 0
+        # Per disjunct, its rows as float64 arrays (A f(x) + A_x x <= b): the same for every box.
+        self.disjuncts = []
+        for d in range(spec.n_groups):
+            rows = (spec.group == d).nonzero().flatten()
+            self.disjuncts.append((spec.C[rows].double().numpy(),
+                                   None if spec.Ax is None else spec.Ax[rows].double().numpy(),
+                                   spec.b[rows].double().numpy()))
 
     def decide(self, lo: Tensor, hi: Tensor, open_groups: list[int], time_limit: float
                ) -> tuple[str, np.ndarray | None]:
         """``("unsat", None)`` when every open disjunct is refuted on the box, ``("sat", x)`` with a checked
         counterexample, else ``("open", None)`` (timeout, solver trouble, or an unconfirmed witness)."""
         self.count += 1
-        spec = self.spec
         try:
             enc = encode(self.graph, lo.double().numpy(), hi.double().numpy(), linear_cache=self.cache)
             for d in open_groups:
-                rows = (spec.group == d).nonzero().flatten()
-                A = spec.C[rows].double().numpy()
-                A_x = None if spec.Ax is None else spec.Ax[rows].double().numpy()
-                v = mip_verify(self.graph, None, None, A, spec.b[rows].double().numpy(), timeout=time_limit,
-                               A_x=A_x, crown_check=False, encoding=enc, light=True)
+                A, A_x, b = self.disjuncts[d]
+                v = mip_verify(self.graph, None, None, A, b, timeout=time_limit, A_x=A_x, crown_check=False,
+                               encoding=enc, light=True)
                 if v.status == "sat" and v.x is not None:
                     x = self.check(torch.as_tensor(v.x, dtype=torch.float32).reshape(1, -1))
                     return ("sat", x) if x is not None else ("open", None)

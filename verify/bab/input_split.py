@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 
 from verify.bab.common import BabResult, CexCheck, Deadline
-from verify.bab.exact_leaf import ExactLeaves, mip_supported, unstable_relus
+from verify.bab.exact_leaf import ExactLeaves, unstable_relus
 from verify.bounds.crown import intermediate_bounds
 from verify.bounds.forward import forward_bounds
 from verify.graph import Graph
+from verify.mip import mip_supported
 from verify.spec import RowSpec, combined_margins, minimizers
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,6 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
     next_log = 0.0
     # Small boxes with few unstable ReLUs go to an exact MIP instead of being bisected further.
     leaves = ExactLeaves(graph, spec, check) if exact_leaves > 0 and mip_supported(graph) else None
-    closed = 0.0  # volume fraction proved (debug log only)
     t_start = time.perf_counter()
     per_domain = 1e-3  # seconds per domain, measured as we go; sizes batches so the deadline holds
     while stack:
@@ -150,8 +150,6 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
             per_domain = max(0.5 * per_domain, (time.perf_counter() - t0) / L.shape[0])
         margins = combined_margins(spec, lb, lam_x, L, H) if combine else spec.group_max(lb)  # [N, D]
         open_ = margins.min(1).values <= 0
-        if log.isEnabledFor(logging.DEBUG):
-            closed += float(((H - L)[~open_] / root_width.clamp(min=1e-12)).prod(1).sum())
         if not open_.any():
             continue
         keep = open_.nonzero().flatten()
@@ -176,8 +174,6 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
                 if status == "sat":
                     return BabResult("sat", x=x, domains=visited, stats={"mip_leaves": leaves.count})
                 undecided[i] = status != "unsat"
-                if status == "unsat" and log.isEnabledFor(logging.DEBUG):
-                    closed += float(((H[i] - L[i]) / root_width.clamp(min=1e-12)).prod())
             if not undecided.all():
                 keep2 = undecided.nonzero().flatten()
                 L, H, lb, lam_x, margins, row = L[keep2], H[keep2], lb[keep2], lam_x[keep2], margins[keep2], row[keep2]
@@ -191,8 +187,8 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
             next_log = time.perf_counter() + 2.0
             rel = ((H - L) / root_width.clamp(min=1e-12)).max(1).values
             log.debug("visited %d, stack %d, open %d, worst margin %.4g, widest box %.3g, narrowest %.3g, "
-                      "MIP leaves %d, volume done %.4f", visited, len(stack), L.shape[0], float(margins.min()),
-                      float(rel.max()), float(rel.min()), leaves.count if leaves else 0, closed / lo.shape[0])
+                      "MIP leaves %d", visited, len(stack), L.shape[0], float(margins.min()), float(rel.max()),
+                      float(rel.min()), leaves.count if leaves else 0)
         lo2, hi2, parent = _split(L, H, lam_x[idx, row], root_width, balance)
         stack.append((lo2, hi2, _take(funcs, parent), age + 1))
     return BabResult("unsat", domains=visited, stats={"mip_leaves": leaves.count if leaves else 0})

@@ -60,6 +60,8 @@ class ReluBab:
         self.x_hi = hi.reshape(1, *graph.input_shape)
         self.relus = [n for n in graph.nodes if isinstance(n.op, Relu)]
         self.pre = [n.inputs[0] for n in self.relus]  # split nodes (ReLU inputs)
+        self.layer_sizes = torch.tensor([int(torch.Size(graph.shape_of(n)).numel()) for n in self.pre])
+        self.layer_ends = self.layer_sizes.cumsum(0)
         self.keep = graph.bounded_nodes()  # per-domain bounds; the input box is shared, not stored per domain
         self.iterations, self.lr_alpha, self.lr_beta = iterations, lr_alpha, lr_beta
 
@@ -110,7 +112,7 @@ class ReluBab:
             best = torch.where(improved, lb.detach(), best)
             best_lam_x = lam_x.detach() if best_lam_x is None else torch.where(
                 improved.unsqueeze(-1), lam_x.detach(), best_lam_x)
-            if it == self.iterations or bool((rows.group_max(best).min(1).values > 0).all()):
+            if it == self.iterations or rows.proved(best):
                 break
             with torch.enable_grad():
                 grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
@@ -149,10 +151,8 @@ class ReluBab:
 
     def _locate(self, flat: Tensor) -> tuple[Tensor, Tensor]:
         """Concatenated neuron index -> (layer index, index within the layer)."""
-        sizes = torch.tensor([int(torch.Size(self.graph.shape_of(n)).numel()) for n in self.pre])
-        ends = sizes.cumsum(0)
-        node = torch.bucketize(flat, ends, right=True)
-        return node, flat - (ends - sizes)[node]
+        node = torch.bucketize(flat, self.layer_ends, right=True)
+        return node, flat - (self.layer_ends - self.layer_sizes)[node]
 
     def choose(self, bounds: dict, splits: dict[str, Tensor], lam_h: dict, row: Tensor) -> tuple[Tensor, Tensor]:
         """BaBSR branching: (node index [B], flat neuron index [B]); node index -1 when nothing is left."""
