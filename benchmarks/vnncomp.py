@@ -12,7 +12,8 @@ Each tool runs every instance in its own subprocess with the instance's timeout 
 and is killed hard at that timeout + 60 s; that, and an answer reported after the timeout + 5 %, count as
 ``timeout``:
 
-- Clarke: ``python -m verify.cli.main verify ONNX VNNLIB --timeout T --json --result-file F``; its time is
+- Clarke: ``python -m verify.cli.main verify ONNX VNNLIB --timeout T --json --result-file F --workers W`` (W: the
+  cores divided among the jobs); its time is
   the ``seconds`` Clarke reports (model loading included, interpreter start-up excluded).
 - Marabou: ``Marabou.read_onnx(ONNX).solve(propertyFilename=VNNLIB, options=createOptions(
   timeoutInSeconds=T))`` in a worker process (this file with ``_marabou_worker``); its time covers reading
@@ -186,8 +187,9 @@ def run_clarke(onnx: Path, vnnlib: Path, timeout: float, index: int, tmp: Path, 
     from verify.counterexample import parse_result
 
     result = tmp / f"clarke_{index}.txt"
+    workers = max(1, (os.cpu_count() or 1) // max(1, jobs))  # MIP refinement processes: the job's share of cores
     cmd = [sys.executable, "-m", "verify.cli.main", "verify", str(onnx), str(vnnlib), "--timeout", f"{timeout:g}",
-           "--json", "--result-file", str(result)]
+           "--json", "--result-file", str(result), "--workers", str(workers)]
     p, wall = _run(cmd, timeout, jobs)
     if p is None:
         return Outcome("clarke", index, "timeout", wall, message="killed at the hard limit")

@@ -132,8 +132,9 @@ def test_unsat_result_file(capsys, tmp_path):
     no_leftovers(tmp_path, result.name)
 
 
-def test_example_robustness_property_is_unsat(capsys):
-    code, out, _ = run_main(capsys, "verify", MODEL, ROBUSTNESS, "--timeout", "30", "--json")
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]])
+def test_example_robustness_property_is_unsat(capsys, workers):
+    code, out, _ = run_main(capsys, "verify", MODEL, ROBUSTNESS, "--timeout", "30", "--json", *workers)
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == "unsat"

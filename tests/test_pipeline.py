@@ -134,3 +134,14 @@ def test_missing_files_raise_clarke_errors(tmp_path):
         verify_instance(tmp_path / "nope.onnx", EXAMPLES / "robustness.vnnlib", timeout=5)
     with pytest.raises(ClarkeError, match="nope.vnnlib"):
         verify_instance(EXAMPLES / "mlp_8x32x32x3.onnx", tmp_path / "nope.vnnlib", timeout=5)
+
+
+@pytest.mark.slow
+def test_mnist_fc_instance_needing_mip_refinement():
+    """mnist 256x4, prop_5 eps 0.05 (unsat): root margin -1.1, which split search alone did not close in 300 s
+    (180k domains); MIP-refined intermediate bounds make it about a minute of work."""
+    onnx, vnnlib, timeout, expected = instance("mnist_fc_2022", 25)
+    assert (onnx.name, vnnlib.name, expected) == ("mnist-net_256x4.onnx", "prop_5_0.05.vnnlib", "unsat")
+    res = verify_instance(onnx, vnnlib, timeout=timeout)
+    check_answer(res, onnx, vnnlib, expected)
+    assert res.stage == "relu-bab"

@@ -2,12 +2,15 @@
 
 1. Falsify: sampling + PGD; every candidate re-checked with onnxruntime before ``sat``.
 2. Incomplete: CROWN, then alpha-CROWN on each property's rows.
-3. Complete: input-split BaB for low-dimensional inputs, ReLU-split BaB with beta-CROWN otherwise,
-   exact MIP for small networks. Anything undecided at the deadline is ``timeout``; never a guess.
+3. Complete: input-split BaB for low-dimensional inputs, ReLU-split BaB with beta-CROWN otherwise
+   (restarted from MIP-refined intermediate bounds when a short first search fails), exact MIP for small
+   networks. Anything undecided at the deadline is ``timeout``; never a guess.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ from verify.spec import RowSpec
 from verify.vnnlib import VnnlibSpec, parse_vnnlib
 
 INPUT_SPLIT_MAX_DIMS = 16
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,20 +90,28 @@ SMALL_NETWORK_PARAMS = 1_000_000
 
 def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float = 60.0, seed: int = 0,
                     attack_budget: float | None = None, alpha_iterations: int = 20,
-                    num_threads: int | None = None) -> VerifyResult:
+                    num_threads: int | None = None, workers: int | None = None) -> VerifyResult:
     """Decide one instance. Raises ``ClarkeError`` subclasses for bad input (the CLI maps them to ``error``).
 
     ``num_threads``: torch threads while verifying (restored after). Default: 1 for networks under a
     million weights, where intra-op threads cost more in synchronisation than they give (measured
-    up to 30x slower input-split BaB with 2 threads on a busy 2-core machine), else torch's setting."""
+    up to 30x slower input-split BaB with 2 threads on a busy 2-core machine), else torch's setting.
+    ``workers``: processes for the MIP refinement of intermediate bounds (default: every core available)."""
     old = torch.get_num_threads()
     try:
-        return _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iterations, num_threads)
+        return _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iterations, num_threads,
+                       workers or available_cores())
     finally:
         torch.set_num_threads(old)
 
 
-def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iterations, num_threads) -> VerifyResult:
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iterations, num_threads,
+            workers) -> VerifyResult:
     t0 = time.perf_counter()
     # Leave room to write the result: answer `timeout` before the limit, never after it.
     deadline = Deadline(max(0.0, 0.97 * timeout - 0.3))
@@ -146,7 +158,7 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
             res = input_split_bab(graph, rows, lo, hi, deadline, checker)
             stage = "input-bab"
         else:
-            res = _relu_bab(graph, rows, lo, hi, deadline, checker)
+            res = _relu_bab(graph, rows, lo, hi, deadline, checker, workers=workers)
             stage = "relu-bab"
         if res.status == "sat":
             x, y = checker.found
@@ -157,7 +169,16 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
     return done("unsat", "+".join(sorted(set(stages))) or "trivial")
 
 
-def _relu_bab(graph, rows, lo, hi, deadline, checker) -> BabResult:
+BAB_FIRST_SHARE = 0.05
+"""Share of the time left for the first split search, from the alpha-CROWN root bounds."""
+REFINE_SHARE = 0.6
+"""Share of the time left after it for MIP refinement of the intermediate bounds (the rest: split search)."""
+REFINE_NEURONS_PER_WORKER = 60
+"""Neurons refined per layer and refinement process (about a minute of solves on mnist_fc)."""
+
+
+def _relu_bab(graph, rows, lo, hi, deadline, checker, bab_first: float = BAB_FIRST_SHARE, workers: int = 1
+              ) -> BabResult:
     from verify.bab.relu_split import relu_split_bab
     from verify.ops.activation import Relu
     has_relu = any(isinstance(n.op, Relu) for n in graph.nodes)
@@ -176,4 +197,38 @@ def _relu_bab(graph, rows, lo, hi, deadline, checker) -> BabResult:
             return BabResult("unsat")
     if not has_relu:  # undecided stays `unknown`
         return BabResult("unknown", stats={"reason": "no ReLU to split"})
-    return relu_split_bab(graph, rows, lo, hi, deadline, checker, root_bounds=root_bounds, root_lower=root_lower)
+    if root_bounds is None or not _refinable(graph):
+        return relu_split_bab(graph, rows, lo, hi, deadline, checker, root_bounds=root_bounds, root_lower=root_lower)
+    # Branching settles most instances within seconds; the rest need tighter intermediate bounds than any
+    # split search reaches (mnist_fc 256x4 / 256x6: root margins -1 to -6000), so MIP-refine them, then search
+    # again from the refined root.
+    res = relu_split_bab(graph, rows, lo, hi, Deadline(bab_first * deadline.left()), checker,
+                         root_bounds=root_bounds, root_lower=root_lower)
+    if res.status in ("sat", "unsat") or deadline.left() < 5:
+        return res
+    from verify.mip_refine import refine_bounds
+    ref = refine_bounds(graph, rows, lo, hi, root_bounds, Deadline(REFINE_SHARE * deadline.left()),
+                        max_neurons=REFINE_NEURONS_PER_WORKER * workers, workers=workers)
+    log.debug("MIP refinement: %s after %d solves in %.1f s, worst margin %.4f", ref.stopped, ref.solves,
+              ref.seconds, float(rows.group_max(ref.lower).min()))
+    lower = torch.maximum(ref.lower, root_lower)  # both sound
+    if rows.proved(lower):
+        return BabResult("unsat", domains=res.domains, stats={"refined": ref.solves})
+    res2 = relu_split_bab(graph, rows, lo, hi, deadline, checker, root_bounds=ref.bounds, root_lower=lower)
+    return BabResult(res2.status, x=res2.x, domains=res.domains + res2.domains,
+                     stats={**res2.stats, "refined": ref.solves})
+
+
+def _refinable(graph: Graph) -> bool:
+    """MIP refinement needs an encodable graph and a solver (gurobipy, or highspy)."""
+    from verify.mip import mip_supported
+    if not mip_supported(graph):
+        return False
+    try:
+        import gurobipy  # noqa: F401
+    except ImportError:
+        try:
+            import highspy  # noqa: F401
+        except ImportError:
+            return False
+    return True

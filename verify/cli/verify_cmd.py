@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help="after the status line, print one JSON object: status, seconds, stage, counterexample")
     p.add_argument("--seed", type=int, default=0, help="random seed of the attacks (default 0)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes for the MIP refinement of intermediate bounds on hard ReLU networks "
+                        "(default: every core; with --instances, the cores divided among the --jobs)")
     p.add_argument("--instances", metavar="CSV", help="run every row (onnx,vnnlib,timeout) of an instances.csv")
     p.add_argument("--timeout-scale", type=float, default=1.0,
                    help="with --instances: multiply each instance's timeout by this factor (default 1)")
@@ -59,7 +62,8 @@ def run_single(args: argparse.Namespace) -> int:
     try:
         if not args.model or not args.spec:
             raise CliError("give MODEL.onnx and SPEC.vnnlib, or --instances CSV")
-        res = verify_instance(args.model, args.spec, timeout=args.timeout, seed=args.seed)
+        res = verify_instance(args.model, args.spec, timeout=args.timeout, seed=args.seed,
+                              workers=args.workers or None)
         text = format_result(res.status, res.x, res.y)
         if args.result_file:
             write_atomic(args.result_file, text)
@@ -75,13 +79,13 @@ def run_single(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one(job: tuple[str, str, float, int]) -> dict:
-    onnx, vnnlib, timeout, seed = job
+def _one(job: tuple[str, str, float, int, int]) -> dict:
+    onnx, vnnlib, timeout, seed, workers = job
     from verify.errors import ClarkeError
     from verify.pipeline import verify_instance
     t0 = time.perf_counter()
     try:
-        res = verify_instance(onnx, vnnlib, timeout=timeout, seed=seed)
+        res = verify_instance(onnx, vnnlib, timeout=timeout, seed=seed, workers=workers)
         d = _result_dict(res)
         d["validated"] = "" if res.x is None else "yes"
     except ClarkeError as e:
@@ -116,7 +120,9 @@ def run_instances(args: argparse.Namespace) -> int:
     csv_path = Path(args.instances)
     base = csv_path.parent
     rows = _read_instances(csv_path, args.limit)
-    jobs = [(str(base / o), str(base / v), t * args.timeout_scale, args.seed) for o, v, t in rows]
+    from verify.pipeline import available_cores
+    workers = args.workers or max(1, available_cores() // max(1, args.jobs))  # cores not taken by other jobs
+    jobs = [(str(base / o), str(base / v), t * args.timeout_scale, args.seed, workers) for o, v, t in rows]
     expected = {}
     exp_path = base / "expected.csv"
     if exp_path.is_file():
