@@ -32,6 +32,13 @@ Measured (2 shared CPU cores, 2026-11-29, ``acasxu --timeout-scale 0.25 --jobs 2
 106/108 solved (the 2 timeouts need 54 s and 19 s), 0 wrong, 116 s in total; Marabou 2.0.0 82/108, 0 wrong,
 227 s; on the 82 instances both solved Marabou / Clarke = 227 s / 39 s = 5.9x (median per-instance ratio
 3.9x). At the full timeouts Clarke solves all 108 (``clarke verify --instances``: 204 s wall, one process).
+
+mnist_fc_2022 at the full timeouts (``clarke verify --instances .../mnist_fc_2022/instances.csv --jobs 2``, commit
+e87e0db, one refinement process per instance): 39/45 solved (7 sat, 32 unsat), 0 wrong, 20.5 min wall; 39 of the
+44 instances with a known answer (89 %); alpha-beta-CROWN published 42/45 (2022, GPU). MIP-refined intermediate
+bounds settle 256x4 prop_5/6/7/13 and 256x6 prop_3 (75-120 s each); before them, 34/45. Open: 256x4 prop_9
+(refined root margin -1.6 to -4.6, not closed by the search after it), 256x6 prop_5/9/11/13 (margins -650
+to -3300 after refining three layers), 256x6 prop_7 (no known answer).
 """
 
 from __future__ import annotations

@@ -167,3 +167,22 @@ def test_parallel_workers_find_the_same_bounds():
     for name in _relu_inputs(graph):
         for a, b in zip(one.bounds[name], two.bounds[name], strict=True):
             assert torch.equal(a, b), name
+
+
+def test_highs_refines_where_gurobi_is_missing(monkeypatch):
+    import sys
+
+    graph, lo, hi = _net(2)
+    rows = _rows(graph, lo, hi, np.array([1.0, -1.0, 0.0]), 1e6)
+    _, root = _root(graph, rows, lo, hi)
+    monkeypatch.setitem(sys.modules, "gurobipy", None)  # import gurobipy now raises ImportError
+    res = refine_bounds(graph, rows, lo, hi, root, Deadline(60), neuron_work=8.0, max_neurons=10)
+    assert res.solves > 0
+    x = lo + (hi - lo) * torch.rand(5000, lo.numel(), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        values = graph.forward_all(x)
+    name = _relu_inputs(graph)[1]
+    (l0, u0), (l1, u1) = root[name], res.bounds[name]
+    v = values[name].reshape(x.shape[0], -1)
+    assert bool((v >= l1.reshape(1, -1) - 1e-5).all() and (v <= u1.reshape(1, -1) + 1e-5).all())
+    assert float(((u0 - l0) - (u1 - l1)).sum()) > 0

@@ -66,7 +66,9 @@ class _NeuronSolver:
             if mask.any():
                 m.addMConstr(a[np.nonzero(mask)[0]], self.v, np.full(int(mask.sum()), sense), rhs[mask])
         m.Params.Threads, m.Params.WorkLimit, m.Params.BestBdStop = 1, work, 0.0
-        self.grb, self.sense, self.infeasible = m, GRB.MINIMIZE, (GRB.INFEASIBLE, GRB.INF_OR_UNBD)
+        self.grb, self.sense = m, GRB.MINIMIZE
+        # Statuses whose dual bound we trust; anything else (numerical trouble, infeasible) teaches us nothing.
+        self.trusted = (GRB.OPTIMAL, GRB.TIME_LIMIT, GRB.WORK_LIMIT, GRB.USER_OBJ_LIMIT)
 
     def lower(self, cols: np.ndarray, coef: np.ndarray, const: float, seconds: float) -> float:
         """A sound lower bound of ``coef . v[cols] + const`` (stops once it is >= 0, and at ``seconds``)."""
@@ -76,12 +78,12 @@ class _NeuronSolver:
         if self.grb is None:
             seconds = min(seconds, SECONDS_PER_WORK * self.work)
             sol = mip._solve(self.model, obj, "highs", seconds, bound_stop=-const)
-            return -np.inf if sol.status == "infeasible" else sol.bound + const
+            return -np.inf if sol.status == "infeasible" else sol.bound + const  # HiGHS: -inf bound if none
         self.grb.setMObjective(None, obj, const, sense=self.sense)
         self.grb.Params.TimeLimit = seconds
         self.grb.reset()  # no warm start from the previous neuron: results independent of the order of solves
         self.grb.optimize()
-        if self.grb.Status in self.infeasible:  # nothing to learn here: the caller's bounds stand
+        if self.grb.Status not in self.trusted:  # the caller's bounds stand
             return -np.inf
         return float(self.grb.ObjBound)
 
