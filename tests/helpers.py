@@ -1,6 +1,8 @@
-"""Random network factories shared by the tests."""
+"""Random network factories and a gradient check shared by the tests."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -68,3 +70,22 @@ def random_network(seed: int) -> tuple[nn.Module, tuple[int, ...], str]:
     for p in net.parameters():
         p.data.mul_(1.5)  # larger weights: more unstable neurons, harder relaxations
     return net.eval(), shape, f"{family}/{act.__name__}"
+
+
+def directional_derivatives(loss: torch.Tensor, loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor],
+                            eps: float = 1e-6) -> tuple[float, float]:
+    """``(autograd, central finite difference)`` derivative of ``loss`` = ``loss_fn()`` along a random direction
+    (``torch.randn_like`` per parameter) of ``params``; the parameters are restored afterwards."""
+    grads = torch.autograd.grad(loss, params)
+    direction = [torch.randn_like(p) for p in params]
+    analytic = sum((g * d).sum() for g, d in zip(grads, direction, strict=True))
+    with torch.no_grad():
+        for p, d in zip(params, direction, strict=True):
+            p.add_(eps * d)
+        plus = loss_fn()
+        for p, d in zip(params, direction, strict=True):
+            p.sub_(2 * eps * d)
+        minus = loss_fn()
+        for p, d in zip(params, direction, strict=True):
+            p.add_(eps * d)
+    return analytic.item(), ((plus - minus) / (2 * eps)).item()

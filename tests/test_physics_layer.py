@@ -14,6 +14,7 @@ from physics.layer import HardConstraint, HardConstraintMoE
 from physics.lm import LMConfig
 from physics.problems import DiffusionSorption, Fields, Heat, d_dt, make_spec
 from physics.router import Router
+from tests.helpers import directional_derivatives
 
 TIGHT = SolverConfig(lm=LMConfig(max_iter=100, gtol=1e-12, on_fail="raise"), ridge=1e-6)
 
@@ -103,21 +104,8 @@ def test_moe_gradient_matches_finite_differences(problem, experts, seed):
         r_pde, r_rows = spec.residuals(u, data)
         return (r_pde**2).mean() + (r_rows**2).mean()
 
-    grads = torch.autograd.grad(loss_fn(), params)
-    direction = [torch.randn_like(p) for p in params]
-    analytic = sum((g * d).sum() for g, d in zip(grads, direction, strict=True))
-    eps = 1e-6
-    with torch.no_grad():
-        for p, d in zip(params, direction, strict=True):
-            p.add_(eps * d)
-        plus = loss_fn()
-        for p, d in zip(params, direction, strict=True):
-            p.sub_(2 * eps * d)
-        minus = loss_fn()
-        for p, d in zip(params, direction, strict=True):
-            p.add_(eps * d)
-    fd = (plus - minus) / (2 * eps)
-    assert math.isclose(analytic.item(), fd.item(), rel_tol=1e-5)
+    analytic, fd = directional_derivatives(loss_fn(), loss_fn, params)
+    assert math.isclose(analytic, fd, rel_tol=1e-5)
 
 
 def test_moe_outputs_use_each_experts_coefficients():

@@ -17,6 +17,7 @@ from physics.model import physics_loss
 from physics.problems import Fields, NavierStokes
 from physics.router import normalise_experts
 from physics.train import TrainConfig, sample_fields, train, train_spec
+from tests.helpers import directional_derivatives
 
 
 def test_spec_residual_is_the_reference_solvers_residual():
@@ -62,21 +63,8 @@ def test_moe_on_space_blocks_converges_and_has_exact_gradients():
     assert info.converged.all() and info.converged.numel() == 8
     r0, _ = spec.residuals(data.u0[:, None].expand(-1, 4, -1, -1), data)  # w = w0 (all coefficients 0)
     assert info.residual.pow(2).mean() < 0.5 * r0.pow(2).mean()
-    grads = torch.autograd.grad(loss, params)
-    direction = [torch.randn_like(p) for p in params]
-    analytic = sum((g * d).sum() for g, d in zip(grads, direction, strict=True))
-    eps = 1e-6
-    with torch.no_grad():
-        for p, d in zip(params, direction, strict=True):
-            p.add_(eps * d)
-        plus = loss_fn()[0]
-        for p, d in zip(params, direction, strict=True):
-            p.sub_(2 * eps * d)
-        minus = loss_fn()[0]
-        for p, d in zip(params, direction, strict=True):
-            p.add_(eps * d)
-    fd = (plus - minus) / (2 * eps)
-    assert math.isclose(analytic.item(), fd.item(), rel_tol=1e-5), (analytic.item(), fd.item())
+    analytic, fd = directional_derivatives(loss, lambda: loss_fn()[0], params)
+    assert math.isclose(analytic, fd, rel_tol=1e-5), (analytic, fd)
 
 
 def small(**kw) -> TrainConfig:

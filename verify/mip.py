@@ -520,6 +520,23 @@ def _gurobi_env():
     return _GUROBI_ENVS[pid]
 
 
+def _gurobi_model(model: _Model):
+    """``(gurobipy.Model, its variable MVar)`` holding ``model``'s variables and rows, no objective yet."""
+    import gurobipy as gp
+    from gurobipy import GRB
+
+    lb, ub, integer, a, rlo, rhi = model.arrays()
+    m = gp.Model(env=_gurobi_env())
+    v = m.addMVar(model.n, lb=lb, ub=ub, vtype=np.where(integer, GRB.BINARY, GRB.CONTINUOUS))
+    eq = rlo == rhi
+    upper, lower = np.isfinite(rhi) & ~eq, np.isfinite(rlo) & ~eq
+    for mask, sense, rhs in ((eq, GRB.EQUAL, rhi), (upper, GRB.LESS_EQUAL, rhi), (lower, GRB.GREATER_EQUAL, rlo)):
+        if mask.any():
+            rows = a[np.nonzero(mask)[0]]
+            m.addMConstr(rows, v, np.full(rows.shape[0], sense), rhs[mask])
+    return m, v
+
+
 def _solve_gurobi(model: _Model, obj: np.ndarray, time_limit: float | None, obj_stop: float | None,
                   bound_stop: float | None, threads: int, seed: int, light: bool = False) -> _Solution:
     try:
@@ -527,19 +544,11 @@ def _solve_gurobi(model: _Model, obj: np.ndarray, time_limit: float | None, obj_
         from gurobipy import GRB
     except ImportError as e:
         raise SolverUnavailable(f"gurobipy is not installed ({e})") from None
-    lb, ub, integer, a, rlo, rhi = model.arrays()
     t0 = time.perf_counter()
     try:
         with contextlib.ExitStack() as stack:
-            m = stack.enter_context(gp.Model(env=_gurobi_env()))
-            v = m.addMVar(model.n, lb=lb, ub=ub, vtype=np.where(integer, GRB.BINARY, GRB.CONTINUOUS))
-            eq = rlo == rhi
-            upper, lower = np.isfinite(rhi) & ~eq, np.isfinite(rlo) & ~eq
-            for mask, sense, rhs in ((eq, GRB.EQUAL, rhi), (upper, GRB.LESS_EQUAL, rhi),
-                                     (lower, GRB.GREATER_EQUAL, rlo)):
-                if mask.any():
-                    rows = a[np.nonzero(mask)[0]]
-                    m.addMConstr(rows, v, np.full(rows.shape[0], sense), rhs[mask])
+            m, v = _gurobi_model(model)
+            stack.enter_context(m)
             m.setMObjective(None, obj, 0.0, sense=GRB.MINIMIZE)
             p = m.Params
             p.Threads, p.Seed = threads, seed
@@ -554,7 +563,7 @@ def _solve_gurobi(model: _Model, obj: np.ndarray, time_limit: float | None, obj_
             if bound_stop is not None:
                 p.BestBdStop = bound_stop
             m.optimize()
-            is_mip = bool(integer.any())
+            is_mip = model.n_binaries > 0
             st = m.Status
             has_sol = m.SolCount > 0
             objective = float(m.ObjVal) if has_sol else math.inf

@@ -55,16 +55,10 @@ class _NeuronSolver:
         self.model, self.work = model, work
         self.grb = None
         try:
-            import gurobipy as gp
             from gurobipy import GRB
         except ImportError:
             return
-        lb, ub, integer, a, rlo, rhi = model.arrays()
-        m = gp.Model(env=mip._gurobi_env())
-        self.v = m.addMVar(model.n, lb=lb, ub=ub, vtype=np.where(integer, GRB.BINARY, GRB.CONTINUOUS))
-        for mask, sense, rhs in ((np.isfinite(rhi), GRB.LESS_EQUAL, rhi), (np.isfinite(rlo), GRB.GREATER_EQUAL, rlo)):
-            if mask.any():
-                m.addMConstr(a[np.nonzero(mask)[0]], self.v, np.full(int(mask.sum()), sense), rhs[mask])
+        m, _ = mip._gurobi_model(model)
         m.Params.Threads, m.Params.WorkLimit, m.Params.BestBdStop = 1, work, 0.0
         self.grb, self.sense = m, GRB.MINIMIZE
         # Statuses whose dual bound we trust; anything else (numerical trouble, infeasible) teaches us nothing.
@@ -94,18 +88,20 @@ class _NeuronSolver:
 
 def refine_bounds(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: dict, deadline: Deadline,
                   neuron_work: float = 1.5, max_neurons: int = 60, alpha_iterations: int = 20,
-                  workers: int = 1) -> RefineResult:
+                  workers: int = 1, lower: Tensor | None = None) -> RefineResult:
     """Tighten ``bounds`` (sound intermediate bounds over the box ``[lo, hi]``) of the ReLU inputs by MIP, at
     most ``max_neurons`` per layer and ``neuron_work`` Gurobi work units per solve (about a second), until the
     deadline or until alpha-CROWN proves every row group. ``workers`` > 1 solves a layer's neurons in that many
-    forked processes (the neurons of one layer are independent problems)."""
+    forked processes (the neurons of one layer are independent problems). ``lower`` ``[1, R]``: row margins
+    already known with ``bounds`` (default: CROWN's), improved on by every alpha-CROWN pass."""
     t0 = time.perf_counter()
     shape = graph.input_shape
     x_lo, x_hi = lo.reshape(1, *shape), hi.reshape(1, *shape)
     lam = rows.output_lam(graph)
     bounds = dict(bounds)
-    with torch.no_grad():
-        lower = lower_bound(graph, graph.output, lam, bounds) - rows.b
+    if lower is None:
+        with torch.no_grad():
+            lower = lower_bound(graph, graph.output, lam, bounds) - rows.b
     res = RefineResult(bounds, lower)
     if not mip.mip_supported(graph):
         res.stopped = "no solver"

@@ -208,13 +208,12 @@ def _relu_bab(graph, rows, lo, hi, deadline, checker, bab_first: float = BAB_FIR
         return res
     from verify.mip_refine import refine_bounds
     ref = refine_bounds(graph, rows, lo, hi, root_bounds, Deadline(REFINE_SHARE * deadline.left()),
-                        max_neurons=REFINE_NEURONS_PER_WORKER * workers, workers=workers)
+                        max_neurons=REFINE_NEURONS_PER_WORKER * workers, workers=workers, lower=root_lower)
     log.debug("MIP refinement: %s after %d solves in %.1f s, worst margin %.4f", ref.stopped, ref.solves,
               ref.seconds, float(rows.group_max(ref.lower).min()))
-    lower = torch.maximum(ref.lower, root_lower)  # both sound
-    if rows.proved(lower):
+    if rows.proved(ref.lower):
         return BabResult("unsat", domains=res.domains, stats={"refined": ref.solves})
-    res2 = relu_split_bab(graph, rows, lo, hi, deadline, checker, root_bounds=ref.bounds, root_lower=lower)
+    res2 = relu_split_bab(graph, rows, lo, hi, deadline, checker, root_bounds=ref.bounds, root_lower=ref.lower)
     return BabResult(res2.status, x=res2.x, domains=res.domains + res2.domains,
                      stats={**res2.stats, "refined": ref.solves})
 
