@@ -1,4 +1,4 @@
-"""Random network factories and a gradient check shared by the tests."""
+"""Random network factories, a counterexample checker and a gradient check shared by the tests."""
 
 from __future__ import annotations
 
@@ -89,3 +89,29 @@ def directional_derivatives(loss: torch.Tensor, loss_fn: Callable[[], torch.Tens
         for p, d in zip(params, direction, strict=True):
             p.add_(eps * d)
     return analytic.item(), ((plus - minus) / (2 * eps)).item()
+
+
+def scaled_mlp_box(seed: int, sizes: tuple[int, ...]):
+    """``(graph, lo, hi)``: a ReLU MLP with weights scaled by 1.4 (many unstable neurons) over a box of half-width
+    0.25 around a random point of the unit cube."""
+    from models.zoo import mlp
+    from verify import from_torch
+
+    torch.manual_seed(seed)
+    net = mlp(list(sizes)).eval()
+    for p in net.parameters():
+        p.data *= 1.4
+    graph = from_torch(net, (sizes[0],))
+    x0 = torch.rand(sizes[0])
+    return graph, x0 - 0.25, x0 + 0.25
+
+
+def graph_checker(graph, rows):
+    """A BaB counterexample check that trusts the graph itself (no ONNX file in these tests): the first
+    candidate violating ``rows``, as float64, or None."""
+    def check(cands):
+        with torch.no_grad():
+            y = graph(cands).reshape(cands.shape[0], -1)
+        bad = rows.violated(cands, y)
+        return cands[bad.nonzero()[0, 0]].double().numpy() if bad.any() else None
+    return check

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models.zoo import mlp
+from tests.helpers import graph_checker
 from verify import from_torch
 from verify.bab.common import Deadline
 from verify.bab.exact_leaf import ExactLeaves
@@ -44,15 +45,6 @@ def _rows(c: np.ndarray, threshold: float, n_in: int, n_out: int, lo, hi) -> Row
     return RowSpec.from_property(prop, n_in, n_out)
 
 
-def _checker(graph, rows):
-    def check(cands):
-        with torch.no_grad():
-            y = graph(cands).reshape(cands.shape[0], -1)
-        bad = rows.violated(cands, y)
-        return cands[bad.nonzero()[0, 0]].double().numpy() if bad.any() else None
-    return check
-
-
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("kind", ["input", "input-no-mip", "relu"])
 def test_bab_agrees_with_exact_mip(seed, kind):
@@ -64,7 +56,7 @@ def test_bab_agrees_with_exact_mip(seed, kind):
     gap = 0.02 * (1 + abs(vmin))
     for threshold, expected in ((vmin + gap, "sat"), (vmin - gap, "unsat")):
         rows = _rows(c, threshold, sizes[0], sizes[-1], lo, hi)
-        res = bab(graph, rows, lo, hi, Deadline(60), _checker(graph, rows))
+        res = bab(graph, rows, lo, hi, Deadline(60), graph_checker(graph, rows))
         assert res.status == expected, (kind, seed, threshold, vmin, res)
         if expected == "sat":
             y = graph(torch.tensor(res.x, dtype=torch.float32)[None]).reshape(-1).detach().numpy()
@@ -77,7 +69,7 @@ def test_input_split_respects_the_deadline():
     rows = _rows(c, vmin - 1e-7, 3, 2, lo, hi)  # barely unsat: needs a very deep tree
     import time
     t0 = time.perf_counter()
-    res = input_split_bab(graph, rows, lo, hi, Deadline(0.5), _checker(graph, rows))
+    res = input_split_bab(graph, rows, lo, hi, Deadline(0.5), graph_checker(graph, rows))
     assert res.status in ("timeout", "unsat")
     assert time.perf_counter() - t0 < 1.5
 
@@ -141,7 +133,7 @@ def test_exact_leaf_decides_boxes_like_the_mip(seed):
     graph, lo, hi, c, vmin = _problem(seed, [3, 10, 10, 2])
     for threshold, expected in ((vmin + 0.02, "sat"), (vmin - 0.02, "unsat")):
         rows = _rows(c, threshold, 3, 2, lo, hi)
-        status, x = ExactLeaves(graph, rows, _checker(graph, rows)).decide(lo, hi, [0], 30.0)
+        status, x = ExactLeaves(graph, rows, graph_checker(graph, rows)).decide(lo, hi, [0], 30.0)
         assert status == expected
         assert (x is not None) == (expected == "sat")
 
@@ -166,7 +158,7 @@ def test_relu_bab_searches_each_open_disjunct_from_optimised_root_bounds(seed):
                                                     iterations=10, optimize_intermediate=True, return_bounds=True)
         root_lower = root_lower.detach() - rows.b
         assert float(root_lower[0, 0]) > 0  # the far disjunct is refuted without search
-        res = relu_split_bab(graph, rows, lo, hi, Deadline(60), _checker(graph, rows), root_bounds=root_bounds,
+        res = relu_split_bab(graph, rows, lo, hi, Deadline(60), graph_checker(graph, rows), root_bounds=root_bounds,
                              root_lower=root_lower)
         assert res.status == expected, (seed, threshold, vmin, res)
 
@@ -177,6 +169,6 @@ def test_relu_bab_stops_at_its_memory_cap(monkeypatch):
     graph, lo, hi, c, vmin = _problem(0, [12, 12, 12, 3])
     rows = _rows(c, vmin - 1e-4, 12, 3, lo, hi)  # barely unsat: many open domains
     monkeypatch.setattr(relu_split, "MAX_POOL_BYTES", 1.0)
-    res = relu_split_bab(graph, rows, lo, hi, Deadline(30), _checker(graph, rows))
+    res = relu_split_bab(graph, rows, lo, hi, Deadline(30), graph_checker(graph, rows))
     assert res.status == "timeout" and res.stats["reason"] == "memory limit"
     assert res.domains < 100  # stopped after the first batches, not at the deadline

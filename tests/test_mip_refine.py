@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.zoo import mlp
-from verify import from_torch
+from tests.helpers import graph_checker, scaled_mlp_box
 from verify.bab.common import Deadline
 from verify.bounds.alpha import alpha_crown_lower
 from verify.mip import _Expr, _float64_copy, _linear, _lp_tighten, _Model, _relu, _widened, mip_bound
@@ -22,13 +21,7 @@ pytest.importorskip("gurobipy")
 
 
 def _net(seed: int, sizes=(10, 24, 24, 24, 3)):
-    torch.manual_seed(seed)
-    net = mlp(list(sizes)).eval()
-    for p in net.parameters():
-        p.data *= 1.4
-    graph = from_torch(net, (sizes[0],))
-    x0 = torch.rand(sizes[0])
-    return graph, x0 - 0.25, x0 + 0.25
+    return scaled_mlp_box(seed, sizes)
 
 
 def _rows(graph, lo, hi, c: np.ndarray, threshold: float) -> RowSpec:
@@ -144,14 +137,7 @@ def test_pipeline_refines_then_searches(seed):
     gap = 0.02 * (1 + abs(exact))
     for threshold, expected in ((exact - gap, "unsat"), (exact + gap, "sat")):
         rows = _rows(graph, lo, hi, c, threshold)
-
-        def check(cands, rows=rows):
-            with torch.no_grad():
-                y = graph(cands).reshape(cands.shape[0], -1)
-            bad = rows.violated(cands, y)
-            return cands[bad.nonzero()[0, 0]].double().numpy() if bad.any() else None
-
-        res = _relu_bab(graph, rows, lo, hi, Deadline(60), check, bab_first=0.0)
+        res = _relu_bab(graph, rows, lo, hi, Deadline(60), graph_checker(graph, rows), bab_first=0.0)
         assert res.status == expected, (seed, threshold, exact, res)
         assert expected == "sat" or res.stats.get("refined", 0) > 0
 

@@ -52,6 +52,8 @@ GUROBI_SIZE_LIMIT = 2000
 """Variables / linear constraints the size-limited Gurobi license accepts; ``auto`` skips Gurobi above it."""
 BOUND_SLACK = 1e-10
 """Relative widening of the CROWN bounds before fixing stable neurons and forming big-M constants."""
+GIVEN_BOUND_SLACK = 1e-5
+"""Relative widening of intermediate bounds handed to :func:`encode` (float32 CROWN / solver tolerances)."""
 EVAL_TOL = 1e-6
 """Largest disagreement (relative to ``1 + |value|``) between the MIP's and the graph's outputs at a witness."""
 
@@ -322,6 +324,21 @@ def _widened(lo: Tensor, hi: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return l - BOUND_SLACK * (1 + np.abs(l)), u + BOUND_SLACK * (1 + np.abs(u))
 
 
+def _intersect(bounds: dict[str, tuple[Tensor, Tensor]], given: dict[str, tuple[Tensor, Tensor]]
+               ) -> dict[str, tuple[Tensor, Tensor]]:
+    """``bounds`` tightened by the widened ``given`` ones where those are inside (never loosened)."""
+    out = dict(bounds)
+    for k, (lo, hi) in given.items():
+        if k not in out:
+            continue
+        lo64, hi64 = lo.detach().double(), hi.detach().double()
+        lo64 = lo64 - GIVEN_BOUND_SLACK * (1 + lo64.abs())
+        hi64 = hi64 + GIVEN_BOUND_SLACK * (1 + hi64.abs())
+        old_lo, old_hi = out[k]
+        out[k] = (torch.maximum(old_lo, lo64.reshape(old_lo.shape)), torch.minimum(old_hi, hi64.reshape(old_hi.shape)))
+    return out
+
+
 def _lp_tighten(model: _Model, z: _Expr, l: np.ndarray, u: np.ndarray, deadline: float | None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Tighten ``[l, u]`` of the unstable entries of ``z`` by LP (the model so far, integrality relaxed):
@@ -424,13 +441,16 @@ def _maxpool(model: _Model, op: MaxPool2d, x: _Expr, shape: tuple[int, ...], l: 
 
 
 def encode(graph: Graph, x_lo, x_hi, tighten: bool = False, tighten_time: float | None = None,
-           linear_cache: dict | None = None) -> MipEncoding:
+           linear_cache: dict | None = None, given: dict[str, tuple[Tensor, Tensor]] | None = None
+           ) -> MipEncoding:
     """Encode ``graph`` over the box ``[x_lo, x_hi]`` (any shape with ``input_numel`` values).
 
     ``tighten``: also tighten the CROWN bounds of unstable ReLU inputs by LP over the encoding so far (two
     LPs per unstable neuron, for at most ``tighten_time`` seconds) -- fewer binaries, smaller big-M.
     A float64 ``graph`` is used as it is (no copy); ``linear_cache`` (an empty dict, then passed again for
-    later boxes of the same float64 graph) keeps the affine ops' matrices between calls.
+    later boxes of the same float64 graph) keeps the affine ops' matrices between calls. ``given``: sound
+    intermediate bounds over the box (e.g. MIP-refined, possibly float32) intersected with CROWN's after a
+    widening of ``GIVEN_BOUND_SLACK`` (relative) for the rounding of their float32 arithmetic.
     """
     t0 = time.perf_counter()
     deadline = None if tighten_time is None else t0 + tighten_time
@@ -441,6 +461,8 @@ def encode(graph: Graph, x_lo, x_hi, tighten: bool = False, tighten_time: float 
     with torch.no_grad():
         bounds = intermediate_bounds(g, torch.from_numpy(lo).reshape(1, *shape),
                                      torch.from_numpy(hi).reshape(1, *shape), "crown")
+    if given is not None:
+        bounds = _intersect(bounds, given)
     model = _Model()
     n = lo.size
     x_idx = model.add_vars(lo, hi)
@@ -538,7 +560,8 @@ def _gurobi_model(model: _Model):
 
 
 def _solve_gurobi(model: _Model, obj: np.ndarray, time_limit: float | None, obj_stop: float | None,
-                  bound_stop: float | None, threads: int, seed: int, light: bool = False) -> _Solution:
+                  bound_stop: float | None, threads: int, seed: int, light: bool = False, strict: bool = True
+                  ) -> _Solution:
     try:
         import gurobipy as gp
         from gurobipy import GRB
@@ -554,8 +577,9 @@ def _solve_gurobi(model: _Model, obj: np.ndarray, time_limit: float | None, obj_
             p.Threads, p.Seed = threads, seed
             if light:  # many tiny MIPs: cut rounds and primal heuristics cost more than they save (3x)
                 p.Cuts, p.Heuristics = 0, 0.0
-            p.MIPGap, p.MIPGapAbs = 1e-9, 1e-9
-            p.IntFeasTol, p.FeasibilityTol = 1e-9, 1e-9
+            if strict:
+                p.MIPGap, p.MIPGapAbs = 1e-9, 1e-9
+                p.IntFeasTol, p.FeasibilityTol = 1e-9, 1e-9
             if time_limit is not None:
                 p.TimeLimit = max(time_limit, 0.0)
             if obj_stop is not None:
@@ -598,7 +622,7 @@ def _new_highs():
 
 
 def _solve_highs(model: _Model, obj: np.ndarray, time_limit: float | None, obj_stop: float | None,
-                 bound_stop: float | None, threads: int, seed: int) -> _Solution:
+                 bound_stop: float | None, threads: int, seed: int, strict: bool = True) -> _Solution:
     try:
         import highspy
     except ImportError as e:
@@ -610,10 +634,11 @@ def _solve_highs(model: _Model, obj: np.ndarray, time_limit: float | None, obj_s
         h.setOptionValue("output_flag", False)
         h.setOptionValue("log_to_console", False)
         h.setOptionValue("random_seed", seed)
-        h.setOptionValue("mip_rel_gap", 1e-9)
-        h.setOptionValue("mip_abs_gap", 1e-9)
-        h.setOptionValue("mip_feasibility_tolerance", 1e-9)
-        h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+        if strict:
+            h.setOptionValue("mip_rel_gap", 1e-9)
+            h.setOptionValue("mip_abs_gap", 1e-9)
+            h.setOptionValue("mip_feasibility_tolerance", 1e-9)
+            h.setOptionValue("primal_feasibility_tolerance", 1e-9)
         if time_limit is not None:
             h.setOptionValue("time_limit", max(float(time_limit), 0.0))
         lp = highspy.HighsLp()
@@ -668,18 +693,18 @@ def _solve_highs(model: _Model, obj: np.ndarray, time_limit: float | None, obj_s
 
 def _solve(model: _Model, obj: np.ndarray, backend: Backend, time_limit: float | None,
            obj_stop: float | None = None, bound_stop: float | None = None, threads: int = 1,
-           seed: int = 0, light: bool = False) -> _Solution:
+           seed: int = 0, light: bool = False, strict: bool = True) -> _Solution:
     if backend not in ("auto", "gurobi", "highs"):
         raise ValueError(f"unknown MIP backend {backend!r}; choose auto, gurobi or highs")
     note = ""
     if backend == "gurobi" or (backend == "auto" and max(model.n, model.m) <= GUROBI_SIZE_LIMIT):
         try:
-            return _solve_gurobi(model, obj, time_limit, obj_stop, bound_stop, threads, seed, light)
+            return _solve_gurobi(model, obj, time_limit, obj_stop, bound_stop, threads, seed, light, strict)
         except SolverUnavailable as e:
             if backend == "gurobi":
                 raise
             note = f"{e}; fell back to HiGHS"
-    sol = _solve_highs(model, obj, time_limit, obj_stop, bound_stop, threads, seed)
+    sol = _solve_highs(model, obj, time_limit, obj_stop, bound_stop, threads, seed, strict)
     if note:
         sol.message = (note + ". " + sol.message).strip()
     return sol
@@ -737,13 +762,16 @@ def mip_bound(graph: Graph, x_lo, x_hi, c: np.ndarray, timeout: float | None = N
 def mip_verify(graph: Graph, box_lo, box_hi, A: np.ndarray, b: np.ndarray, timeout: float | None = None,
                backend: Backend = "auto", *, A_x: np.ndarray | None = None, atol: float = EVAL_TOL,
                crown_check: bool = True, tighten: bool = True, threads: int = 1, seed: int = 0,
-               encoding: MipEncoding | None = None, light: bool = False) -> MipVerdict:
+               encoding: MipEncoding | None = None, light: bool = False, solver_margin: float = 0.0
+               ) -> MipVerdict:
     """Is there ``x`` in the box with ``A f(x) (+ A_x x) <= b`` (all rows)? ``sat`` / ``unsat`` / ``timeout``.
 
     Minimises ``s`` subject to ``(A f(x) - b)_i <= s`` and stops as soon as the sign of the optimum is known.
     ``crown_check``: first try to refute a row with the CROWN bound (no MIP needed). ``encoding``: reuse an
     :func:`encode` result for the same graph and box; ``tighten``: LP bound tightening (see :func:`encode`);
     ``light``: Gurobi without cuts and primal heuristics (still exact; faster on small models).
+    ``solver_margin`` > 0: the solvers' default tolerances (often several times faster than the tight ones
+    used otherwise), and the dual bound is lowered by ``solver_margin * (1 + |bound|)`` before it counts.
     """
     t0 = time.perf_counter()
     if encoding is None:
@@ -779,9 +807,10 @@ def mip_verify(graph: Graph, box_lo, box_hi, A: np.ndarray, b: np.ndarray, timeo
     model.add_rows(parts, np.full(m, -np.inf), b - A @ enc.output.c)
     obj = np.zeros(model.n)
     obj[s] = 1.0
-    sol = _solve(model, obj, backend, _remaining(timeout, t0), obj_stop=0.0, bound_stop=1e-9,
-                 threads=threads, seed=seed, light=light)
-    common = dict(bound=max(sol.bound, crown), backend=sol.backend, solve_time=sol.time, n_binaries=nb)
+    sol = _solve(model, obj, backend, _remaining(timeout, t0), obj_stop=0.0, bound_stop=max(1e-9, 3 * solver_margin),
+                 threads=threads, seed=seed, light=light, strict=solver_margin <= 0)
+    bound = sol.bound - solver_margin * (1 + abs(sol.bound)) if math.isfinite(sol.bound) else sol.bound
+    common = dict(bound=max(bound, crown), backend=sol.backend, solve_time=sol.time, n_binaries=nb)
     if sol.status == "infeasible":  # cannot happen for a non-empty box; treat the empty set as unsat
         return MipVerdict("unsat", margin=math.inf, total_time=time.perf_counter() - t0,
                           message="MILP infeasible", **common)

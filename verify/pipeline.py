@@ -3,8 +3,9 @@
 1. Falsify: sampling + PGD; every candidate re-checked with onnxruntime before ``sat``.
 2. Incomplete: CROWN, then alpha-CROWN on each property's rows.
 3. Complete: input-split BaB for low-dimensional inputs, ReLU-split BaB with beta-CROWN otherwise
-   (restarted from MIP-refined intermediate bounds when a short first search fails), exact MIP for small
-   networks. Anything undecided at the deadline is ``timeout``; never a guess.
+   (when a short first search fails: MIP-refined intermediate bounds, then the search from them raced against
+   exact MIPs of the open disjuncts), exact MIP for small networks. Anything undecided at the deadline is
+   ``timeout``; never a guess.
 """
 
 from __future__ import annotations
@@ -213,7 +214,12 @@ def _relu_bab(graph, rows, lo, hi, deadline, checker, bab_first: float = BAB_FIR
               ref.seconds, float(rows.group_max(ref.lower).min()))
     if rows.proved(ref.lower):
         return BabResult("unsat", domains=res.domains, stats={"refined": ref.solves})
-    res2 = relu_split_bab(graph, rows, lo, hi, deadline, checker, root_bounds=ref.bounds, root_lower=ref.lower)
+    if ref.stopped == "too large":  # no exact MIP of the whole network either
+        res2 = relu_split_bab(graph, rows, lo, hi, deadline, checker, root_bounds=ref.bounds, root_lower=ref.lower)
+    else:  # BaB from the refined root (easiest disjuncts first) races exact MIPs over the refined bounds (hardest)
+        from verify.bab.race import race_disjuncts
+        res2 = race_disjuncts(graph, rows, lo, hi, ref.bounds, ref.lower, deadline, checker,
+                              workers=max(1, workers - 1))
     return BabResult(res2.status, x=res2.x, domains=res.domains + res2.domains,
                      stats={**res2.stats, "refined": ref.solves})
 
