@@ -28,17 +28,20 @@ selected instances; they were measured on the competition's hardware with the fu
 "published, other hardware"). The last line compares Marabou's and Clarke's times on the instances both
 solved. ``--json`` prints the same numbers as one JSON object on the last line.
 
-Measured (2 shared CPU cores, 2026-11-29, ``acasxu --timeout-scale 0.25 --jobs 2``, commit 47e5031): Clarke
-106/108 solved (the 2 timeouts need 54 s and 19 s), 0 wrong, 116 s in total; Marabou 2.0.0 82/108, 0 wrong,
-227 s; on the 82 instances both solved Marabou / Clarke = 227 s / 39 s = 5.9x (median per-instance ratio
-3.9x). At the full timeouts Clarke solves all 108 (``clarke verify --instances``: 204 s wall, one process).
+Measured (2 shared CPU cores, 2026-11-29, ``acasxu --timeout-scale 0.25 --jobs 2``, commit d344e07, Marabou
+from ``pip install -e ".[bench]"``): Clarke 107/108 solved (the one timeout, 3_3 prop_2, needs 50 s), 0 wrong,
+100 s in total; Marabou 2.0.0 87/108, 0 wrong, 278 s; on the 87 instances both solved Marabou / Clarke =
+278 s / 35 s = 8.0x (median per-instance ratio 4.0x; commit 47e5031: 5.9x on the 82 instances Marabou solved
+then). At the full timeouts Clarke solves all 108 (``clarke verify --instances``: 194 s wall, one process).
 
-mnist_fc_2022 at the full timeouts (``clarke verify --instances .../mnist_fc_2022/instances.csv --jobs 2``, commit
-e87e0db, one refinement process per instance): 39/45 solved (7 sat, 32 unsat), 0 wrong, 20.5 min wall; 39 of the
-44 instances with a known answer (89 %); alpha-beta-CROWN published 42/45 (2022, GPU). MIP-refined intermediate
-bounds settle 256x4 prop_5/6/7/13 and 256x6 prop_3 (75-120 s each); before them, 34/45. Open: 256x4 prop_9
-(refined root margin -1.6 to -4.6, not closed by the search after it), 256x6 prop_5/9/11/13 (margins -650
-to -3300 after refining three layers), 256x6 prop_7 (no known answer).
+mnist_fc_2022 at the full timeouts (``clarke verify --instances .../mnist_fc_2022/instances.csv``, commit d344e07,
+two processes per instance): 40/45 solved (7 sat, 33 unsat), 0 wrong, 34 min wall; 40 of the 44 instances with a
+known answer (91 %); alpha-beta-CROWN published 42/45 (2022, GPU). MIP-refined intermediate bounds settle 256x4
+prop_5/6/7/13 and 256x6 prop_3 (50-67 s each); 256x4 prop_9 (234 s) needs the race after them: the split search
+refutes five of its nine disjuncts, exact MIPs over the refined bounds (181 binaries) the other four. Open: 256x6
+prop_5/9/11/13 (margins -650 to -3300 after refining three layers; the whole-network MIP exceeds the Gurobi
+licence), 256x6 prop_7 (no known answer). With ``--jobs 2`` (one refinement process each; commit e87e0db, before
+the race) 39/45 in 20.5 min.
 """
 
 from __future__ import annotations

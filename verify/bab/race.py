@@ -68,7 +68,7 @@ def race_disjuncts(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: 
     if not hardest_first:
         return BabResult("unsat")
     enc = mip.encode(graph, lo.reshape(-1).double().numpy(), hi.reshape(-1).double().numpy(), given=bounds)
-    if not mip_usable(enc.model.n, enc.model.m):
+    if not mip_usable(enc.model.n, enc.model.m) or "fork" not in multiprocessing.get_all_start_methods():
         return relu_split_bab(graph, rows, lo, hi, deadline, check, root_bounds=bounds, root_lower=lower)
     C, b = rows.C.double().numpy(), rows.b.reshape(-1).double().numpy()
     groups = rows.group.numpy()
