@@ -8,7 +8,7 @@
 # per-instance conversion and keeps no server running, so there is nothing to kill or to set up.
 # Exit status 0 when the instance can be run, non-zero otherwise (with a one-line message on stderr).
 #
-# The clarke command is found as in run_instance.sh: $CLARKE, else `clarke` on PATH, else
+# The clarke command is found by find_clarke (common.sh): $CLARKE, else `clarke` on PATH, else
 # `${PYTHON:-python3} -m verify.cli.main` with this repository on PYTHONPATH.
 set -u
 
@@ -23,10 +23,10 @@ CATEGORY=$2
 ONNX=$3
 VNNLIB=$4
 
-if [ "$VERSION" != "v1" ]; then
-    echo "prepare_instance.sh: expected version string v1, got '$VERSION'" >&2
-    exit 2
-fi
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh
+source "$HERE/common.sh"
+require_v1 prepare_instance.sh "$VERSION"
 for f in "$ONNX" "$VNNLIB"; do
     if [ ! -f "$f" ] || [ ! -r "$f" ]; then
         echo "prepare_instance.sh: $f: no such readable file" >&2
@@ -38,16 +38,7 @@ for f in "$ONNX" "$VNNLIB"; do
     fi
 done
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-if [ -n "${CLARKE:-}" ]; then
-    read -r -a CMD <<< "$CLARKE"
-elif command -v clarke > /dev/null 2>&1; then
-    CMD=(clarke)
-else
-    CMD=("${PYTHON:-python3}" -m verify.cli.main)
-    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-fi
+find_clarke
 if ! "${CMD[@]}" --version > /dev/null; then
     echo "prepare_instance.sh: cannot run the clarke command (${CMD[*]})" >&2
     exit 1

@@ -27,10 +27,10 @@ VNNLIB=$4
 RESULT_FILE=$5
 TIMEOUT=$6
 
-if [ "$VERSION" != "v1" ]; then
-    echo "run_instance.sh: expected version string v1, got '$VERSION'" >&2
-    exit 2
-fi
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh
+source "$HERE/common.sh"
+require_v1 run_instance.sh "$VERSION"
 if ! [[ "$TIMEOUT" =~ ^([0-9]+([.][0-9]*)?|[.][0-9]+)$ ]]; then
     echo "run_instance.sh: TIMEOUT must be a positive number of seconds, got '$TIMEOUT'" >&2
     exit 2
@@ -42,16 +42,7 @@ for f in "$ONNX" "$VNNLIB"; do
     fi
 done
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-if [ -n "${CLARKE:-}" ]; then
-    read -r -a CMD <<< "$CLARKE"
-elif command -v clarke > /dev/null 2>&1; then
-    CMD=(clarke)
-else
-    CMD=("${PYTHON:-python3}" -m verify.cli.main)
-    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-fi
+find_clarke
 
 rm -f -- "$RESULT_FILE"
 
