@@ -67,6 +67,8 @@ def race_disjuncts(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: 
     hardest_first = [d for d in margins.argsort().tolist() if margins[d] <= 0]
     if not hardest_first:
         return BabResult("unsat")
+    if rows.Ax is not None:  # rows on the inputs too: the MIP jobs below encode output rows only
+        return relu_split_bab(graph, rows, lo, hi, deadline, check, root_bounds=bounds, root_lower=lower)
     enc = mip.encode(graph, lo.reshape(-1).double().numpy(), hi.reshape(-1).double().numpy(), given=bounds)
     if not mip_usable(enc.model.n, enc.model.m) or "fork" not in multiprocessing.get_all_start_methods():
         return relu_split_bab(graph, rows, lo, hi, deadline, check, root_bounds=bounds, root_lower=lower)
