@@ -54,6 +54,9 @@ BOUND_SLACK = 1e-10
 """Relative widening of the CROWN bounds before fixing stable neurons and forming big-M constants."""
 GIVEN_BOUND_SLACK = 1e-5
 """Relative widening of intermediate bounds handed to :func:`encode` (float32 CROWN / solver tolerances)."""
+DEFAULT_TOL_MARGIN = 1e-5
+"""Relative margin on dual bounds of solves at the solvers' default tolerances (LP feasibility and optimality
+1e-6): see :func:`lowered`."""
 EVAL_TOL = 1e-6
 """Largest disagreement (relative to ``1 + |value|``) between the MIP's and the graph's outputs at a witness."""
 
@@ -242,6 +245,18 @@ def _encodable(op) -> bool:
     return getattr(op, "linear", False) or isinstance(op, Relu | MaxPool2d)
 
 
+def installed_backends() -> list[str]:
+    """The MILP backends importable here, preferred first (``gurobi``, ``highs``)."""
+    out = []
+    for name, module in (("gurobi", "gurobipy"), ("highs", "highspy")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        out.append(name)
+    return out
+
+
 def mip_supported(graph: Graph) -> bool:
     """Every node has an exact mixed-integer form (affine ops, ReLU, MaxPool)."""
     return all(_encodable(n.op) for n in graph.nodes)
@@ -322,6 +337,11 @@ def _widened(lo: Tensor, hi: Tensor) -> tuple[np.ndarray, np.ndarray]:
     l = lo.detach().reshape(-1).numpy().astype(np.float64)
     u = hi.detach().reshape(-1).numpy().astype(np.float64)
     return l - BOUND_SLACK * (1 + np.abs(l)), u + BOUND_SLACK * (1 + np.abs(u))
+
+
+def lowered(bound: float, margin: float = DEFAULT_TOL_MARGIN) -> float:
+    """A solver's dual bound made safe for its tolerances: ``bound - margin (1 + |bound|)`` (infinities kept)."""
+    return bound - margin * (1.0 + abs(bound)) if math.isfinite(bound) else bound
 
 
 def _intersect(bounds: dict[str, tuple[Tensor, Tensor]], given: dict[str, tuple[Tensor, Tensor]]
@@ -809,8 +829,8 @@ def mip_verify(graph: Graph, box_lo, box_hi, A: np.ndarray, b: np.ndarray, timeo
     obj[s] = 1.0
     sol = _solve(model, obj, backend, _remaining(timeout, t0), obj_stop=0.0, bound_stop=max(1e-9, 3 * solver_margin),
                  threads=threads, seed=seed, light=light, strict=solver_margin <= 0)
-    bound = sol.bound - solver_margin * (1 + abs(sol.bound)) if math.isfinite(sol.bound) else sol.bound
-    common = dict(bound=max(bound, crown), backend=sol.backend, solve_time=sol.time, n_binaries=nb)
+    common = dict(bound=max(lowered(sol.bound, solver_margin), crown), backend=sol.backend, solve_time=sol.time,
+                  n_binaries=nb)
     if sol.status == "infeasible":  # cannot happen for a non-empty box; treat the empty set as unsat
         return MipVerdict("unsat", margin=math.inf, total_time=time.perf_counter() - t0,
                           message="MILP infeasible", **common)

@@ -29,8 +29,6 @@ from verify.spec import RowSpec
 
 log = logging.getLogger(__name__)
 
-SOLVER_MARGIN = 1e-5
-"""Relative widening of every solver bound: LP feasibility and optimality tolerances are 1e-6."""
 SECONDS_PER_WORK = 0.6
 """Gurobi work units are deterministic; one took about 0.6 s on the 2-core development machine (HiGHS, which
 has no work limit, gets this many seconds per unit)."""
@@ -206,7 +204,7 @@ def _neuron(solver: _NeuronSolver, job: tuple, end: float) -> tuple[float, float
         solves += 1
         if not np.isfinite(bd):
             continue
-        bd -= SOLVER_MARGIN * (1.0 + abs(bd))
+        bd = mip.lowered(bd)
         if sign > 0:
             l = max(l, bd)
         else:

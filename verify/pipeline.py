@@ -226,14 +226,5 @@ def _relu_bab(graph, rows, lo, hi, deadline, checker, bab_first: float = BAB_FIR
 
 def _refinable(graph: Graph) -> bool:
     """MIP refinement needs an encodable graph and a solver (gurobipy, or highspy)."""
-    from verify.mip import mip_supported
-    if not mip_supported(graph):
-        return False
-    try:
-        import gurobipy  # noqa: F401
-    except ImportError:
-        try:
-            import highspy  # noqa: F401
-        except ImportError:
-            return False
-    return True
+    from verify.mip import installed_backends, mip_supported
+    return mip_supported(graph) and bool(installed_backends())

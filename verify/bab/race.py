@@ -24,8 +24,6 @@ from verify.spec import RowSpec
 
 log = logging.getLogger(__name__)
 
-SOLVER_MARGIN = 1e-5
-"""Relative margin on the MIP dual bound (solver default tolerances, as for the refinement)."""
 OPEN, BY_BAB, BY_MIP = 0, 1, 2
 
 
@@ -46,15 +44,10 @@ class _RaceDeadline(Deadline):
 
 def mip_usable(n_vars: int, n_rows: int) -> bool:
     """Gurobi (size-limited licence) for models that fit it; HiGHS only where gurobipy is missing."""
-    try:
-        import gurobipy  # noqa: F401
+    backends = mip.installed_backends()
+    if "gurobi" in backends:
         return max(n_vars, n_rows) <= mip.GUROBI_SIZE_LIMIT
-    except ImportError:
-        try:
-            import highspy  # noqa: F401
-            return True
-        except ImportError:
-            return False
+    return "highs" in backends
 
 
 def race_disjuncts(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: dict, lower: Tensor,
@@ -83,6 +76,10 @@ def race_disjuncts(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: 
                          daemon=True) for _ in range(max(1, workers))]
     for p in procs:
         p.start()
+
+    def settled() -> bool:
+        return all(flags[d] != OPEN for d in hardest_first)
+
     domains = 0
     try:
         for d in reversed(hardest_first) if search else ():
@@ -103,7 +100,7 @@ def race_disjuncts(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: 
             if deadline.passed():
                 break
         # What the search could not settle is the MIP workers' now.
-        while deadline.left() > 0 and not all(flags[d] != OPEN for d in hardest_first):
+        while deadline.left() > 0 and not settled():
             x = _confirmed_witness(witnesses, check)
             if x is not None:
                 return BabResult("sat", x=x, domains=domains)
@@ -111,7 +108,7 @@ def race_disjuncts(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: 
                 break
             time.sleep(0.05)
         stats = {"by_mip": sum(flags[d] == BY_MIP for d in hardest_first)}
-        if all(flags[d] != OPEN for d in hardest_first):
+        if settled():
             return BabResult("unsat", domains=domains, stats=stats)
         x = _confirmed_witness(witnesses, check)
         if x is not None:
@@ -147,7 +144,7 @@ def _mip_worker(graph: Graph, enc: mip.MipEncoding, jobs: list, flags, next_job,
             return
         if flags[d] != OPEN:
             continue
-        v = mip.mip_verify(graph, None, None, A, b, left, encoding=enc, threads=1, solver_margin=SOLVER_MARGIN)
+        v = mip.mip_verify(graph, None, None, A, b, left, encoding=enc, threads=1, solver_margin=mip.DEFAULT_TOL_MARGIN)
         if v.status == "unsat":
             flags[d] = BY_MIP
         elif v.status == "sat":
