@@ -1,7 +1,7 @@
 """PI-SC vs PI-HC vs PI-HC-MoE on 1D diffusion-sorption (CPU-sized), timing sweep and gloo wall times.
 
     python benchmarks/pde_moe.py [--quick] [--json] [--sections accuracy,timing,distributed]
-        [--points 100,1000,10000] [--experts 1,2,4,8,4i] [--grid 41x256]
+        [--points 100,1000,10000] [--experts 1,2,4,8,4i] [--grid 41x256] [--device cpu|cuda|auto]
 
 One table: relative L2 (%) on held-out reference solutions over the whole horizon and on the extrapolated frames
 t > 0.8 T (trained on t <= 0.8 T); time per training step (forward + backward) and per inference for
@@ -70,6 +70,11 @@ The ratio grows with m, but on a large grid the full-grid work dominates on one 
 and, for MoE only, K-channel full-grid tensors (the experts' fields and residuals, and the 2K-channel adjoint of the
 structured backward: 273 vs 129 ms layer backward at m = 1e4), memory-bound and slowed by page faults on fresh
 50 MB buffers. (The paper's 3.19x at 1e5 was measured on an A100.)
+
+On a GPU (``--device cuda``; ``benchmarks/pde_gpu_check.sh`` is the prepared one-shot check: GPU-vs-CPU equality
+tests, then this sweep) an LM iteration is bound by kernel launches rather than flops, so the step ratio should
+move towards the ratio of LM iterations (about 2.7x here) as in the paper; not measured yet: no GPU was lent to the
+sessions so far.
 """
 
 from __future__ import annotations
@@ -89,10 +94,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from physics.dist_check import CheckConfig, single_process, worker  # noqa: E402
+from physics.errors import PhysicsError  # noqa: E402
 from physics.layer import HardConstraintMoE  # noqa: E402
 from physics.model import PDEModel, physics_loss  # noqa: E402
 from physics.problems import make_spec  # noqa: E402
-from physics.train import TrainConfig, build_backbone, build_layer, evaluate, sample_fields, train  # noqa: E402
+from physics.train import (  # noqa: E402
+    TrainConfig,
+    build_backbone,
+    build_layer,
+    evaluate,
+    resolve_device,
+    sample_fields,
+    synchronize,
+    train,
+)
 
 
 def effective_points(model: PDEModel) -> int | None:
@@ -132,7 +147,9 @@ MODELS = {
 }
 
 
-def accuracy(quick: bool, cache: str, seeds: int, log, models: tuple[str, ...] = ()) -> list[dict]:
+def accuracy(
+    quick: bool, cache: str, seeds: int, log, models: tuple[str, ...] = (), device: str = "cpu"
+) -> list[dict]:
     """Train PI-SC, PI-HC and PI-HC-MoE with the same backbone and budget for several seeds (initialisation,
     points and test set); report the mean over seeds of the per-seed mean relative L2, and its std over seeds."""
     rows = []
@@ -149,6 +166,7 @@ def accuracy(quick: bool, cache: str, seeds: int, log, models: tuple[str, ...] =
         train_time_fraction=0.8,
         n_test=4 if quick else 16,
         cache_dir=cache,
+        device=device,
     )
     for name, kw in MODELS.items():
         if models and name not in models:
@@ -193,22 +211,28 @@ def accuracy(quick: bool, cache: str, seeds: int, log, models: tuple[str, ...] =
 
 def _timed_step(model: PDEModel, spec, data, step: int, ids: list[int]) -> dict:
     """One training step's parts (s): backbone forward + backward, LM solve (layer forward), layer backward, and
-    one inference; the model's gradients are left in .grad."""
+    one inference; the model's gradients are left in .grad. On a GPU every mark waits for the queued kernels."""
+    dev = data.u0.device
+
+    def mark() -> float:
+        synchronize(dev)
+        return time.perf_counter()
+
     x = spec.inputs(data).float()
     model.zero_grad()
-    t0 = time.perf_counter()
+    t0 = mark()
     b = model.backbone(x)
-    t1 = time.perf_counter()
+    t1 = mark()
     bl = b.detach().requires_grad_(True)
     u, info = model.layer(bl, data, step, ids)
-    t2 = time.perf_counter()
+    t2 = mark()
     (gb,) = torch.autograd.grad(physics_loss(spec, u, data, info).total(), bl)
-    t3 = time.perf_counter()
+    t3 = mark()
     b.backward(gb)
-    t4 = time.perf_counter()
+    t4 = mark()
     with torch.no_grad():
         model(data, step, ids)
-    t5 = time.perf_counter()
+    t5 = mark()
     return {
         "backbone": t1 - t0 + t4 - t3,
         "solve": t2 - t1,
@@ -225,6 +249,7 @@ def timing(
     only_points: tuple[int, ...] = (),
     variants: tuple[str, ...] = (),
     grid: tuple[int, int] = (41, 256),
+    device: str = "cpu",
 ) -> list[dict]:
     """Time per training step and per inference, split into backbone, LM solve (layer forward) and layer backward
     (implicit gradient + loss), for K experts and m collocation points in total, over a few steps of real training
@@ -257,16 +282,18 @@ def timing(
                 nx=grid[1],
                 batch=4,
                 steps=steps,
+                device=device,
             )
             spec = make_spec(cfg.problem, cfg.nt, cfg.nx)
-            model = PDEModel(spec, build_backbone(cfg), build_layer(cfg, spec))
+            model = PDEModel(spec, build_backbone(cfg), build_layer(cfg, spec)).to(resolve_device(device))
             runs.append((K, iw, cfg, spec, model, torch.optim.Adam(model.parameters(), lr=1e-3), []))
         for step in range(steps + 1):  # the first step is warm-up
             ids = list(range(step * 4, (step + 1) * 4))
             best: list[dict] = [{} for _ in runs]
             for _ in range(reps):
                 for i, (_, _, cfg, spec, model, _, _) in enumerate(runs):
-                    t = _timed_step(model, spec, sample_fields(cfg, spec, step, ids), step, ids)
+                    data = sample_fields(cfg, spec, step, ids, resolve_device(device))
+                    t = _timed_step(model, spec, data, step, ids)
                     best[i] = {k: min(v, best[i].get(k, float("inf"))) for k, v in t.items()}
             for i, (*_, opt, parts) in enumerate(runs):
                 opt.step()
@@ -388,8 +415,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--grid", default="41x256", help="timing grid NTxNX (m is capped by the grid size)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="device of the accuracy and timing sections: cpu, cuda, cuda:N or auto (the distributed section "
+        "always runs gloo CPU processes)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    try:
+        resolve_device(args.device)  # fail before any work if the device is not there
+    except PhysicsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -398,16 +436,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     if "accuracy" in sections:
         models = tuple(m for m in args.models.split(",") if m)
-        rows += accuracy(args.quick, args.cache, args.seeds or (1 if args.quick else 5), log, models)
+        rows += accuracy(args.quick, args.cache, args.seeds or (1 if args.quick else 5), log, models, args.device)
     if "timing" in sections:
         grid = tuple(int(v) for v in args.grid.lower().split("x"))
         variants = tuple(v for v in args.experts.split(",") if v)
-        rows += timing(args.quick, log, tuple(int(p) for p in args.points.split(",") if p), variants, grid)
+        points = tuple(int(p) for p in args.points.split(",") if p)
+        rows += timing(args.quick, log, points, variants, grid, args.device)
     if "distributed" in sections:
         rows += distributed(args.quick, log)
     print_table(rows)
     if args.json:
-        print(json.dumps({"benchmark": "pde_moe", "quick": args.quick, "rows": rows}))
+        print(json.dumps({"benchmark": "pde_moe", "quick": args.quick, "device": args.device, "rows": rows}))
     return 0
 
 

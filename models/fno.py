@@ -86,17 +86,19 @@ def _dft_matrix(kind: str, n: int, m: int, dtype: torch.dtype, device) -> Tensor
     if key in _DFT_CACHE:
         return _DFT_CACHE[key]
     f64 = torch.float64
+    # Built on the host in float64, then cast and moved once per (kind, size, dtype, device).
+    cols = torch.arange(n, device="cpu")[None, :]
     if kind in ("rfft", "irfft"):
-        k = torch.arange(m)
-        ph = 2.0 * math.pi * torch.remainder(k[:, None] * torch.arange(n)[None, :], n).to(f64) / n  # (m, n)
+        k = torch.arange(m, device="cpu")
+        ph = 2.0 * math.pi * torch.remainder(k[:, None] * cols, n).to(f64) / n  # (m, n)
         if kind == "rfft":
             mat = torch.stack([torch.cos(ph).T, -torch.sin(ph).T], dim=-1).reshape(n, 2 * m)
         else:
             c = torch.where((k == 0) | (2 * k == n), 1.0, 2.0).to(f64)[:, None] / n
             mat = torch.stack([c * torch.cos(ph), -c * torch.sin(ph)], dim=1).reshape(2 * m, n)
     else:
-        k = torch.cat([torch.arange(m), torch.arange(n - m, n)])
-        ph = 2.0 * math.pi * torch.remainder(k[:, None] * torch.arange(n)[None, :], n).to(f64) / n  # (2m, n)
+        k = torch.cat([torch.arange(m, device="cpu"), torch.arange(n - m, n, device="cpu")])
+        ph = 2.0 * math.pi * torch.remainder(k[:, None] * cols, n).to(f64) / n  # (2m, n)
         if kind == "fft":  # A[t, k] = exp(-i ph): z_out = z_in @ A
             ar, ai = torch.cos(ph).T, -torch.sin(ph).T
         else:  # A[k, t] = exp(+i ph) / n

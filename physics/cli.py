@@ -86,6 +86,12 @@ def add_parser(subparsers) -> None:
         choices=PLACEMENTS,
         help="local: one process; data/expert: torch.distributed (launch with torchrun)",
     )
+    t.add_argument(
+        "--device",
+        default="auto",
+        help="auto (this process's GPU when CUDA is available, else the CPU), cpu, cuda or cuda:N; "
+        "distributed placements use NCCL on GPUs and gloo on CPUs",
+    )
     t.add_argument("--seed", type=int, default=0, help="seed for initialisation and point sampling")
     t.add_argument("--cache", default="", help="dataset cache directory (default ~/.cache/clarke/pde)")
     t.add_argument("--out", required=True, help="run directory for weights, history, metrics and plots")
@@ -93,6 +99,7 @@ def add_parser(subparsers) -> None:
     e.add_argument("dir", help="run directory written by 'clarke pde train'")
     e.add_argument("--n-test", type=int, default=0, help="override the number of test solutions (0: as trained)")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG of predicted vs reference fields")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: a GPU when available)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,13 +139,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from physics.train import evaluate, load
+    from physics.train import evaluate, load, resolve_device
 
     out = Path(args.dir)
     cfg, net = load(out)
     if args.n_test:
         cfg.n_test = args.n_test
-    metrics = evaluate(cfg, net, plots=None if args.no_plots else out / "fields.png")
+    device = resolve_device(args.device)
+    metrics = evaluate(cfg, net.to(device), plots=None if args.no_plots else out / "fields.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics))
     return 0

@@ -158,16 +158,19 @@ class HardConstraint(nn.Module):
         super().__init__()
         self.spec, self.points, self.seed, self.omega0 = spec, points, seed, omega0
         self.solver = solver or SolverConfig()
-        self.allowed = torch.nonzero(spec.collocation_mask()).squeeze(-1)
-        self.own = torch.zeros(math.prod(spec.grid), dtype=torch.long)  # every point belongs to the one solve
+        # Index buffers follow the module to its device (model.to(device)); not saved with the weights.
+        self.register_buffer("allowed", torch.nonzero(spec.collocation_mask()).squeeze(-1), persistent=False)
+        # Every point belongs to the one solve.
+        self.register_buffer("own", torch.zeros(math.prod(spec.grid), dtype=torch.long), persistent=False)
 
     def forward(self, b: Tensor, data: Fields, step: int, sample_ids: list[int]) -> tuple[Tensor, SolveInfo]:
         """Return u (B, *grid) in float64 and the solver diagnostics."""
         bg, off, u_off = prepare(self.spec, b, data)
         bsz, n = bg.shape[0], bg.shape[-1]
         m = min(self.points, len(self.allowed))
+        allowed = self.allowed.cpu()  # points are drawn on the host: the same on every device
         idx = torch.stack(
-            [self.allowed[sample_points(len(self.allowed), m, self.seed, step, s, 0)] for s in sample_ids]
+            [allowed[sample_points(len(allowed), m, self.seed, step, s, 0)] for s in sample_ids]
         ).to(bg.device)  # (B, m)
         L, y = self.spec.linear_rows(bg, data)
         w0 = torch.full((bsz, n), self.omega0, dtype=torch.float64, device=bg.device)
@@ -203,10 +206,14 @@ class HardConstraintMoE(nn.Module):
         self.solve_fn: SolveFn = solve_fn or solve_nlls
         self.interface_weight = interface_weight
         # local_rows: expert k keeps only the IC/BC rows on its own block (the paper keeps all of them).
-        self.row_mask = (
+        row_mask = (
             (self.router.block_of[spec.row_points()][None, :] == torch.arange(self.K)[:, None]) if local_rows else None
         )  # (K, q)
-        self.pairs = self.router.interface_pairs()  # (R, 3): grid point, its expert, the neighbour's expert
+        # Index buffers follow the module to its device; the router itself samples on the host.
+        self.register_buffer("row_mask", row_mask, persistent=False)
+        self.register_buffer("block_of", self.router.block_of, persistent=False)
+        # (R, 3): grid point, its expert, the neighbour's expert.
+        self.register_buffer("pairs", self.router.interface_pairs(), persistent=False)
 
     @property
     def K(self) -> int:
@@ -241,7 +248,7 @@ class HardConstraintMoE(nn.Module):
             w, res = sampled_solve(self.spec, bg, idx, off, L, y, self.solver, w0, local)
         w = w.reshape(bsz, K, n)
         # Each grid point takes the coefficients of its own expert: u(x) = b(x) . w_{k(x)}.
-        u, r, U = assemble(self.spec, bg, w, self.router.block_of, off, u_off)
+        u, r, U = assemble(self.spec, bg, w, self.block_of, off, u_off)
         # b(x) . (w_k - w_k') at interface points, read from the experts' fields U (B, G, K): a gather from the
         # N-channel basis would cost a full-size zero gradient of b in the backward.
         pts, k1, k2 = self.pairs.unbind(1)
@@ -255,7 +262,7 @@ class HardConstraintMoE(nn.Module):
         interface rows beta * b(x) (w_k - w_k') on both sides of every shared edge, so neighbouring experts
         agree there (an addition to the paper, whose experts may jump across interfaces)."""
         bsz, n = phi_j.shape[0], phi_j.shape[-1]
-        eye = torch.eye(K, dtype=bg.dtype)
+        eye = torch.eye(K, dtype=bg.dtype, device=bg.device)
         # Expert k's PDE rows (the k-th group of phi_j) act on the k-th block of W only: kept block-structured
         # (blocks=K), never padded.
         q = L.shape[1]
@@ -270,6 +277,6 @@ class HardConstraintMoE(nn.Module):
         b_pts = bg.reshape(bsz, -1, n)[:, pts]  # (B, R, N)
         L_if = self.interface_weight * (b_pts[:, :, None, :] * sign[None, :, :, None]).reshape(bsz, -1, K * n)
         L_all = torch.cat([L_j, L_if], dim=1)
-        y_all = torch.cat([y_j, torch.zeros(bsz, L_if.shape[1], dtype=bg.dtype)], dim=1)
+        y_all = torch.cat([y_j, y_j.new_zeros(bsz, L_if.shape[1])], dim=1)
         w0 = torch.full((bsz, K * n), self.omega0, dtype=torch.float64, device=bg.device)
         return solve_nlls(phi_j, L_all, y_all, self.spec.pointwise, self.solver, offset=off_j, omega0=w0, blocks=K)

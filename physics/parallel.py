@@ -73,7 +73,7 @@ class ExpertParallelSolve:
         B = P // K
         q = L.shape[1]
         if omega0 is None:
-            omega0 = torch.zeros(P, N, dtype=torch.float64)
+            omega0 = torch.zeros(P, N, dtype=torch.float64, device=phi.device)
         parts = [phi.reshape(P, -1), L.reshape(P, -1), y.reshape(P, -1), omega0.detach().reshape(P, -1)]
         if offset is not None:
             parts.append(offset.reshape(P, -1))

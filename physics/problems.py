@@ -145,12 +145,12 @@ class PDESpec:
         """(q,) flat grid index each IC/BC row refers to, in linear_rows order: IC line, left and right
         boundary traces for t > 0 (the layout shared by the 1D specs)."""
         nt, nx = self.grid
-        t = torch.arange(1, nt)
-        return torch.cat([torch.arange(nx), t * nx, t * nx + nx - 1])
+        t = torch.arange(1, nt, device="cpu")
+        return torch.cat([torch.arange(nx, device="cpu"), t * nx, t * nx + nx - 1])
 
     def collocation_mask(self) -> Tensor:
         """(G,) bool: grid points where PDE rows may be sampled."""
-        return torch.ones(math.prod(self.grid), dtype=torch.bool)
+        return torch.ones(math.prod(self.grid), dtype=torch.bool, device="cpu")
 
     def _edge_values(self, b: Tensor) -> tuple[Tensor, ...]:
         """b at the IC line and at the first two and last two cells for t > 0 (1D specs): (B, nx or nt - 1, N).
@@ -171,14 +171,15 @@ class PDESpec:
         # Time is normalised by a fixed reference (the full horizon), so a model trained on t <= 0.8 T sees
         # unseen inputs t / T > 0.8 when it extrapolates, as in the paper's extrapolation test.
         t_ref = getattr(self, "t_ref", None) or self.extent[0]
-        t = torch.linspace(0.0, self.extent[0] / t_ref, nt, dtype=data.u0.dtype)
+        dev = data.u0.device
+        t = torch.linspace(0.0, self.extent[0] / t_ref, nt, dtype=data.u0.dtype, device=dev)
         t = t.view(1, nt, 1).expand(bsz, nt, nx)
-        x = self.x_coords().to(data.u0.dtype).view(1, 1, nx).expand(bsz, nt, nx)
+        x = self.x_coords().to(dev, data.u0.dtype).view(1, 1, nx).expand(bsz, nt, nx)
         u0 = data.u0[:, None, :].expand(bsz, nt, nx)
         return torch.stack([t, x, u0], dim=1)
 
     def x_coords(self) -> Tensor:
-        """Spatial coordinates in [0, 1]."""
+        """Spatial coordinates in [0, 1] (host constants, like the masks and row indices: callers move them)."""
         raise NotImplementedError
 
     def residuals(self, u: Tensor, data: Fields) -> tuple[Tensor, Tensor]:
@@ -213,7 +214,7 @@ class DiffusionSorption(PDESpec):
         self.extent = (self.t_max, 1.0)
 
     def x_coords(self) -> Tensor:
-        return (torch.arange(self.nx, dtype=torch.float64) + 0.5) / self.nx
+        return (torch.arange(self.nx, dtype=torch.float64, device="cpu") + 0.5) / self.nx
 
     def features(self, b: Tensor) -> tuple[Tensor, Tensor]:
         bsz = b.shape[0]
@@ -274,7 +275,7 @@ class Heat(PDESpec):
         self.extent = (self.t_max, 1.0)
 
     def x_coords(self) -> Tensor:
-        return torch.linspace(0.0, 1.0, self.nx, dtype=torch.float64)
+        return torch.linspace(0.0, 1.0, self.nx, dtype=torch.float64, device="cpu")
 
     def features(self, b: Tensor) -> tuple[Tensor, None]:
         c = 1.0 / (1.0 / (self.nx - 1)) ** 2
@@ -285,7 +286,7 @@ class Heat(PDESpec):
         return z[..., 0] - self.kappa * z[..., 1]
 
     def collocation_mask(self) -> Tensor:
-        m = torch.zeros(self.nt, self.nx, dtype=torch.bool)
+        m = torch.zeros(self.nt, self.nx, dtype=torch.bool, device="cpu")
         m[:, 1:-1] = True
         return m.reshape(-1)
 
@@ -325,7 +326,7 @@ class NavierStokes(PDESpec):
         self.extent = (self.t_max, 1.0, 1.0)
 
     def x_coords(self) -> Tensor:
-        return torch.arange(self.nx, dtype=torch.float64) / self.nx
+        return torch.arange(self.nx, dtype=torch.float64, device="cpu") / self.nx
 
     def _times(self, dtype: torch.dtype, device) -> Tensor:
         """t / t_ref at the frames: the same ramp on the training and the (longer) evaluation horizon."""
@@ -364,7 +365,7 @@ class NavierStokes(PDESpec):
         return b.new_zeros(b.shape[0], 0, b.shape[-1]), b.new_zeros(b.shape[0], 0)
 
     def row_points(self) -> Tensor:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device="cpu")
 
     def residuals(self, u: Tensor, data: Fields) -> tuple[Tensor, Tensor]:
         """PDE residual of u and its initial-condition mismatch u(0) - w0 (zero for the hard-constraint ansatz;
@@ -377,8 +378,9 @@ class NavierStokes(PDESpec):
         bsz, nt, nx = data.u0.shape[0], self.nt, self.nx
         dtype = data.u0.dtype
         t = self._times(dtype, data.u0.device).view(1, nt, 1, 1).expand(bsz, nt, nx, nx)
-        x = self.x_coords().to(dtype).view(1, 1, nx, 1).expand(bsz, nt, nx, nx)
-        y = self.x_coords().to(dtype).view(1, 1, 1, nx).expand(bsz, nt, nx, nx)
+        xs = self.x_coords().to(data.u0.device, dtype)
+        x = xs.view(1, 1, nx, 1).expand(bsz, nt, nx, nx)
+        y = xs.view(1, 1, 1, nx).expand(bsz, nt, nx, nx)
         w0 = data.u0[:, None].expand(bsz, nt, nx, nx)
         return torch.stack([t, x, y, w0], dim=1)
 

@@ -78,7 +78,8 @@ class Router:
     def sample(self, m: int, step: int, sample_ids: list[int], seed: int = 0) -> Tensor:
         """Global point indices (B, K, m'), m' = min(m, smallest block), drawn without replacement."""
         mm = min(m, self.block_size())
-        out = torch.empty(len(sample_ids), self.K, mm, dtype=torch.long)
+        # Host-side by design: the points must not depend on the device (or its random generator).
+        out = torch.empty(len(sample_ids), self.K, mm, dtype=torch.long, device="cpu")
         for i, sid in enumerate(sample_ids):
             for k in range(self.K):
                 out[i, k] = self.points[k][sample_points(len(self.points[k]), mm, seed, step, sid, k)]
@@ -88,7 +89,7 @@ class Router:
 def sample_points(n: int, m: int, seed: int, step: int, sample_id: int, expert: int) -> Tensor:
     """m of n indices, a deterministic function of (seed, step, sample id, expert id) only."""
     if m >= n:
-        return torch.arange(n)
+        return torch.arange(n, device="cpu")
     key = np.random.SeedSequence([seed, step, sample_id, expert]).generate_state(2)
-    g = torch.Generator().manual_seed(int(key[0]) << 32 | int(key[1]))
-    return torch.sort(torch.randperm(n, generator=g)[:m]).values
+    g = torch.Generator(device="cpu").manual_seed(int(key[0]) << 32 | int(key[1]))
+    return torch.sort(torch.randperm(n, generator=g, device="cpu")[:m]).values

@@ -8,6 +8,7 @@ per step; a non-finite loss or gradient stops training with a PhysicsError inste
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -67,6 +68,7 @@ class TrainConfig:
     drop_nonconverged: bool = False
     dtype: str = "float32"
     placement: str = "local"  # local | data | expert (torch.distributed; launch with torchrun)
+    device: str = "auto"  # auto (this rank's GPU if CUDA is available, else CPU) | cpu | cuda | cuda:N
     cache_dir: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -85,6 +87,50 @@ class TrainConfig:
             raise PhysicsError(f"unknown placement {self.placement!r}; choose one of {', '.join(PLACEMENTS)}")
         if not 0.0 < self.train_time_fraction <= 1.0:
             raise PhysicsError(f"train_time_fraction must be in (0, 1], got {self.train_time_fraction}")
+        parse_device(self.device)
+
+
+def parse_device(name: str) -> torch.device | None:
+    """The device a --device name asks for, None for "auto"; a PhysicsError for anything but cpu / cuda[:N]."""
+    if name == "auto":
+        return None
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise PhysicsError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device to run on: "auto" is the GPU of this process (LOCAL_RANK under torchrun) when CUDA is available,
+    else the CPU; asking for a GPU that is not there is a PhysicsError, not a silent CPU run."""
+    dev = parse_device(name)
+    if dev is None:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cpu":
+        return dev
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise PhysicsError(
+            f"device {name!r} requested but no CUDA GPU is available (torch {torch.__version__}, {build})"
+        )
+    index = dev.index if dev.index is not None else int(os.environ.get("LOCAL_RANK", 0))
+    if index >= torch.cuda.device_count():
+        raise PhysicsError(f"device cuda:{index} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    return torch.device("cuda", index)
+
+
+def dist_backend(device: torch.device) -> str:
+    """torch.distributed backend for a device: NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (GPU timings are otherwise launch times)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def full_spec(cfg: TrainConfig) -> PDESpec:
@@ -148,8 +194,11 @@ def build_layer(cfg: TrainConfig, spec: PDESpec) -> HardConstraint | HardConstra
     return None
 
 
-def sample_fields(cfg: TrainConfig, spec: PDESpec, step: int, ids: list[int]) -> Fields:
-    """Training initial conditions, a function of (seed, step, sample id) only (data-free training)."""
+def sample_fields(
+    cfg: TrainConfig, spec: PDESpec, step: int, ids: list[int], device: torch.device | None = None
+) -> Fields:
+    """Training initial conditions, a function of (seed, step, sample id) only (data-free training), drawn on
+    the host and moved to ``device``."""
     rows = []
     x = spec.x_coords()
     for sid in ids:
@@ -161,7 +210,7 @@ def sample_fields(cfg: TrainConfig, spec: PDESpec, step: int, ids: list[int]) ->
         else:
             a = rng.standard_normal(4) / np.arange(1, 5)
             rows.append(sum(float(a[n]) * torch.sin((n + 1) * torch.pi * x) for n in range(4)))
-    return Fields(torch.stack(rows))
+    return Fields(torch.stack(rows).to(device or "cpu"))
 
 
 def heldout_set(cfg: TrainConfig) -> tuple[Fields, torch.Tensor]:
@@ -192,20 +241,23 @@ def heldout_set(cfg: TrainConfig) -> tuple[Fields, torch.Tensor]:
 def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEModel, dict]:
     """Train; returns the model and a history with per-step loss, time and solver failure counts."""
     spec = train_spec(cfg)
-    model = PDEModel(spec, build_backbone(cfg), build_layer(cfg, spec))
+    device = resolve_device(cfg.device)
+    model = PDEModel(spec, build_backbone(cfg), build_layer(cfg, spec)).to(device)
     runner: nn.Module = model
     rank, world = 0, 1
     if cfg.placement != "local":
         from torch.nn.parallel import DistributedDataParallel
 
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL communicates on the current device
         if not dist.is_initialized():
-            dist.init_process_group("gloo")  # torchrun provides the rendezvous environment
+            dist.init_process_group(dist_backend(device))  # torchrun provides the rendezvous environment
         rank, world = dist.get_rank(), dist.get_world_size()
         if cfg.placement == "expert":
             if not isinstance(model.layer, HardConstraintMoE):
                 raise PhysicsError("expert placement needs --constraint moe")
             model.layer.solve_fn = ExpertParallelSolve(model.layer.K, group=dist.new_group(list(range(world))))
-        runner = DistributedDataParallel(model)
+        runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if rank != 0:
             log = None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -223,7 +275,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
             g["lr"] = max(cfg.lr * 0.5 ** (step // every), cfg.lr_min)
         # Global sample ids: the sampled ICs and collocation points do not depend on the number of ranks.
         ids = [step * cfg.batch + i for i in shard(cfg.batch, rank, world)]
-        data = sample_fields(cfg, spec, step, ids)
+        data = sample_fields(cfg, spec, step, ids, device)
         t0 = time.perf_counter()
         u, info = runner(data, step, ids)
         parts = physics_loss(spec, u, data, info if cfg.moe_loss == "expert" else None)
@@ -234,6 +286,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
         if not torch.isfinite(norm):
             raise PhysicsError(f"non-finite gradient at step {step} (loss {loss.item():.3e})")
         opt.step()
+        synchronize(device)
         hist["step_time"].append(time.perf_counter() - t0)
         logged = loss.detach().clone()
         if world > 1:  # report the global-batch loss, not rank 0's share
@@ -271,21 +324,25 @@ def load(out: Path) -> tuple[TrainConfig, nn.Module]:
         raise PhysicsError(f"{out} is not a training run directory (no config.json)")
     cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
     net = build_backbone(cfg)
-    net.load_state_dict(torch.load(out / "backbone.pt", weights_only=True))
+    net.load_state_dict(torch.load(out / "backbone.pt", weights_only=True, map_location="cpu"))
     return cfg, net
 
 
 def evaluate(cfg: TrainConfig, backbone: nn.Module, plots: Path | None = None) -> dict:
     """Relative L2 (%) on held-out solutions over the whole grid and, if trained on a shorter horizon, on the
-    extrapolated frames only; plus the inference time per batch."""
+    extrapolated frames only; plus the inference time per batch. Runs on the backbone's device."""
     spec = full_spec(cfg)
-    model = PDEModel(spec, backbone, build_layer(cfg, spec)).eval()
+    device = next(backbone.parameters()).device
+    model = PDEModel(spec, backbone, build_layer(cfg, spec)).to(device).eval()
     data, ref = heldout_set(cfg)
+    data = Fields(data.u0.to(device))
     ids = list(range(ref.shape[0]))
     t0 = time.perf_counter()
     with torch.no_grad():
         u, info = model(data, 10**6, ids)  # a fixed evaluation step for the seeded point sampling
+    synchronize(device)
     infer = time.perf_counter() - t0
+    u = u.cpu()
     rel = relative_l2(u, ref)
     res = {
         "test_rel_l2": 100 * rel.mean().item(),
