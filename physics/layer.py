@@ -158,9 +158,8 @@ class HardConstraint(nn.Module):
         super().__init__()
         self.spec, self.points, self.seed, self.omega0 = spec, points, seed, omega0
         self.solver = solver or SolverConfig()
-        # Index buffers follow the module to its device (model.to(device)); not saved with the weights.
-        self.register_buffer("allowed", torch.nonzero(spec.collocation_mask()).squeeze(-1), persistent=False)
-        # Every point belongs to the one solve.
+        self.allowed = torch.nonzero(spec.collocation_mask()).squeeze(-1)  # host: points are drawn on the host
+        # Every point belongs to the one solve; a buffer follows the module to its device, not saved with the weights.
         self.register_buffer("own", torch.zeros(math.prod(spec.grid), dtype=torch.long), persistent=False)
 
     def forward(self, b: Tensor, data: Fields, step: int, sample_ids: list[int]) -> tuple[Tensor, SolveInfo]:
@@ -168,7 +167,7 @@ class HardConstraint(nn.Module):
         bg, off, u_off = prepare(self.spec, b, data)
         bsz, n = bg.shape[0], bg.shape[-1]
         m = min(self.points, len(self.allowed))
-        allowed = self.allowed.cpu()  # points are drawn on the host: the same on every device
+        allowed = self.allowed  # points are drawn on the host: the same on every device
         idx = torch.stack(
             [allowed[sample_points(len(allowed), m, self.seed, step, s, 0)] for s in sample_ids]
         ).to(bg.device)  # (B, m)
