@@ -257,7 +257,9 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
             if not isinstance(model.layer, HardConstraintMoE):
                 raise PhysicsError("expert placement needs --constraint moe")
             model.layer.solve_fn = ExpertParallelSolve(model.layer.K, group=dist.new_group(list(range(world))))
-        runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # The layers' buffers are index constants built from the config, equal on every rank: no broadcast.
+        device_ids = [device.index] if device.type == "cuda" else None
+        runner = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
         if rank != 0:
             log = None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
