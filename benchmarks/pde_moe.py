@@ -59,8 +59,7 @@ would be at most 228 / 100 = 2.3x faster; 2x needs the MoE loop <= 14 ms, i.e. <
 iterations. The layer alone is 1.69x faster, inference 1.77x. A looser LM tolerance shrinks the gap (fewer tail
 iterations for PI-HC): gtol 1e-6 gives 157 vs 123 ms (1.28x, LM iterations 16.9 vs 5.8), the paper's 1e-4 125 vs
 112 ms (1.12x, 7.1 vs 2.0; 2026-11-29, same configuration; the default 1e-8 keeps the IFT gradients exact).
-At m = 1e2 and 1e3 the backbone dominates and K = 4
-is 0.98x and 0.93x.
+At m = 1e2 and 1e3 the backbone dominates and K = 4 is 0.98x and 0.93x.
 
 Scaling with m on the paper's 101 x 1024 grid (103,424 points; ``--grid 101x1024 --experts 1,4``): step / layer /
 inference speedup of K = 4 over PI-HC, LM iterations PI-HC vs MoE:
