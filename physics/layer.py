@@ -167,9 +167,8 @@ class HardConstraint(nn.Module):
         bg, off, u_off = prepare(self.spec, b, data)
         bsz, n = bg.shape[0], bg.shape[-1]
         m = min(self.points, len(self.allowed))
-        allowed = self.allowed  # points are drawn on the host: the same on every device
         idx = torch.stack(
-            [allowed[sample_points(len(allowed), m, self.seed, step, s, 0)] for s in sample_ids]
+            [self.allowed[sample_points(len(self.allowed), m, self.seed, step, s, 0)] for s in sample_ids]
         ).to(bg.device)  # (B, m)
         L, y = self.spec.linear_rows(bg, data)
         w0 = torch.full((bsz, n), self.omega0, dtype=torch.float64, device=bg.device)
