@@ -180,15 +180,15 @@ def accuracy(
             model, hist = train(cfg, log=None)
             res = evaluate(cfg, model.backbone)
             res.update(
-                train_step_ms=1e3 * statistics.median(hist["step_time"]),
-                infer_ms=1e3 * res["infer_time"],
+                train_step_ms=1e3 * statistics.median(hist["step_seconds"]),
+                infer_ms=1e3 * res["infer_seconds"],
                 train_s=time.perf_counter() - t0,
                 nonconverged=sum(hist["nonconverged"]),
             )
             per_seed.append(res)
             log(
-                f"{name} seed {seed}: test {res['test_rel_l2']:.2f}% "
-                f"extrap {res.get('extrap_rel_l2', float('nan')):.2f}%"
+                f"{name} seed {seed}: test {res['test_rel_l2_pct']:.2f}% "
+                f"extrap {res.get('extrap_rel_l2_pct', float('nan')):.2f}%"
             )
 
         rows.append(
@@ -197,11 +197,11 @@ def accuracy(
                 "K": cfg.experts if cfg.constraint == "moe" else (1 if name == "PI-HC" else None),
                 "points": effective_points(model),
                 "seeds": seeds,
-                "test_rel_l2": agg(per_seed, "test_rel_l2"),
-                "test_rel_l2_std": agg(per_seed, "test_rel_l2", statistics.stdev),
-                "extrap_rel_l2": agg(per_seed, "extrap_rel_l2"),
-                "extrap_rel_l2_std": agg(per_seed, "extrap_rel_l2", statistics.stdev),
-                "test_rel_l2_per_seed": [r["test_rel_l2"] for r in per_seed],
+                "test_rel_l2_pct": agg(per_seed, "test_rel_l2_pct"),
+                "test_rel_l2_std_pct": agg(per_seed, "test_rel_l2_pct", statistics.stdev),
+                "extrap_rel_l2_pct": agg(per_seed, "extrap_rel_l2_pct"),
+                "extrap_rel_l2_std_pct": agg(per_seed, "extrap_rel_l2_pct", statistics.stdev),
+                "test_rel_l2_pct_per_seed": [r["test_rel_l2_pct"] for r in per_seed],
                 "train_step_ms": agg(per_seed, "train_step_ms"),
                 "infer_ms": agg(per_seed, "infer_ms"),
                 "train_s": agg(per_seed, "train_s"),
@@ -376,10 +376,10 @@ def print_table(rows: list[dict]) -> None:
         ("K", "K", "d"),
         ("points", "points (total)", "d"),
         ("W", "processes", "d"),
-        ("test_rel_l2", "test rel L2 %", ".2f"),
-        ("test_rel_l2_std", "± (seeds)", ".2f"),
-        ("extrap_rel_l2", "extrap rel L2 %", ".2f"),
-        ("extrap_rel_l2_std", "± (seeds)", ".2f"),
+        ("test_rel_l2_pct", "test rel L2 %", ".2f"),
+        ("test_rel_l2_std_pct", "± (seeds)", ".2f"),
+        ("extrap_rel_l2_pct", "extrap rel L2 %", ".2f"),
+        ("extrap_rel_l2_std_pct", "± (seeds)", ".2f"),
         ("train_step_ms", "train step ms", ".1f"),
         ("train_speedup", "train speedup", ".2f"),
         ("backbone_ms", "backbone ms", ".1f"),

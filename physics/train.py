@@ -8,6 +8,7 @@ per step; a non-finite loss or gradient stops training with a PhysicsError inste
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ from torch import nn
 from models.fno import FNO
 from models.mlp_basis import MLPBasis
 from physics.datasets import default_cache_dir, diffsorp_dataset, heat_dataset, navier_stokes_dataset
-from physics.errors import PhysicsError
+from physics.errors import ConfigError, PhysicsError
 from physics.gen_navier_stokes import grf_2d
 from physics.implicit import SolverConfig
 from physics.layer import HardConstraint, HardConstraintMoE
@@ -86,8 +87,37 @@ class TrainConfig:
         if self.placement not in PLACEMENTS:
             raise PhysicsError(f"unknown placement {self.placement!r}; choose one of {', '.join(PLACEMENTS)}")
         if not 0.0 < self.train_time_fraction <= 1.0:
-            raise PhysicsError(f"train_time_fraction must be in (0, 1], got {self.train_time_fraction}")
+            raise ConfigError(f"train_time_fraction must be in (0, 1], got {self.train_time_fraction}")
+        self._check_numbers()
         parse_device(self.device)
+
+    def _check_numbers(self) -> None:
+        """Counts are integers in range, rates finite and in range: a ConfigError (a ValueError) otherwise."""
+        experts = self.experts if isinstance(self.experts, tuple) else (self.experts,)
+        if not experts or not all(_is_int(k) and k >= 1 for k in experts):
+            raise ConfigError(f"experts must be positive integers, got {self.experts!r}")
+        counts = {"points": 1, "basis": 1, "width": 1, "modes": 1, "layers": 1, "nt": 3, "nx": 4, "steps": 0,
+                  "batch": 1, "lr_halve_every": 0, "n_test": 1, "seed": 0, "max_iter": 1}
+        for name, low in counts.items():
+            v = getattr(self, name)
+            if not _is_int(v) or v < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
+        if self.seed >= 2**32:
+            raise ConfigError(f"seed must be < 2**32, got {self.seed}")
+        positive = {"lr": self.lr, "clip": self.clip}
+        nonneg = {"interface_weight": self.interface_weight, "lr_min": self.lr_min, "gtol": self.gtol,
+                  "ridge": self.ridge}
+        for name, v in (positive | nonneg).items():
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or v < 0 or (name in positive and v == 0):
+                raise ConfigError(f"{name} must be a finite number {'> 0' if name in positive else '>= 0'}, got {v!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
+
+
+def _is_int(v) -> bool:
+    """An integer (numpy's too), not a bool or a float."""
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
 
 
 def parse_device(name: str) -> torch.device | None:
@@ -268,7 +298,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
         "loss": [],
         "pde": [],
         "rows": [],
-        "step_time": [],
+        "step_seconds": [],
         "nonconverged": [],
         "lm_iters": [],
     }
@@ -289,7 +319,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
             raise PhysicsError(f"non-finite gradient at step {step} (loss {loss.item():.3e})")
         opt.step()
         synchronize(device)
-        hist["step_time"].append(time.perf_counter() - t0)
+        hist["step_seconds"].append(time.perf_counter() - t0)
         logged = loss.detach().clone()
         if world > 1:  # report the global-batch loss, not rank 0's share
             dist.all_reduce(logged)
@@ -303,7 +333,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
             log(
                 f"step {step:5d} loss {hist['loss'][-1]:.4e} pde {hist['pde'][-1]:.3e} rows {hist['rows'][-1]:.3e} "
                 f"lm-iters {hist['lm_iters'][-1]:.1f} nonconv {hist['nonconverged'][-1]} "
-                f"{hist['step_time'][-1]:.3f}s"
+                f"{hist['step_seconds'][-1]:.3f}s"
             )
     if log and sum(hist["nonconverged"]):
         log(f"warning: {sum(hist['nonconverged'])} solves did not converge during training")
@@ -321,18 +351,33 @@ def save(model: PDEModel, cfg: TrainConfig, hist: dict, out: Path) -> None:
 
 
 def load(out: Path) -> tuple[TrainConfig, nn.Module]:
-    """Config and trained backbone of a run directory."""
-    if not (out / "config.json").exists():
+    """Config and trained backbone of a run directory; a missing or malformed file is a PhysicsError."""
+    path = out / "config.json"
+    if not path.is_file():
         raise PhysicsError(f"{out} is not a training run directory (no config.json)")
-    cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
-    net = build_backbone(cfg)
-    net.load_state_dict(torch.load(out / "backbone.pt", weights_only=True, map_location="cpu"))
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise TypeError("not a JSON object")
+        cfg = TrainConfig(**raw)
+    except PhysicsError as e:
+        raise PhysicsError(f"{path}: malformed config ({e})") from None
+    except (ValueError, TypeError, UnicodeDecodeError) as e:  # bad JSON, unknown or mistyped keys
+        raise PhysicsError(f"{path}: malformed config ({' '.join(str(e).split())})") from None
+    try:
+        net = build_backbone(cfg)
+        net.load_state_dict(torch.load(out / "backbone.pt", weights_only=True, map_location="cpu"))
+    except FileNotFoundError:
+        raise PhysicsError(f"{out}: no backbone.pt (training did not finish?)") from None
+    except Exception as e:  # a truncated or foreign weights file: torch raises several kinds
+        raise PhysicsError(f"{out / 'backbone.pt'}: cannot load weights ({' '.join(str(e).split())[:200]})") from None
     return cfg, net
 
 
 def evaluate(cfg: TrainConfig, backbone: nn.Module, plots: Path | None = None) -> dict:
-    """Relative L2 (%) on held-out solutions over the whole grid and, if trained on a shorter horizon, on the
-    extrapolated frames only; plus the inference time per batch. Runs on the backbone's device."""
+    """Relative L2 in percent (``*_pct``) on held-out solutions over the whole grid and, if trained on a shorter
+    horizon, on the extrapolated frames only; plus the inference time per batch in seconds (``infer_seconds``).
+    Runs on the backbone's device."""
     spec = full_spec(cfg)
     device = next(backbone.parameters()).device
     model = PDEModel(spec, backbone, build_layer(cfg, spec)).to(device).eval()
@@ -347,16 +392,16 @@ def evaluate(cfg: TrainConfig, backbone: nn.Module, plots: Path | None = None) -
     u = u.cpu()
     rel = relative_l2(u, ref)
     res = {
-        "test_rel_l2": 100 * rel.mean().item(),
-        "test_rel_l2_std": 100 * rel.std().item() if rel.numel() > 1 else 0.0,
-        "infer_time": infer,
+        "test_rel_l2_pct": 100 * rel.mean().item(),
+        "test_rel_l2_std_pct": 100 * rel.std().item() if rel.numel() > 1 else 0.0,
+        "infer_seconds": infer,
         "nonconverged": 0 if info is None else int((~info.converged).sum()),
     }
     n_train = train_spec(cfg).grid[0]
     if n_train < cfg.nt:
         ext = relative_l2(u[:, n_train:], ref[:, n_train:])
-        res["extrap_rel_l2"] = 100 * ext.mean().item()
-        res["extrap_rel_l2_std"] = 100 * ext.std().item() if ext.numel() > 1 else 0.0
+        res["extrap_rel_l2_pct"] = 100 * ext.mean().item()
+        res["extrap_rel_l2_std_pct"] = 100 * ext.std().item() if ext.numel() > 1 else 0.0
     if plots is not None:
         from physics.plots import save_field_plots
 

@@ -153,10 +153,10 @@ def test_relu_bab_searches_each_open_disjunct_from_optimised_root_bounds(seed):
                         [Disjunct(far.reshape(1, -1), np.array([far_min - 10.0])),
                          Disjunct(c.reshape(1, -1), np.array([threshold]))])
         rows = RowSpec.from_property(prop, 12, 3)
-        lam = rows.C.unsqueeze(0).reshape(1, 2, *graph.output_shape)
+        lam = rows.output_lam(graph)
         root_lower, root_bounds = alpha_crown_lower(graph, lo.reshape(1, *shape), hi.reshape(1, *shape), lam,
                                                     iterations=10, optimize_intermediate=True, return_bounds=True)
-        root_lower = root_lower.detach() - rows.b
+        root_lower = rows.finish(root_lower.detach(), graph, root_bounds)
         assert float(root_lower[0, 0]) > 0  # the far disjunct is refuted without search
         res = relu_split_bab(graph, rows, lo, hi, Deadline(60), graph_checker(graph, rows), root_bounds=root_bounds,
                              root_lower=root_lower)

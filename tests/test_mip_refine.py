@@ -34,7 +34,7 @@ def _root(graph, rows, lo, hi):
     shape = graph.input_shape
     lower, bounds = alpha_crown_lower(graph, lo.reshape(1, *shape), hi.reshape(1, *shape), rows.output_lam(graph),
                                       iterations=20, optimize_intermediate=True, return_bounds=True)
-    return lower.detach() - rows.b, bounds
+    return rows.finish(lower.detach(), graph, bounds), bounds
 
 
 def _relu_inputs(graph) -> list[str]:

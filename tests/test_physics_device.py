@@ -107,7 +107,7 @@ def test_trained_run_evaluates_on_the_cpu_with_device_flag(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["device"] == "cpu"
     assert main(["pde", "eval", str(out), "--no-plots", "--device", "cpu"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert metrics["test_rel_l2"] > 0
+    assert metrics["test_rel_l2_pct"] > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")

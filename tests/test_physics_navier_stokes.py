@@ -115,6 +115,6 @@ def test_cli_trains_and_evaluates_navier_stokes(tmp_path, capsys):
     args = ap.parse_args([*argv.split(), "--out", str(out)])
     assert args.func(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert math.isfinite(metrics["test_rel_l2"]) and (out / "fields.png").stat().st_size > 1000
+    assert math.isfinite(metrics["test_rel_l2_pct"]) and (out / "fields.png").stat().st_size > 1000
     assert json.loads((out / "config.json").read_text())["experts"] == [1, 2, 2]
     capsys.readouterr()

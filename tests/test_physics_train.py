@@ -95,11 +95,11 @@ def test_cli_train_then_eval_writes_metrics_and_plot(tmp_path, capsys):
     args = _parse(argv)
     assert args.func(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test_rel_l2"] > 0 and (out / "fields.png").stat().st_size > 1000
+    assert metrics["test_rel_l2_pct"] > 0 and (out / "fields.png").stat().st_size > 1000
     capsys.readouterr()
     assert main(["pde", "eval", str(out), "--no-plots"]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert again["test_rel_l2"] == pytest.approx(metrics["test_rel_l2"], rel=1e-9)
+    assert again["test_rel_l2_pct"] == pytest.approx(metrics["test_rel_l2_pct"], rel=1e-9)
 
 
 def test_every_cli_option_has_help_text():
@@ -117,7 +117,7 @@ def test_every_cli_option_has_help_text():
 def test_cli_errors_are_one_line(tmp_path, capsys):
     rc = main(["pde", "train", "--problem", "burgers", "--out", str(tmp_path)])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: unknown problem 'burgers'") and err.count("\n") == 1
+    assert rc == 2 and err.startswith("clarke: error: unknown problem 'burgers'") and err.count("\n") == 1
     rc = main(["pde", "train", "--experts", "100", "--nx", "32", "--out", str(tmp_path)])
     assert rc == 2 and "too large for grid" in capsys.readouterr().err
     assert main(["pde", "eval", str(tmp_path / "missing")]) == 2
@@ -152,5 +152,5 @@ def test_hard_constraint_is_far_more_accurate_than_soft_constraint():
             lr=1e-3,
         )
         model, _ = train(cfg, log=None)
-        errs[constraint] = evaluate(cfg, model.backbone)["test_rel_l2"]
+        errs[constraint] = evaluate(cfg, model.backbone)["test_rel_l2_pct"]
     assert errs["hard"] < 0.5 * errs["soft"], errs

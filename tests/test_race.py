@@ -49,7 +49,7 @@ def _refined(graph, rows, lo, hi):
     lower, bounds = alpha_crown_lower(graph, lo.reshape(1, *shape), hi.reshape(1, *shape), rows.output_lam(graph),
                                       iterations=20, optimize_intermediate=True, return_bounds=True)
     return refine_bounds(graph, rows, lo, hi, bounds, Deadline(60), neuron_work=4.0, max_neurons=1000,
-                         lower=lower.detach() - rows.b)
+                         lower=rows.finish(lower.detach(), graph, bounds))
 
 
 def _violated_disjuncts(graph, rows, x: np.ndarray) -> list[int]:

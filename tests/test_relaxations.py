@@ -22,7 +22,7 @@ def _grid(lo: float, hi: float) -> torch.Tensor:
 def _check(op, lo: float, hi: float, alpha=None):
     lo_t, hi_t = torch.tensor([lo]), torch.tensor([hi])
     aL, cL, aU, cU = (t.double() for t in op.relax(lo_t, hi_t, alpha))
-    z = _grid(lo, hi)
+    z = _grid(float(lo_t), float(hi_t))  # the float32 interval the lines were made for
     f = op.forward(z)
     tol = 1e-6 * (1 + f.abs())
     assert (aL * z + cL <= f + tol).all(), (type(op).__name__, lo, hi, "lower line above f")

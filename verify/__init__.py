@@ -1,19 +1,18 @@
 """Clarke's bound-propagation engine: graph IR, IBP / CROWN / alpha-CROWN, verification front ends."""
 
 from verify.api import METHODS, as_graph, bound
-from verify.errors import ClarkeError, ModelError, ShapeError, UnsupportedOperator, VnnlibError
+from verify.errors import ClarkeError, InputError, ModelError, ShapeError, UnsupportedOperator, VnnlibError
 from verify.graph import Graph
 
 __version__ = "0.1.0"
 
 
 def load_onnx(path, dtype=None) -> Graph:
-    """Read an ONNX file into the graph IR (see ``verify.frontends.onnx_frontend``)."""
-    import torch
-
+    """Read an ONNX file into the graph IR, in the model's own precision unless a wider ``dtype`` is given
+    (see ``verify.frontends.onnx_frontend``)."""
     from verify.frontends.onnx_frontend import load_onnx as _load
 
-    return _load(path, dtype or torch.float32)
+    return _load(path, dtype)
 
 
 def from_torch(module, input_shape) -> Graph:
@@ -33,6 +32,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "METHODS", "ClarkeError", "Graph", "ModelError", "ShapeError", "UnsupportedOperator", "VnnlibError",
+    "METHODS", "ClarkeError", "Graph", "InputError", "ModelError", "ShapeError", "UnsupportedOperator", "VnnlibError",
     "__version__", "as_graph", "bound", "from_torch", "load_onnx",
 ]

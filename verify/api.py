@@ -1,4 +1,7 @@
-"""Python API: ``bound(model, x_lo, x_hi, C=None, method=...) -> (lower, upper)`` on a batch of boxes."""
+"""Python API: ``bound(model, x_lo, x_hi, C=None, method=...) -> (lower, upper)`` on a batch of boxes.
+
+The bounds are rigorous in real arithmetic (``verify.rounding``): they contain the exact value of the network
+as stored, and its floating-point evaluation in its own precision, for every input in the box."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from torch import Tensor
 
 from verify.bounds.alpha import alpha_crown_lower
 from verify.bounds.crown import intermediate_bounds, lower_bound
-from verify.errors import ShapeError
+from verify.errors import InputError, ShapeError
 from verify.graph import Graph
+from verify.rounding import F64, bound_dtype, cast_box, cast_down, cast_up, down, gamma, up
 
 METHODS = ("ibp", "crown", "alpha-crown")
 
@@ -32,18 +36,22 @@ def as_graph(model: Any, input_shape: tuple[int, ...] | None = None) -> Graph:
     raise TypeError(f"cannot build a graph from {type(model).__name__}")
 
 
+def _as_tensor(x) -> Tensor:
+    return x.detach() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
+
+
 def _box(graph: Graph, x_lo, x_hi) -> tuple[Tensor, Tensor]:
-    dtype = graph.dtype
-    lo = graph.prepare_input(torch.as_tensor(np.asarray(x_lo) if not isinstance(x_lo, Tensor) else x_lo)).to(dtype)
-    hi = graph.prepare_input(torch.as_tensor(np.asarray(x_hi) if not isinstance(x_hi, Tensor) else x_hi)).to(dtype)
+    """The box ``[B, *input_shape]`` in the graph's precision, rounded outward where the cast is inexact."""
+    lo, hi = _as_tensor(x_lo), _as_tensor(x_hi)
     if lo.shape != hi.shape:
         raise ShapeError(f"box bounds have different shapes {tuple(lo.shape)} and {tuple(hi.shape)}")
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        raise ShapeError("box bounds must be finite")
+        raise InputError("box bounds must be finite (found NaN or inf)")
+    lo, hi = graph.prepare_input(lo), graph.prepare_input(hi)
     if bool((lo > hi).any()):
         i = int((lo > hi).reshape(lo.shape[0], -1).any(0).nonzero()[0])
-        raise ShapeError(f"empty input box: lower > upper at input index {i}")
-    return lo, hi
+        raise InputError(f"empty input box: lower > upper at input index {i}")
+    return cast_box(lo, hi, graph.dtype)
 
 
 def _spec(graph: Graph, C, b: int, dtype) -> Tensor:
@@ -63,24 +71,31 @@ def _spec(graph: Graph, C, b: int, dtype) -> Tensor:
 
 
 def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: int = 20, lr: float = 0.5,
-          optimize_intermediate: bool = False) -> tuple[Tensor, Tensor]:
+          optimize_intermediate: bool = False, input_shape: tuple[int, ...] | None = None,
+          precision: str = "float64") -> tuple[Tensor, Tensor]:
     """Sound bounds ``lower <= C f(x) <= upper`` for all ``x`` in ``[x_lo, x_hi]``.
 
     ``x_lo``/``x_hi``: ``[B, *input_shape]`` (or flattened ``[B, n]``, or one sample). ``C``: ``[S, K]`` or
-    ``[B, S, K]`` over the flattened outputs (default: identity). Returns two ``[B, S]`` tensors.
-    Differentiable w.r.t. a torch model's parameters for ``ibp`` and ``crown``.
+    ``[B, S, K]`` over the flattened outputs (default: identity). Returns two ``[B, S]`` tensors in the model's
+    precision, rounded outward. Differentiable w.r.t. a torch model's parameters for ``ibp`` and ``crown``.
+    A torch module is traced for ``input_shape`` (per sample); without it, for ``x_lo.shape[1:]`` (a batch) or,
+    if the module does not take that, for ``x_lo.shape`` (one sample). ``precision``: ``float64`` (default) or
+    ``model`` (see ``verify.rounding.PRECISIONS``); the bounds are rigorous either way.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    for name, v in (("iterations", iterations), ("lr", lr)):
+        if not (isinstance(v, int | float) and np.isfinite(v) and v >= 0):
+            raise InputError(f"{name} must be a finite non-negative number, got {v!r}")
     if isinstance(model, torch.nn.Module):
-        x_t = torch.as_tensor(x_lo)
-        model = as_graph(model, tuple(x_t.shape[1:]))
-    graph = as_graph(model)
+        model = _trace(model, _as_tensor(x_lo).shape, input_shape)
+    model_dtype = as_graph(model).dtype
+    graph = as_graph(model).with_dtype(bound_dtype(model_dtype, precision))
     lo, hi = _box(graph, x_lo, x_hi)
     b = lo.shape[0]
     C = _spec(graph, C, b, lo.dtype)
     if method == "ibp":
-        return _interval_spec(intermediate_bounds(graph, lo, hi, method="ibp")[graph.output], C)
+        return _interval_spec(intermediate_bounds(graph, lo, hi, method="ibp")[graph.output], C, model_dtype)
     s = C.shape[1]
     lam = torch.cat([C, -C], dim=1).reshape(b, 2 * s, *graph.output_shape)
     bounds = intermediate_bounds(graph, lo, hi, "crown")
@@ -90,13 +105,31 @@ def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: 
         res = alpha_crown_lower(graph, lo, hi, lam, iterations=iterations, lr=lr,
                                 optimize_intermediate=optimize_intermediate, bounds=bounds)
     # Both are sound, so the final answer is their intersection (CROWN alone can lose to IBP).
-    ilo, ihi = _interval_spec(bounds[graph.output], C)
-    return torch.maximum(res[:, :s], ilo), torch.minimum(-res[:, s:], ihi)
+    ilo, ihi = _interval_spec(bounds[graph.output], C, model_dtype)
+    return (torch.maximum(cast_down(res[:, :s], model_dtype), ilo),
+            torch.minimum(cast_up(-res[:, s:], model_dtype), ihi))
 
 
-def _interval_spec(out_bounds: tuple[Tensor, Tensor], C: Tensor) -> tuple[Tensor, Tensor]:
-    """Interval arithmetic for ``C y`` with ``y`` in ``[lo, hi]``."""
+def _trace(module: torch.nn.Module, shape: torch.Size, input_shape: tuple[int, ...] | None) -> Graph:
+    if input_shape is not None:
+        return as_graph(module, tuple(input_shape))
+    try:
+        return as_graph(module, tuple(shape[1:]))
+    except (ShapeError, RuntimeError) as batched:
+        try:  # one unbatched sample
+            return as_graph(module, tuple(shape))
+        except (ShapeError, RuntimeError):
+            raise batched from None
+
+
+def _interval_spec(out_bounds: tuple[Tensor, Tensor], C: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Interval arithmetic for ``C y`` with ``y`` in ``[lo, hi]``, in float64 with its rounding paid, returned
+    in ``dtype`` rounded outward."""
     b = C.shape[0]
-    out_lo, out_hi = out_bounds[0].reshape(b, -1, 1), out_bounds[1].reshape(b, -1, 1)
-    cp, cn = C.clamp(min=0), C.clamp(max=0)
-    return (cp @ out_lo + cn @ out_hi).squeeze(-1), (cp @ out_hi + cn @ out_lo).squeeze(-1)
+    out_lo, out_hi = out_bounds[0].reshape(b, -1, 1).to(F64), out_bounds[1].reshape(b, -1, 1).to(F64)
+    C64 = C.to(F64)
+    cp, cn = C64.clamp(min=0), C64.clamp(max=0)
+    lower = (cp @ out_lo + cn @ out_hi).squeeze(-1)
+    upper = (cp @ out_hi + cn @ out_lo).squeeze(-1)
+    slack = gamma(C.shape[-1] + 2, F64) * (C64.abs() @ torch.maximum(out_lo.abs(), out_hi.abs())).squeeze(-1)
+    return cast_down(down(lower - slack), dtype), cast_up(up(upper + slack), dtype)

@@ -20,8 +20,12 @@ class UnsupportedOperator(ModelError):
         super().__init__(f"unsupported operator {op_type}{where}" + (f": {detail}" if detail else ""))
 
 
-class ShapeError(ClarkeError):
+class ShapeError(ClarkeError, ValueError):
     """Shapes of inputs, boxes, specs or weights do not agree."""
+
+
+class InputError(ClarkeError, ValueError):
+    """An invalid argument value: NaN or infinite numbers, an empty box, an option out of range."""
 
 
 class VnnlibError(ClarkeError):

@@ -6,6 +6,7 @@ engine prepends its own batch axis ``B`` of boxes/points, and a spec axis ``S`` 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -130,6 +131,22 @@ class Graph:
         for n in self.nodes:
             n.op.cast(dtype)
         return self
+
+    def with_dtype(self, dtype: torch.dtype) -> Graph:
+        """This graph computed in ``dtype``: ops copied with their float tensors cast (differentiably); ``self``
+        is unchanged. Only widening is allowed: a narrower precision would round the weights, i.e. bound
+        another network."""
+        if dtype == self.dtype:
+            return self
+        if torch.finfo(dtype).eps > torch.finfo(self.dtype).eps:
+            raise ModelError(f"{self.source}: cannot compute a {self.dtype} model in {dtype} (its weights would "
+                             "be rounded)")
+        nodes = []
+        for n in self.nodes:
+            op = copy.copy(n.op)
+            op.cast(dtype)
+            nodes.append(Node(n.name, op, n.inputs, n.shape))
+        return Graph(self.input_name, self.input_shape, nodes, self.output, self.source, self.user_input_shape)
 
     @property
     def dtype(self) -> torch.dtype:

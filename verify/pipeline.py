@@ -6,6 +6,11 @@
    (when a short first search fails: MIP-refined intermediate bounds, then the search from them raced against
    exact MIPs of the open disjuncts), exact MIP for small networks. Anything undecided at the deadline is
    ``timeout``; never a guess.
+
+The model is read in its own precision and checked against onnxruntime on points of the spec's boxes
+(``verify.model_check``); attacks and counterexample checks run in that precision, every bound in float64 with
+its rounding paid (``verify.rounding``), on the property's box widened by one float64 ulp (the decimal bounds
+of the VNNLIB file are read to the nearest double).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from verify.counterexample import snap_into_box, validate_counterexample
 from verify.errors import ShapeError
 from verify.frontends.onnx_frontend import load_onnx
 from verify.graph import Graph
+from verify.model_check import check_against_onnxruntime, sample_points
+from verify.rounding import F64, bound_dtype, cast_box, down, up
 from verify.spec import RowSpec
 from verify.vnnlib import VnnlibSpec, parse_vnnlib
 
@@ -57,7 +64,8 @@ class _CexChecker:
 
     def __call__(self, cands: torch.Tensor) -> np.ndarray | None:
         with torch.no_grad():
-            y = self.graph(cands.reshape(-1, *self.graph.input_shape)).reshape(cands.shape[0], -1)
+            y = self.graph(cands.to(self.graph.dtype).reshape(-1, *self.graph.input_shape))
+            y = y.reshape(cands.shape[0], -1)
             margin = self.rows.group_max(self.rows.values(cands.reshape(cands.shape[0], -1), y)).min(1).values
         order = margin.argsort()[:8]
         for i in order[margin[order] <= 1e-4]:
@@ -82,8 +90,8 @@ def _root_verified(graph: Graph, rows: RowSpec, lo: torch.Tensor, hi: torch.Tens
     if rows.Ax is not None or alpha_iterations <= 0 or deadline.left() < 1:
         return False, "crown"
     lb = alpha_crown_lower(graph, x_lo, x_hi, rows.output_lam(graph), iterations=alpha_iterations, bounds=bounds,
-                           time_limit=0.5 * deadline.left()) - rows.b
-    return rows.proved(lb), "alpha-crown"
+                           time_limit=0.5 * deadline.left())
+    return rows.proved(rows.finish(lb, graph, bounds)), "alpha-crown"
 
 
 SMALL_NETWORK_PARAMS = 1_000_000
@@ -117,10 +125,13 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
     # Leave room to write the result: answer `timeout` before the limit, never after it.
     deadline = Deadline(max(0.0, 0.97 * timeout - 0.3))
     torch.manual_seed(seed)
-    graph = load_onnx(onnx_path)
+    graph = load_onnx(onnx_path)  # the model's own precision: attacks and counterexample screening
     spec = parse_vnnlib(vnnlib_path, n_inputs=graph.input_numel, n_outputs=graph.output_numel)
     if spec.n_inputs != graph.input_numel:
         raise ShapeError(f"{vnnlib_path}: {spec.n_inputs} inputs, model has {graph.input_numel}")
+    check_against_onnxruntime(graph, onnx_path, sample_points([(p.box.lo, p.box.hi) for p in spec.properties],
+                                                              seed=seed))
+    bgraph = graph.with_dtype(bound_dtype(graph.dtype))  # bounds: float64, rounding paid
     if num_threads is None:
         n_params = sum(t.numel() for n in graph.nodes for t in n.op.tensors().values())
         num_threads = 1 if n_params < SMALL_NETWORK_PARAMS else torch.get_num_threads()
@@ -131,11 +142,11 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
                             stats=stats)
 
     props = [(p, RowSpec.from_property(p, graph.input_numel, graph.output_numel)) for p in spec.properties]
+    log.info("phase crown: %d propert%s, timeout %.1f s", len(props), "y" if len(props) == 1 else "ies", timeout)
     open_props, stages = [], []
     for prop, rows in props:  # CROWN first: milliseconds, and it settles easy instances before any attack
-        lo = torch.tensor(prop.box.lo, dtype=torch.float32)
-        hi = torch.tensor(prop.box.hi, dtype=torch.float32)
-        proved, stage = _root_verified(graph, rows, lo, hi, deadline, alpha_iterations=0)
+        lo, hi = bound_box(prop.box.lo, prop.box.hi, bgraph.dtype)
+        proved, stage = _root_verified(bgraph, rows, lo, hi, deadline, alpha_iterations=0)
         (stages.append(stage) if proved else open_props.append((prop, rows, lo, hi)))
     if not open_props:
         return done("unsat", "crown")
@@ -143,23 +154,28 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
     from verify.attack import falsify
     # Short: most violations show up at once, and BaB keeps testing candidates as it goes.
     budget = attack_budget if attack_budget is not None else min(max(0.3, 0.01 * timeout), 1.5)
+    log.info("phase attack: %d open propert%s, %.1f s budget", len(open_props), "y" if len(open_props) == 1 else "ies",
+             min(budget, deadline.left()))
     found = falsify(graph, spec, time_budget_s=min(budget, deadline.left()), seed=seed, onnx_path=str(onnx_path))
     if found is not None:
         return done("sat", "attack", found.x, found.y)
 
     for prop, rows, lo, hi in open_props:
-        proved, stage = _root_verified(graph, rows, lo, hi, deadline, alpha_iterations)
+        log.info("phase alpha-crown: %.1f s left", deadline.left())
+        proved, stage = _root_verified(bgraph, rows, lo, hi, deadline, alpha_iterations)
         if proved:
             stages.append(stage)
             continue
         if deadline.passed():
             return done("timeout", stage)
         checker = _CexChecker(graph, rows, spec, str(onnx_path), prop.box.lo, prop.box.hi)
+        log.info("phase %s: %.1f s left", "input-split BaB" if graph.input_numel <= INPUT_SPLIT_MAX_DIMS
+                 else "ReLU-split BaB", deadline.left())
         if graph.input_numel <= INPUT_SPLIT_MAX_DIMS:
-            res = input_split_bab(graph, rows, lo, hi, deadline, checker)
+            res = input_split_bab(bgraph, rows, lo, hi, deadline, checker)
             stage = "input-bab"
         else:
-            res = _relu_bab(graph, rows, lo, hi, deadline, checker, workers=workers)
+            res = _relu_bab(bgraph, rows, lo, hi, deadline, checker, workers=workers)
             stage = "relu-bab"
         if res.status == "sat":
             x, y = checker.found
@@ -168,6 +184,14 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
             return done(res.status, stage, domains=res.domains)
         stages.append(stage)
     return done("unsat", "+".join(sorted(set(stages))) or "trivial")
+
+
+def bound_box(lo, hi, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box bounds are computed on: the float64 reading of the decimal box widened by one ulp (it may lie
+    on either side of the decimal), then cast outward to ``dtype``."""
+    lo64 = down(torch.as_tensor(np.asarray(lo, dtype=np.float64), dtype=F64))
+    hi64 = up(torch.as_tensor(np.asarray(hi, dtype=np.float64), dtype=F64))
+    return cast_box(lo64, hi64, dtype)
 
 
 BAB_FIRST_SHARE = 0.05
@@ -193,7 +217,7 @@ def _relu_bab(graph, rows, lo, hi, deadline, checker, bab_first: float = BAB_FIR
             graph, lo.reshape(1, *shape), hi.reshape(1, *shape), rows.output_lam(graph),
             iterations=20 if has_relu else 60, optimize_intermediate=True,
             time_limit=(0.1 if has_relu else 0.8) * deadline.left(), return_bounds=True)
-        root_lower = root_lower - rows.b
+        root_lower = rows.finish(root_lower, graph, root_bounds)
         if rows.proved(root_lower):
             return BabResult("unsat")
     if not has_relu:  # undecided stays `unknown`
@@ -208,6 +232,7 @@ def _relu_bab(graph, rows, lo, hi, deadline, checker, bab_first: float = BAB_FIR
     if res.status in ("sat", "unsat") or deadline.left() < 5:
         return res
     from verify.mip_refine import refine_bounds
+    log.info("phase MIP refinement of intermediate bounds: %d workers, %.1f s", workers, REFINE_SHARE * deadline.left())
     ref = refine_bounds(graph, rows, lo, hi, root_bounds, Deadline(REFINE_SHARE * deadline.left()),
                         max_neurons=REFINE_NEURONS_PER_WORKER * workers, workers=workers, lower=root_lower)
     log.debug("MIP refinement: %s after %d solves in %.1f s, worst margin %.4f", ref.stopped, ref.solves,
@@ -218,6 +243,7 @@ def _relu_bab(graph, rows, lo, hi, deadline, checker, bab_first: float = BAB_FIR
         res2 = relu_split_bab(graph, rows, lo, hi, deadline, checker, root_bounds=ref.bounds, root_lower=ref.lower)
     else:  # BaB from the refined root (easiest disjuncts first) races exact MIPs over the refined bounds (hardest)
         from verify.bab.race import race_disjuncts
+        log.info("phase race: split search against exact MIPs of the open disjuncts, %.1f s left", deadline.left())
         res2 = race_disjuncts(graph, rows, lo, hi, ref.bounds, ref.lower, deadline, checker,
                               workers=max(1, workers - 1))
     return BabResult(res2.status, x=res2.x, domains=res.domains + res2.domains,

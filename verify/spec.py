@@ -2,6 +2,10 @@
 
 The counterexample set of one property is ``x in box and OR_d AND_{rows r in d} r(x) <= 0``; a
 domain is proved safe when every disjunct has a row whose lower bound is positive.
+
+Rows are kept in float64 (``C``, ``Ax`` exact: VNNLIB atoms compare two terms; ``b`` the float64 reading of a
+decimal, within one unit roundoff of it); row lower bounds are float64 and pay for every rounding, including
+the distance between ``b`` and the decimal it was read from, and ``C`` cast to the model's precision.
 """
 
 from __future__ import annotations
@@ -12,21 +16,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from verify.bounds.crown import backward_pass, concretize_lower
+from verify.bounds.crown import RoundingCache, backward_pass, concretize_lower, node_bounds
 from verify.graph import Graph
+from verify.rounding import F64, down, gamma, magnitude, unit_roundoff
 from verify.vnnlib import Property
 
 
 @dataclass
 class RowSpec:
-    C: Tensor  # [R, K] on the flattened output
-    Ax: Tensor | None  # [R, n] input coefficients (mixed X/Y atoms), or None
-    b: Tensor  # [R]
+    C: Tensor  # [R, K] on the flattened output, float64
+    Ax: Tensor | None  # [R, n] input coefficients (mixed X/Y atoms), or None; float64
+    b: Tensor  # [R], float64
     group: Tensor  # [R] disjunct index of each row
     n_groups: int
 
     @classmethod
-    def from_property(cls, prop: Property, n_in: int, n_out: int, dtype=torch.float32) -> RowSpec:
+    def from_property(cls, prop: Property, n_in: int, n_out: int, dtype=F64) -> RowSpec:
+        """``dtype`` is accepted for old callers; rows are always float64 (module docstring)."""
         Cs, Axs, bs, groups = [], [], [], []
         any_mixed = False
         for d, dj in enumerate(prop.disjuncts):
@@ -41,9 +47,9 @@ class RowSpec:
                 bs.append(bm)
                 groups += [d] * ay.shape[0]
                 any_mixed = True
-        C = torch.tensor(np.concatenate(Cs).reshape(-1, n_out), dtype=dtype)
-        Ax = torch.tensor(np.concatenate(Axs).reshape(-1, n_in), dtype=dtype) if any_mixed else None
-        return cls(C, Ax, torch.tensor(np.concatenate(bs), dtype=dtype), torch.tensor(groups), len(prop.disjuncts))
+        C = torch.tensor(np.concatenate(Cs).reshape(-1, n_out), dtype=F64)
+        Ax = torch.tensor(np.concatenate(Axs).reshape(-1, n_in), dtype=F64) if any_mixed else None
+        return cls(C, Ax, torch.tensor(np.concatenate(bs), dtype=F64), torch.tensor(groups), len(prop.disjuncts))
 
     def subset(self, groups: list[int]) -> RowSpec:
         """The rows of the given disjuncts only, renumbered ``0..len(groups)-1`` in that order."""
@@ -53,10 +59,11 @@ class RowSpec:
         return RowSpec(self.C[keep], None if self.Ax is None else self.Ax[keep], self.b[keep], group, len(groups))
 
     def values(self, x: Tensor, y: Tensor) -> Tensor:
-        """Row values ``r(x)`` at points ``x [N, n]`` with outputs ``y [N, K]``: ``[N, R]``."""
-        r = y @ self.C.T - self.b
+        """Row values ``r(x)`` at points ``x [N, n]`` with outputs ``y [N, K]``: ``[N, R]`` (in ``y``'s dtype; a
+        screen for candidate points, not a bound)."""
+        r = y @ self.C.T.to(y.dtype) - self.b.to(y.dtype)
         if self.Ax is not None:
-            r = r + x @ self.Ax.T
+            r = r + x.to(y.dtype) @ self.Ax.T.to(y.dtype)
         return r
 
     def violated(self, x: Tensor, y: Tensor) -> Tensor:
@@ -73,19 +80,39 @@ class RowSpec:
         return bool((self.group_max(lower).min(1).values > 0).all())
 
     def output_lam(self, graph: Graph, b: int = 1) -> Tensor:
-        """The rows' output coefficients as a CROWN start ``Lambda [b, R, *output_shape]``."""
-        return self.C.expand(b, -1, -1).reshape(b, self.C.shape[0], *graph.output_shape)
+        """The rows' output coefficients as a CROWN start ``Lambda [b, R, *output_shape]`` (model precision)."""
+        return self.C.to(graph.dtype).expand(b, -1, -1).reshape(b, self.C.shape[0], *graph.output_shape)
 
-    def lower_bounds(self, graph: Graph, bounds, betas=None, alphas=None, record=None
-                     ) -> tuple[Tensor, Tensor]:
-        """CROWN lower bounds of every row over each box: ``([B, R], Lambda_x [B, R, n])``."""
+    def constant_slack(self, graph: Graph, bounds, cache: RoundingCache | None = None) -> Tensor:
+        """What the rows lose to rounding outside CROWN: ``b`` is within ``u |b|`` of its decimal, and ``C`` cast
+        to the model's precision misses ``|C - fl(C)| |y|`` (zero for the usual +-1 coefficients). ``[B|1, R]``."""
+        slack = (2 * unit_roundoff(F64) * self.b.abs()).unsqueeze(0)
+        dC = (self.C - self.C.to(graph.dtype).to(F64)).abs()
+        if bool(dC.any()):
+            out = node_bounds(graph, bounds, graph.output, (cache or RoundingCache()).derived)
+            a = magnitude(*out).reshape(out[0].shape[0], -1).to(F64)
+            slack = slack + (a @ dC.T) * (1 + 1e-6)
+        return slack
+
+    def finish(self, lower: Tensor, graph: Graph, bounds) -> Tensor:
+        """Row lower bounds from lower bounds of ``C f`` (float64 ``[B, R]``): ``- b``, rounding paid."""
+        return down(lower - self.b - self.constant_slack(graph, bounds))
+
+    def lower_bounds(self, graph: Graph, bounds, betas=None, alphas=None, record=None,
+                     cache: RoundingCache | None = None) -> tuple[Tensor, Tensor]:
+        """Rigorous CROWN lower bounds of every row over each box (float64 ``[B, R]``) and ``Lambda_x [B, R, n]``
+        (with the input terms ``Ax``; float64 when there are any)."""
         x_lo, x_hi = bounds[graph.input_name]
         b = x_lo.shape[0]
-        lam_x, kappa = backward_pass(graph, graph.output, self.output_lam(graph, b), bounds, alphas, betas, record)
+        lam_x, kappa = backward_pass(graph, graph.output, self.output_lam(graph, b), bounds, alphas, betas, record,
+                                     cache)
         lam_x = lam_x.reshape(b, self.C.shape[0], -1)
         if self.Ax is not None:
-            lam_x = lam_x + self.Ax
-        return concretize_lower(lam_x, kappa, x_lo, x_hi) - self.b, lam_x
+            lam_x = lam_x.to(F64) + self.Ax
+            # the float64 sum rounds once per entry: pay u |sum| against the input magnitudes
+            a_x = magnitude(x_lo, x_hi).reshape(b, -1, 1).to(F64)
+            kappa = kappa - 2 * unit_roundoff(F64) * (lam_x.detach().abs() @ a_x).squeeze(-1)
+        return self.finish(concretize_lower(lam_x, kappa, x_lo, x_hi), graph, bounds), lam_x
 
 
 def _project_simplex(v: Tensor) -> Tensor:
@@ -103,19 +130,25 @@ def combined_margins(spec: RowSpec, lb: Tensor, lam_x: Tensor, x_lo: Tensor, x_h
                      iterations: int = 25) -> Tensor:
     """Disjunct margins ``[N, D]`` at least ``group_max(lb)``, from convex combinations of each disjunct's rows.
 
-    Each row satisfies ``r_j(x) >= Lambda_j x + c_j`` on the box; for ``mu`` in the simplex,
-    ``min_box sum_j mu_j (Lambda_j x + c_j) > 0`` means no point of the box has every row ``<= 0`` (Farkas-style
-    certificate, as LP duality would combine them). ``mu`` by projected supergradient ascent, best value kept."""
+    Each row satisfies ``r_j(x) >= Lambda_j x + c_j`` on the box with ``c_j = lb_j - min_box Lambda_j x`` (rounded
+    down); for ``mu >= 0``, ``min_box sum_j mu_j (Lambda_j x + c_j) > 0`` means no point of the box has every row
+    ``<= 0`` (Farkas-style certificate, as LP duality would combine them). ``mu`` by projected supergradient
+    ascent on the simplex, best value kept. All in float64 with the rounding of each sum paid."""
     margins = spec.group_max(lb)
     lo = x_lo.reshape(x_lo.shape[0], -1).double()
     hi = x_hi.reshape(x_hi.shape[0], -1).double()
+    a_x = torch.maximum(lo.abs(), hi.abs())
+    n = lo.shape[1]
     for d in range(spec.n_groups):
         rows = (spec.group == d).nonzero().flatten()
         if rows.numel() < 2:
             continue
+        g = gamma(n + rows.numel() + 2, F64)
         lam = lam_x[:, rows].double()  # [N, k, n]
         lo_, hi_ = lo.unsqueeze(1), hi.unsqueeze(1)
-        c = lb[:, rows].double() - torch.minimum(lam * lo_, lam * hi_).sum(-1)  # [N, k]
+        mins = torch.minimum(lam * lo_, lam * hi_)
+        mass = lam.abs() @ a_x.unsqueeze(-1)  # [N, k, 1]
+        c = down(lb[:, rows].double() - mins.sum(-1) - g * mass.squeeze(-1))  # [N, k], below the true constants
         mu = torch.nn.functional.one_hot(lb[:, rows].argmax(1), rows.numel()).double()
         best = torch.full((lb.shape[0],), -torch.inf, dtype=torch.float64)
         step = 0.5
@@ -124,9 +157,9 @@ def combined_margins(spec: RowSpec, lb: Tensor, lam_x: Tensor, x_lo: Tensor, x_h
             corner = torch.where(a > 0, lo, hi)
             terms = a * corner
             value = terms.sum(1) + (mu * c).sum(1)
-            # Float error of the sum: keep a margin proportional to the magnitudes involved.
-            slack = 1e-6 * (terms.abs().sum(1) + (mu * c).abs().sum(1) + 1)
-            best = torch.maximum(best, value - slack)
+            # rounding of the combination a (against |x| <= a_x), of the sums, and of mu * c
+            slack = g * ((mu * mass.squeeze(-1)).sum(1) + terms.abs().sum(1) + (mu * c).abs().sum(1))
+            best = torch.maximum(best, down(value - slack))
             grad = (lam * corner.unsqueeze(1)).sum(-1) + c  # supergradient in mu
             grad = grad / grad.norm(dim=1, keepdim=True).clamp(min=1e-12)
             mu = _project_simplex(mu + step * grad)

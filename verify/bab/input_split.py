@@ -20,10 +20,11 @@ from torch import Tensor
 
 from verify.bab.common import BabResult, CexCheck, Deadline
 from verify.bab.exact_leaf import ExactLeaves, unstable_relus
-from verify.bounds.crown import intermediate_bounds
+from verify.bounds.crown import concretize_lower, intermediate_bounds
 from verify.bounds.forward import forward_bounds
 from verify.graph import Graph
 from verify.mip import mip_supported
+from verify.rounding import cast_down, cast_up
 from verify.spec import RowSpec, combined_margins, minimizers
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,15 @@ def _split(lo: Tensor, hi: Tensor, lam_row: Tensor, root_width: Tensor, balance:
 
 
 def _dense_functions(graph: Graph, functions: dict, n_boxes: int) -> Functions:
+    """Stack the stored linear bounds per node: ``A`` in the model's precision, ``c`` float64 (rounding paid)."""
     out: Functions = {}
     n = graph.input_numel
     for name, chunks in functions.items():
         numel = int(torch.Size(graph.shape_of(name)).numel())
-        dtype = chunks[0][1].dtype
+        dtype, kdtype = chunks[0][1].dtype, chunks[0][2].dtype
         A_lo, A_up = torch.zeros(n_boxes, numel, n, dtype=dtype), torch.zeros(n_boxes, numel, n, dtype=dtype)
-        c_lo = torch.full((n_boxes, numel), float("-inf"), dtype=dtype)
-        c_up = torch.full((n_boxes, numel), float("inf"), dtype=dtype)
+        c_lo = torch.full((n_boxes, numel), float("-inf"), dtype=kdtype)
+        c_up = torch.full((n_boxes, numel), float("inf"), dtype=kdtype)
         for rows, lam_x, kappa in chunks:
             r = rows.numel()
             A_lo[:, rows], c_lo[:, rows] = lam_x[:, :r], kappa[:, :r]
@@ -74,11 +76,11 @@ def _dense_functions(graph: Graph, functions: dict, n_boxes: int) -> Functions:
 
 
 def _concretize_functions(graph: Graph, funcs: Functions, lo: Tensor, hi: Tensor) -> dict:
+    """Ancestor linear bounds over the boxes ``[N, n]``, rigorous (``concretize_lower``), in the model's precision."""
     out = {}
-    l, h = lo.unsqueeze(1), hi.unsqueeze(1)
     for name, (A_lo, c_lo, A_up, c_up) in funcs.items():
-        low = (torch.where(A_lo > 0, l, h) * A_lo).sum(-1) + c_lo
-        up = (torch.where(A_up > 0, h, l) * A_up).sum(-1) + c_up
+        low = cast_down(concretize_lower(A_lo, c_lo, lo, hi), lo.dtype)
+        up = cast_up(-concretize_lower(-A_up, -c_up, lo, hi), lo.dtype)
         shape = (lo.shape[0], *graph.shape_of(name))
         out[name] = (low.reshape(shape), up.reshape(shape))
     return out

@@ -285,8 +285,8 @@ def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Dead
         step_seconds = time.perf_counter() - step_start
         if log.isEnabledFor(logging.DEBUG) and time.perf_counter() > next_log:
             next_log = time.perf_counter() + 2.0
-            log.debug("visited %d, open %d, worst margin %.4f, batch %.3f s", visited,
-                      sum(len(c) for _, _, c in heap), heap[0][0] if heap else 0.0, step_seconds)
+            log.debug("visited %d, open %d, worst margin %.4f, batch %.3f s, %.1f s left", visited,
+                      sum(len(c) for _, _, c in heap), heap[0][0] if heap else 0.0, step_seconds, deadline.left())
         if visited > max_domains:
             return BabResult("timeout", domains=visited, stats={"reason": "domain limit"})
         if pool_bytes > MAX_POOL_BYTES:

@@ -12,7 +12,7 @@ import time
 import torch
 from torch import Tensor
 
-from verify.bounds.crown import AlphaStore, intermediate_bounds, lower_bound
+from verify.bounds.crown import AlphaStore, RoundingCache, intermediate_bounds, lower_bound
 from verify.graph import Graph
 
 
@@ -29,7 +29,8 @@ def final_alphas(graph: Graph, bounds, b: int, s: int) -> dict[str, Tensor]:
 def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, iterations: int = 20,
                       lr: float = 0.5, decay: float = 0.98, optimize_intermediate: bool = False,
                       bounds=None, time_limit: float | None = None, return_bounds: bool = False):
-    """Best lower bound of ``<lam, f(x)>`` (``lam [B, S, *out_shape]``) over the box: ``[B, S]``.
+    """Best lower bound of ``<lam, f(x)>`` (``lam [B, S, *out_shape]``) over the box: float64 ``[B, S]``,
+    rigorous in real arithmetic (``verify.bounds.crown``).
 
     ``time_limit`` (seconds) stops the optimisation early; the best bound so far is still sound.
     ``return_bounds``: also return the intermediate bounds used last (with ``optimize_intermediate``
@@ -38,7 +39,8 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
     with torch.no_grad():
         if bounds is None:
             bounds = intermediate_bounds(graph, x_lo, x_hi, "crown")
-        best = lower_bound(graph, graph.output, lam, bounds)
+        cache = RoundingCache()  # rounding allowances, valid while the intermediate bounds stay the same
+        best = lower_bound(graph, graph.output, lam, bounds, cache=cache)
 
     def out(cur):
         return (best, {k: (v[0].detach(), v[1].detach()) for k, v in cur.items()}) if return_bounds else best
@@ -61,7 +63,9 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
         with torch.enable_grad():
             if store is not None and it > 0:
                 cur_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", alpha_store=store, reference=bounds)
-            lb = lower_bound(graph, graph.output, lam, cur_bounds, alphas)
+            if store is not None:
+                cache = RoundingCache()
+            lb = lower_bound(graph, graph.output, lam, cur_bounds, alphas, cache=cache)
         best = torch.maximum(best, lb.detach())
         if it == iterations or (t_end is not None and time.perf_counter() > t_end):
             break

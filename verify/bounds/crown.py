@@ -5,6 +5,14 @@ push it to the inputs in reverse topological order; each op adds its constant to
 result ``Lambda_x x + kappa`` is concretised over the box: ``Lambda_x m - |Lambda_x| r + kappa``.
 Intermediate pre-activation bounds come from the same pass started at each bounded node (rows only
 for neurons IBP does not show stable), intersected with interval bounds.
+
+Rounding (``verify.rounding``): ``Lambda`` is propagated in the graph's precision and is exact for nothing;
+what makes the bound rigorous is the constant. Each node ``N`` reached with ``Lambda_N`` costs
+``<|Lambda_N|, e_N>`` (its rounding allowance). Rather than forming ``|Lambda_N|`` at every node, the allowances
+are carried forward through the ops' absolute maps (``Op.abs_forward``: ``|Lambda_in| <= |op|^T |Lambda|``) into
+an accumulated radius ``E_start``, and the pass pays ``<|lam|, E_start>`` once. ``kappa`` is accumulated in
+float64 with the error of that sum; concretisation is done in float64 and rounded down. So the returned bound
+holds for the exact real-arithmetic network and for any floating-point evaluation of it in the graph's precision.
 """
 
 from __future__ import annotations
@@ -14,58 +22,151 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from verify.bounds.ibp import sound_interval
 from verify.graph import Graph
 from verify.ops.activation import Relu
 from verify.ops.base import Bounds
+from verify.rounding import F64, cast_down, cast_up, dot_error, down, gamma, magnitude, unit_roundoff
 
 MAX_ROWS = 2048  # spec rows per backward pass when bounding an intermediate node (memory cap)
 
 
+class RoundingCache:
+    """Rounding allowances of nodes (and bounds derived for nodes the bounds dict lacks) for passes over the
+    same bounds; valid while the bounds of the nodes' inputs do not change."""
+
+    def __init__(self) -> None:
+        self.radii: dict[str, Tensor | None] = {}
+        self.accumulated: dict[str, Tensor | None] = {}
+        self.derived: dict[str, Bounds] = {}
+        self.fan_out: set[str] | None = None
+
+
+def node_bounds(graph: Graph, bounds: Mapping[str, Bounds], name: str, cache: dict[str, Bounds]) -> Bounds:
+    """Bounds of ``name`` from ``bounds``, or by interval rules from its inputs where ``bounds`` lacks it
+    (branch and bound keeps only the inputs of relaxed ops)."""
+    if name in bounds:
+        return bounds[name]
+    if name not in cache:
+        n = graph.node(name)
+        cache[name] = sound_interval(n.op, [node_bounds(graph, bounds, i, cache) for i in n.inputs])
+    return cache[name]
+
+
+def error_radius(graph: Graph, name: str, bounds: Mapping[str, Bounds], cache: RoundingCache) -> Tensor | None:
+    """Rounding allowance of node ``name`` (``Op.error_radius`` on its inputs' magnitudes)."""
+    if name not in cache.radii:
+        n = graph.node(name)
+        with torch.no_grad():
+            mags = [magnitude(*node_bounds(graph, bounds, i, cache.derived)) for i in n.inputs]
+            cache.radii[name] = n.op.error_radius(mags)
+    return cache.radii[name]
+
+
+def _magnitude_of(graph: Graph, bounds: Mapping[str, Bounds], name: str, cache: RoundingCache) -> Tensor:
+    with torch.no_grad():
+        return magnitude(*node_bounds(graph, bounds, name, cache.derived))
+
+
+def accumulated_error(graph: Graph, name: str, bounds: Mapping[str, Bounds], cache: RoundingCache) -> Tensor | None:
+    """``E_N = e_N + |op_N|(E_inputs)`` (module docstring): ``<|Lambda_N|, E_N>`` bounds the rounding allowances
+    of ``N`` and every node upstream of it in a backward pass that reaches ``N`` with ``Lambda_N``. A node with
+    several consumers also pays for the rounded sum of their contributions (``2 u a``)."""
+    if cache.fan_out is None:
+        cache.fan_out = {k for k, v in graph.consumers().items() if len(v) > 1}
+    with torch.no_grad():
+        for n in graph.ancestors(name):
+            if n.name in cache.accumulated:
+                continue
+            e = error_radius(graph, n.name, bounds, cache)
+            ups = [cache.accumulated.get(i) for i in n.inputs]
+            if any(t is not None for t in ups):
+                ts = [t if t is not None else torch.zeros(1, *graph.shape_of(i), dtype=_dtype(graph, bounds))
+                      for t, i in zip(ups, n.inputs, strict=True)]
+                pushed = n.op.abs_forward(ts)
+                e = pushed if e is None else e + pushed
+            if n.name in cache.fan_out:
+                fan = 2 * unit_roundoff(_dtype(graph, bounds)) * _magnitude_of(graph, bounds, n.name, cache)
+                e = fan if e is None else e + fan
+            cache.accumulated[n.name] = e
+    return cache.accumulated.get(name)
+
+
+def _dtype(graph: Graph, bounds: Mapping[str, Bounds]) -> torch.dtype:
+    return bounds[graph.input_name][0].dtype
+
+
 def backward_pass(graph: Graph, start: str, lam: Tensor, bounds: Mapping[str, Bounds],
                   alphas: Mapping[str, Tensor] | None = None, betas: Mapping[str, Tensor] | None = None,
-                  record: dict[str, Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
-    """Back-substitute ``<lam, v_start>`` to the input: returns ``(Lambda_x, kappa)``.
+                  record: dict[str, Tensor] | None = None, cache: RoundingCache | None = None
+                  ) -> tuple[Tensor | None, Tensor]:
+    """Back-substitute ``<lam, v_start>`` to the input: returns ``(Lambda_x, kappa)`` with ``kappa`` a float64
+    constant that already pays for every rounding (module docstring): ``<lam, v_start> >= <Lambda_x, x> + kappa``
+    on the box, in real arithmetic, for the ``Lambda_x`` as computed.
 
     ``betas[name]`` (``[B, S, *shape]``, already multiplied by the split signs ``s``) adds the
     beta-CROWN term ``sum_i beta_i s_i z_i`` at node ``name`` (Wang et al., NeurIPS 2021): valid for
     ``beta >= 0`` on sub-domains where ``s_i z_i <= 0``. ``record`` receives the Lambda of its keys.
+    ``cache``: rounding allowances to share between passes over the same bounds.
     """
     alphas = alphas or {}
+    cache = RoundingCache() if cache is None else cache
+    u = unit_roundoff(lam.dtype)
     lams: dict[str, Tensor] = {start: lam}
-    kappa = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
+    kappa = torch.zeros(lam.shape[:2], dtype=F64, device=lam.device)
+    kappa_abs = torch.zeros_like(kappa)
+    acc = accumulated_error(graph, start, bounds, cache)
+    err = torch.zeros_like(kappa) if acc is None else dot_error(lam, acc)
+    n_terms = 0
     for n in reversed(graph.ancestors(start)):
         lam_n = lams.pop(n.name, None)
         if lam_n is None:
             continue
         if betas is not None and n.name in betas:
-            lam_n = lam_n + betas[n.name]
+            # |lam + beta| <= |lam| + |beta|: the beta part pays for this node and everything upstream of it,
+            # and the rounded sum for itself
+            beta = betas[n.name]
+            lam_n = lam_n + beta
+            acc_n = accumulated_error(graph, n.name, bounds, cache)
+            if acc_n is not None:
+                err = err + dot_error(beta, acc_n)
+            err = err + dot_error(lam_n, 2 * u * _magnitude_of(graph, bounds, n.name, cache))
         if record is not None and n.name in record:
             record[n.name] = lam_n
         in_b = [bounds[i] for i in n.inputs] if n.op.needs_input_bounds else [None] * len(n.inputs)
         lam_ins, k = n.op.backward(lam_n, in_b, alphas.get(n.name))
         if k is not None:
             kappa = kappa + k
+            kappa_abs = kappa_abs + k.detach().abs()
+            n_terms += 1
         for i, li in zip(n.inputs, lam_ins, strict=True):
             if li is not None:
                 lams[i] = lams[i] + li if i in lams else li
-    return lams.get(graph.input_name), kappa
+    # The float64 sum of the kappa terms and of the allowances themselves round too.
+    slack = err * (1 + 1e-6) + gamma(n_terms + 1, F64) * (kappa_abs + err)
+    return lams.get(graph.input_name), kappa - slack
 
 
 def concretize_lower(lam_x: Tensor | None, kappa: Tensor, x_lo: Tensor, x_hi: Tensor) -> Tensor:
-    """``min over the box of <Lambda_x, x> + kappa`` = ``<Lambda_x, m> - <|Lambda_x|, r> + kappa``."""
+    """``min over the box of <Lambda_x, x> + kappa`` = ``<Lambda_x+, l> + <Lambda_x-, u> + kappa``, in float64,
+    minus the error of that sum, rounded down: a float64 ``[B, S]`` lower bound in real arithmetic."""
     if lam_x is None:
-        return kappa
+        return down(kappa.to(F64))
     b, s = lam_x.shape[:2]
-    lam_flat = lam_x.reshape(b, s, -1)
-    mid = ((x_hi + x_lo) / 2).reshape(b, -1, 1)
-    rad = ((x_hi - x_lo) / 2).reshape(b, -1, 1)
-    return (lam_flat @ mid).squeeze(-1) - (lam_flat.abs() @ rad).squeeze(-1) + kappa
+    lam = lam_x.reshape(b, s, -1).to(F64)
+    lo = x_lo.reshape(b, -1, 1).to(F64)
+    hi = x_hi.reshape(b, -1, 1).to(F64)
+    val = (lam.clamp(min=0) @ lo + lam.clamp(max=0) @ hi).squeeze(-1) + kappa
+    mass = (lam.detach().abs() @ torch.maximum(lo.abs(), hi.abs())).squeeze(-1)
+    slack = gamma(lam.shape[-1] + 2, F64) * (mass + kappa.detach().abs())
+    return down(val - slack)
 
 
 def lower_bound(graph: Graph, start: str, lam: Tensor, bounds: Mapping[str, Bounds],
                 alphas: Mapping[str, Tensor] | None = None, betas: Mapping[str, Tensor] | None = None,
-                record: dict[str, Tensor] | None = None) -> Tensor:
-    lam_x, kappa = backward_pass(graph, start, lam, bounds, alphas, betas, record)
+                record: dict[str, Tensor] | None = None, cache: RoundingCache | None = None) -> Tensor:
+    """Rigorous float64 lower bound ``[B, S]`` of ``<lam, v_start>`` over the box."""
+    lam_x, kappa = backward_pass(graph, start, lam, bounds, alphas, betas, record, cache)
     x_lo, x_hi = bounds[graph.input_name]
     return concretize_lower(lam_x, kappa, x_lo, x_hi)
 
@@ -96,12 +197,14 @@ def refine_rows(lo: Tensor, hi: Tensor, relu_only: bool) -> Tensor:
 
 
 def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bounds],
-               alphas: Mapping[str, Tensor] | None = None, functions: dict | None = None
-               ) -> tuple[Tensor, Tensor]:
-    """CROWN lower and upper bounds of the given flat neurons of ``name``: two ``[B, R]`` tensors.
+               alphas: Mapping[str, Tensor] | None = None, functions: dict | None = None,
+               cache: RoundingCache | None = None) -> tuple[Tensor, Tensor]:
+    """CROWN lower and upper bounds of the given flat neurons of ``name``: two ``[B, R]`` tensors in the
+    model's precision, rounded outward.
 
     With ``functions``, also stores the linear bounds ``(Lambda_x [B, 2R, n], kappa [B, 2R])`` (lower
-    rows, then negated upper rows) under ``name``: they stay valid on any sub-box."""
+    rows, then negated upper rows; ``kappa`` float64 with its rounding paid) under ``name``: they stay valid
+    on any sub-box."""
     x_lo = bounds[graph.input_name][0]
     b, shape = x_lo.shape[0], graph.shape_of(name)
     numel = int(torch.Size(shape).numel())
@@ -109,12 +212,12 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
     eye = torch.zeros(r, numel, dtype=x_lo.dtype, device=x_lo.device)
     eye[torch.arange(r), rows] = 1.0
     lam = torch.cat([eye, -eye]).expand(b, 2 * r, numel).reshape(b, 2 * r, *shape)
-    lam_x, kappa = backward_pass(graph, name, lam, bounds, alphas)
+    lam_x, kappa = backward_pass(graph, name, lam, bounds, alphas, cache=cache)
     x_lo, x_hi = bounds[graph.input_name]
     res = concretize_lower(lam_x, kappa, x_lo, x_hi)
     if functions is not None:
         functions.setdefault(name, []).append((rows, lam_x.reshape(b, 2 * r, -1), kappa))
-    return res[:, :r], -res[:, r:]
+    return cast_down(res[:, :r], x_lo.dtype), cast_up(-res[:, r:], x_lo.dtype)
 
 
 def intersect_rows(lo: Tensor, hi: Tensor, rows: Tensor, new_lo: Tensor, new_hi: Tensor) -> Bounds:
@@ -149,8 +252,9 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
     refine = set(graph.bounded_nodes()) if method == "crown" else set()
     refine &= _behind_relaxation(graph)  # an affine function of the input: intervals are already exact
     relu_only = _relu_only_consumers(graph)
+    cache = RoundingCache()  # each node's bounds are final once set, so allowances stay valid throughout
     for n in graph.nodes:
-        lo, hi = n.op.interval(*[bounds[i] for i in n.inputs])
+        lo, hi = sound_interval(n.op, [bounds[i] for i in n.inputs])
         if reference is not None and n.name in reference:
             rlo, rhi = reference[n.name]
             lo, hi = torch.maximum(lo, rlo), torch.minimum(hi, rhi)
@@ -165,7 +269,7 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
             for start in range(0, rows.numel(), MAX_ROWS):
                 chunk = rows[start:start + MAX_ROWS]
                 alphas = alpha_store.for_start(n.name, chunk, start, bounds) if alpha_store else None
-                new_lo, new_hi = bound_rows(graph, n.name, chunk, bounds, alphas, functions)
+                new_lo, new_hi = bound_rows(graph, n.name, chunk, bounds, alphas, functions, cache)
                 lo, hi = intersect_rows(lo, hi, chunk, new_lo, new_hi)
         if splits is not None and n.name in splits:
             lo, hi = apply_splits(lo, hi, splits[n.name])

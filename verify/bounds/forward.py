@@ -4,6 +4,11 @@ Each node carries linear lower/upper functions of the input, ``A_l x + c_l <= v(
 with ``A [B, n, *shape]``. Cost is linear in depth and in the input dimension ``n``, so for
 low-dimensional inputs (ACAS Xu, n = 5) it gives every intermediate bound in one sweep, where
 backward CROWN needs a pass per layer over all neurons.
+
+Rounding (``verify.rounding``): the linear functions of a node bound values of magnitude at most
+``M = max(|A_l| a_x + |c_l|, |A_u| a_x + |c_u|)``; the op's rounding allowance at ``M`` covers both a perturbed
+float evaluation of the op and the rounding of the step that builds the node's functions, so it is subtracted
+from ``c_l`` and added to ``c_u``; concretisation pays ``gamma_{n+1} (|A| a_x + |c|)`` and rounds outward.
 """
 
 from __future__ import annotations
@@ -11,13 +16,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from verify.bounds.ibp import sound_interval
 from verify.graph import Graph
 from verify.ops.activation import Activation
 from verify.ops.affine import AddVars, Scale
 from verify.ops.base import Bounds, LinearOp
 from verify.ops.linear import Conv2d, Dense
+from verify.ops.pooling import MaxPool2d
+from verify.rounding import down, gamma, up
 
 Linear = tuple[Tensor, Tensor]  # (A [B, n, *shape], c [B, *shape])
+
+
+def _mass(A: Tensor, c: Tensor, a_x: Tensor) -> Tensor:
+    """``|A| a_x + |c|``: the largest magnitude of the linear function ``A x + c`` on the box."""
+    b, n = A.shape[:2]
+    return (A.abs().reshape(b, n, -1) * a_x.reshape(b, n, 1)).sum(1).reshape(c.shape) + c.abs()
 
 
 def _concretize(A: Tensor, c: Tensor, x_lo: Tensor, x_hi: Tensor, upper: bool) -> Tensor:
@@ -25,8 +39,9 @@ def _concretize(A: Tensor, c: Tensor, x_lo: Tensor, x_hi: Tensor, upper: bool) -
     A2 = A.reshape(b, n, -1)
     lo, hi = x_lo.reshape(b, n, 1), x_hi.reshape(b, n, 1)
     pick_hi = A2 > 0 if upper else A2 < 0
-    val = (A2 * torch.where(pick_hi, hi, lo)).sum(1)
-    return val.reshape(c.shape) + c
+    val = (A2 * torch.where(pick_hi, hi, lo)).sum(1).reshape(c.shape) + c
+    slack = gamma(n + 1, c.dtype) * _mass(A, c, torch.maximum(x_lo.abs(), x_hi.abs()))
+    return up(val + slack) if upper else down(val - slack)
 
 
 def _signed_linear(op: LinearOp, lo_fn: Linear, up_fn: Linear) -> tuple[Linear, Linear]:
@@ -81,12 +96,13 @@ def forward_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor,
     n = graph.input_numel
     eye = torch.eye(n, dtype=x_lo.dtype).expand(b, n, n).reshape(b, n, *graph.input_shape)
     zero = torch.zeros_like(x_lo)
+    a_x = torch.maximum(x_lo.abs(), x_hi.abs())
     fns: dict[str, tuple[Linear, Linear]] = {graph.input_name: ((eye, zero), (eye, zero))}
     bounds: dict[str, Bounds] = {graph.input_name: (x_lo, x_hi)}
     for node in graph.nodes:
         op = node.op
         in_b = [bounds[i] for i in node.inputs]
-        ilo, ihi = op.interval(*in_b)
+        ilo, ihi = sound_interval(op, in_b)
         if isinstance(op, Dense | Conv2d | Scale):
             lo_fn, up_fn = _signed_linear(op, *fns[node.inputs[0]])
         elif isinstance(op, AddVars):
@@ -109,6 +125,12 @@ def forward_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor,
         else:  # no linear rule (MaxPool): constant functions from the interval
             z = torch.zeros(b, n, *node.shape, dtype=x_lo.dtype)
             lo_fn, up_fn = (z, ilo), (z, ihi)
+        if not (isinstance(op, LinearOp) and op.monotone and op.interval_exact) and not isinstance(op, MaxPool2d):
+            # magnitudes the input functions can take, then the op's allowance at them (module docstring)
+            mags = [torch.maximum(_mass(*fns[i][0], a_x), _mass(*fns[i][1], a_x)) for i in node.inputs]
+            err = op.error_radius(mags)
+            if err is not None:
+                lo_fn, up_fn = (lo_fn[0], down(lo_fn[1] - err)), (up_fn[0], up(up_fn[1] + err))
         flo = _concretize(*lo_fn, x_lo, x_hi, upper=False)
         fhi = _concretize(*up_fn, x_lo, x_hi, upper=True)
         lo, hi = torch.maximum(ilo, flo), torch.minimum(ihi, fhi)

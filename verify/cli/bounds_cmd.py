@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -10,36 +11,57 @@ import numpy as np
 import torch
 
 from verify.api import METHODS, bound
-from verify.cli.common import CliError, load_array, print_json, region_from_args
+from verify.cli.common import (
+    INT_MAX,
+    CliError,
+    HelpFormatter,
+    add_verbosity,
+    check_dtype_range,
+    check_finite,
+    finite_float,
+    load_array,
+    nonneg_float,
+    number,
+    positive_float,
+    print_json,
+    region_from_args,
+)
 from verify.frontends.onnx_frontend import load_onnx
+
+log = logging.getLogger("verify.cli.bounds")
 
 DESCRIPTION = """Compute certified lower/upper bounds of every network output (or of C*f(x)) over an
 input box: either x0 +- eps (--center/--eps, clipped to --clip), an explicit box (--box LO HI),
 or the input box of a VNNLIB property (second positional argument; a union of boxes is covered
-by the union of their bounds). Every x in the box satisfies lower <= f(x) <= upper."""
+by the union of their bounds). Every x in the box satisfies lower <= f(x) <= upper.
+
+Exit status: 0 with the bounds on stdout; 2 with one line on stderr for an error (bad file or option,
+unsupported operator, or bounds that come out NaN or infinite, which are never printed as a result)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bounds", help="bound network outputs over an input box (IBP, CROWN, alpha-CROWN)",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("model", help="ONNX model file")
     p.add_argument("spec", nargs="?", help="VNNLIB file whose input box to use (instead of --center/--box)")
     p.add_argument("--center", metavar="X.npy", help="centre point x0 (.npy, or text with one value per line)")
-    p.add_argument("--eps", type=float, help="l_inf radius around --center")
-    p.add_argument("--clip", nargs=2, type=float, metavar=("MIN", "MAX"),
+    p.add_argument("--eps", type=nonneg_float, help="l_inf radius around --center (finite, >= 0)")
+    p.add_argument("--clip", nargs=2, type=finite_float, metavar=("MIN", "MAX"),
                    help="clip the eps-box to [MIN, MAX] (e.g. the data range 0 1)")
     p.add_argument("--box", nargs=2, metavar=("LO.npy", "HI.npy"), help="explicit input box")
     p.add_argument("--method", choices=METHODS, default="crown",
                    help="ibp: interval propagation (fast, loose); crown: backward linear relaxation "
                         "(default); alpha-crown: CROWN with optimised ReLU/sigmoid slopes (tightest)")
     p.add_argument("--C", metavar="C.npy", help="spec matrix [S, n_outputs]: bound C*f(x) instead of f(x)")
-    p.add_argument("--iterations", type=int, default=20, help="alpha-CROWN optimisation steps (default 20)")
-    p.add_argument("--lr", type=float, default=0.5, help="alpha-CROWN Adam learning rate (default 0.5)")
+    p.add_argument("--iterations", type=number(int, 0, INT_MAX), default=20,
+                   help="alpha-CROWN optimisation steps, >= 0 (default 20)")
+    p.add_argument("--lr", type=positive_float, default=0.5, help="alpha-CROWN Adam learning rate, > 0 (default 0.5)")
     p.add_argument("--optimize-intermediate", action="store_true",
                    help="alpha-CROWN: also optimise slopes of intermediate-layer bounds (tighter, slower)")
     p.add_argument("--float64", action="store_true", help="compute in double precision")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: lower, upper (one entry per output, C-order), method, seconds")
+    add_verbosity(p)
     p.set_defaults(func=run)
 
 
@@ -56,14 +78,28 @@ def _boxes(args, graph) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(lo, hi)]
 
 
+def _spec_matrix(path: str | None, n_outputs: int) -> np.ndarray | None:
+    """``--C``: a finite matrix ``[S, n_outputs]`` (a single row may be given as a vector)."""
+    if path is None:
+        return None
+    C = load_array(path, "spec matrix")
+    if C.ndim == 1:
+        C = C.reshape(1, -1)
+    if C.ndim != 2 or C.shape[1] != n_outputs:
+        raise CliError(f"{path}: spec matrix is {tuple(C.shape)}, expected [S, {n_outputs}] (one column per output)")
+    return C
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     dtype = torch.float64 if args.float64 else torch.float32
     graph = load_onnx(args.model, dtype=dtype)
     boxes = _boxes(args, graph)
-    C = None if args.C is None else load_array(args.C, "spec matrix")
+    C = _spec_matrix(args.C, graph.output_numel)
     lower = upper = None
-    for lo, hi in boxes:
+    for i, (lo, hi) in enumerate(boxes):
+        check_dtype_range(lo, hi, "float64" if args.float64 else "float32")
+        log.info("%s on input box %d of %d", args.method, i + 1, len(boxes))
         lo_t = torch.tensor(lo, dtype=dtype).reshape(1, -1)
         hi_t = torch.tensor(hi, dtype=dtype).reshape(1, -1)
         with torch.no_grad() if args.method != "alpha-crown" else torch.enable_grad():
@@ -72,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         lb, ub = lb[0].detach().double().numpy(), ub[0].detach().double().numpy()
         lower = lb if lower is None else np.minimum(lower, lb)
         upper = ub if upper is None else np.maximum(upper, ub)
+    check_finite("lower bound", lower)
+    check_finite("upper bound", upper)
     seconds = time.perf_counter() - t0
     if args.json:
         print_json({"lower": lower.tolist(), "upper": upper.tolist(), "method": args.method,
@@ -79,8 +117,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
-    table = Table(title=f"{args.method} bounds of {Path(args.model).name}",
-                  caption=f"{len(boxes)} input box(es), {seconds:.3f} s")
+    caption = f"{len(boxes)} input box(es), {seconds:.3f} s"
+    table = Table(title=f"{args.method} bounds of {Path(args.model).name}", caption=caption,
+                  min_width=len(caption) + 2)
     table.add_column("output" if C is None else "spec row", justify="right")
     table.add_column("lower", justify="right")
     table.add_column("upper", justify="right")

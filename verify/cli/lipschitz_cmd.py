@@ -3,29 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 import numpy as np
 
-from verify.cli.common import CliError, print_json, region_from_args
+from verify.cli.common import (
+    CliError,
+    HelpFormatter,
+    add_verbosity,
+    check_finite,
+    finite_float,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    print_json,
+    region_from_args,
+)
+
+log = logging.getLogger("verify.cli.lipschitz")
+
+EXIT_STATUS = """Exit status, as for 'clarke verify': 0 when an answer is printed, whatever it says
+({answers});
+2 with one line on stderr for an error: a bad file or option, or a result that came out NaN
+or infinite (never printed as an answer)."""
 
 LIP_DESCRIPTION = """Certified upper bound on the local l_inf Lipschitz constant of an ONNX model over an input
 box, max_j sup_x ||grad f_j(x)||_1 (every Clarke Jacobian row), with a lower bound attained by a gradient
 in the box (sampling + PGD). Methods: naive (product of norms), ibp, crown (default), alpha-crown, bab
 (branch and bound, converges to the exact value), mip (exact LipMIP; dual bound on timeout), lipsdp
-(global l2 SDP bound times sqrt(d))."""
+(global l2 SDP bound times sqrt(d)).
+
+""" + EXIT_STATUS.format(answers="status converged or bounded")
 
 MONO_DESCRIPTION = """Certify the sign of d f_J / d x_I over an input box (f_J non-decreasing or non-increasing in
-x_I), or report a counterexample point whose gradient has the wrong sign."""
+x_I), or report a counterexample point whose gradient has the wrong sign.
+
+""" + EXIT_STATUS.format(answers="increasing, decreasing, not_monotone or unknown")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--center", metavar="X.npy", help="centre point x0 (.npy, or text with one value per line)")
-    p.add_argument("--eps", type=float, help="l_inf radius around --center")
-    p.add_argument("--clip", nargs=2, type=float, metavar=("MIN", "MAX"), help="clip the eps-box to [MIN, MAX]")
+    p.add_argument("--eps", type=nonneg_float, help="l_inf radius around --center (finite, >= 0)")
+    p.add_argument("--clip", nargs=2, type=finite_float, metavar=("MIN", "MAX"), help="clip the eps-box to [MIN, MAX]")
     p.add_argument("--box", nargs=2, metavar=("LO.npy", "HI.npy"), help="explicit input box")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds for bab / mip (default 10)")
+    p.add_argument("--timeout", type=positive_float, default=10.0, help="seconds for bab / mip, > 0 (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_verbosity(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,18 +57,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from verify.lipschitz.api import METHODS
 
     p = sub.add_parser("lipschitz", help="certified local Lipschitz constant over an input box",
-                       description=LIP_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=LIP_DESCRIPTION, formatter_class=HelpFormatter)
     _common(p)
-    p.add_argument("--output", type=int, action="append", metavar="J",
+    p.add_argument("--output", type=nonneg_int, action="append", metavar="J",
                    help="output index to bound (repeatable; default: all outputs)")
     p.add_argument("--method", choices=METHODS, default="crown", help="bounding method (default crown)")
-    p.add_argument("--no-attack", action="store_true", help="skip the sampled/PGD lower bound")
+    p.add_argument("--no-attack", action="store_true",
+                   help="skip the sampled/PGD lower bound (lower is then the trivial 0)")
     p.set_defaults(func=run_lipschitz)
     m = sub.add_parser("monotonicity", help="certify the sign of a partial derivative over an input box",
-                       description=MONO_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=MONO_DESCRIPTION, formatter_class=HelpFormatter)
     _common(m)
-    m.add_argument("--feature", type=int, required=True, metavar="I", help="input index (C-order flattened)")
-    m.add_argument("--output", type=int, default=0, metavar="J", help="output index (default 0)")
+    m.add_argument("--feature", type=nonneg_int, required=True, metavar="I", help="input index (C-order flattened)")
+    m.add_argument("--output", type=nonneg_int, default=0, metavar="J", help="output index (default 0)")
     m.add_argument("--direction", choices=("increasing", "decreasing"),
                    help="the sign to certify (default: whichever holds; else the sign at the centre)")
     m.set_defaults(func=run_monotonicity)
@@ -62,8 +87,15 @@ def run_lipschitz(args: argparse.Namespace) -> int:
 
     graph = load_onnx(args.model)
     lo, hi = _box(args, graph.input_numel)
+    log.info("%s bound over the box (timeout %g s)", args.method, args.timeout)
     res = lipschitz(graph, lo, hi, outputs=args.output, method=args.method, timeout=args.timeout,
                     attack=not args.no_attack)
+    if args.no_attack:  # no attained value: the trivial lower bound of a norm (-inf is not a number to print)
+        res.lower = max(res.lower, 0.0)
+        for p in res.per_output:
+            p["lower"] = max(p["lower"], 0.0)
+    check_finite("Lipschitz upper bound", [p["upper"] for p in res.per_output] + [res.upper])
+    check_finite("Lipschitz lower bound", [p["lower"] for p in res.per_output] + [res.lower])
     if args.json:
         out = res.to_json()
         out["seconds"] = round(out["seconds"], 6)
@@ -73,8 +105,8 @@ def run_lipschitz(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"local l_inf Lipschitz bound ({res.method})",
-                  caption=f"upper {res.upper:.6g}, lower {res.lower:.6g}, {res.status}, {res.seconds:.3f} s")
+    caption = f"upper {res.upper:.6g}, lower {res.lower:.6g}, {res.status}, {res.seconds:.3f} s"
+    table = Table(title=f"local l_inf Lipschitz bound ({res.method})", caption=caption, min_width=len(caption) + 2)
     table.add_column("output", justify="right")
     table.add_column("lower", justify="right")
     table.add_column("upper", justify="right")
@@ -90,8 +122,12 @@ def run_monotonicity(args: argparse.Namespace) -> int:
 
     graph = load_onnx(args.model)
     lo, hi = _box(args, graph.input_numel)
+    log.info("sign of d f_%d / d x_%d over the box (timeout %g s)", args.output, args.feature, args.timeout)
     res = monotonicity(graph, lo, hi, feature=args.feature, output=args.output, direction=args.direction,
                        timeout=args.timeout)
+    check_finite("derivative bound", [res.lower, res.upper])
+    if res.counterexample is not None:
+        check_finite("counterexample", [*res.counterexample, res.gradient])
     if args.json:
         print_json(res.to_json())
         return 0

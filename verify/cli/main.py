@@ -7,7 +7,7 @@ import sys
 
 import verify
 from verify.cli import bounds_cmd
-from verify.cli.common import fail
+from verify.cli.common import ClarkeParser, cli_logging, fail
 from verify.errors import ClarkeError
 
 EPILOG = """examples:
@@ -22,7 +22,7 @@ SUBCOMMAND_MODULES = {"verify": "verify.cli.verify_cmd", "pde": "physics.cli",
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with ``only``, just the module serving that subcommand is imported (fast start)."""
-    parser = argparse.ArgumentParser(
+    parser = ClarkeParser(
         prog="clarke", description="Clarke: neural-network verification, local Lipschitz constants, "
         "robust training and hard-constrained PDE layers on one bound-propagation engine.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,20 +46,34 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``clarke ARGV``; returns the exit status: 0 for an answer, 2 for an error (one stderr line)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already reported on one line
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    verbose = bool(getattr(args, "verbose", False))
     try:
-        return int(args.func(args) or 0)
+        with cli_logging(verbose, bool(getattr(args, "quiet", False))):
+            return int(args.func(args) or 0)
     except ClarkeError as e:
         return fail(str(e))
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        return fail(f"{e.filename}: {e.strerror}")
+    except OSError as e:
+        return fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
+    except ValueError as e:  # the Python API's check of an argument (e.g. a non-finite number)
+        return fail(str(e))
     except KeyboardInterrupt:
         return fail("interrupted", 130)
+    except Exception as e:  # an engine bug still gets one line (with -v, the traceback before it)
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        return fail(f"internal error: {type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":

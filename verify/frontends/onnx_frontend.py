@@ -3,6 +3,11 @@
 The real input is the one graph input without an initializer (ACAS Xu lists every weight as an
 input). Subgraphs that only involve constants (shape arithmetic, Constant nodes) are folded with
 numpy; everything touching the input becomes an IR node. Unknown ops raise ``UnsupportedOperator``.
+
+A model is loaded in its own precision (float64 when its input or any float weight is double, else float32;
+float16 models are refused). Constants the frontend computes (``1 / c``, folded BatchNorm, folded constant
+arithmetic) are computed in float64 and carry an error bound (``verify.frontends.constants``) that the ops'
+rounding allowances include, so the IR bounds the network as stored, not a rounded copy of it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from onnx import numpy_helper
 
 from verify.errors import ModelError, ShapeError, UnsupportedOperator
+from verify.frontends import constants as K
 from verify.graph import Graph, GraphBuilder
 from verify.ops import (
     AddVars,
@@ -42,9 +48,27 @@ class _Ctx:
     def __init__(self, builder: GraphBuilder, opset: int, dtype: torch.dtype):
         self.b, self.opset, self.dtype = builder, opset, dtype
         self.values: dict[str, Value] = {}
+        self.errs = K.Errors()
 
     def t(self, a: np.ndarray) -> torch.Tensor:
         return torch.tensor(np.array(a, dtype=np.float64), dtype=self.dtype)
+
+    def err(self, a: np.ndarray | None) -> np.ndarray | None:
+        """Error bound of a folded constant (``None``: exact as stored)."""
+        return self.errs.get(a)
+
+    def param(self, a: np.ndarray, err: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A constant in the model's precision and the bound on its distance to the exact value (its own
+        error ``err`` plus the rounding of the cast), or ``None`` when it is exact."""
+        t = self.t(a)
+        e = K.cast_error(a, t.double().numpy())
+        if err is not None:
+            e = e + np.broadcast_to(err, e.shape)
+        if not np.any(e > 0):
+            return t, None
+        # the error bound is rounded up to the model's precision
+        et = torch.tensor(e, dtype=torch.float64)
+        return t, torch.nextafter(et.to(self.dtype), torch.tensor(float("inf"), dtype=self.dtype))
 
     def shape(self, v: Value) -> tuple[int, ...]:
         return tuple(v.shape) if isinstance(v, np.ndarray) else self.b.shapes[v]
@@ -94,19 +118,21 @@ def _elementwise(ctx: _Ctx, node, x: Value, y: Value, kind: str) -> Value:
         return ctx.b.add(name, AddVars([1.0, 1.0 if kind == "Add" else -1.0]), [x, y])
     var, const = (x, y) if xv else (y, x)
     var = _broadcast_var(ctx, node, var, const)
-    c = ctx.t(const)
+    c, ce = ctx.param(const, ctx.err(const))
     if kind == "Add":
-        op = Scale(None, c)
+        op = Scale(None, c, bias_err=ce)
     elif kind == "Sub":
-        op = Scale(None, -c) if xv else Scale(-torch.ones_like(c), c)
+        op = Scale(None, -c, bias_err=ce) if xv else Scale(-torch.ones_like(c), c, bias_err=ce)
     elif kind == "Mul":
-        op = Scale(c, None)
+        op = Scale(c, None, weight_err=ce)
     else:  # Div
         if not xv:
             raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "division by a variable")
         if np.any(const == 0):
             raise ModelError(f"node '{node.name}': division by zero constant")
-        op = Scale(ctx.t(1.0 / const), None)
+        inv, inv_err = K.div(np.ones(()), np.zeros(()), const, ctx.errs.zero_or(const))
+        w, we = ctx.param(inv, inv_err)
+        op = Scale(w, None, weight_err=we)
     return ctx.b.add(name, op, [var])
 
 
@@ -123,23 +149,26 @@ def _broadcast_var(ctx, node, var: str, const: np.ndarray) -> str:
 
 def _matmul(ctx, node, a: Value, b: Value) -> Value:
     name = node.name or node.output[0]
+    def dense(w: np.ndarray, err: np.ndarray | None) -> Dense:
+        weight, werr = ctx.param(w, err)
+        return Dense(weight, weight_err=werr)
+
     if isinstance(a, str) and isinstance(b, np.ndarray):
         sa = ctx.shape(a)
-        if b.ndim == 2:
-            if len(sa) == 1:  # 1-D input: [k] @ [k, n] -> [n]
-                return ctx.b.add(name, Dense(ctx.t(b.T)), [a])
-            return ctx.b.add(name, Dense(ctx.t(b.T)), [a])
+        eb = ctx.err(b)
+        if b.ndim == 2:  # [..., k] @ [k, n] -> [..., n] (also a 1-D input)
+            return ctx.b.add(name, dense(b.T, None if eb is None else eb.T), [a])
         if b.ndim == 1:  # [..., k] @ [k] -> [...]
-            d = ctx.b.add(name, Dense(ctx.t(b[None, :])), [a])
+            d = ctx.b.add(name, dense(b[None, :], None if eb is None else eb[None, :]), [a])
             return ctx.b.add(f"{name}_squeeze", Reshape(sa[:-1]), [d])
     if isinstance(b, str) and isinstance(a, np.ndarray):
         sb = ctx.shape(b)
         if a.ndim == 2 and len(sb) == 1:  # [n, k] @ [k] -> [n]
-            return ctx.b.add(name, Dense(ctx.t(a)), [b])
+            return ctx.b.add(name, dense(a, ctx.err(a)), [b])
         if a.ndim == 2 and len(sb) >= 2:  # W @ X: transpose the last two axes around a Dense
             perm = list(range(len(sb) - 2)) + [len(sb) - 1, len(sb) - 2]
             t1 = ctx.b.add(f"{name}_T", Transpose(perm), [b])
-            d = ctx.b.add(name, Dense(ctx.t(a)), [t1])
+            d = ctx.b.add(name, dense(a, ctx.err(a)), [t1])
             return ctx.b.add(f"{name}_Tback", Transpose(perm), [d])
     raise UnsupportedOperator(node.op_type, node.name, ctx.opset,
                               f"MatMul of shapes {ctx.shape(a)} and {ctx.shape(b)}")
@@ -153,12 +182,16 @@ def _gemm(ctx, node, attrs) -> Value:
     c = _const_input(ctx, node, 2, "Gemm bias")
     if attrs.get("transA", 0):
         raise UnsupportedOperator("Gemm", node.name, ctx.opset, "transA=1 on a variable")
-    w = bmat.T if attrs.get("transB", 0) else bmat  # [k, n]
-    w = float(attrs.get("alpha", 1.0)) * w
-    bias = None
+    trans = bool(attrs.get("transB", 0))
+    w, we = (bmat.T, ctx.errs.zero_or(bmat).T) if trans else (bmat, ctx.errs.zero_or(bmat))  # [k, n]
+    w, we = K.mul(w, we, np.float64(attrs.get("alpha", 1.0)), np.zeros(()))
+    weight, weight_err = ctx.param(w.T, we.T)
+    bias = bias_err = None
     if c is not None:
-        bias = float(attrs.get("beta", 1.0)) * np.broadcast_to(c, (1, w.shape[1])).reshape(-1)
-    return ctx.b.add(node.name or node.output[0], Dense(ctx.t(w.T), None if bias is None else ctx.t(bias)), [a])
+        cb = np.broadcast_to(c, (1, w.shape[1])).reshape(-1)
+        ce = np.broadcast_to(ctx.errs.zero_or(c), (1, w.shape[1])).reshape(-1)
+        bias, bias_err = ctx.param(*K.mul(cb, ce, np.float64(attrs.get("beta", 1.0)), np.zeros(())))
+    return ctx.b.add(node.name or node.output[0], Dense(weight, bias, weight_err, bias_err), [a])
 
 
 def _conv(ctx, node, attrs) -> Value:
@@ -174,8 +207,10 @@ def _conv(ctx, node, attrs) -> Value:
         p = [int(v) for v in attrs["pads"]]
         x = ctx.b.add(f"{node.name}_pad", Pad((p[1], p[3], p[0], p[2])), [x])
         pads = (0, 0)
-    op = Conv2d(ctx.t(w), None if bias is None else ctx.t(bias), _pair(attrs.get("strides")), pads,
-                _pair(attrs.get("dilations")), int(attrs.get("group", 1)))
+    weight, weight_err = ctx.param(w, ctx.err(w))
+    b, b_err = (None, None) if bias is None else ctx.param(bias, ctx.err(bias))
+    op = Conv2d(weight, b, _pair(attrs.get("strides")), pads, _pair(attrs.get("dilations")),
+                int(attrs.get("group", 1)), weight_err=weight_err, bias_err=b_err)
     return ctx.b.add(node.name or node.output[0], op, [x])
 
 
@@ -297,16 +332,25 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         s0 = ctx.shape(next(v for v in ins if isinstance(v, str)))
         axis = int(attrs["axis"]) % len(s0)
         var_names = [v for v in ins if isinstance(v, str)]
-        consts = {i: ctx.t(v) for i, v in enumerate(ins) if isinstance(v, np.ndarray)}
+        consts = {}
+        for i, v in enumerate(ins):
+            if isinstance(v, np.ndarray):
+                consts[i], err = ctx.param(v, ctx.err(v))
+                if err is not None:
+                    raise UnsupportedOperator(op, node.name, ctx.opset, "a concatenated constant that is not exact")
         return ctx.b.add(name, Concat(axis, len(var_names), consts), var_names)
     if op == "BatchNormalization":
         scale, bias, mean, var = (_const_input(ctx, node, i, "BatchNorm parameter") for i in range(1, 5))
-        eps = float(attrs.get("epsilon", 1e-5))
+        # the attribute is a float32; the model divides by sqrt(var + eps) with that value
+        eps = np.float64(np.float32(attrs.get("epsilon", 1e-5)))
         s = ctx.shape(x)
-        w = scale / np.sqrt(var + eps)
-        b = bias - mean * w
+        e = ctx.errs.zero_or
+        w, we = K.div(scale, e(scale), *K.sqrt(*K.add(var, e(var), eps, np.zeros(()))))
+        b, be = K.add(bias, e(bias), *K.mul(mean, e(mean), w, we), sign=-1.0)
         tail = (1,) * (len(s) - 2)
-        return ctx.b.add(name, Scale(ctx.t(w.reshape(-1, *tail)), ctx.t(b.reshape(-1, *tail))), [x])
+        weight, weight_err = ctx.param(w.reshape(-1, *tail), we.reshape(-1, *tail))
+        b_t, b_err = ctx.param(b.reshape(-1, *tail), be.reshape(-1, *tail))
+        return ctx.b.add(name, Scale(weight, b_t, weight_err, b_err), [x])
     raise UnsupportedOperator(op, node.name, ctx.opset)
 
 
@@ -315,17 +359,74 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
 
 
 def _fold(ctx: _Ctx, node: onnx.NodeProto) -> list[np.ndarray]:
-    op, attrs = node.op_type, _attrs(node)
+    """Evaluate a node on constant inputs. Float arithmetic runs in float64 with error bounds (registered in
+    ``ctx.errs``); data movement carries the inputs' error bounds along."""
     ins = [ctx.values[i] if i else None for i in node.input]
+    errs = [ctx.err(v) if isinstance(v, np.ndarray) else None for v in ins]
+    floating = any(isinstance(v, np.ndarray) and v.dtype.kind == "f" for v in ins)
+    if floating and node.op_type in _ARITH:
+        e = [np.zeros(np.shape(v)) if err is None and isinstance(v, np.ndarray) else err
+             for v, err in zip(ins, errs, strict=True)]
+        val, err = _ARITH[node.op_type](ctx, node, ins, e)
+        return [ctx.errs.set(np.asarray(val), err)]
+    outs = _fold_value(ctx, node, ins)
+    if any(e is not None for e in errs):  # same data movement on the error bounds
+        e_ins = [(ctx.errs.zero_or(v) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v) for v in ins]
+        e_outs = _fold_value(ctx, node, e_ins)
+        outs = [ctx.errs.set(np.asarray(o), np.abs(np.asarray(eo, dtype=np.float64)))
+                for o, eo in zip(outs, e_outs, strict=True)]
+    return outs
+
+
+def _gemm_fold(ctx, node, ins, e):
+    attrs = _attrs(node)
+    a, ea = (ins[0].T, e[0].T) if attrs.get("transA", 0) else (ins[0], e[0])
+    b, eb = (ins[1].T, e[1].T) if attrs.get("transB", 0) else (ins[1], e[1])
+    out, err = K.mul(*K.matmul(a, ea, b, eb), np.float64(attrs.get("alpha", 1.0)), np.zeros(()))
+    if len(ins) > 2 and ins[2] is not None:
+        out, err = K.add(out, err, *K.mul(ins[2], e[2], np.float64(attrs.get("beta", 1.0)), np.zeros(())))
+    return out, err
+
+
+def _cast_fold(ctx, node, ins, e):
+    to = onnx.helper.tensor_dtype_to_np_dtype(_attrs(node)["to"])
+    out = ins[0].astype(to)
+    if np.dtype(to).kind == "f":
+        return out, e[0] + K.cast_error(ins[0], out)
+    return out, None if not np.any(e[0]) else np.full(np.shape(out), np.inf)
+
+
+def _sigmoid64(a):
+    return 1 / (1 + np.exp(-np.asarray(a, dtype=np.float64)))
+
+
+_ARITH: dict[str, Callable] = {  # float arithmetic on constants: (value, error bound) in float64
+    "Add": lambda ctx, node, i, e: K.add(i[0], e[0], i[1], e[1]),
+    "Sub": lambda ctx, node, i, e: K.add(i[0], e[0], i[1], e[1], sign=-1.0),
+    "Mul": lambda ctx, node, i, e: K.mul(i[0], e[0], i[1], e[1]),
+    "Div": lambda ctx, node, i, e: K.div(i[0], e[0], i[1], e[1]),
+    "MatMul": lambda ctx, node, i, e: K.matmul(i[0], e[0], i[1], e[1]),
+    "Sqrt": lambda ctx, node, i, e: K.sqrt(i[0], e[0]),
+    "Neg": lambda ctx, node, i, e: (-np.asarray(i[0], dtype=np.float64), e[0]),
+    "Relu": lambda ctx, node, i, e: (np.maximum(np.asarray(i[0], dtype=np.float64), 0), e[0]),
+    # sigmoid is 1/4-Lipschitz, tanh 1-Lipschitz; a few ulps for the float64 evaluation
+    "Sigmoid": lambda ctx, node, i, e: (_sigmoid64(i[0]), e[0] / 4 + 4 * K.U64),
+    "Tanh": lambda ctx, node, i, e: (np.tanh(np.asarray(i[0], dtype=np.float64)), e[0] + 4 * K.U64),
+    "Gemm": _gemm_fold,
+    "Cast": _cast_fold,
+}
+
+
+def _fold_value(ctx: _Ctx, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
+    op, attrs = node.op_type, _attrs(node)
     unary: dict[str, Callable] = {
-        "Relu": lambda a: np.maximum(a, 0), "Sigmoid": lambda a: 1 / (1 + np.exp(-a)), "Tanh": np.tanh,
-        "Identity": lambda a: a, "Dropout": lambda a: a, "Neg": np.negative, "Sqrt": np.sqrt,
+        "Relu": lambda a: np.maximum(a, 0), "Identity": lambda a: a, "Dropout": lambda a: a, "Neg": np.negative,
     }
     binary: dict[str, Callable] = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
                                    "MatMul": np.matmul}
     if op in unary:
         return [unary[op](ins[0])]
-    if op in binary:
+    if op in binary:  # integer (shape) arithmetic; float arithmetic is in _ARITH
         return [binary[op](ins[0], ins[1])]
     if op == "Cast":
         return [ins[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))]
@@ -350,13 +451,6 @@ def _fold(ctx: _Ctx, node: onnx.NodeProto) -> list[np.ndarray]:
         return [np.squeeze(ins[0], axis=None if axes is None else tuple(axes))]
     if op == "Concat":
         return [np.concatenate(ins, axis=int(attrs["axis"]))]
-    if op == "Gemm":
-        a = ins[0].T if attrs.get("transA", 0) else ins[0]
-        b = ins[1].T if attrs.get("transB", 0) else ins[1]
-        out = attrs.get("alpha", 1.0) * a @ b
-        if len(ins) > 2 and ins[2] is not None:
-            out = out + attrs.get("beta", 1.0) * ins[2]
-        return [out]
     if op == "ConstantOfShape":
         value = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
         return [np.full(tuple(int(d) for d in ins[0]), value.reshape(-1)[0], dtype=value.dtype)]
@@ -380,8 +474,9 @@ def _shape_of(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
     return tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
 
 
-def load_onnx(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Graph:
-    """Read an ONNX file into the graph IR. Raises ``ModelError`` / ``UnsupportedOperator``."""
+def load_onnx(path: str | os.PathLike, dtype: torch.dtype | None = None) -> Graph:
+    """Read an ONNX file into the graph IR, in the model's own precision (``dtype``: a wider one, e.g. float64
+    for a float32 model; never a narrower one). Raises ``ModelError`` / ``UnsupportedOperator``."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
@@ -397,7 +492,32 @@ def load_onnx(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Gr
     return from_onnx_model(model, source=str(path), dtype=dtype)
 
 
-def from_onnx_model(model: onnx.ModelProto, source: str = "<onnx>", dtype: torch.dtype = torch.float32) -> Graph:
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
+                onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16}
+
+
+def model_dtype(model: onnx.ModelProto, source: str = "<onnx>") -> torch.dtype:
+    """The model's own precision: float64 when its input or any float weight is double, else float32. Half
+    precision models are refused: Clarke evaluates a model in its own precision and has no float16 engine."""
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    types = [i.type.tensor_type.elem_type for i in g.input if i.name not in inits]
+    types += [i.data_type for i in g.initializer]
+    found = {_FLOAT_TYPES[t] for t in types if t in _FLOAT_TYPES}
+    half = found & {torch.float16, torch.bfloat16}
+    if half:
+        raise ModelError(f"{source}: {sorted(map(str, half))[0].replace('torch.', '')} model: not supported "
+                         "(Clarke computes a model in its own precision: float32 or float64)")
+    return torch.float64 if torch.float64 in found else torch.float32
+
+
+def from_onnx_model(model: onnx.ModelProto, source: str = "<onnx>", dtype: torch.dtype | None = None) -> Graph:
+    own = model_dtype(model, source)
+    if dtype is None:
+        dtype = own
+    elif torch.finfo(dtype).eps > torch.finfo(own).eps:
+        raise ModelError(f"{source}: a {str(own).replace('torch.', '')} model cannot be loaded as "
+                         f"{str(dtype).replace('torch.', '')} (its weights would be rounded)")
     g = model.graph
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if not (7 <= opset <= 21):

@@ -11,14 +11,17 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from verify.errors import UnsupportedOperator
+from verify.frontends import constants as K
 from verify.graph import Graph, GraphBuilder
 from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
+from verify.rounding import unit_roundoff
 
 _ACT_MODULES = {nn.ReLU: Relu, nn.Sigmoid: Sigmoid, nn.Tanh: Tanh}
 _ACT_FUNCS = {torch.relu: Relu, F.relu: Relu, torch.sigmoid: Sigmoid, F.sigmoid: Sigmoid,
@@ -35,27 +38,59 @@ class BatchNormScale(Scale):
 
     def __init__(self, module: nn.modules.batchnorm._BatchNorm, rank: int):
         self.module, self.tail = module, (1,) * (rank - 2)
+        self.compute_dtype: torch.dtype | None = None  # set by cast(); the module itself is never changed
+
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.compute_dtype is None else t.to(self.compute_dtype)
+
+    def _scale(self) -> torch.Tensor:
+        """``gamma / sqrt(var + eps)``, computed in the compute precision (float64 when bounds are)."""
+        m = self.module
+        inv = torch.rsqrt(self._cast(m.running_var) + m.eps)
+        return inv if m.weight is None else self._cast(m.weight) * inv
 
     @property
     def weight(self):
-        m = self.module
-        inv = torch.rsqrt(m.running_var + m.eps)
-        w = inv if m.weight is None else m.weight * inv
-        return w.reshape(-1, *self.tail)
+        return self._scale().reshape(-1, *self.tail)
 
     @property
     def bias(self):
         m = self.module
-        b = -m.running_mean * self.weight.reshape(-1)
+        b = -self._cast(m.running_mean) * self._scale()
         if m.bias is not None:
-            b = b + m.bias
+            b = b + self._cast(m.bias)
         return b.reshape(-1, *self.tail)
+
+    # w = gamma / sqrt(var + eps) and b = beta - mean w are rounded (rsqrt is not correctly rounded either):
+    # generous bounds on their distance to the exact values, for the rounding allowance of Scale.
+    @property
+    def weight_err(self):
+        w = self.weight.detach()
+        return 16 * unit_roundoff(w.dtype) * w.abs()
+
+    @property
+    def bias_err(self):
+        m = self.module
+        w = self.weight.detach().reshape(-1)
+        mag = self._cast(m.running_mean.detach()).abs() * w.abs()
+        if m.bias is not None:
+            mag = mag + self._cast(m.bias.detach()).abs()
+        return (20 * unit_roundoff(w.dtype) * mag).reshape(-1, *self.tail)
 
     def tensors(self):
         return {"weight": self.weight.detach(), "bias": self.bias.detach()}
 
     def cast(self, dtype):
-        self.module.to(dtype)
+        self.compute_dtype = dtype
+
+
+def _constant(value: np.ndarray, err: np.ndarray, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A Python/float64 constant in the model's precision, with the bound on its distance to the exact value."""
+    t = torch.as_tensor(value, dtype=dtype)
+    e = K.cast_error(value, t.double().numpy()) + err
+    if not np.any(e > 0):
+        return t, None
+    return t, torch.nextafter(torch.as_tensor(e).to(dtype), torch.tensor(float("inf"), dtype=dtype))
 
 
 def _bn_scale(m: nn.modules.batchnorm._BatchNorm, rank: int) -> Scale:
@@ -108,6 +143,8 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         raise UnsupportedOperator("forward", "", None, f"expected one input, found {len(placeholders)}")
     b = GraphBuilder(placeholders[0].name, (1, *input_shape), source=type(module).__name__)
     env: dict[fx.Node, object] = {placeholders[0]: placeholders[0].name}
+    floats = [p.dtype for p in module.parameters() if p.is_floating_point()]
+    dtype = floats[0] if floats else torch.get_default_dtype()  # constants of the trace in the model's precision
 
     def var(a):
         return env[a] if isinstance(a, fx.Node) else a
@@ -131,16 +168,22 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             if isinstance(x, str) and isinstance(y, str):
                 env[n] = b.add(n.name, AddVars([1.0, sign]), [x, y])
             elif isinstance(x, str):
-                env[n] = b.add(n.name, Scale(None, torch.as_tensor(y * sign, dtype=torch.float32)), [x])
+                c, c_err = _constant(np.asarray(y, dtype=np.float64) * sign, np.zeros(()), dtype)
+                env[n] = b.add(n.name, Scale(None, c, bias_err=c_err), [x])
             else:
-                env[n] = b.add(n.name, Scale(torch.tensor(sign), torch.as_tensor(x, dtype=torch.float32)), [y])
+                c, c_err = _constant(np.asarray(x, dtype=np.float64), np.zeros(()), dtype)
+                env[n] = b.add(n.name, Scale(torch.tensor(sign, dtype=dtype), c, bias_err=c_err), [y])
         elif n.op == "call_function" and n.target in (operator.mul, torch.mul, operator.truediv):
             x, y = args
             if isinstance(x, str) and isinstance(y, str):
                 raise UnsupportedOperator("mul", n.name, None, "product of two variables")
             v, c = (x, y) if isinstance(x, str) else (y, x)
-            c = torch.as_tensor(c, dtype=torch.float32)
-            env[n] = b.add(n.name, Scale(1.0 / c if n.target is operator.truediv else c, None), [v])
+            c = np.asarray(c.detach().cpu().double() if isinstance(c, torch.Tensor) else c, dtype=np.float64)
+            c_err = np.zeros(())
+            if n.target is operator.truediv:
+                c, c_err = K.div(np.ones(()), np.zeros(()), c, np.zeros(()))
+            w, w_err = _constant(c, c_err, dtype)
+            env[n] = b.add(n.name, Scale(w, None, weight_err=w_err), [v])
         elif n.op == "call_function" and n.target is torch.flatten:
             s = list(b.shapes[args[0]])
             start = (args[1] if len(args) > 1 else n.kwargs.get("start_dim", 0)) % len(s)

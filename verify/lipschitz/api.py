@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ from verify.lipschitz.jacobian import JacobianGraph
 from verify.mip import _float64_copy
 from verify.ops.linear import Conv2d
 
+log = logging.getLogger(__name__)
 METHODS = ("naive", "ibp", "crown", "alpha-crown", "bab", "mip", "lipsdp")
 SMALL_NET = 4096  # neurons; above it BaB starts from CROWN instead of alpha-CROWN
 F32_MARGIN = 1e-5  # relative (and absolute) widening of bounds computed in float32
@@ -210,9 +212,11 @@ def _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack,
     outs = _outputs(graph, outputs)
     low = torch.full((len(outs),), -math.inf, dtype=torch.float64)
     if attack:  # first, so that BaB can stop as soon as its bound meets an attained value
+        log.info("phase attack: %d sampled gradients + PGD (lower bound)", samples)
         low, _ = attack_lower(graph, lo, hi, outs, samples=samples)
         low = low.double().clamp(min=0.0)  # a norm: 0 is always attained (and -inf is not JSON)
     known = float(low.max()) if attack else None
+    log.info("phase %s upper bound: %d output(s), %d inputs", method, len(outs), graph.input_numel)
     up, extra = upper_bounds(graph, lo, hi, outs, method, max(timeout - (time.perf_counter() - t0), 0.0), known)
     for k, x in enumerate(extra.get("bab_points", [])):
         if x is not None:  # gradients at interior points of exact BaB leaves (MIP optima sit on kinks)

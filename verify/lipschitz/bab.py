@@ -11,6 +11,7 @@ bound, batched, 'area' branching score ``|Lambda_y| * |u_g|u_g| - l_g|l_g||`` on
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from verify.graph import Graph
 from verify.lipschitz.jacobian import JacobianGraph, seed_tensor
 from verify.mip import _float64_copy
 from verify.ops.activation import Relu
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -199,8 +202,13 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
 
     filt(keep)
     status = "bounded"
+    next_log = 0.0
     while True:
         glob = torch.maximum(_per_output(q_up, q_seed, k), closed_upper)
+        if log.isEnabledFor(logging.DEBUG) and time.perf_counter() > next_log:  # progress for -v, every 2 s
+            next_log = time.perf_counter() + 2.0
+            log.debug("domains %d, open %d, upper %.6g, attained lower %.6g, %.1f s of %.1f s", n_domains,
+                      q_up.numel(), float(glob.max()), float(lower.max()), time.perf_counter() - t0, timeout)
         if stop_below is not None and float(glob.max()) <= stop_below:
             status = "proved"
             break

@@ -7,7 +7,9 @@ then ``||J_j||_2 <= sqrt(rho)`` everywhere and ``||J_j||_1 <= sqrt(d) sqrt(rho)`
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +19,8 @@ from verify.graph import Graph
 from verify.ops.activation import Relu
 from verify.ops.linear import Dense
 from verify.ops.shape import Reshape
+
+log = logging.getLogger(__name__)
 
 
 def _chain_weights(graph: Graph) -> list[np.ndarray]:
@@ -68,10 +72,14 @@ def lipsdp_l2(graph: Graph, outputs: Sequence[int], solver: str = "CLARABEL") ->
         e0[:n0, :n0] = np.eye(n0)
         lmi = m - rho * e0 + last
         prob = cp.Problem(cp.Minimize(rho), [(lmi + lmi.T) / 2 << 0])
+        log.info("LipSDP: output %d (%d of %d), LMI of size %d, solver %s", j, len(out) + 1, len(outputs), size,
+                 solver)
+        t0 = time.perf_counter()
         try:
             prob.solve(solver=solver)
         except (cp.error.SolverError, ValueError):
             prob.solve(solver="SCS")
         val = float(rho.value) if rho.value is not None else math.inf
+        log.info("LipSDP: output %d %s in %.1f s", j, prob.status, time.perf_counter() - t0)
         out.append(math.sqrt(max(val, 0.0)) * (1 + 1e-6))
     return out

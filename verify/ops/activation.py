@@ -4,6 +4,12 @@ ReLU: triangle relaxation, lower slope alpha in [0, 1] (CROWN / alpha-CROWN, Xu 
 Sigmoid / Tanh: any slope ``a`` gives a sound line once its intercept is the exact extremum of
 ``f(z) - a z`` on [l, u]; that extremum is attained at an end point or where ``f'(z) = a``, which has a
 closed form for both functions. Slopes are tangent/chord heuristics (CROWN) or optimised (alpha).
+
+Rounding: the lines are sound for their floating-point coefficients in real arithmetic (ReLU's chord
+intercept is rounded up past both end-point conditions; sigmoid/tanh intercepts come from float64 extrema
+with a margin and are rounded outward). The backward step's products and float64 dots are covered by the
+error radius ``16 u a + 8 u + 3 gamma_n (1 + 2a)`` (slopes in [0, 1], ``|c| <= 1 + a``; ``u`` the unit roundoff,
+``8 u`` for a float evaluation of sigmoid/tanh, whose values lie in [-1, 1]); intervals need only ``8 u``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import torch
 from torch import Tensor
 
 from verify.ops.base import Op, dot_trailing
+from verify.rounding import F64, cast_down, cast_up, gamma, tiny, unit_roundoff
 
 
 class Activation(Op):
@@ -45,9 +52,22 @@ class Activation(Op):
         kappa = dot_trailing(lam, cU) + dot_trailing(pos, cL - cU)
         return [lam_in], kappa
 
+    def error_radius(self, mags):
+        a = mags[0].detach()
+        u = unit_roundoff(a.dtype)
+        return 16 * u * a + 8 * u + 3 * gamma(self.out_numel(), F64) * (1 + 2 * a) + tiny(a.dtype)
+
+    def abs_forward(self, ts):
+        # every slope used lies in [0, 1] (projected alphas, chords and tangents of functions with f' <= 1)
+        return (1 + 16 * unit_roundoff(ts[0].dtype)) * ts[0]
+
+    def interval_radius(self, mags):
+        return 8 * unit_roundoff(mags[0].dtype)  # f(l), f(u) and any float evaluation: a few ulps of |f| <= 1
+
 
 class Relu(Activation):
     kind = "relu"
+    interval_exact = True
 
     def forward(self, x):
         return torch.relu(x)
@@ -57,9 +77,11 @@ class Relu(Activation):
         unstable = ~(active | inactive)
         denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
         a_up = torch.where(unstable, hi / denom, active.to(hi.dtype))
-        # Two ulps of slack: the float chord through (l, 0) and (u, u) may dip below ReLU by rounding.
-        slack = 2 * torch.finfo(hi.dtype).eps * (hi.abs() + lo.abs())
-        c_up = torch.where(unstable, -hi * lo / denom + slack, torch.zeros_like(hi))
+        # The line a z + c lies above ReLU on [l, u] iff a l + c >= 0 and a u + c >= u (convexity). With the
+        # rounded slope a, take c above both -a l and u (1 - a), each off by at most 3 roundings: 4u covers it.
+        u = unit_roundoff(hi.dtype)
+        c_chord = torch.maximum(-a_up * lo, hi * (1 - a_up)) * (1 + 4 * u) + tiny(hi.dtype)
+        c_up = torch.where(unstable, c_chord, torch.zeros_like(hi))
         if alpha is None:
             a_lo_unstable = (hi >= -lo).to(hi.dtype)
         else:
@@ -72,6 +94,11 @@ class Relu(Activation):
 
     def project_alpha(self, alpha, lo, hi):
         return alpha.clamp(0.0, 1.0)
+
+    def error_radius(self, mags):
+        a = mags[0].detach()
+        # backward: 3 roundings per product of Lambda with slopes in [0, 1]; kappa: float64 dots with |c| <= a
+        return (16 * unit_roundoff(a.dtype) + 3 * gamma(self.out_numel(), F64)) * a + tiny(a.dtype)
 
 
 class _SShaped(Activation):
@@ -143,8 +170,10 @@ class _SShaped(Activation):
         # Never let a NaN through as a bound: an infinite offset is loose but sound.
         cmin = torch.where(torch.isnan(cmin), torch.full_like(cmin, float("-inf")), cmin)
         cmax = torch.where(torch.isnan(cmax), torch.full_like(cmax, float("inf")), cmax)
-        margin = 1e-7 * (1 + cmin.abs().maximum(cmax.abs()))
-        return (cmin - margin).to(lo.dtype), (cmax + margin).to(lo.dtype)
+        # float64 rounding of f(z) - a z at the candidates (the error of the stationary points is second order)
+        scale = 1 + cmin.abs().maximum(cmax.abs()) + a64.abs() * torch.maximum(lo64.abs(), hi64.abs())
+        margin = 64 * unit_roundoff(F64) * scale
+        return cast_down(cmin - margin, lo.dtype), cast_up(cmax + margin, lo.dtype)
 
     def relax(self, lo, hi, alpha=None):
         if alpha is None:

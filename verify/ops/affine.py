@@ -1,5 +1,9 @@
 """Element-wise affine maps and sums of variables: ``y = w * x + b`` (Mul/Div/Add/Sub by constants,
-eval-mode BatchNorm) and ``y = sum_i s_i x_i`` (residual Add, Sub of two variables)."""
+eval-mode BatchNorm) and ``y = sum_i s_i x_i`` (residual Add, Sub of two variables).
+
+Rounding allowances (``verify.rounding``; one gamma for a float evaluation, one for the interval rule or the
+adjoint): ``2 gamma_2 (|w| a + |b|)`` for the two rounded operations of ``w x + b``; ``2 gamma_{k+m} sum_i |s_i| a_i``
+for a sum of ``k`` variables whose adjoint also sums over ``m`` broadcast copies."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import torch
 from torch import Tensor
 
 from verify.ops.base import LinearOp
+from verify.rounding import gamma
 
 
 class Scale(LinearOp):
@@ -16,8 +21,11 @@ class Scale(LinearOp):
 
     kind = "scale"
 
-    def __init__(self, weight: Tensor | None = None, bias: Tensor | None = None):
+    def __init__(self, weight: Tensor | None = None, bias: Tensor | None = None, weight_err: Tensor | None = None,
+                 bias_err: Tensor | None = None):
         self.weight, self.bias = weight, bias
+        # bounds on |stored - exact| of parameters the frontend computed (verify.frontends.constants)
+        self.weight_err, self.bias_err = weight_err, bias_err
 
     def forward(self, x):
         y = x if self.weight is None else x * self.weight
@@ -35,6 +43,24 @@ class Scale(LinearOp):
 
     def adjoint(self, lam):
         return [lam if self.weight is None else (lam * self.weight).expand_as(lam)]
+
+    def abs_forward(self, ts):
+        with torch.no_grad():
+            t = ts[0] if self.weight is None else (1 + 2 * gamma(1, ts[0].dtype)) * (ts[0] * self.weight.abs())
+            return t.expand(*ts[0].shape[:1], *self.out_shape)
+
+    def error_radius(self, mags):
+        with torch.no_grad():
+            a = mags[0] if self.weight is None else mags[0] * self.weight.abs()
+            if self.bias is not None:
+                a = a + self.bias.abs()
+            e = 2 * gamma(2, a.dtype) * a
+            if self.weight_err is not None:
+                e = e + 1.01 * self.weight_err * mags[0]
+            if self.bias_err is not None:
+                e = e + 1.01 * self.bias_err
+            extra = self.offset_error(self.offset())
+            return e if extra is None else e + extra
 
     def __repr__(self):
         return "Scale()"
@@ -76,6 +102,18 @@ class AddVars(LinearOp):
                     g = g.sum(dim=dims, keepdim=True)
             out.append(g)
         return out
+
+    def abs_forward(self, ts):
+        with torch.no_grad():
+            total = sum(abs(s) * t for s, t in zip(self.signs, ts, strict=True))
+            m = max(self.out_numel() // max(1, int(torch.Size(s).numel())) for s in self.in_shapes)
+            return (1 + 2 * gamma(len(self.signs) + m, total.dtype)) * total
+
+    def error_radius(self, mags):
+        with torch.no_grad():
+            total = sum(abs(s) * a for s, a in zip(self.signs, mags, strict=True))
+            m = max(self.out_numel() // max(1, int(torch.Size(s).numel())) for s in self.in_shapes)
+            return 2 * gamma(len(self.signs) + m, total.dtype) * total
 
     def __repr__(self):
         return f"AddVars({self.signs})"

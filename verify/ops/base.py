@@ -7,9 +7,13 @@ Every operator holds its constant parameters and implements, for a leading batch
 * ``interval(*bounds)``: IBP, ``[(lo, hi), ...] -> (lo, hi)``;
 * ``backward(lam, in_bounds, alpha)``: one CROWN back-substitution step. ``lam`` has shape
   ``[B, S, *out_shape]`` and stands for the linear function ``<lam, y>``; the op returns the
-  coefficients on each input and a constant ``kappa [B, S]`` such that
+  coefficients on each input and a float64 constant ``kappa [B, S]`` such that
   ``<lam, y> >= sum_i <lam_i, x_i> + kappa`` for all inputs inside ``in_bounds``
-  (Zhang et al., NeurIPS 2018; Xu et al., NeurIPS 2020).
+  (Zhang et al., NeurIPS 2018; Xu et al., NeurIPS 2020), up to rounding;
+* ``error_radius(mags)``: the rounding allowance of the op (``verify.rounding``): from the magnitudes
+  ``a_i = max(|l_i|, |u_i|)`` of its inputs, a per-neuron bound ``e`` on the deviation of a floating-point
+  evaluation of the op, of its rounded interval rule, and (as ``<|lam|, e>``) of its rounded backward step,
+  from the exact values. ``None`` when all three are exact. ``interval_exact`` ops need no widening.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from verify.rounding import dot64, gamma
 
 Bounds = tuple[Tensor, Tensor]
 
@@ -29,18 +35,8 @@ def merge_leading(t: Tensor, n_trailing: int) -> tuple[Tensor, tuple[int, ...]]:
 
 
 def dot_trailing(lam: Tensor, const: Tensor) -> Tensor:
-    """``sum over per-sample dims of lam * const`` as a matrix product: ``lam [B, S, *shape]``; ``const``
-    of per-sample shape (shared by all boxes) or ``[B, 1, *shape]`` (one per box) or ``[B, S, *shape]``."""
-    b, s = lam.shape[:2]
-    n_trailing = lam.dim() - 2
-    flat = lam.reshape(b, s, -1)
-    if const.dim() <= n_trailing:  # shared: [*shape] (broadcastable)
-        c = const.expand(lam.shape[2:]).reshape(-1)
-        return flat @ c
-    if const.shape[1] == 1:  # per box: [B, 1, *shape]
-        c = const.expand(b, 1, *lam.shape[2:]).reshape(b, -1, 1)
-        return torch.bmm(flat, c).squeeze(-1)
-    return (flat * const.expand_as(lam).reshape(b, s, -1)).sum(-1)
+    """``sum over per-sample dims of lam * const`` in float64 (see :func:`verify.rounding.dot64`)."""
+    return dot64(lam, const)
 
 
 class Op:
@@ -49,6 +45,7 @@ class Op:
     kind: str = "op"
     linear: bool = False  # affine in (all of) its inputs jointly
     needs_input_bounds: bool = False  # its relaxation needs [l, u] of its input(s)
+    interval_exact: bool = False  # interval() rounds nothing (data movement, max, ReLU)
     in_shapes: tuple[tuple[int, ...], ...] = ()
     out_shape: tuple[int, ...] = ()
 
@@ -85,6 +82,28 @@ class Op:
     ) -> tuple[list[Tensor | None], Tensor | None]:
         raise NotImplementedError
 
+    def error_radius(self, mags: Sequence[Tensor]) -> Tensor | None:
+        """Rounding allowance ``e [B, *out_shape]`` (module docstring); every op must state it."""
+        raise NotImplementedError(f"{type(self).__name__} states no rounding error bound")
+
+    def interval_radius(self, mags: Sequence[Tensor]) -> Tensor | None:
+        """Allowance for the interval rule plus a floating-point evaluation (default: ``error_radius``)."""
+        return self.error_radius(mags)
+
+    def abs_forward(self, ts: Sequence[Tensor]) -> Tensor:
+        """For non-negative ``t_i [B, *in_shape_i]``: a ``T [B, *out_shape]`` with ``sum_i <|lam_i|, t_i> <=
+        <|lam|, T>`` for the backward step's computed ``lam_i`` from any ``lam`` -- the op's linear part with
+        absolute coefficients (slopes bounded by 1), times the rounding growth of the step. It carries rounding
+        allowances of upstream nodes forward to where ``Lambda`` is known (``verify.bounds.crown``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no absolute forward map")
+
+    def out_numel(self) -> int:
+        return int(torch.Size(self.out_shape).numel())
+
+    def offset_error(self, c: Tensor | None) -> Tensor | None:
+        """Allowance of the float64 dot ``<lam, c>`` with a constant over the whole output."""
+        return None if c is None else gamma(self.out_numel(), torch.float64) * c.detach().abs()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -119,6 +138,15 @@ class LinearOp(Op):
         c = self.offset()
         kappa = None if c is None else dot_trailing(lam, c)
         return self.adjoint(lam), kappa
+
+    def abs_forward(self, ts):
+        if not self.monotone:
+            raise NotImplementedError(f"{type(self).__name__} has no absolute forward map")
+        # non-negative coefficients: the op itself, with its constants cancelled exactly
+        y = self.forward(*ts)
+        c = self.offset()
+        y = y if c is None else y - c
+        return y if self.interval_exact else (1 + 2 * gamma(self.out_numel(), y.dtype)) * y
 
     def interval(self, *bounds: Bounds) -> Bounds:
         if not self.monotone:

@@ -2,14 +2,20 @@
 
 IBP uses centre/radius: ``y in W mu + b +- |W| rho`` (Gowal et al., 2018). The CROWN step and the
 Jacobian step are both the adjoint: ``Lambda W`` for dense, ``conv_transpose(Lambda, W)`` for conv.
+Rounding allowance ``e = 2 gamma_n (|W| a + |b|)`` with ``n`` the longest dot product of the forward map or
+its adjoint: one ``gamma_n`` for a float forward evaluation, one for either the rounded centre/radius interval
+rule (``|W| |mu| + |W| rho = |W| a``) or the rounded adjoint ``Lambda W`` (integrated against ``|x| <= a``:
+``<|Lambda| |W|, a> = <|Lambda|, |W| a>``).
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from verify.ops.base import LinearOp, merge_leading
+from verify.rounding import gamma
 
 
 class Dense(LinearOp):
@@ -17,9 +23,12 @@ class Dense(LinearOp):
 
     kind = "dense"
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, weight_err: Tensor | None = None,
+                 bias_err: Tensor | None = None):
         self.weight = weight
         self.bias = bias
+        # bounds on |stored - exact| of parameters the frontend computed (verify.frontends.constants)
+        self.weight_err, self.bias_err = weight_err, bias_err
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -39,6 +48,21 @@ class Dense(LinearOp):
     def adjoint(self, lam):
         return [lam @ self.weight]
 
+    def abs_forward(self, ts):
+        with torch.no_grad():
+            return (1 + 2 * gamma(max(self.weight.shape), ts[0].dtype)) * F.linear(ts[0], self.weight.abs())
+
+    def error_radius(self, mags):
+        with torch.no_grad():
+            n = max(self.weight.shape) + 2
+            e = F.linear(mags[0], self.weight.abs(), None if self.bias is None else self.bias.abs())
+            e = 2 * gamma(n, e.dtype) * e
+            if self.weight_err is not None or self.bias_err is not None:
+                w_err = self.weight_err if self.weight_err is not None else torch.zeros_like(self.weight)
+                e = e + 1.01 * F.linear(mags[0], w_err, self.bias_err)
+            extra = self.offset_error(self.offset())
+            return e if extra is None else e + extra
+
     def __repr__(self):
         return f"Dense({self.weight.shape[1]}->{self.weight.shape[0]})"
 
@@ -49,8 +73,9 @@ class Conv2d(LinearOp):
     kind = "conv"
 
     def __init__(self, weight: Tensor, bias: Tensor | None, stride=(1, 1), padding=(0, 0),
-                 dilation=(1, 1), groups: int = 1):
+                 dilation=(1, 1), groups: int = 1, weight_err: Tensor | None = None, bias_err: Tensor | None = None):
         self.weight, self.bias = weight, bias
+        self.weight_err, self.bias_err = weight_err, bias_err
         self.stride, self.padding = tuple(stride), tuple(padding)
         self.dilation, self.groups = tuple(dilation), int(groups)
 
@@ -84,6 +109,24 @@ class Conv2d(LinearOp):
         g = F.conv_transpose2d(flat, self.weight, None, self.stride, self.padding, (op_h, op_w),
                                self.groups, self.dilation)
         return [g.reshape(*lam.shape[:2], *self.in_shapes[0])]
+
+    def abs_forward(self, ts):
+        with torch.no_grad():
+            o, i, kh, kw = self.weight.shape
+            g = gamma(max(i, o // self.groups) * kh * kw, ts[0].dtype)
+            return (1 + 2 * g) * self._conv(ts[0], self.weight.abs(), None)
+
+    def error_radius(self, mags):
+        with torch.no_grad():
+            o, i, kh, kw = self.weight.shape
+            n = max(i, o // self.groups) * kh * kw + 2  # forward fan-in, or adjoint contributions per input
+            e = self._conv(mags[0], self.weight.abs(), None if self.bias is None else self.bias.abs())
+            e = 2 * gamma(n, e.dtype) * e
+            if self.weight_err is not None or self.bias_err is not None:
+                w_err = self.weight_err if self.weight_err is not None else torch.zeros_like(self.weight)
+                e = e + 1.01 * self._conv(mags[0], w_err, self.bias_err)
+            extra = self.offset_error(self.offset())
+            return e if extra is None else e + extra
 
     def __repr__(self):
         o, i, kh, kw = self.weight.shape

@@ -1,6 +1,9 @@
 """Pooling. AveragePool is linear with non-negative weights. MaxPool uses the standard sound
 relaxation (DeepPoly, Singh et al., POPL 2019): ``y >= x_k`` for the window element ``k`` with the
-largest lower bound, and ``y <= max_j u_j`` (exact ``y = x_k`` when ``l_k >= max_{j != k} u_j``)."""
+largest lower bound, and ``y <= max_j u_j`` (exact ``y = x_k`` when ``l_k >= max_{j != k} u_j``).
+
+Rounding: max pooling is exact; its adjoint sums the ``Lambda`` of overlapping windows (``gamma_k maxpool(a)``
+covers it). Average pooling: ``2 gamma_{k+1} avgpool(a)`` for a forward sum of ``k`` values and its adjoint."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from verify.ops.base import LinearOp, Op, merge_leading
+from verify.rounding import F64, gamma
 
 
 class AvgPool2d(LinearOp):
@@ -28,6 +32,11 @@ class AvgPool2d(LinearOp):
     def offset(self):
         return None
 
+    def error_radius(self, mags):
+        with torch.no_grad():
+            a = self.forward(mags[0])
+            return 2 * gamma(self.kernel[0] * self.kernel[1] + 1, a.dtype) * a
+
     def __repr__(self):
         return f"AvgPool2d(k={self.kernel}, s={self.stride}, p={self.padding})"
 
@@ -35,6 +44,7 @@ class AvgPool2d(LinearOp):
 class MaxPool2d(Op):
     kind = "maxpool"
     needs_input_bounds = True
+    interval_exact = True
 
     def __init__(self, kernel, stride, padding=(0, 0)):
         self.kernel, self.stride, self.padding = tuple(kernel), tuple(stride), tuple(padding)
@@ -76,7 +86,7 @@ class MaxPool2d(Op):
         exact_b = exact.reshape(b, 1, lead_n, *exact.shape[1:])
         to_x = pos + torch.where(exact_b, neg, torch.zeros_like(neg))
         const = torch.where(exact_b, torch.zeros_like(neg), neg)
-        kappa = (const * hi_max.reshape(b, 1, lead_n, *hi_max.shape[1:])).reshape(b, s, -1).sum(-1)
+        kappa = (const.to(F64) * hi_max.reshape(b, 1, lead_n, *hi_max.shape[1:]).to(F64)).reshape(b, s, -1).sum(-1)
 
         oh = onehot.reshape(b, 1, lead_n, *onehot.shape[1:])  # [B, 1, n, C, K, L]
         cols = (oh * to_x.unsqueeze(-2)).reshape(b * s * lead_n, -1, to_x.shape[-1])
@@ -85,6 +95,16 @@ class MaxPool2d(Op):
         g = F.fold(cols, (h, w), self.kernel, stride=self.stride)
         g = g[..., ph:h - ph, pw:w - pw]
         return [g.reshape(b, s, *in_shape)], kappa
+
+    def abs_forward(self, ts):
+        with torch.no_grad():  # the chosen element of a window is at most the window's max
+            return (1 + 2 * gamma(self.kernel[0] * self.kernel[1], ts[0].dtype)) * self.forward(ts[0])
+
+    def error_radius(self, mags):
+        with torch.no_grad():
+            a = self.forward(mags[0])
+            # adjoint: up to k window contributions per input; kappa: a float64 sum over the output
+            return (gamma(self.kernel[0] * self.kernel[1], a.dtype) + gamma(self.out_numel(), F64)) * a
 
     def __repr__(self):
         return f"MaxPool2d(k={self.kernel}, s={self.stride}, p={self.padding})"

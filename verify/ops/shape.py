@@ -1,7 +1,8 @@
 """Shape operators: Reshape (Flatten, Squeeze, Unsqueeze), Transpose, constant Pad, Concat.
 
 All are linear with non-negative 0/1 coefficients, so IBP maps ``lo -> lo`` and ``hi -> hi`` and
-the CROWN/Jacobian step is the inverse data movement.
+the CROWN/Jacobian step is the inverse data movement. Nothing rounds except the float64 dot of ``Lambda``
+with inserted constants (Pad values, Concat pieces).
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ from torch import Tensor
 from verify.ops.base import LinearOp
 
 
-class Reshape(LinearOp):
-    kind = "reshape"
+class _DataMovement(LinearOp):
     monotone = True
+    interval_exact = True
+
+    def error_radius(self, mags):
+        return self.offset_error(self.offset())
+
+
+class Reshape(_DataMovement):
+    kind = "reshape"
 
     def __init__(self, shape: Sequence[int]):
         self.shape = tuple(int(d) for d in shape)
@@ -35,11 +43,10 @@ class Reshape(LinearOp):
         return f"Reshape{self.shape}"
 
 
-class Transpose(LinearOp):
+class Transpose(_DataMovement):
     """Permutes per-sample axes; ``perm`` is given over the per-sample axes."""
 
     kind = "transpose"
-    monotone = True
 
     def __init__(self, perm: Sequence[int]):
         self.perm = tuple(int(p) for p in perm)
@@ -60,11 +67,10 @@ class Transpose(LinearOp):
         return f"Transpose{self.perm}"
 
 
-class Pad(LinearOp):
+class Pad(_DataMovement):
     """Constant padding; ``pads`` in torch order (last axis first: left, right, top, bottom, ...)."""
 
     kind = "pad"
-    monotone = True
 
     def __init__(self, pads: Sequence[int], value: float = 0.0):
         self.pads, self.value = tuple(int(p) for p in pads), float(value)
@@ -87,11 +93,10 @@ class Pad(LinearOp):
         return f"Pad{self.pads}"
 
 
-class Concat(LinearOp):
+class Concat(_DataMovement):
     """Concatenation of variables (and constant pieces) along a per-sample axis."""
 
     kind = "concat"
-    monotone = True
 
     def __init__(self, axis: int, n_vars: int, constants: dict[int, Tensor] | None = None):
         # constants: position in the concatenation -> constant piece (per-sample shape).
