@@ -101,7 +101,7 @@ def test_console_script_help_lists_every_option():
     out = subprocess.run([sys.executable, "-m", "verify.cli.main", "bounds", "--help"], capture_output=True,
                          text=True, check=True).stdout
     for opt in ("--center", "--eps", "--box", "--method", "--C", "--iterations", "--optimize-intermediate",
-                "--json", "--clip", "--float64", "--lr"):
+                "--json", "--clip", "--precision", "--lr"):
         assert opt in out
     top = subprocess.run([sys.executable, "-m", "verify.cli.main", "--help"], capture_output=True, text=True,
                          check=True).stdout

@@ -271,3 +271,46 @@ def test_every_combination_of_corner_and_method_on_a_float64_model():
         lower, upper = bound(net, lo, hi, method=method)
         assert lower.dtype == F64
         assert (y >= lower).all() and (y <= upper).all(), method
+
+
+# --- single ops at extreme scales, against exact rational arithmetic -----------------------------------------
+
+
+def _exact_dense(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> list[Fraction]:
+    return [sum((Fraction(float(wi)) * Fraction(float(xi)) for wi, xi in zip(row, x, strict=True)), Fraction(0))
+            + Fraction(float(bo)) for row, bo in zip(w, b, strict=True)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e-30, 1e-6, 1.0, 1e6, 1e25])
+def test_dense_interval_and_backward_contain_the_exact_value_at_any_scale(dtype, scale):
+    from verify.bounds.crown import lower_bound
+    from verify.bounds.ibp import sound_interval
+    from verify.graph import GraphBuilder
+    from verify.ops import Dense, Relu
+
+    gen = torch.Generator().manual_seed(int(abs(np.log10(scale))) + 7)
+    for _ in range(20):
+        n, m = int(torch.randint(1, 40, (1,), generator=gen)), int(torch.randint(1, 6, (1,), generator=gen))
+        w = (torch.randn(m, n, generator=gen) * torch.rand(m, n, generator=gen) ** 8).to(dtype)
+        b = (torch.randn(m, generator=gen) * scale).to(dtype)
+        x = (torch.randn(n, generator=gen) * scale).to(dtype)
+        exact = _exact_dense(w, b, x)
+        op = Dense(w, b)
+        op.bind([(n,)])
+        lo, hi = sound_interval(op, [(x[None], x[None])])
+        for j, e in enumerate(exact):
+            assert Fraction(float(lo[0, j])) <= e <= Fraction(float(hi[0, j])), (scale, dtype, "interval")
+        # CROWN through Dense -> ReLU -> Dense with a random spec row, at a point box
+        b2 = GraphBuilder("x", (n,))
+        h = b2.add("h", Relu(), [b2.add("z", Dense(w, b), ["x"])])
+        w2 = torch.randn(1, m, generator=gen).to(dtype)
+        g = b2.build(b2.add("y", Dense(w2, None), [h]))
+        bounds = {"x": (x[None], x[None])}
+        bounds["z"] = sound_interval(op, [bounds["x"]])
+        bounds["h"] = sound_interval(g.node("h").op, [bounds["z"]])
+        lam = torch.ones(1, 1, 1, dtype=dtype)
+        low = lower_bound(g, "y", lam, bounds)
+        relu = [max(e, Fraction(0)) for e in exact]
+        value = sum((Fraction(float(w2[0, j])) * relu[j] for j in range(m)), Fraction(0))
+        assert Fraction(float(low[0, 0])) <= value, (scale, dtype, "crown")

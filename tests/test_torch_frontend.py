@@ -89,3 +89,29 @@ def test_unsupported_module_is_named():
     net = nn.Sequential(nn.Linear(2, 2), nn.Softplus())
     with pytest.raises(UnsupportedOperator, match="Softplus"):
         from_torch(net, (2,))
+
+
+def test_bound_takes_one_unbatched_sample_of_a_module():
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.rand(4)
+    lower, upper = bound(lin, x - 0.1, x + 0.1)
+    assert lower.shape == (1, 2) and (lower <= lin(x)).all() and (lin(x) <= upper).all()
+    conv = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 3 * 3, 2))
+    img = torch.rand(2, 5, 5)  # [C, H, W]: not a batch of 2 images of shape (5, 5)
+    lower, upper = bound(conv, img - 0.01, img + 0.01)
+    y = conv(img[None])
+    assert lower.shape == (1, 2) and (lower <= y).all() and (y <= upper).all()
+    lower2, _ = bound(conv, (img - 0.01)[None], (img + 0.01)[None])
+    assert torch.equal(lower, lower2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_bound_refuses_non_finite_boxes_with_a_value_error(bad):
+    x = torch.zeros(1, 4)
+    hi = x.clone()
+    hi[0, 2] = bad
+    with pytest.raises(ValueError, match="finite"):
+        bound(nn.Linear(4, 2), x, hi)
+    with pytest.raises(ValueError, match="empty"):
+        bound(nn.Linear(4, 2), x + 1, x)

@@ -50,6 +50,8 @@ def check_against_onnxruntime(graph: Graph, onnx_path: str | os.PathLike, points
         ref = torch.as_tensor(run_onnxruntime(onnx_path, x[k].double().numpy()))
         if ref.numel() != ours.shape[1]:
             raise ModelError(f"{onnx_path}: onnxruntime gives {ref.numel()} outputs, the IR {ours.shape[1]}")
+        if not bool(torch.isfinite(ref).all()):
+            continue  # the model itself overflows at this point: nothing to compare
         dev = (ours[k] - ref).abs()
         tol = 2 * width[k] + REL_FLOOR.get(dtype, 1e-5) * (1 + ref.abs().max())
         bad = ~(dev <= tol)  # NaN counts as a mismatch

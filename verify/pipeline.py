@@ -33,7 +33,7 @@ from verify.errors import ShapeError
 from verify.frontends.onnx_frontend import load_onnx
 from verify.graph import Graph
 from verify.model_check import check_against_onnxruntime, sample_points
-from verify.rounding import F64, bound_dtype, cast_box, down, up
+from verify.rounding import bound_dtype, outward_box
 from verify.spec import RowSpec
 from verify.vnnlib import VnnlibSpec, parse_vnnlib
 
@@ -99,17 +99,19 @@ SMALL_NETWORK_PARAMS = 1_000_000
 
 def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float = 60.0, seed: int = 0,
                     attack_budget: float | None = None, alpha_iterations: int = 20,
-                    num_threads: int | None = None, workers: int | None = None) -> VerifyResult:
+                    num_threads: int | None = None, workers: int | None = None,
+                    precision: str = "float64") -> VerifyResult:
     """Decide one instance. Raises ``ClarkeError`` subclasses for bad input (the CLI maps them to ``error``).
 
     ``num_threads``: torch threads while verifying (restored after). Default: 1 for networks under a
     million weights, where intra-op threads cost more in synchronisation than they give (measured
     up to 30x slower input-split BaB with 2 threads on a busy 2-core machine), else torch's setting.
-    ``workers``: processes for the MIP refinement of intermediate bounds (default: every core available)."""
+    ``workers``: processes for the MIP refinement of intermediate bounds (default: every core available).
+    ``precision``: arithmetic of the bound computations (``verify.rounding.PRECISIONS``); sound either way."""
     old = torch.get_num_threads()
     try:
         return _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iterations, num_threads,
-                       workers or available_cores())
+                       workers or available_cores(), precision)
     finally:
         torch.set_num_threads(old)
 
@@ -120,7 +122,7 @@ def available_cores() -> int:
 
 
 def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iterations, num_threads,
-            workers) -> VerifyResult:
+            workers, precision) -> VerifyResult:
     t0 = time.perf_counter()
     # Leave room to write the result: answer `timeout` before the limit, never after it.
     deadline = Deadline(max(0.0, 0.97 * timeout - 0.3))
@@ -131,7 +133,7 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
         raise ShapeError(f"{vnnlib_path}: {spec.n_inputs} inputs, model has {graph.input_numel}")
     check_against_onnxruntime(graph, onnx_path, sample_points([(p.box.lo, p.box.hi) for p in spec.properties],
                                                               seed=seed))
-    bgraph = graph.with_dtype(bound_dtype(graph.dtype))  # bounds: float64, rounding paid
+    bgraph = graph.with_dtype(bound_dtype(graph.dtype, precision))  # bounds, rounding paid
     if num_threads is None:
         n_params = sum(t.numel() for n in graph.nodes for t in n.op.tensors().values())
         num_threads = 1 if n_params < SMALL_NETWORK_PARAMS else torch.get_num_threads()
@@ -145,7 +147,7 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
     log.info("phase crown: %d propert%s, timeout %.1f s", len(props), "y" if len(props) == 1 else "ies", timeout)
     open_props, stages = [], []
     for prop, rows in props:  # CROWN first: milliseconds, and it settles easy instances before any attack
-        lo, hi = bound_box(prop.box.lo, prop.box.hi, bgraph.dtype)
+        lo, hi = outward_box(prop.box.lo, prop.box.hi, bgraph.dtype)
         proved, stage = _root_verified(bgraph, rows, lo, hi, deadline, alpha_iterations=0)
         (stages.append(stage) if proved else open_props.append((prop, rows, lo, hi)))
     if not open_props:
@@ -184,14 +186,6 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
             return done(res.status, stage, domains=res.domains)
         stages.append(stage)
     return done("unsat", "+".join(sorted(set(stages))) or "trivial")
-
-
-def bound_box(lo, hi, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The box bounds are computed on: the float64 reading of the decimal box widened by one ulp (it may lie
-    on either side of the decimal), then cast outward to ``dtype``."""
-    lo64 = down(torch.as_tensor(np.asarray(lo, dtype=np.float64), dtype=F64))
-    hi64 = up(torch.as_tensor(np.asarray(hi, dtype=np.float64), dtype=F64))
-    return cast_box(lo64, hi64, dtype)
 
 
 BAB_FIRST_SHARE = 0.05

@@ -74,6 +74,7 @@ def accumulated_error(graph: Graph, name: str, bounds: Mapping[str, Bounds], cac
     several consumers also pays for the rounded sum of their contributions (``2 u a``)."""
     if cache.fan_out is None:
         cache.fan_out = {k for k, v in graph.consumers().items() if len(v) > 1}
+    x_lo = bounds[graph.input_name][0]
     with torch.no_grad():
         for n in graph.ancestors(name):
             if n.name in cache.accumulated:
@@ -81,19 +82,17 @@ def accumulated_error(graph: Graph, name: str, bounds: Mapping[str, Bounds], cac
             e = error_radius(graph, n.name, bounds, cache)
             ups = [cache.accumulated.get(i) for i in n.inputs]
             if any(t is not None for t in ups):
-                ts = [t if t is not None else torch.zeros(1, *graph.shape_of(i), dtype=_dtype(graph, bounds))
+                ts = [t if t is not None else x_lo.new_zeros(x_lo.shape[0], *graph.shape_of(i))
                       for t, i in zip(ups, n.inputs, strict=True)]
                 pushed = n.op.abs_forward(ts)
                 e = pushed if e is None else e + pushed
             if n.name in cache.fan_out:
-                fan = 2 * unit_roundoff(_dtype(graph, bounds)) * _magnitude_of(graph, bounds, n.name, cache)
+                fan = 2 * unit_roundoff(x_lo.dtype) * _magnitude_of(graph, bounds, n.name, cache)
                 e = fan if e is None else e + fan
+            if e is not None:  # one radius per box, also for allowances shared by all boxes
+                e = e.expand(x_lo.shape[0], *n.shape)
             cache.accumulated[n.name] = e
     return cache.accumulated.get(name)
-
-
-def _dtype(graph: Graph, bounds: Mapping[str, Bounds]) -> torch.dtype:
-    return bounds[graph.input_name][0].dtype
 
 
 def backward_pass(graph: Graph, start: str, lam: Tensor, bounds: Mapping[str, Bounds],

@@ -27,6 +27,8 @@ from verify.cli.common import (
     region_from_args,
 )
 from verify.frontends.onnx_frontend import load_onnx
+from verify.model_check import check_against_onnxruntime, sample_points
+from verify.rounding import PRECISIONS, outward_box
 
 log = logging.getLogger("verify.cli.bounds")
 
@@ -58,7 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float, default=0.5, help="alpha-CROWN Adam learning rate, > 0 (default 0.5)")
     p.add_argument("--optimize-intermediate", action="store_true",
                    help="alpha-CROWN: also optimise slopes of intermediate-layer bounds (tighter, slower)")
-    p.add_argument("--float64", action="store_true", help="compute in double precision")
+    p.add_argument("--precision", choices=PRECISIONS, default="float64",
+                   help="arithmetic of the bound computation: float64, or the model's own precision (faster, "
+                        "looser on wide layers); the bounds are rigorous either way")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: lower, upper (one entry per output, C-order), method, seconds")
     add_verbosity(p)
@@ -92,19 +96,19 @@ def _spec_matrix(path: str | None, n_outputs: int) -> np.ndarray | None:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    dtype = torch.float64 if args.float64 else torch.float32
-    graph = load_onnx(args.model, dtype=dtype)
+    graph = load_onnx(args.model)  # in the model's own precision
     boxes = _boxes(args, graph)
     C = _spec_matrix(args.C, graph.output_numel)
+    check_against_onnxruntime(graph, args.model, sample_points(boxes, per_box=1))
     lower = upper = None
     for i, (lo, hi) in enumerate(boxes):
-        check_dtype_range(lo, hi, "float64" if args.float64 else "float32")
+        check_dtype_range(lo, hi, str(graph.dtype).replace("torch.", ""))
         log.info("%s on input box %d of %d", args.method, i + 1, len(boxes))
-        lo_t = torch.tensor(lo, dtype=dtype).reshape(1, -1)
-        hi_t = torch.tensor(hi, dtype=dtype).reshape(1, -1)
+        # the float64 box (a decimal reading, or x0 -+ eps rounded once) widened by an ulp, in float64
+        lo_t, hi_t = outward_box(lo.reshape(1, -1), hi.reshape(1, -1), torch.float64)
         with torch.no_grad() if args.method != "alpha-crown" else torch.enable_grad():
             lb, ub = bound(graph, lo_t, hi_t, C=C, method=args.method, iterations=args.iterations, lr=args.lr,
-                           optimize_intermediate=args.optimize_intermediate)
+                           optimize_intermediate=args.optimize_intermediate, precision=args.precision)
         lb, ub = lb[0].detach().double().numpy(), ub[0].detach().double().numpy()
         lower = lb if lower is None else np.minimum(lower, lb)
         upper = ub if upper is None else np.maximum(upper, ub)
@@ -113,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     if args.json:
         print_json({"lower": lower.tolist(), "upper": upper.tolist(), "method": args.method,
-                    "seconds": round(seconds, 6), "model": args.model, "boxes": len(boxes)})
+                    "precision": args.precision, "seconds": round(seconds, 6), "model": args.model,
+                    "boxes": len(boxes)})
         return 0
     from rich.console import Console
     from rich.table import Table

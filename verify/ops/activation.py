@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from verify.ops.base import Op, dot_trailing
-from verify.rounding import F64, cast_down, cast_up, gamma, tiny, unit_roundoff
+from verify.ops.base import Op
+from verify.rounding import F64, cast_down, cast_up, dot64, gamma, tiny, unit_roundoff
 
 
 class Activation(Op):
@@ -49,7 +49,7 @@ class Activation(Op):
         # Lambda+ takes the lower line, Lambda- the upper: lam*aU + (aL - aU)*Lambda+ in fewer passes.
         pos = lam.clamp(min=0)
         lam_in = lam * aU + pos * (aL - aU)
-        kappa = dot_trailing(lam, cU) + dot_trailing(pos, cL - cU)
+        kappa = dot64(lam, cU) + dot64(pos, cL - cU)
         return [lam_in], kappa
 
     def error_radius(self, mags):
@@ -88,6 +88,13 @@ class Relu(Activation):
             a_lo_unstable = alpha[0]
         a_lo = torch.where(unstable, a_lo_unstable, active.to(hi.dtype))
         return a_lo, torch.zeros_like(c_up), a_up, c_up
+
+    def backward(self, lam, in_bounds, alpha=None):
+        lo, hi = in_bounds[0]
+        aL, _, aU, cU = self.relax(lo.unsqueeze(1), hi.unsqueeze(1), alpha)
+        # Lambda+ takes the lower line, Lambda- the upper; the lower lines have no intercept
+        lam_in = lam * torch.where(lam > 0, aL, aU)
+        return [lam_in], dot64(lam.clamp(max=0), cU)
 
     def init_alpha(self, lo, hi):
         return (hi >= -lo).to(hi.dtype).unsqueeze(0)

@@ -34,11 +34,6 @@ def merge_leading(t: Tensor, n_trailing: int) -> tuple[Tensor, tuple[int, ...]]:
     return t.reshape(-1, *t.shape[t.dim() - n_trailing:]), lead
 
 
-def dot_trailing(lam: Tensor, const: Tensor) -> Tensor:
-    """``sum over per-sample dims of lam * const`` in float64 (see :func:`verify.rounding.dot64`)."""
-    return dot64(lam, const)
-
-
 class Op:
     """Base class. ``in_shapes`` / ``out_shape`` are per-sample shapes, set by :meth:`bind`."""
 
@@ -136,7 +131,7 @@ class LinearOp(Op):
 
     def backward(self, lam, in_bounds, alpha=None):
         c = self.offset()
-        kappa = None if c is None else dot_trailing(lam, c)
+        kappa = None if c is None else dot64(lam, c)
         return self.adjoint(lam), kappa
 
     def abs_forward(self, ts):
