@@ -3,6 +3,7 @@ and of BaB, monotonicity certificates, API and CLI."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 
@@ -13,10 +14,10 @@ import torch.nn as nn
 
 from models.zoo import mlp
 from tests.helpers import random_network
-from verify.errors import UnsupportedOperator
+from verify.errors import ModelError, UnsupportedOperator
 from verify.lipschitz import lipschitz, monotonicity
 from verify.lipschitz.api import _prepare, upper_bounds
-from verify.lipschitz.jacobian import abs_chord, gate_lines
+from verify.lipschitz.gates import abs_chord, gate_lines
 
 TOL = 1e-6
 
@@ -328,9 +329,13 @@ def test_cnn_and_residual_bounds_are_sound():
     lo = torch.rand(1, 8, 8, dtype=torch.float64)
     hi = lo + 0.2
     truth = sampled_max(cnn, (1, 8, 8), lo, hi, 2000, 10)
-    for precision in ("float32", "float64"):
-        r = lipschitz(cnn, lo, hi, method="crown", input_shape=(1, 8, 8), attack=False, precision=precision)
-        assert r.upper >= float(truth.max())
+    cnn32 = copy.deepcopy(cnn).float()  # float32 arithmetic only for a float32 model (narrowing is refused)
+    truth32 = sampled_max(copy.deepcopy(cnn32), (1, 8, 8), lo, hi, 2000, 10)  # its float64 evaluation
+    for model, precision, t in ((cnn32, "float32", truth32), (cnn32, "float64", truth32), (cnn, "float64", truth)):
+        r = lipschitz(model, lo, hi, method="crown", input_shape=(1, 8, 8), attack=False, precision=precision)
+        assert r.upper >= float(t.max())
+    with pytest.raises(ModelError):
+        lipschitz(cnn, lo, hi, method="crown", input_shape=(1, 8, 8), attack=False, precision="float32")
     r = lipschitz(cnn, lo, hi, method="ibp", input_shape=(1, 8, 8), samples=200)
     assert float(truth.max()) * 0.5 <= r.lower <= r.upper
 

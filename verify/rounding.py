@@ -63,11 +63,11 @@ def magnitude(lo: Tensor, hi: Tensor) -> Tensor:
 
 def down(x: Tensor) -> Tensor:
     """The next float below ``x``: a lower bound of any real whose round-to-nearest value is ``x``."""
-    return torch.nextafter(x, torch.full_like(x, float("-inf")))
+    return torch.nextafter(x, x.new_full((), float("-inf")))
 
 
 def up(x: Tensor) -> Tensor:
-    return torch.nextafter(x, torch.full_like(x, float("inf")))
+    return torch.nextafter(x, x.new_full((), float("inf")))
 
 
 def widen(lo: Tensor, hi: Tensor, radius: Tensor | float | None) -> tuple[Tensor, Tensor]:
@@ -134,3 +134,51 @@ def dot_error(lam: Tensor, radius: Tensor) -> Tensor:
         radius = radius.unsqueeze(1)
     # The float64 sum of non-negative terms is exact to a relative gamma; the callers' constants cover it.
     return dot64(lam.detach().abs(), radius.detach())
+
+
+# -- directed arithmetic: floats enclosing exact results ---------------------------------------------------
+
+
+
+def sub_enclose(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Floats ``lo <= a - b <= hi`` (exact real difference): the rounding error of ``a - b`` is computed exactly
+    by Knuth's two-sum, so ``lo = hi = a - b`` whenever the difference is exact."""
+    nb = -b
+    s = a + nb
+    bv = s - a
+    av = s - bv
+    e = (a - av) + (nb - bv)
+    return torch.where(e < 0, down(s), s), torch.where(e > 0, up(s), s)
+
+
+def _exact_product(x: Tensor, y: Tensor) -> Tensor:
+    """Where ``x y`` is certainly exact: a zero factor (keeps exact zeros exact)."""
+    return (x == 0) | (y == 0)
+
+
+def mul_up(x: Tensor, y: Tensor) -> Tensor:
+    """A float ``>= x y`` (exact product)."""
+    if x.dtype == torch.float32:  # a product of two float32 numbers is exact in float64
+        return cast_up(x.to(F64) * y.to(F64), torch.float32)
+    p = x * y
+    return torch.where(_exact_product(x, y), p, up(p))
+
+
+def mul_down(x: Tensor, y: Tensor) -> Tensor:
+    """A float ``<= x y`` (exact product)."""
+    if x.dtype == torch.float32:
+        return cast_down(x.to(F64) * y.to(F64), torch.float32)
+    p = x * y
+    return torch.where(_exact_product(x, y), p, down(p))
+
+
+def outward(lo: Tensor, hi: Tensor, pad: Tensor) -> tuple[Tensor, Tensor]:
+    """``[lo - pad, hi + pad]`` rounded outward; entries with ``pad == 0`` (exact zeros) are kept exactly."""
+    return (torch.where(pad > 0, down(lo - pad), lo), torch.where(pad > 0, up(hi + pad), hi))
+
+
+def sum_up(t: Tensor) -> Tensor:
+    """A float64 ``[N]`` upper bound of the exact sum of each row of ``t [N, ...]`` (exact zeros kept)."""
+    t64 = t.reshape(t.shape[0], -1).to(F64)
+    s, mass = t64.sum(-1), t64.abs().sum(-1)
+    return torch.where(mass > 0, up(s + gamma(t64.shape[-1], F64) * mass), s)

@@ -1,8 +1,14 @@
-"""Python API: ``lipschitz(model, x_lo, x_hi, ...)`` and ``monotonicity(model, x_lo, x_hi, feature, ...)``."""
+"""Python API: ``lipschitz(model, x_lo, x_hi, ...)`` and ``monotonicity(model, x_lo, x_hi, feature, ...)``.
+
+Every reported bound holds for the exact real-arithmetic network as stored: upper bounds and derivative bounds are
+rigorous (``verify.lipschitz.jacobian``), a reported ``lower`` and a counterexample's sign are certified at a point
+(``verify.lipschitz.attack.point_gradient_bounds``). The model is computed in its own precision or a wider one
+(``Graph.with_dtype``), never a narrower one, and every rounding allowance is sized for that precision."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -15,26 +21,28 @@ import torch
 from torch import Tensor
 
 from verify.api import as_graph
-from verify.errors import ShapeError
-from verify.graph import Graph
-from verify.lipschitz.attack import gradients, kink_free
+from verify.errors import ModelError, ShapeError
+from verify.graph import Graph, Node
+from verify.lipschitz.attack import certified_l1, gradients, kink_free, point_gradient_bounds
 from verify.lipschitz.attack import lower_bound as attack_lower
 from verify.lipschitz.bab import Objective, bab
 from verify.lipschitz.bounds import forward_bounds, jacobian_bounds, naive_bound
 from verify.lipschitz.jacobian import JacobianGraph
-from verify.mip import _float64_copy
 from verify.ops.linear import Conv2d
+from verify.rounding import F64, cast_box
+from verify.rounding import up as round_up
 
 log = logging.getLogger(__name__)
 METHODS = ("naive", "ibp", "crown", "alpha-crown", "bab", "mip", "lipsdp")
 SMALL_NET = 4096  # neurons; above it BaB starts from CROWN instead of alpha-CROWN
-F32_MARGIN = 1e-5  # relative (and absolute) widening of bounds computed in float32
+PRECISIONS = ("auto", "float32", "float64")
 
 
 @dataclass
 class LipschitzResult:
     """``upper``: certified bound on ``max_j sup_{x in X} ||J_j||_1`` (local l_inf Lipschitz constant);
-    ``lower``: attained by a gradient at some point of the box; ``per_output``: ``[{output, upper, lower}]``.
+    ``lower``: certified at a point of the box (at most the norm of every Clarke Jacobian there; the point is
+    ``extra["witness"][k]``); ``per_output``: ``[{output, upper, lower}]``.
     ``status``: "converged" when ``upper - lower <= 1e-6 * max(1, upper)``, else "bounded"."""
 
     upper: float
@@ -54,8 +62,9 @@ class LipschitzResult:
 @dataclass
 class MonotonicityResult:
     """Sign of ``d f_output / d x_feature`` over the box. ``status``: "increasing" / "decreasing" (certified),
-    "not_monotone" (``counterexample`` has a gradient of the wrong sign), "unknown" (timeout).
-    ``lower``/``upper`` bound the partial derivative over the box."""
+    "not_monotone" (``counterexample``: a point where every Clarke derivative has the wrong sign, certified;
+    ``gradient`` is its float64 value there), "unknown" (timeout). ``lower``/``upper`` bound the partial
+    derivative over the box."""
 
     status: str
     lower: float
@@ -71,10 +80,13 @@ class MonotonicityResult:
 
 
 def _prepare(model: Any, x_lo, x_hi, input_shape=None, precision: str = "auto") -> tuple[Graph, Tensor, Tensor]:
-    """A detached copy of the graph in the working precision and the box ``[1, *input_shape]``.
+    """A detached graph in the working precision and the box ``[1, *input_shape]`` (rounded outward).
 
-    ``precision``: "float64", "float32" or "auto" (float64 unless the graph has convolutions, whose float64
-    CPU kernels are ~10x slower; float32 results get a relative safety margin, see :data:`F32_MARGIN`)."""
+    ``precision``: "float64" (any model, widened exactly), "float32" (float32 models only: narrowing would round
+    the weights, i.e. bound another network) or "auto" (float64, except float32 models with convolutions, whose
+    float64 CPU kernels are ~10x slower: those stay in float32 with float32-sized rounding allowances)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
     lo_t = torch.as_tensor(np.asarray(x_lo) if not isinstance(x_lo, Tensor) else x_lo).detach()
     hi_t = torch.as_tensor(np.asarray(x_hi) if not isinstance(x_hi, Tensor) else x_hi).detach()
     if isinstance(model, torch.nn.Module):
@@ -82,15 +94,22 @@ def _prepare(model: Any, x_lo, x_hi, input_shape=None, precision: str = "auto") 
         graph = as_graph(model, shape)
     else:
         graph = as_graph(model)
-    graph = _float64_copy(graph)
-    if precision not in ("auto", "float32", "float64"):
-        raise ValueError(f"unknown precision {precision!r}; choose auto, float32 or float64")
+    model_dtype = graph.dtype
     has_conv = any(isinstance(n.op, Conv2d) for n in graph.nodes)
-    dtype = torch.float32 if precision == "float32" or (precision == "auto" and has_conv) else torch.float64
-    if dtype == torch.float32:
-        graph.cast(torch.float32)
-    lo = lo_t.to(torch.float64).reshape(-1)
-    hi = hi_t.to(torch.float64).reshape(-1)
+    if precision == "float32" and model_dtype != torch.float32:
+        raise ModelError(f"{graph.source}: cannot compute a {model_dtype} model in float32 (its weights would be "
+                         "rounded); use precision 'float64' or 'auto'")
+    keep = precision == "float32" or (precision == "auto" and has_conv and model_dtype == torch.float32)
+    graph = _detached(graph.with_dtype(model_dtype if keep else F64))
+    lo, hi = _box64(graph, lo_t, hi_t)
+    lo, hi = cast_box(lo, hi, graph.dtype)  # a float32 box containing the float64 one
+    return graph, lo, hi
+
+
+def _box64(graph: Graph, x_lo, x_hi) -> tuple[Tensor, Tensor]:
+    """The user's box in float64 ``[1, *input_shape]`` (exact: witnesses and counterexamples must lie in it)."""
+    lo = torch.as_tensor(np.asarray(x_lo) if not isinstance(x_lo, Tensor) else x_lo).detach().to(F64).reshape(-1)
+    hi = torch.as_tensor(np.asarray(x_hi) if not isinstance(x_hi, Tensor) else x_hi).detach().to(F64).reshape(-1)
     if lo.numel() != graph.input_numel or hi.numel() != graph.input_numel:
         raise ShapeError(f"box has {lo.numel()}/{hi.numel()} values but the model input has {graph.input_numel} "
                          f"({graph.input_shape})")
@@ -98,12 +117,22 @@ def _prepare(model: Any, x_lo, x_hi, input_shape=None, precision: str = "auto") 
         raise ShapeError("box bounds must be finite")
     if bool((lo > hi).any()):
         raise ShapeError(f"empty input box: lower > upper at input index {int((lo > hi).nonzero()[0])}")
-    if dtype == torch.float32:  # round the box outwards so the float32 box contains the float64 one
-        lo32, hi32 = lo.float(), hi.float()
-        lo32 = torch.where(lo32.double() > lo, torch.nextafter(lo32, torch.tensor(-math.inf)), lo32)
-        hi32 = torch.where(hi32.double() < hi, torch.nextafter(hi32, torch.tensor(math.inf)), hi32)
-        lo, hi = lo32, hi32
-    return graph, lo.reshape(1, *graph.input_shape), hi.reshape(1, *graph.input_shape)
+    return lo.reshape(1, *graph.input_shape), hi.reshape(1, *graph.input_shape)
+
+
+def _detached(graph: Graph) -> Graph:
+    """``graph`` with its tensors detached (no autograd through a torch model's parameters): ops copied,
+    tensors detached, wrapped modules (e.g. BatchNorm) deep-copied without gradients."""
+    nodes = []
+    for n in graph.nodes:
+        op = copy.copy(n.op)
+        for k, v in list(vars(op).items()):
+            if isinstance(v, Tensor):
+                setattr(op, k, v.detach())
+            elif isinstance(v, torch.nn.Module):
+                setattr(op, k, copy.deepcopy(v).requires_grad_(False))
+        nodes.append(Node(n.name, op, n.inputs, n.shape))
+    return Graph(graph.input_name, graph.input_shape, nodes, graph.output, graph.source, graph.user_input_shape)
 
 
 @contextlib.contextmanager
@@ -138,12 +167,9 @@ def _n_neurons(graph: Graph) -> int:
 
 def upper_bounds(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], method: str,
                  timeout: float = 10.0, known_lower: float | None = None) -> tuple[Tensor, dict]:
-    """Per-output upper bounds ``[K]`` (float64) by one method (each also capped by the naive bound)."""
-    up, extra = _upper_bounds(graph, lo, hi, outs, method, timeout, known_lower)
-    up = up.double()
-    if graph.dtype == torch.float32:  # accumulated float32 rounding of the bound computation
-        up = up * (1 + F32_MARGIN) + F32_MARGIN
-    return up, extra
+    """Per-output upper bounds ``[K]`` (float64, rigorous) by one method (each also capped by the naive bound)."""
+    up_, extra = _upper_bounds(graph, lo, hi, outs, method, timeout, known_lower)
+    return up_.to(F64), extra
 
 
 def _upper_bounds(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], method: str,
@@ -174,18 +200,19 @@ def _upper_bounds(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], met
         from verify.lipschitz.lipmip import lipmip
 
         crown, _ = _upper_bounds(graph, lo, hi, outs, "crown")
-        if graph.dtype != torch.float64:  # the MILP is encoded in float64
-            graph, lo, hi = _float64_copy(graph), lo.double(), hi.double()
-            crown = crown.double() * (1 + F32_MARGIN) + F32_MARGIN
+        if graph.dtype != torch.float64:  # the MILP is encoded in float64 (widening is exact)
+            graph, lo, hi = graph.with_dtype(F64), lo.to(F64), hi.to(F64)
         res = lipmip(graph, lo, hi, outs, timeout=timeout, crown_upper=crown.tolist())
         extra.update(mip_status=res.status, mip_value=res.value, mip_x=res.x)
         return torch.minimum(torch.tensor(res.upper, dtype=torch.float64), naive), extra
     if method == "lipsdp":
         from verify.lipschitz.sdp import lipsdp_l2
 
-        l2 = lipsdp_l2(graph, outs)
+        l2 = lipsdp_l2(graph, outs)  # certified (inf when no certificate was found)
         extra["l2"] = l2
-        return torch.minimum(torch.tensor(l2, dtype=torch.float64) * math.sqrt(graph.input_numel), naive), extra
+        # ||g||_1 <= sqrt(d) ||g||_2; both factors and the product rounded up
+        sqrt_d = round_up(torch.tensor(math.sqrt(graph.input_numel), dtype=F64))
+        return torch.minimum(round_up(torch.tensor(l2, dtype=F64) * sqrt_d), naive), extra
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
@@ -209,24 +236,28 @@ def _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack,
                ) -> LipschitzResult:
     t0 = time.perf_counter()
     graph, lo, hi = _prepare(model, x_lo, x_hi, input_shape, precision)
+    box = _box64(graph, x_lo, x_hi)
     outs = _outputs(graph, outputs)
-    low = torch.full((len(outs),), -math.inf, dtype=torch.float64)
+    low = torch.full((len(outs),), -math.inf, dtype=F64)
+    witness: list = [None] * len(outs)  # per output: the point where ``lower`` is certified
     if attack:  # first, so that BaB can stop as soon as its bound meets an attained value
         log.info("phase attack: %d sampled gradients + PGD (lower bound)", samples)
-        low, _ = attack_lower(graph, lo, hi, outs, samples=samples)
-        low = low.double().clamp(min=0.0)  # a norm: 0 is always attained (and -inf is not JSON)
+        low, pts = attack_lower(graph, lo, hi, outs, samples=samples, exact_box=box)  # certified at pts
+        low = low.to(F64).clamp(min=0.0)  # a norm is >= 0 (and -inf is not JSON)
+        witness = [p.to(F64).reshape(-1).tolist() for p in pts]
     known = float(low.max()) if attack else None
     log.info("phase %s upper bound: %d output(s), %d inputs", method, len(outs), graph.input_numel)
     up, extra = upper_bounds(graph, lo, hi, outs, method, max(timeout - (time.perf_counter() - t0), 0.0), known)
-    for k, x in enumerate(extra.get("bab_points", [])):
-        if x is not None:  # gradients at interior points of exact BaB leaves (MIP optima sit on kinks)
-            xt = torch.as_tensor(x, dtype=graph.dtype).reshape(1, *graph.input_shape)
-            if bool(kink_free(graph, xt)[0]):
-                low[k] = torch.maximum(low[k], gradients(graph, xt, [outs[k]]).abs().sum().double())
-    # an attained value above a sound bound can only be rounding; clamp that, but let a larger excess
-    # (which would reveal a bug) show in the result instead of hiding it
-    low = low.double()
-    low = torch.where(low <= up * (1 + 1e-6) + 1e-9, torch.minimum(low, up), low)
+    leaves = [(k, x) for k, x in enumerate(extra.get("bab_points", [])) if x is not None]
+    if leaves:  # interior points of feasible BaB leaves (MIP optima sit on kinks): certified there too
+        xs = torch.stack([_clamp(torch.as_tensor(x, dtype=F64).reshape(1, *graph.input_shape), box)[0]
+                          for _, x in leaves])
+        vals = certified_l1(graph, xs, [outs[k] for k, _ in leaves])
+        for (k, _), v, x in zip(leaves, vals, xs, strict=True):
+            if bool(v > low[k]):
+                low[k], witness[k] = v, x.reshape(-1).tolist()
+    extra["witness"] = witness
+    # both are rigorous (upper for the box, lower at a point of it): nothing to reconcile
     per = [{"output": j, "upper": float(u), "lower": float(lv)} for j, u, lv in zip(outs, up, low, strict=True)]
     upper, lower = float(up.max()), float(low.max())
     status = "converged" if upper - lower <= 1e-6 * max(1.0, abs(upper)) else "bounded"
@@ -248,6 +279,7 @@ def _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_
                   ) -> MonotonicityResult:
     t0 = time.perf_counter()
     graph, lo, hi = _prepare(model, x_lo, x_hi, input_shape, precision)
+    box = _box64(graph, x_lo, x_hi)
     outs = _outputs(graph, output)
     if not 0 <= feature < graph.input_numel:
         raise ShapeError(f"feature index {feature} out of range: the model has {graph.input_numel} inputs")
@@ -273,9 +305,9 @@ def _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_
     # wrong sign for "increasing" is a negative derivative: maximise -d (sign -1), prove max <= 0
     sign = -1.0 if direction == "increasing" else 1.0
     val, pts = attack_lower(graph, lo, hi, outs, samples=1000, objective="neg" if sign < 0 else "pos",
-                            feature=feature)
-    if float(val[0]) > 0:
-        return done("not_monotone", pts[0].numpy(), float(-val[0] if sign < 0 else val[0]))
+                            feature=feature, exact_box=box)
+    if float(val[0]) > 0:  # certified at the point: every Clarke derivative there has the wrong sign
+        return done("not_monotone", pts[0].numpy(), _grad64(graph, pts[:1], outs, feature))
     res = bab(graph, lo, hi, outs, Objective("entry", feature, sign), timeout=timeout - (time.perf_counter() - t0),
               stop_below=0.0)
     if sign < 0:
@@ -286,12 +318,11 @@ def _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_
         dlo, dhi = (max(dlo, 0.0), dhi) if sign < 0 else (dlo, min(dhi, 0.0))
         return done(direction)
     if res.status == "refuted" and res.lower_x[0] is not None:
-        x = torch.as_tensor(res.lower_x[0], dtype=graph.dtype).reshape(1, *graph.input_shape)
-        g = float(gradients(graph, x, outs)[0, 0, feature])
-        if sign * g > 0 and bool(kink_free(graph, x)[0]):
-            return done("not_monotone", x.numpy(), g)
+        x = _clamp(torch.as_tensor(res.lower_x[0], dtype=F64).reshape(1, *graph.input_shape), box)
+        if bool(_wrong_sign(graph, x, outs, feature, sign)[0]):
+            return done("not_monotone", x.numpy(), _grad64(graph, x, outs, feature))
     # smooth activations (nothing to split in ReLU BaB) or an undecided ReLU BaB: bisect the input box
-    verdict, x, g = _input_split_sign(graph, jg, lo, hi, outs, feature, sign, t0 + timeout)
+    verdict, x, g = _input_split_sign(graph, jg, lo, hi, outs, feature, sign, t0 + timeout, box)
     if verdict == "proved":  # the sign is certified on every sub-box: the derivative bound follows
         dlo, dhi = (max(dlo, 0.0), dhi) if sign < 0 else (dlo, min(dhi, 0.0))
         return done(direction)
@@ -301,9 +332,11 @@ def _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_
 
 
 def _input_split_sign(graph: Graph, jg: JacobianGraph, lo: Tensor, hi: Tensor, outs: list[int], feature: int,
-                      sign: float, deadline: float, max_boxes: int = 256) -> tuple[str, Any, float | None]:
+                      sign: float, deadline: float, box: tuple[Tensor, Tensor], max_boxes: int = 256
+                      ) -> tuple[str, Any, float | None]:
     """Prove ``sign * d f / d x_feature <= 0`` on the box by bisecting it (widest side first), bounding all
-    sub-boxes in one batch; sub-box centres with the wrong sign are counterexamples."""
+    sub-boxes in one batch; sub-box centres (clamped into the float64 ``box``) with a certified wrong sign are
+    counterexamples."""
     boxes_lo, boxes_hi = lo, hi
     while time.perf_counter() < deadline:
         with torch.no_grad():
@@ -315,12 +348,14 @@ def _input_split_sign(graph: Graph, jg: JacobianGraph, lo: Tensor, hi: Tensor, o
         if not bool(open_.any()):
             return "proved", None, None
         boxes_lo, boxes_hi, worst = boxes_lo[open_], boxes_hi[open_], worst[open_]
-        centres = (boxes_lo + boxes_hi) / 2
-        g = gradients(graph, centres, outs)[:, 0, feature]
-        bad = (sign * g > 0) & kink_free(graph, centres)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0])
-            return "refuted", centres[i].reshape(-1).detach().numpy(), float(g[i])
+        centres = _clamp((boxes_lo.to(F64) + boxes_hi.to(F64)) / 2, box)
+        g = gradients(graph, centres.to(graph.dtype), outs)[:, 0, feature]
+        bad = ((sign * g > 0) & kink_free(graph, centres.to(graph.dtype))).nonzero().flatten()
+        if bad.numel():  # float candidates; a counterexample must be certified at its point
+            ok = _wrong_sign(graph, centres[bad], outs, feature, sign).nonzero().flatten()
+            if ok.numel():
+                x = centres[bad[ok[0]]].unsqueeze(0)
+                return "refuted", x.reshape(-1).numpy(), _grad64(graph, x, outs, feature)
         order = worst.argsort(descending=True)[: max_boxes // 2]
         boxes_lo, boxes_hi = boxes_lo[order], boxes_hi[order]
         m = boxes_lo.shape[0]
@@ -336,3 +371,19 @@ def _input_split_sign(graph: Graph, jg: JacobianGraph, lo: Tensor, hi: Tensor, o
         boxes_lo = torch.cat([lo_a, lo_b]).reshape(2 * m, *shape)
         boxes_hi = torch.cat([hi_a, hi_b]).reshape(2 * m, *shape)
     return "unknown", None, None
+
+
+def _wrong_sign(graph: Graph, x: Tensor, outs: list[int], feature: int, sign: float) -> Tensor:
+    """``[P]``: ``sign * d f / d x_feature > 0`` at ``x[p]`` for every Clarke Jacobian there (certified)."""
+    lo, hi = point_gradient_bounds(graph, x, [outs[0]] * x.shape[0])
+    return lo[:, feature] > 0 if sign > 0 else hi[:, feature] < 0
+
+
+def _grad64(graph: Graph, x: Tensor, outs: list[int], feature: int) -> float:
+    """The float64 gradient entry at ``x[0]`` (reported beside a certified counterexample)."""
+    return float(gradients(graph.with_dtype(F64), x[:1].to(F64), outs)[0, 0, feature])
+
+
+def _clamp(x: Tensor, box: tuple[Tensor, Tensor]) -> Tensor:
+    """Float64 points clamped into the float64 box (exact)."""
+    return torch.minimum(torch.maximum(x.to(F64), box[0]), box[1])

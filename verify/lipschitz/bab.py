@@ -4,9 +4,15 @@ A domain fixes signs ``s_i z_i <= 0`` of some ReLU inputs. Unlike the published 
 flips the Clarke mask and so converges to the *pattern-only* value), every child re-computes the forward
 CROWN bounds under all its splits, so split constraints propagate to deeper neurons (newly stable neurons
 fix their gates); a domain whose clamped bounds become empty is infeasible and dropped; a fully split domain
-(every gate degenerate, the network affine on it) is settled by an exact LP over ``{x in X: s_i z_i(x) <= 0}``.
+(every gate degenerate, the network affine on it) is settled by an LP over ``{x in X: s_i z_i(x) <= 0}``.
 BaB therefore converges to the max over feasible patterns = the LipMIP value. Best-first on the upper
 bound, batched, 'area' branching score ``|Lambda_y| * |u_g|u_g| - l_g|l_g||`` on unstable neurons.
+
+Rigour: every domain bound is the rigorous Jacobian bound of ``verify.lipschitz.jacobian``; an LP optimum is
+no proof, so a leaf is dropped as infeasible only with a verified certificate: the LP's duals ``mu >= 0`` give
+``sum_i mu_i s_i z_i(x)``, and a rigorous CROWN upper bound of it below 0 on the leaf (whose ReLUs are all
+exact there) shows that no ``x`` realises the pattern (which would make the sum ``>= 0``). Otherwise the leaf is
+kept, closed with its (sound) bound. Points of feasible leaves are only candidates for the attained value.
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from verify.bounds.crown import intermediate_bounds
+from verify.bounds.crown import RoundingCache, backward_pass, concretize_lower, intermediate_bounds
 from verify.graph import Graph
 from verify.lipschitz.jacobian import JacobianGraph, seed_tensor
-from verify.mip import _float64_copy
 from verify.ops.activation import Relu
+from verify.rounding import F64, gamma
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +49,9 @@ class Objective:
 class BabResult:
     """Per-output results of :func:`bab`."""
 
-    upper: Tensor  # [K] upper bound of the objective's max per output
-    lower: Tensor  # [K] exact values of feasible fully split domains (-inf when none)
-    lower_x: list  # per output: interior point realising ``lower`` (or None)
+    upper: Tensor  # [K] upper bound of the objective's max per output (float64, rigorous)
+    lower: Tensor  # [K] bounds of the best feasible fully split domains (their value up to rounding; -inf if none)
+    lower_x: list  # per output: an interior point of that domain (or None); callers certify its value
     status: str  # "converged" / "bounded" / "proved" (max <= 0) / "refuted" (a feasible point > 0)
     domains: int = 0
     seconds: float = 0.0
@@ -53,7 +59,7 @@ class BabResult:
 
 
 def _objective(jg: JacobianGraph, gates, gb, seeds, obj: Objective, record: dict | None) -> Tensor:
-    """Upper bound ``[N]`` of the objective; ``record`` receives the Lambdas at gate outputs (for scores)."""
+    """Float64 upper bound ``[N]`` of the objective; ``record`` receives the Lambdas at gate outputs (for scores)."""
     if obj.kind == "l1":
         return jg.l1_upper(gates, gb, seeds, True, record)
     x = jg.graph.input_name
@@ -65,7 +71,7 @@ def _objective(jg: JacobianGraph, gates, gb, seeds, obj: Objective, record: dict
     up = -jg.lower(x, lam, gates, gb, seeds, record)[:, 0]
     lo, hi = gb[x]
     n = seeds.shape[0]
-    ival = (hi if obj.sign > 0 else -lo).reshape(n, -1)[:, obj.feature]
+    ival = (hi if obj.sign > 0 else -lo).reshape(n, -1)[:, obj.feature].to(F64)
     return torch.minimum(up, ival)
 
 
@@ -83,16 +89,15 @@ class _Evaluator:
             fb = intermediate_bounds(self.graph, lo, hi, "crown", splits=splits, reference=ref)
         feasible = torch.ones(m, dtype=torch.bool)
         for l, h in fb.values():
-            # empty bounds prove the domain infeasible; the tolerance covers rounding of the bound computation
-            tol = 1e-9 if l.dtype == torch.float64 else 1e-5
-            bad = (l > h + tol * (1 + h.abs())) | torch.isnan(l) | torch.isnan(h)
+            # the bounds are rigorous on the domain, so empty bounds prove that no input realises its splits
+            bad = (l > h) | torch.isnan(l) | torch.isnan(h)
             feasible &= ~bad.reshape(m, -1).any(-1)
         seeds = self.seeds_k[seed_idx]
         gates = self.jg.gates(fb, splits)
         gb = self.jg.bounds(gates, seeds, True)
         record = {n.name: None for n in self.relus}
         up = _objective(self.jg, gates, gb, seeds, self.obj, record)
-        scores, unstable_any = [torch.zeros(m, 0, dtype=up.dtype)], torch.zeros(m, dtype=torch.bool)
+        scores, unstable_any = [torch.zeros(m, 0, dtype=self.x_lo.dtype)], torch.zeros(m, dtype=torch.bool)
         for n in self.relus:
             dl, du = gates[n.name]
             lg, ug = gb[n.name]
@@ -108,16 +113,18 @@ class _Evaluator:
 
 
 def _pattern_lp(graph: Graph, relus, gates_row: dict[str, Tensor], x_lo: Tensor, x_hi: Tensor
-                ) -> tuple[bool, np.ndarray | None, float]:
-    """Exact check of a fully fixed ReLU pattern: ``max t`` s.t. ``s_i z_i(x) >= t`` for all ReLU inputs,
-    ``x`` in the box (``z`` affine in ``x`` once the pattern is fixed). Feasible iff ``t* >= -tol``."""
+                ) -> tuple[bool, np.ndarray | None, float, dict[str, Tensor]]:
+    """LP check of a fully fixed ReLU pattern: ``max t`` s.t. ``s_i z_i(x) >= t`` for all ReLU inputs, ``x`` in
+    the box (``z`` affine in ``x`` once the pattern is fixed). Returns ``(t* >= -tol, x*, t*, coef)`` with
+    ``coef[z] = mu s`` per ReLU input from the LP duals: a candidate infeasibility certificate
+    (``sum <coef, z(x)> < 0`` wherever the pattern holds), to be verified by :func:`_certified_infeasible`."""
     from scipy.optimize import linprog
 
     n = graph.input_numel
     shape = graph.input_shape
     pts = torch.cat([torch.zeros(1, n, dtype=x_lo.dtype), torch.eye(n, dtype=x_lo.dtype)]).reshape(n + 1, *shape)
     vals = {graph.input_name: pts}
-    rows_a, rows_c = [], []
+    rows_a, rows_c, signs = [], [], []
     for node in graph.nodes:
         ins = [vals[i] for i in node.inputs]
         if isinstance(node.op, Relu):
@@ -129,11 +136,12 @@ def _pattern_lp(graph: Graph, relus, gates_row: dict[str, Tensor], x_lo: Tensor,
             s = mask.reshape(-1) * 2 - 1  # +1: z >= 0, -1: z <= 0
             rows_a.append((s.unsqueeze(0) * a).T)
             rows_c.append(s * c)
+            signs.append((node.inputs[0], s))
             vals[node.name] = z * mask.unsqueeze(0)
         else:
             vals[node.name] = node.op.forward(*ins)
     if not rows_a:
-        return True, ((x_lo + x_hi) / 2).reshape(-1).numpy(), 1.0
+        return True, ((x_lo + x_hi) / 2).reshape(-1).numpy(), 1.0, {}
     A = torch.cat(rows_a).double().numpy()  # s (A x + c) >= t  <=>  -sA x + t <= s c
     C = torch.cat(rows_c).double().numpy()
     scale = np.abs(A).sum(1) + np.abs(C) + 1e-12
@@ -146,9 +154,44 @@ def _pattern_lp(graph: Graph, relus, gates_row: dict[str, Tensor], x_lo: Tensor,
     res = linprog(cost, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs")
     if res.status != 0:
         # 2: infeasible is impossible here (t is free below); anything else: keep the domain (sound)
-        return True, None, -math.inf
+        return True, None, -math.inf, {}
     t = -float(res.fun)
-    return t >= -1e-9, np.asarray(res.x[:n]), t
+    # duals of the (scaled) rows s_i z_i / scale_i >= t: -marginals >= 0; any mu >= 0 is a candidate
+    mu = np.maximum(-np.asarray(res.ineqlin.marginals, dtype=np.float64), 0.0) / scale
+    coef, off = {}, 0
+    for name, s in signs:
+        coef[name] = torch.from_numpy(mu[off:off + s.numel()].copy()) * s.double()
+        off += s.numel()
+    x = np.clip(np.asarray(res.x[:n]), x_lo.reshape(-1).numpy(), x_hi.reshape(-1).numpy())
+    return t >= -1e-9, x, t, coef
+
+
+def _certified_infeasible(graph: Graph, coef: dict[str, Tensor], bounds: dict[str, tuple[Tensor, Tensor]]
+                          ) -> bool:
+    """True when ``sum_z <coef_z, z(x)> < 0`` for every ``x`` of the domain, proved by CROWN: each term is
+    back-substituted to ``<Lambda_z, x> + kappa_z`` (rigorous lower bounds of ``-<coef_z, z>``, ``bounds``: the
+    domain's box and ReLU-input bounds, splits applied), the linear functions are summed in float64 (their rounding
+    paid over the box) and concretised once. A point realising the pattern has ``coef_z z >= 0`` entrywise."""
+    if not coef:
+        return False
+    cache = RoundingCache()
+    x_lo, x_hi = bounds[graph.input_name]
+    lam_sum = torch.zeros(1, 1, graph.input_numel, dtype=F64)
+    lam_mass = torch.zeros_like(lam_sum)
+    kappa = torch.zeros(1, 1, dtype=F64)
+    kappa_mass = torch.zeros_like(kappa)
+    for name, c in coef.items():
+        lam = (-c).to(x_lo.dtype).reshape(1, 1, *graph.shape_of(name))
+        lam_x, k = backward_pass(graph, name, lam, bounds, cache=cache)
+        if lam_x is not None:
+            lam64 = lam_x.reshape(1, 1, -1).to(F64)
+            lam_sum, lam_mass = lam_sum + lam64, lam_mass + lam64.abs()
+        kappa, kappa_mass = kappa + k, kappa_mass + k.abs()
+    n = len(coef) + 1
+    mag = torch.maximum(x_lo.abs(), x_hi.abs()).reshape(1, -1, 1).to(F64)
+    slack = gamma(n, F64) * ((lam_mass @ mag).squeeze(-1) + kappa_mass)  # the float64 sums above
+    res = concretize_lower(lam_sum.reshape(1, 1, *graph.input_shape), kappa - slack, x_lo, x_hi)
+    return bool(torch.isfinite(res).all()) and bool(res[0, 0] > 0)
 
 
 def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: Objective,
@@ -157,7 +200,8 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
         ) -> BabResult:
     """Best-first BaB maximising the objective over the box for every selected output (one batch).
 
-    ``graph`` should be float64. ``root_upper`` [K]: sound bounds (e.g. CROWN) children never exceed.
+    ``graph``: any precision (its allowances are sized for it). ``root_upper`` [K]: sound bounds (e.g. CROWN)
+    children never exceed.
     ``stop_below``: stop as soon as the global upper is <= it (monotonicity: 0). ``known_lower``: a value
     attained in the box (e.g. a sampled gradient norm); the search stops once the upper bound meets it."""
     t0 = time.perf_counter()
@@ -177,16 +221,16 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
     batch = int(max(1, min(batch, 0.05 * timeout / (2 * per_domain + 1e-9))))
     if root_upper is not None:
         up = torch.minimum(up, root_upper.to(up.dtype))
-    lower = torch.full((k,), -math.inf, dtype=x_lo.dtype)
+    lower = torch.full((k,), -math.inf, dtype=F64)
     lower_x: list = [None] * k
     if not relus:  # nothing to branch on (smooth activations only): the root bound is the answer
         return BabResult(up, lower, lower_x, "bounded", k, time.perf_counter() - t0)
     # with smooth activations a fully split domain is still relaxed: its bound is not an attained value
     exact_leaves = len(relus) == len(jg.activations) and not jg.pools
-    # the LP of a fully split domain is always built in float64 (feasibility decides dropping a domain)
-    lp_graph = graph if graph.dtype == torch.float64 else _float64_copy(graph)
+    # the LP of a fully split domain is built in float64 (a heuristic: infeasibility is certified separately)
+    lp_graph = graph.with_dtype(F64)
     lp_relus = [n for n in lp_graph.nodes if isinstance(n.op, Relu)]
-    closed_upper = torch.full((k,), -math.inf, dtype=x_lo.dtype)  # exact values of settled domains
+    closed_upper = torch.full((k,), -math.inf, dtype=F64)  # bounds of settled (feasible) domains
     q_seed, q_up, q_scores, q_full = seed_idx, up, scores, full
     q_splits, q_ref = splits, ref
     q_gates = gates
@@ -220,12 +264,16 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
             break
         if time.perf_counter() - t0 > timeout or n_domains > max_domains:
             break
-        # fully split domains at the top are settled exactly by LP
+        # fully split domains at the top are settled by LP
         top = int(q_up.argmax())
         if bool(q_full[top]):
-            if exact_leaves:  # the net is affine on the domain: an exact LP settles it
+            if exact_leaves:  # the net is affine on the domain: the LP decides whether the pattern is realised
                 row = {n.name: q_gates[o.name][0][top] for n, o in zip(lp_relus, relus, strict=True)}
-                ok, x, t = _pattern_lp(lp_graph, lp_relus, row, x_lo.double(), x_hi.double())
+                ok, x, t, coef = _pattern_lp(lp_graph, lp_relus, row, x_lo.double(), x_hi.double())
+                if not ok:  # dropped only when the duals prove it; else kept, closed with its sound bound
+                    leaf = {a: (b[0][top:top + 1], b[1][top:top + 1]) for a, b in q_ref.items()}
+                    leaf[graph.input_name] = (x_lo, x_hi)
+                    ok = not _certified_infeasible(graph, coef, leaf)
             else:  # other nonlinearities remain: no exact test, keep the domain's (sound) bound as settled
                 ok, x, t = True, None, -math.inf
             j = int(q_seed[top])

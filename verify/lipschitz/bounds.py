@@ -3,6 +3,9 @@ and the naive product of operator norms.
 
 ``L_inf(f_j, X) = sup_{x in X} sup_{J in Clarke df(x)} ||J_j||_1``; bounds on every forward pre-activation
 ``[l_z, u_z]`` fix the Clarke gates, the gradient graph is then bounded with no x-dependence left.
+
+Rigour: the forward bounds are rigorous (``verify.bounds``), the Jacobian bounds too (``verify.lipschitz.jacobian``);
+every returned upper bound is float64 and holds for the exact network as stored (its ``weight_err`` included).
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from torch import Tensor
 from verify.bounds.crown import AlphaStore, intermediate_bounds
 from verify.errors import UnsupportedOperator
 from verify.graph import Graph
-from verify.lipschitz.jacobian import JacobianGraph, seed_tensor
+from verify.lipschitz.jacobian import JacobianGraph, abs_adjoint, err_adjoint, seed_tensor, step_gamma
 from verify.ops.activation import Relu, Sigmoid, Tanh
 from verify.ops.affine import Scale
 from verify.ops.base import Bounds, LinearOp
 from verify.ops.linear import Conv2d, Dense
 from verify.ops.pooling import AvgPool2d, MaxPool2d
 from verify.ops.shape import Pad, Reshape, Transpose
+from verify.rounding import F64, gamma, sum_up, unit_roundoff, up
 
 
 def forward_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str,
@@ -82,53 +86,61 @@ def jacobian_bounds(jg: JacobianGraph, fb: Mapping[str, Bounds], outputs: Sequen
     return up.reshape(b, k), {"gates": gates, "gb": gb, "seeds": seeds}
 
 
-_ACT_LIP = {Relu: 1.0, Sigmoid: 0.25, Tanh: 1.0, MaxPool2d: 1.0}  # l_inf -> l_inf Lipschitz constants
+_ACT_LIP = {Relu: 1.0, Sigmoid: 0.25, Tanh: 1.0, MaxPool2d: 1.0}  # l_inf -> l_inf Lipschitz constants (exact)
 
 
 def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
-    """``||W_L[j, :]||_1 prod_k ||W_k||_{inf->inf} prod Lip(sigma)`` for chain graphs ``[K]``.
+    """``||W_L[j, :]||_1 prod_k ||W_k||_{inf->inf} prod Lip(sigma)`` for chain graphs, float64 ``[K]``.
 
     Graphs with fan-out (residual adds) use the same product along the graph with absolute adjoints
-    (``1^T |L_1^T| ... |L^T| |c_j|``), which is a valid, tighter product bound."""
-    from verify.lipschitz.jacobian import abs_adjoint
-
-    dtype = graph.dtype
-    chain = all(len(n.inputs) == 1 for n in graph.nodes) and _single_use(graph) and all(
-        _inf_norm(n.op) is not None for n in graph.nodes if isinstance(n.op, LinearOp))
-    seeds = seed_tensor(graph, outputs, dtype)
+    (``1^T |L_1^T| ... |L^T| |c_j|``), which is a valid, tighter product bound. Rigorous for the exact weights:
+    norms of ``|W| + weight_err`` in float64, each rounded sum and product rounded up (``gamma_n`` then ``up``)."""
+    g64 = graph.with_dtype(F64)
+    chain = all(len(n.inputs) == 1 for n in g64.nodes) and _single_use(g64) and all(
+        _inf_norm(n.op) is not None for n in g64.nodes if isinstance(n.op, LinearOp))
+    seeds = seed_tensor(g64, outputs, F64)
+    k = len(outputs)
     if chain:
         # the last linear map is applied to the seed exactly (||W_L[j,:]||_1), the rest by operator norms
         lam = seeds.unsqueeze(0)  # [1, K, *out]
-        factor = torch.ones(len(outputs), dtype=dtype)
+        factor = torch.ones(k, dtype=F64)
         first = True
-        for n in reversed(graph.nodes):
+        for n in reversed(g64.nodes):
             if isinstance(n.op, LinearOp):
                 if first:
-                    lam = abs_adjoint(n.op, lam.abs())[0]
+                    lam = _abs_step(n.op, 0, lam.abs())
                     first = False
                 else:
-                    factor = factor * _inf_norm(n.op)
+                    factor = up(factor * _inf_norm(n.op))
             else:
-                factor = factor * _ACT_LIP[type(n.op)]
-        if first:
-            return factor * lam.reshape(len(outputs), -1).abs().sum(-1)
-        return lam.reshape(len(outputs), -1).sum(-1) * factor
+                factor = up(factor * _ACT_LIP[type(n.op)])
+        return up(factor * sum_up(lam.reshape(k, -1).abs()))
     # general DAG: |adjoint| with every activation gate at its global Lipschitz constant
-    acc: dict[str, Tensor] = {graph.output: seeds.abs().unsqueeze(0)}
-    for n in reversed(graph.nodes):
+    acc: dict[str, Tensor] = {g64.output: seeds.abs().unsqueeze(0)}
+    for n in reversed(g64.nodes):
         lam = acc.pop(n.name, None)
         if lam is None:
             continue
         if isinstance(n.op, LinearOp):
-            ins = abs_adjoint(n.op, lam)
+            ins = [_abs_step(n.op, i, lam) for i in range(len(n.inputs))]
         elif isinstance(n.op, Relu | Sigmoid | Tanh):
             ins = [lam * _ACT_LIP[type(n.op)]]
         else:
             raise UnsupportedOperator(type(n.op).__name__, n.name, detail="naive Lipschitz bound of a non-chain graph")
         for i, li in zip(n.inputs, ins, strict=True):
-            if li is not None:
-                acc[i] = acc[i] + li if i in acc else li
-    return acc[graph.input_name].reshape(len(outputs), -1).sum(-1)
+            if li is not None:  # a rounded sum of non-negative terms: (1 + 2 u) covers it
+                acc[i] = up((acc[i] + li) * (1 + 2 * unit_roundoff(F64))) if i in acc else li
+    return sum_up(acc[g64.input_name].reshape(k, -1))
+
+
+def _abs_step(op: LinearOp, k: int, lam: Tensor) -> Tensor | None:
+    """``(|L_k| + Err_k)^T lam`` for ``lam >= 0`` in float64, rounded up (``gamma_n`` per dot product)."""
+    t = abs_adjoint(op, lam)[k]
+    if t is None:
+        return None
+    t = t * (1 + 2 * step_gamma(op, F64))
+    werr = err_adjoint(op, k, lam)
+    return up(t if werr is None else t + 1.01 * werr)
 
 
 def _single_use(graph: Graph) -> bool:
@@ -142,16 +154,22 @@ def _single_use(graph: Graph) -> bool:
 
 
 def _inf_norm(op: LinearOp) -> Tensor | None:
-    """``||L||_{inf->inf}`` = the largest row sum of ``|L|`` = ``max(|L| 1)``; None when no rule applies."""
+    """An upper bound of ``||L*||_{inf->inf}`` = the largest row sum of ``|L*|`` (float64 op; ``|L*| <= |L| + Err``);
+    None when no rule applies."""
     if isinstance(op, Dense):
-        return op.weight.abs().sum(1).max()
+        w = op.weight.abs() if op.weight_err is None else op.weight.abs() + op.weight_err
+        return up(w.sum(1).max() * (1 + 2 * gamma(w.shape[1], F64)))
     ones = torch.ones(1, *op.in_shapes[0], dtype=op.dtype())
     if isinstance(op, Conv2d):
-        return op._conv(ones, op.weight.abs(), None).max()
+        w = op.weight.abs() if op.weight_err is None else op.weight.abs() + op.weight_err
+        return up(op._conv(ones, w, None).max() * (1 + 2 * step_gamma(op, F64)))
     if isinstance(op, Scale):
-        return torch.ones(()) if op.weight is None else op.weight.abs().max()
+        if op.weight is None:
+            return torch.ones((), dtype=F64)
+        w = op.weight.abs() if op.weight_err is None else up(op.weight.abs() + op.weight_err)
+        return w.max().to(F64)
     if isinstance(op, Reshape | Transpose | Pad):
-        return torch.ones((), dtype=ones.dtype)
+        return torch.ones((), dtype=F64)
     if isinstance(op, AvgPool2d):
-        return op.forward(ones).max()
+        return up(op.forward(ones).max() * (1 + 2 * step_gamma(op, F64)))
     return None

@@ -13,6 +13,22 @@ of ``{(g, d g)}``: two chords (``y <= max(dl g, du g)``, ``y >= min(dl g, du g)`
 rule for ``[0, 1]``. CROWN on the gradient graph pushes ``Lambda`` from ``G:x`` towards the seed, i.e. along
 the *forward* direction of the network: the transpose of ``L_k^T`` is the forward linear map ``L_k``, so
 conv Jacobians need no dense identity specs. The batch axis ``N`` enumerates (box, seed) pairs.
+
+Rounding (``verify.rounding``): every bound holds for the exact Jacobian of the network as stored, whose linear
+maps are the exact ``L*`` with ``|L - L*| <= Err`` (the ops' ``weight_err``), for every (Clarke) gate value.
+
+* Intervals of ``G``: a step ``L^T g`` (centre/radius) is widened by ``3 gamma_n |L|^T a + Err^T a`` with
+  ``a = max |G|`` of the consumer, gate products ``d g`` are rounded outward, sums of contributions are widened
+  by ``gamma_k`` times their magnitudes; gate derivatives of sigmoid/tanh come from float64 with a margin.
+  Underflow costs a few smallest normals per product that is not an exact zero, so exact zeros stay exact.
+* Gate lines: any float slope ``a`` is sound once the intercept bounds ``g (d - a)`` at the four vertices of
+  ``[dl, du] x [lg, ug]`` (the gate is bilinear, so the vertices decide); it is computed with directed
+  rounding (exact two-sum for ``d - a``, ``nextafter`` on products). Likewise the ``|g|`` chord.
+* CROWN on ``G``: the rounded step ``L lam`` misses ``L* lam`` by ``gamma_n |L||lam| + Err |lam|``, i.e. costs
+  ``<|lam|, gamma_n |L|^T a + Err^T a>`` against ``|G| <= a``; a gate step costs ``3 u |slope| a``, the float64
+  kappa dots ``gamma_n^64 |c|``, a sum of contributions ``2 u a``. As in ``verify.bounds.crown`` these are
+  accumulated once per :meth:`JacobianGraph.bounds` call into ``E_v = e_v + sum_c |step_c|^T E_c``, and a pass
+  from ``v`` pays ``<|lam|, E_v>``; kappa is summed in float64 with its own gamma and rounded down.
 """
 
 from __future__ import annotations
@@ -26,28 +42,38 @@ from torch import Tensor
 
 from verify.errors import UnsupportedOperator
 from verify.graph import Graph, Node
+from verify.lipschitz.gates import (
+    StepLines,
+    _fold,
+    _window_view,
+    abs_chord,
+    activation_gate,
+    gate_interval,
+    maxpool_gate,
+)
 from verify.ops.activation import Activation, Relu, Sigmoid, Tanh
 from verify.ops.affine import AddVars, Scale
 from verify.ops.base import Bounds, LinearOp, merge_leading
 from verify.ops.linear import Conv2d, Dense
 from verify.ops.pooling import AvgPool2d, MaxPool2d
-from verify.ops.shape import Concat, Pad, Reshape, Transpose
+from verify.ops.shape import Concat, Pad, Reshape, Transpose, _DataMovement
+from verify.rounding import F64, cast_down, cast_up, down, gamma, magnitude, outward, sum_up, tiny, unit_roundoff, up
 
 ELEMENTS_PER_PASS = 2 ** 22  # cap on N * rows * numel per intermediate CROWN pass (memory, cache)
 MIN_ROWS = 64  # rows per pass at least (per-pass overhead)
 
 
-def _dot(lam: Tensor, const: Tensor) -> Tensor:
-    """``sum over per-sample dims of lam [N|1, S, *shape] * const [N, *shape]`` -> ``[N, S]``."""
-    prod = lam * const.unsqueeze(1)
-    return prod.reshape(*prod.shape[:2], -1).sum(-1)
+def _bdot64(lam: Tensor, const: Tensor) -> Tensor:
+    """``sum over per-sample dims of lam [N|1, S, *shape] * const [N, *shape]`` in float64 -> ``[N, S]`` (a ``lam``
+    shared by the batch is not expanded: one matrix product)."""
+    n, s = const.shape[0], lam.shape[1]
+    c = const.to(F64).reshape(n, -1)
+    if lam.shape[0] == 1:
+        return (lam.to(F64).reshape(s, -1) @ c.T).T
+    return torch.bmm(lam.to(F64).reshape(n, s, -1), c.unsqueeze(-1)).squeeze(-1)
 
 
-def _bdot(lam: Tensor, const: Tensor) -> Tensor:
-    """``_dot`` as a batched matrix product; ``lam`` may have batch 1 (broadcast over ``const``'s N)."""
-    n = const.shape[0]
-    lam = lam.expand(n, *lam.shape[1:])
-    return torch.bmm(lam.reshape(n, lam.shape[1], -1), const.reshape(n, -1, 1)).squeeze(-1)
+# -- linear steps -------------------------------------------------------------------------------------------
 
 
 def forward_linear(op: LinearOp, k: int, lam: Tensor) -> Tensor:
@@ -101,6 +127,41 @@ def abs_adjoint(op: LinearOp, rad: Tensor) -> list[Tensor | None]:
     raise UnsupportedOperator(type(op).__name__, detail="Lipschitz bounds: no interval rule for its Jacobian")
 
 
+def err_adjoint(op: LinearOp, k: int, t: Tensor) -> Tensor | None:
+    """``Err_k^T t`` for the op's parameter representation error ``Err = weight_err`` (None when exact)."""
+    werr = getattr(op, "weight_err", None)
+    if werr is None:
+        return None
+    if isinstance(op, Dense):
+        return t @ werr
+    if isinstance(op, Conv2d):
+        errop = copy.copy(op)
+        errop.weight = werr
+        return errop.adjoint(t)[k]
+    if isinstance(op, Scale):
+        return _scale_reduce(op, (t * werr).expand_as(t))
+    raise UnsupportedOperator(type(op).__name__, detail="Lipschitz bounds: no rule for its weight error")
+
+
+def step_gamma(op: LinearOp, dtype: torch.dtype) -> float:
+    """Relative rounding bound of the Jacobian step ``L^T g`` and of its transpose ``L lam`` (``gamma_n`` for
+    the longest dot product of either; 0 for pure data movement)."""
+    if isinstance(op, _DataMovement):
+        return 0.0
+    if isinstance(op, Dense):
+        n = max(op.weight.shape)
+    elif isinstance(op, Conv2d):
+        o, i, kh, kw = op.weight.shape
+        n = max(i, o // op.groups) * kh * kw
+    elif isinstance(op, AvgPool2d):
+        n = op.kernel[0] * op.kernel[1]
+    elif isinstance(op, Scale | AddVars):  # one product, plus the adjoint's sum over broadcast copies
+        n = max(1, op.out_numel() // max(1, min(int(torch.Size(s).numel()) for s in op.in_shapes)))
+    else:
+        raise UnsupportedOperator(type(op).__name__, detail="Lipschitz bounds: no rounding rule for its Jacobian")
+    return gamma(n + 2, dtype)
+
+
 def _scale_reduce(op: Scale, g: Tensor) -> Tensor:
     """Sum a gradient over axes along which a Scale broadcast its input."""
     shape = op.in_shapes[0]
@@ -121,94 +182,20 @@ def adjoint(op: LinearOp, lam: Tensor) -> list[Tensor | None]:
     return op.adjoint(lam)
 
 
-def gate_lines(dl: Tensor, du: Tensor, lg: Tensor, ug: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Lines ``aL g + cL <= d g <= aU g + cU`` for all ``d in [dl, du]`` (``0 <= dl <= du``), ``g in [lg, ug]``.
+class GradBounds(dict):
+    """Bounds ``(lo, hi)`` of every ``G:v`` (``[N, *shape]``) and ``err[v]``: the accumulated rounding radius
+    ``E_v`` (module docstring) that a CROWN pass starting at ``v`` with ``Lambda`` pays as ``<|Lambda|, E_v>``."""
 
-    Sign-stable ``g``: exact (``[dl g, du g]`` or ``[du g, dl g]``). Straddling: chords of ``max(dl g, du g)``
-    (convex, upper) and ``min(dl g, du g)`` (concave, lower) -- the convex hull of the gate's graph."""
-    pos, neg = lg >= 0, ug <= 0
-    straddle = ~(pos | neg)
-    width = torch.where(straddle, ug - lg, torch.ones_like(ug))
-    a_up_s = (du * ug - dl * lg) / width
-    a_lo_s = (dl * ug - du * lg) / width
-    c_up_s = du * ug - a_up_s * ug
-    c_lo_s = dl * ug - a_lo_s * ug
-    # Rounding of the chord intercepts: widen by a few ulps of the magnitudes involved.
-    slack = 16 * torch.finfo(ug.dtype).eps * (du * (ug.abs() + lg.abs()) + (a_up_s.abs() + a_lo_s.abs()) * ug.abs())
-    zero = torch.zeros_like(ug)
-    a_up = torch.where(pos, du, torch.where(neg, dl, a_up_s))
-    a_lo = torch.where(pos, dl, torch.where(neg, du, a_lo_s))
-    c_up = torch.where(straddle, c_up_s + slack, zero)
-    c_lo = torch.where(straddle, c_lo_s - slack, zero)
-    return a_lo, c_lo, a_up, c_up
-
-
-def gate_interval(dl: Tensor, du: Tensor, lg: Tensor, ug: Tensor) -> Bounds:
-    """Interval of ``d g``: min / max of the four corner products."""
-    prods = torch.stack([dl * lg, dl * ug, du * lg, du * ug])
-    return prods.min(0).values, prods.max(0).values
-
-
-def abs_chord(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """Upper line ``|g| <= a g + c`` on ``[lo, hi]``: ``+-g`` when sign-stable, else the chord."""
-    pos, neg = lo >= 0, hi <= 0
-    straddle = ~(pos | neg)
-    width = torch.where(straddle, hi - lo, torch.ones_like(hi))
-    a_s = (hi + lo) / width
-    c_s = -2 * hi * lo / width + 16 * torch.finfo(hi.dtype).eps * (hi.abs() + lo.abs())
-    a = torch.where(pos, torch.ones_like(hi), torch.where(neg, -torch.ones_like(hi), a_s))
-    return a, torch.where(straddle, c_s, torch.zeros_like(hi))
-
-
-def activation_gate(op: Activation, lo: Tensor, hi: Tensor, split: Tensor | None = None) -> Bounds:
-    """``[dl, du]`` containing every Clarke derivative of the activation on ``[lo, hi]``.
-
-    ReLU splits override the bounds: an active split (``z >= 0``) uses derivative 1, an inactive one 0.
-    On ``z = 0`` exactly this drops the Clarke interval's other end, which the sibling domain covers."""
-    if isinstance(op, Relu):
-        dl = (lo > 0).to(lo.dtype)
-        du = (hi >= 0).to(lo.dtype)
-        if split is not None:
-            dl = torch.where(split > 0, torch.ones_like(dl), torch.where(split < 0, torch.zeros_like(dl), dl))
-            du = torch.where(split < 0, torch.zeros_like(du), torch.where(split > 0, torch.ones_like(du), du))
-        return dl, torch.maximum(du, dl)
-    if isinstance(op, Sigmoid | Tanh):
-        # sigma' is even and decreasing in |z|: max at the point of [lo, hi] nearest 0, min at an end.
-        near = torch.minimum(torch.maximum(torch.zeros_like(lo), lo), hi)
-        du = op.df(near)
-        dl = torch.minimum(op.df(lo), op.df(hi))
-        margin = 1e-12 + 1e-9 * du
-        return (dl - margin).clamp(min=0), du + margin
-    raise UnsupportedOperator(type(op).__name__, detail="Lipschitz bounds: no Clarke derivative rule")
-
-
-def _window_view(op: MaxPool2d, t: Tensor) -> Tensor:
-    """Per-output-position values ``[N, *lead, C, Ho, Wo]`` as ``[N, lead, C, 1, L]`` (broadcast over K)."""
-    n = t.shape[0]
-    ch = op.in_shapes[0][-3]
-    return t.reshape(n, -1, ch, 1, t.shape[-2] * t.shape[-1])
-
-
-def maxpool_gate(op: MaxPool2d, lo: Tensor, hi: Tensor) -> Bounds:
-    """``[dl, du]`` ``[N, lead, C, K, L]`` of ``d y_w / d x_{w,k}``: 0 unless ``u_k >= max_j l_j`` (a candidate),
-    1 for a sole candidate, else ``[0, 1]`` (Clarke: any convex combination at ties)."""
-    n = lo.shape[0]
-    lo_w = op._windows(merge_leading(lo, 3)[0])
-    hi_w = op._windows(merge_leading(hi, 3)[0])
-    best = lo_w.max(2, keepdim=True).values
-    cand = (hi_w >= best) & torch.isfinite(hi_w)
-    sole = cand.sum(2, keepdim=True) == 1
-    du = cand.to(lo.dtype)
-    dl = (cand & sole).to(lo.dtype)
-    shape = (n, -1, *lo_w.shape[1:])
-    return dl.reshape(shape), du.reshape(shape)
+    def __init__(self) -> None:
+        super().__init__()
+        self.err: dict[str, Tensor] = {}
 
 
 class JacobianGraph:
     """The gradient graph of a forward graph and its IBP / CROWN bounds.
 
-    ``gates`` maps each activation node name to ``(dl, du)`` ``[N, *shape]``; ``gb`` maps forward names to
-    bounds of ``G:name`` ``[N, *shape]``; ``seeds`` is ``[N, *out_shape]``."""
+    ``gates`` maps each activation node name to ``(dl, du)`` ``[N, *shape]``; ``gb`` (a :class:`GradBounds`)
+    maps forward names to bounds of ``G:name`` ``[N, *shape]``; ``seeds`` is ``[N, *out_shape]``."""
 
     def __init__(self, graph: Graph):
         for n in graph.nodes:
@@ -216,6 +203,8 @@ class JacobianGraph:
                 raise UnsupportedOperator(
                     type(n.op).__name__, n.name,
                     detail="Lipschitz bounds support affine ops, ReLU/Sigmoid/Tanh and MaxPool")
+            if isinstance(n.op, LinearOp):
+                step_gamma(n.op, graph.dtype)  # refuses ops without a rounding rule, before any work
         self.graph = graph
         self.order = [graph.input_name] + [n.name for n in graph.nodes]
         self.pos = {v: i for i, v in enumerate(self.order)}
@@ -227,6 +216,8 @@ class JacobianGraph:
         self.pools = [n for n in graph.nodes if isinstance(n.op, MaxPool2d)]
         self.gated = {n.name for n in self.activations} | {n.name for n in self.pools}
         self.relu_inputs = [n.inputs[0] for n in graph.nodes if isinstance(n.op, Relu)]
+        # a node fed by several inputs sums their Lambdas in a pass (rounded)
+        self.fan_in = {n.name for n in graph.nodes if len(n.inputs) > 1}
         self._lines: dict = {}  # gate lines cache, cleared per bounds() call
 
     # -- gates --------------------------------------------------------------------------------
@@ -241,65 +232,79 @@ class JacobianGraph:
             out[n.name] = maxpool_gate(n.op, *fb[n.inputs[0]])
         return out
 
+    def _gate_lines(self, c: Node, gates, gb) -> StepLines:
+        gate, gbc = gates[c.name], gb[c.name]
+        hit = self._lines.get(c.name)
+        # lines depend only on the gate and its g bounds: reuse them while those are the same tensor objects
+        # (the cache holds references, so identity cannot be recycled)
+        if hit is None or hit[0] is not gate or hit[1] is not gbc:
+            if isinstance(c.op, MaxPool2d):
+                lg, ug = (_window_view(c.op, t) for t in gbc)
+                hit = (gate, gbc, StepLines(*gate, lg, ug))
+            else:
+                hit = (gate, gbc, StepLines(*gate, *gbc))
+            self._lines[c.name] = hit
+        return hit[2]
+
     # -- CROWN pass on the gradient graph --------------------------------------------------------
-    def lower(self, start: str, lam: Tensor | None, gates: Mapping[str, Bounds], gb: Mapping[str, Bounds],
+    def lower(self, start: str, lam: Tensor | None, gates: Mapping[str, Bounds], gb: GradBounds,
               seeds: Tensor, record: dict[str, Tensor] | None = None,
               init: dict[str, Tensor] | None = None) -> Tensor:
-        """Lower bound of ``<lam, G:start>`` over the relaxation: ``[N, S]``. ``lam`` is ``[N|1, S, *shape]``;
-        ``record`` receives the Lambda on each gate output (``G:h`` of an activation ``h``) it names.
-        ``init`` (instead of ``lam``): the Lambdas already pushed to the consumers of ``start``."""
+        """Rigorous float64 lower bound ``[N, S]`` of ``<lam, G:start>`` over the relaxation (exact Jacobian).
+        ``lam`` is ``[N|1, S, *shape]``; ``record`` receives the Lambda on each gate output (``G:h`` of an
+        activation ``h``) it names. ``init`` (instead of ``lam``): the Lambdas already pushed, exactly, to the
+        consumers of ``start``."""
         n_batch = seeds.shape[0]
-        lams: dict[str, Tensor] = {start: lam} if init is None else dict(init)
-        s = lam.shape[1] if init is None else next(iter(init.values())).shape[1]
-        kappa = torch.zeros(n_batch, s, dtype=seeds.dtype)
+        if init is None:
+            lams: dict[str, Tensor] = {start: lam}
+            err = _bdot64(lam.abs(), gb.err[start])
+        else:
+            lams = dict(init)
+            err = sum(_bdot64(v.abs(), gb.err[k]) for k, v in init.items())
+        s = next(iter(lams.values())).shape[1]
+        kappa = torch.zeros(n_batch, s, dtype=F64)
+        kappa_abs = torch.zeros_like(kappa)
+        n_terms = 0
         out = self.graph.output
         for v in self.order[self.pos[start]:]:
             lv = lams.pop(v, None)
             if lv is None:
                 continue
+            terms = []
             if v == out:
-                kappa = kappa + _dot(lv, seeds)
+                terms.append(_bdot64(lv, seeds))
             for c, k in self.cons[v]:
                 if isinstance(c.op, Activation):
-                    gate, gbc = gates[c.name], gb[c.name]
-                    hit = self._lines.get(c.name)
-                    # lines depend only on the gate and its g bounds: reuse them while those are the same
-                    # tensor objects (the cache holds references, so identity cannot be recycled)
-                    if hit is None or hit[0] is not gate or hit[1] is not gbc:
-                        hit = (gate, gbc, gate_lines(*gate, *gbc))
-                        self._lines[c.name] = hit
-                    a_lo, c_lo, a_up, c_up = hit[2]
+                    ln = self._gate_lines(c, gates, gb)
                     if record is not None and c.name in record:
                         record[c.name] = lv
-                    # Lambda+ takes the lower line, Lambda- the upper: lv*aU + Lambda+*(aL - aU), and the
-                    # constants as batched dot products (no [N, S, *shape] temporaries)
+                    # Lambda+ takes the lower line, Lambda- the upper: lv a_up + Lambda+ da (StepLines)
                     pos = lv.clamp(min=0)
-                    lc = lv * a_up.unsqueeze(1) + pos * (a_lo - a_up).unsqueeze(1)
-                    kappa = kappa + _bdot(lv, c_up) + _bdot(pos, c_lo - c_up)
+                    lc = lv * ln.a_up.unsqueeze(1) + pos * ln.da.unsqueeze(1)
+                    lv64 = lv.to(F64)  # kappa in float64: one cast, shared by both dots
+                    terms += [_bdot64(lv64, ln.c_up64), _bdot64(lv64.clamp(min=0), ln.c_diff64)]
                 elif isinstance(c.op, MaxPool2d):
                     lc, kap = self._pool_step(c, lv, gates, gb)
-                    kappa = kappa + kap
+                    terms += kap
                     if record is not None and c.name in record:
                         record[c.name] = lv
                 else:
                     lc = forward_linear(c.op, k, lv)
                 lams[c.name] = lams[c.name] + lc if c.name in lams else lc
-        return kappa
+            for t in terms:
+                kappa = kappa + t
+                kappa_abs = kappa_abs + t.abs()
+            n_terms += len(terms)
+        # the float64 sum of the kappa terms and of the allowances round too (as in verify.bounds.crown); with
+        # no slack at all every term was an exact zero, and so is the bound
+        slack = err * (1 + 1e-6) + gamma(n_terms + 1, F64) * (kappa_abs + err)
+        return torch.where(slack > 0, down(kappa - slack), kappa)
 
-    def _pool_lines(self, c: Node, gates, gb):
-        gate, gbc = gates[c.name], gb[c.name]
-        hit = self._lines.get(c.name)
-        if hit is None or hit[0] is not gate or hit[1] is not gbc:
-            lg, ug = (_window_view(c.op, t) for t in gbc)
-            hit = (gate, gbc, gate_lines(*gate, lg, ug))
-            self._lines[c.name] = hit
-        return hit[2]
-
-    def _pool_step(self, c: Node, lv: Tensor, gates, gb) -> tuple[Tensor, Tensor]:
+    def _pool_step(self, c: Node, lv: Tensor, gates, gb) -> tuple[Tensor, list[Tensor]]:
         """MaxPool ``y = max_k x_k``: ``G:x = fold(delta (.) G:y)`` with ``delta_{w,k} in [dl, du]`` per window
         element (1 for a sole candidate, 0 for elements that can never be the max, else [0, 1]). The CROWN step
         unfolds Lambda on ``G:x`` to window elements, applies the gate lines and sums over each window."""
-        a_lo, c_lo, a_up, c_up = self._pool_lines(c, gates, gb)
+        ln = self._gate_lines(c, gates, gb)
         op = c.op
         m, s = lv.shape[:2]
         x_shape = op.in_shapes[0]
@@ -308,62 +313,97 @@ class JacobianGraph:
         cols = F.unfold(lv.reshape(m * s * lead, ch, h, w), op.kernel, padding=op.padding, stride=op.stride)
         lam_e = cols.reshape(m, s, lead, ch, -1, cols.shape[-1])  # [M, S, lead, C, K, L]
         pos = lam_e.clamp(min=0)
-        lc = (lam_e * a_up.unsqueeze(1) + pos * (a_lo - a_up).unsqueeze(1)).sum(4)
-        kappa = _bdot(lam_e, c_up) + _bdot(pos, c_lo - c_up)
+        lc = (lam_e * ln.a_up.unsqueeze(1) + pos * ln.da.unsqueeze(1)).sum(4)
+        lam64 = lam_e.to(F64)
+        kappa = [_bdot64(lam64, ln.c_up64), _bdot64(lam64.clamp(min=0), ln.c_diff64)]
         return lc.reshape(lc.shape[0], s, *op.out_shape), kappa
 
-    def _pool_interval(self, c: Node, gates, gb) -> Bounds:
-        op = c.op
-        lg, ug = (_window_view(op, t) for t in gb[c.name])
-        elo, ehi = gate_interval(*gates[c.name], lg, ug)  # [N, lead, C, K, L]
-        x_shape = op.in_shapes[0]
-        h, w = x_shape[-2:]
-
-        def fold(t: Tensor) -> Tensor:
-            n = t.shape[0]
-            flat = t.reshape(n * t.shape[1], t.shape[2] * t.shape[3], t.shape[4])
-            return F.fold(flat, (h, w), op.kernel, padding=op.padding, stride=op.stride).reshape(n, *x_shape)
-        return fold(elo), fold(ehi)
-
     # -- intermediate bounds of G ---------------------------------------------------------------
-    def _interval_from_consumers(self, v: str, gates, gb, seeds) -> Bounds:
-        """Interval of ``G:v = sum_c contribution_c``: centre/radius through adjoints, corner products at gates."""
-        if v == self.graph.output:
-            return seeds, seeds
-        lo = hi = None
+    def _from_consumers(self, v: str, gates, gb: GradBounds, seeds: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Interval of ``G:v = sum_c contribution_c`` (centre/radius through adjoints, corner products at gates,
+        all rounded outward) and the accumulated rounding radius ``E_v`` of passes from ``v``."""
+        dtype = seeds.dtype
+        u = unit_roundoff(dtype)
+        if v == self.graph.output:  # kappa's float64 dot with the seed (exact for one-hot seeds, paid anyway)
+            return seeds, seeds, gamma(seeds[0].numel(), F64) * seeds.abs()
+        los, his, errs = [], [], []
         for c, k in self.cons[v]:
+            glo, ghi = gb[c.name]
+            a_c, e_c = magnitude(glo, ghi), gb.err[c.name]
             if isinstance(c.op, Activation):
-                clo, chi = gate_interval(*gates[c.name], *gb[c.name])
-            elif isinstance(c.op, MaxPool2d):
-                clo, chi = self._pool_interval(c, gates, gb)
-            else:
-                glo, ghi = gb[c.name]
-                mid, rad = (ghi + glo).unsqueeze(1) / 2, (ghi - glo).unsqueeze(1) / 2
-                cm, cr = adjoint(c.op, mid)[k], abs_adjoint(c.op, rad)[k]
-                if cm is None or cr is None:  # the op does not depend on this input
+                clo, chi = gate_interval(*gates[c.name], glo, ghi)
+                ln = self._gate_lines(c, gates, gb)
+                g64 = gamma(a_c[0].numel(), F64)
+                # three roundings per entry of lv a_up + Lambda+ da; the two float64 dots and the rounded c_diff;
+                # underflow: a few smallest normals per product that is not an exact zero
+                err = (3 * u * ln.slope * a_c + 3 * g64 * ln.c_mag + (1 + 4 * u) * ln.slope * e_c
+                       + tiny(dtype) * ((ln.slope > 0) & (a_c > 0)))
+            elif isinstance(c.op, _DataMovement):  # exact in both directions: moves values (and zeros) only
+                moved = c.op.adjoint(torch.stack([glo, ghi, e_c], 1))[k]
+                if moved is None:
                     continue
-                cm, cr = cm.squeeze(1), cr.squeeze(1)
-                # float rounding of mid/rad: widen by a few ulps so interval bounds stay sound
-                cr = cr + 8 * torch.finfo(cr.dtype).eps * (cm.abs() + cr)
-                clo, chi = cm - cr, cm + cr
-            lo = clo if lo is None else lo + clo
-            hi = chi if hi is None else hi + chi
-        if lo is None:  # no consumer depends on v: its gradient is zero
-            zero = torch.zeros(seeds.shape[0], *self.graph.shape_of(v), dtype=seeds.dtype)
-            return zero, zero
-        return lo, hi
+                clo, chi, err = moved.unbind(1)
+            elif isinstance(c.op, MaxPool2d):
+                op = c.op
+                elo, ehi = gate_interval(*gates[c.name], *(_window_view(op, t) for t in (glo, ghi)))
+                kk = op.kernel[0] * op.kernel[1]
+                # fold sums at most K window elements per input position
+                clo, chi = outward(_fold(op, elo), _fold(op, ehi), gamma(kk, dtype) * _fold(op, magnitude(elo, ehi)))
+                ln = self._gate_lines(c, gates, gb)
+                gk = gamma(kk + 3, dtype)  # three roundings per element, then a sum of K
+                g64 = gamma(a_c[0].numel() * kk, F64)
+                err = _fold(op, (gk * _window_view(op, a_c) + (1 + 2 * gk + 4 * u) * _window_view(op, e_c))
+                            * ln.slope + 3 * g64 * ln.c_mag + tiny(dtype) * (ln.slope > 0))
+            else:
+                mid, rad = (ghi + glo) / 2, (ghi - glo) / 2
+                cm = adjoint(c.op, mid.unsqueeze(1))[k]
+                if cm is None:  # the op does not depend on this input
+                    continue
+                # |L|^T of the radius, of a, of E, and of the indicator of a > 0 (exact: which products can be
+                # nonzero, for the underflow term)
+                stacked = torch.stack([rad, a_c, e_c, (a_c > 0).to(dtype)], 1)
+                cr, la, le, live = abs_adjoint(c.op, stacked)[k].unbind(1)
+                cm = cm.squeeze(1)
+                g = step_gamma(c.op, dtype)
+                werr = err_adjoint(c.op, k, a_c.unsqueeze(1))
+                # exact weights: |(L* - L)^T g| <= Err^T a; underflow: a few smallest normals per live product
+                n_c = c.op.out_numel()
+                extra = (n_c * tiny(dtype)) * (live > 0)
+                if werr is not None:
+                    extra = extra + 1.01 * werr.squeeze(1)
+                # the rounded centre and radius (u a each, through |L|^T), the two rounded products (gamma each)
+                # and the rounded cm -+ cr
+                pad = 3 * g * la + 2 * u * (cm.abs() + cr + la) + extra
+                clo, chi = outward(cm - cr, cm + cr, pad)
+                err = g * la + extra + (1 + 2 * g + 4 * u) * le
+            los.append(clo)
+            his.append(chi)
+            errs.append(err)
+        if not los:  # no consumer depends on v: its gradient is zero
+            zero = torch.zeros(seeds.shape[0], *self.graph.shape_of(v), dtype=dtype)
+            return zero, zero, zero
+        lo, hi, err = los[0], his[0], errs[0]
+        if len(los) > 1:
+            lo, hi, err = sum(los), sum(his), sum(errs) * (1 + 4 * u)
+            mags = sum(magnitude(a, b) for a, b in zip(los, his, strict=True))
+            lo, hi = outward(lo, hi, gamma(len(los), dtype) * mags)
+        if v in self.fan_in:  # a pass sums the Lambdas its inputs push to v
+            err = err + 2 * u * magnitude(lo, hi)
+        return lo, hi, err
 
-    def bounds(self, gates: Mapping[str, Bounds], seeds: Tensor, crown: bool = True) -> dict[str, Bounds]:
+    def bounds(self, gates: Mapping[str, Bounds], seeds: Tensor, crown: bool = True) -> GradBounds:
         """Bounds of every ``G:v``: interval arithmetic in gradient order, refined by CROWN at gate inputs
         (non-degenerate gates with a straddling ``G``) and at the input (straddling entries of ``|.|``)."""
-        gb: dict[str, Bounds] = {}
+        gb = GradBounds()
         self._lines = {}
         act_names = self.gated
         pool_names = {n.name for n in self.pools}
+        floor = 1e6 * tiny(seeds.dtype)  # straddles of rounding-noise width are not worth a CROWN row
         for v in reversed(self.order):
-            lo, hi = self._interval_from_consumers(v, gates, gb, seeds)
+            lo, hi, err = self._from_consumers(v, gates, gb, seeds)
+            gb.err[v] = err
             if crown and (v in act_names or v == self.graph.input_name):
-                mask = (lo < 0) & (hi > 0)
+                mask = (lo < 0) & (hi > 0) & (hi - lo > floor)
                 if v in act_names and v not in pool_names:  # activations: only non-degenerate gates
                     dl, du = gates[v]
                     mask = mask & (du > dl)
@@ -371,7 +411,8 @@ class JacobianGraph:
             gb[v] = (lo, hi)
         return gb
 
-    def _refine(self, v: str, lo: Tensor, hi: Tensor, mask: Tensor, gates, gb, seeds) -> Bounds:
+    def _refine(self, v: str, lo: Tensor, hi: Tensor, mask: Tensor, gates, gb: GradBounds, seeds
+                ) -> Bounds:
         """CROWN bounds of the masked entries of ``G:v`` (rows ``+-e_i``, chunked), intersected with ``[lo, hi]``."""
         n_batch = seeds.shape[0]
         rows = mask.reshape(n_batch, -1).any(0).nonzero().flatten()
@@ -382,11 +423,14 @@ class JacobianGraph:
         widest = max(torch.Size(self.graph.shape_of(w)).numel() for w in self.order[self.pos[v]:])
         chunk = max(MIN_ROWS, ELEMENTS_PER_PASS // (2 * n_batch * widest))
         lo_f, hi_f = lo.reshape(n_batch, -1).clone(), hi.reshape(n_batch, -1).clone()
+        cons = self.cons[v]
+        # one-hot rows through a dense layer are weight columns, exactly (no [R, n] x [n, m] product); with a
+        # weight error the columns are not the exact ones, so those take the general pass that pays for it
+        direct = bool(cons) and len(shape) == 1 and all(
+            isinstance(c.op, Dense) and c.op.weight_err is None for c, _ in cons)
         for s in range(0, rows.numel(), chunk):
             r = rows[s:s + chunk]
-            cons = self.cons[v]
-            if cons and all(isinstance(c.op, Dense) and len(shape) == 1 for c, _ in cons):
-                # one-hot rows through a dense layer are weight columns: skip the [R, n] x [n, m] product
+            if direct:
                 init: dict[str, Tensor] = {}
                 for c, _ in cons:
                     cols = c.op.weight[:, r].T
@@ -398,32 +442,31 @@ class JacobianGraph:
                 eye[torch.arange(r.numel()), r] = 1.0
                 lam = torch.cat([eye, -eye]).reshape(1, 2 * r.numel(), *shape)
                 res = self.lower(v, lam, gates, gb, seeds)
-            lo_f[:, r] = torch.maximum(lo_f[:, r], res[:, : r.numel()])
-            hi_f[:, r] = torch.minimum(hi_f[:, r], -res[:, r.numel():])
+            lo_f[:, r] = torch.maximum(lo_f[:, r], cast_down(res[:, : r.numel()], lo.dtype))
+            hi_f[:, r] = torch.minimum(hi_f[:, r], cast_up(-res[:, r.numel():], lo.dtype))
         return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
 
     # -- objectives --------------------------------------------------------------------------------
-    def l1_upper(self, gates, gb, seeds, crown: bool = True, record: dict[str, Tensor] | None = None
+    def l1_upper(self, gates, gb: GradBounds, seeds, crown: bool = True, record: dict[str, Tensor] | None = None
                  ) -> Tensor:
-        """Upper bound of ``sum_i |G:x_i|`` per batch entry ``[N]``: min of the CROWN bound (``|.|`` chords)
-        and the interval bound ``sum_i max(|l_i|, |u_i|)``."""
+        """Float64 upper bound of ``sum_i |G:x_i|`` per batch entry ``[N]``: min of the CROWN bound (``|.|``
+        chords) and the interval bound ``sum_i max(|l_i|, |u_i|)``, both rounded up."""
         x = self.graph.input_name
         lo, hi = gb[x]
-        n_batch = seeds.shape[0]
-        ibp = torch.maximum(lo.abs(), hi.abs()).reshape(n_batch, -1).sum(-1)
+        ibp = sum_up(magnitude(lo, hi))
         if not crown:
             return ibp
         a, c = abs_chord(lo, hi)
         res = -self.lower(x, (-a).unsqueeze(1), gates, gb, seeds, record)[:, 0]
-        res = res + c.reshape(n_batch, -1).sum(-1)
+        res = up(res + sum_up(c))
         return torch.minimum(res, ibp)
 
-    def entry_bounds(self, index: int, gates, gb, seeds, crown: bool = True) -> Bounds:
-        """Bounds ``[N]`` of ``G:x_index`` (one partial derivative)."""
+    def entry_bounds(self, index: int, gates, gb: GradBounds, seeds, crown: bool = True) -> Bounds:
+        """Float64 bounds ``[N]`` of ``G:x_index`` (one partial derivative)."""
         x = self.graph.input_name
         n_batch = seeds.shape[0]
-        lo = gb[x][0].reshape(n_batch, -1)[:, index]
-        hi = gb[x][1].reshape(n_batch, -1)[:, index]
+        lo = gb[x][0].reshape(n_batch, -1)[:, index].to(F64)
+        hi = gb[x][1].reshape(n_batch, -1)[:, index].to(F64)
         if crown:
             shape = self.graph.input_shape
             numel = int(torch.Size(shape).numel())
