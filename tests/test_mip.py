@@ -169,7 +169,8 @@ def test_bound_matches_sampling_pgd_and_crown(kind, seed, eps):
     assert res.status == "optimal", res.message
     assert res.x is not None and res.x.dtype == np.float64 and res.x.shape == (int(np.prod(shape)),)
     assert np.all(res.x >= lo.reshape(-1)) and np.all(res.x <= hi.reshape(-1))
-    assert abs(res.value - res.bound) <= 1e-7 * (1 + abs(res.value))
+    # the bound is the dual bound less the tolerance margin (verify.mip.tolerance): exact up to that margin
+    assert 0 <= res.value - res.bound <= 1e-7 * (1 + abs(res.value)) + res.margin
     assert abs(res.value - res.solver_value) <= 1e-7 * (1 + abs(res.value))
 
     lo_t, hi_t, c_t = torch.tensor(lo)[None], torch.tensor(hi)[None], torch.tensor(c)

@@ -4,7 +4,9 @@ Layer by layer (all but the last ReLU layer), the unstable pre-activations that 
 most (BaBSR's score: the relaxation intercept ``-l u / (u - l)`` times ``|min(Lambda, 0)|``, the neuron's negative
 CROWN coefficients summed over the spec rows) are minimised and maximised over the exact big-M encoding of the
 layers below (Tjeng et al., ICLR 2019); a solve stops once its dual bound proves the neuron stable. Only dual
-bounds are used (valid whenever a solve stops), widened by a tolerance margin. After each layer, alpha-CROWN with
+bounds are used (valid whenever a solve stops), made sound by the margin rule of ``verify.mip.tolerance`` (the
+tolerances set on the solver times the model's spread) less the encoding's error against the exact network (so the
+refined bounds hold in real arithmetic, like the engine's). After each layer, alpha-CROWN with
 optimised intermediate slopes carries the tighter bounds to the later layers and re-checks the property.
 """
 
@@ -25,6 +27,7 @@ from verify.bounds.alpha import alpha_crown_lower
 from verify.bounds.crown import lower_bound
 from verify.graph import Graph
 from verify.ops.activation import Relu
+from verify.rounding import cast_box
 from verify.spec import RowSpec
 
 log = logging.getLogger(__name__)
@@ -47,37 +50,47 @@ class RefineResult:
 class _NeuronSolver:
     """Min / max of affine expressions over one fixed MIP: one Gurobi model re-used for every objective
     (building it costs as much as a quick solve), HiGHS through ``verify.mip`` where Gurobi is missing.
-    Each solve gets ``work`` Gurobi work units: the bounds found do not depend on the machine's load."""
+    Each solve gets ``work`` Gurobi work units: the bounds found do not depend on the machine's load. Both
+    back ends run with the tolerances ``tol`` (set explicitly), and every dual bound is made sound by
+    ``tol.lower`` with the model's spread and the objective's encoding error."""
 
-    def __init__(self, model: mip._Model, work: float):
-        self.model, self.work = model, work
+    def __init__(self, model: mip._Model, work: float, tol: mip.Tolerances = mip.FAST):
+        self.model, self.work, self.tol = model, work, tol
         self.grb = None
         try:
             from gurobipy import GRB
         except ImportError:
             return
         m, _ = mip._gurobi_model(model)
-        m.Params.Threads, m.Params.WorkLimit, m.Params.BestBdStop = 1, work, 0.0
+        m.Params.Threads, m.Params.WorkLimit = 1, work
+        mip._gurobi_tolerances(m.Params, tol)
         self.grb, self.sense = m, GRB.MINIMIZE
         # Statuses whose dual bound we trust; anything else (numerical trouble, infeasible) teaches us nothing.
         self.trusted = (GRB.OPTIMAL, GRB.TIME_LIMIT, GRB.WORK_LIMIT, GRB.USER_OBJ_LIMIT)
 
-    def lower(self, cols: np.ndarray, coef: np.ndarray, const: float, seconds: float) -> float:
-        """A sound lower bound of ``coef . v[cols] + const`` (stops once it is >= 0, and at ``seconds``)."""
+    def lower(self, cols: np.ndarray, coef: np.ndarray, const: float, seconds: float, err: float = 0.0) -> float:
+        """A sound lower bound of the exact value that ``coef . v[cols] + const`` encodes with error ``err``
+        (the solve stops once that bound is > 0, and at ``seconds``); ``-inf`` when the solve taught nothing."""
         obj = np.zeros(self.model.n)
         obj[cols] = coef
         seconds = max(0.01, seconds)
+        stop = self.tol.stop_at(self.model.spread) + err  # a dual bound above it proves the sign
         if self.grb is None:
             seconds = min(seconds, SECONDS_PER_WORK * self.work)
-            sol = mip._solve(self.model, obj, "highs", seconds, bound_stop=-const)
-            return -np.inf if sol.status == "infeasible" else sol.bound + const  # HiGHS: -inf bound if none
-        self.grb.setMObjective(None, obj, const, sense=self.sense)
-        self.grb.Params.TimeLimit = seconds
-        self.grb.reset()  # no warm start from the previous neuron: results independent of the order of solves
-        self.grb.optimize()
-        if self.grb.Status not in self.trusted:  # the caller's bounds stand
-            return -np.inf
-        return float(self.grb.ObjBound)
+            sol = mip._solve(self.model, obj, "highs", seconds, bound_stop=stop - const, tol=self.tol)
+            if sol.status == "infeasible":  # never a proof (the exact executions are feasible): nothing learned
+                return -np.inf
+            bound = sol.bound + const  # HiGHS: -inf bound if none
+        else:
+            self.grb.setMObjective(None, obj, const, sense=self.sense)
+            self.grb.Params.TimeLimit = seconds
+            self.grb.Params.BestBdStop = stop
+            self.grb.reset()  # no warm start from the previous neuron: results independent of the order of solves
+            self.grb.optimize()
+            if self.grb.Status not in self.trusted:  # the caller's bounds stand
+                return -np.inf
+            bound = float(self.grb.ObjBound)
+        return self.tol.lower(bound, self.model.spread, err)
 
     def close(self) -> None:
         if self.grb is not None:
@@ -99,7 +112,7 @@ def refine_bounds(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: d
     bounds = dict(bounds)
     if lower is None:
         with torch.no_grad():
-            lower = lower_bound(graph, graph.output, lam, bounds) - rows.b
+            lower = rows.finish(lower_bound(graph, graph.output, lam, bounds), graph, bounds)
     res = RefineResult(bounds, lower)
     if not mip.mip_supported(graph):
         res.stopped = "no solver"
@@ -116,7 +129,7 @@ def refine_bounds(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: d
             break
         ins = [exprs[i] for i in node.inputs]
         if getattr(node.op, "linear", False):
-            exprs[node.name] = mip._linear(node.op, ins, [g64.shape_of(i) for i in node.inputs])
+            exprs[node.name] = mip._linear(node.op, ins, [g64.shape_of(i) for i in node.inputs], model=model)
             continue
         if not isinstance(node.op, Relu):  # e.g. MaxPool: encoded, never refined
             exprs[node.name] = mip._maxpool(model, node.op, ins[0], g64.shape_of(node.inputs[0]),
@@ -132,15 +145,17 @@ def refine_bounds(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: d
             todo = todo[np.argsort(-_scores(graph, rows, x_lo, x_hi, res.bounds, node.name, l, u)[todo])][:max_neurons]
             l, u = _refine_layer(model, neuron_work, z, l, u, todo, deadline, res, workers)
             old_lo, old_hi = res.bounds[name]
-            res.bounds[name] = (torch.maximum(old_lo, torch.from_numpy(l).float().reshape(old_lo.shape)),
-                                torch.minimum(old_hi, torch.from_numpy(u).float().reshape(old_hi.shape)))
+            new_lo, new_hi = cast_box(torch.from_numpy(l), torch.from_numpy(u), old_lo.dtype)
+            res.bounds[name] = (torch.maximum(old_lo, new_lo.reshape(old_lo.shape)),
+                                torch.minimum(old_hi, new_hi.reshape(old_hi.shape)))
             res.layers += 1
             lower, new = alpha_crown_lower(graph, x_lo, x_hi, lam, iterations=alpha_iterations,
                                            optimize_intermediate=True, bounds=res.bounds, return_bounds=True,
                                            time_limit=max(0.0, deadline.left()))
             res.bounds = {k: (torch.maximum(v[0], new[k][0]), torch.minimum(v[1], new[k][1]))
                           for k, v in res.bounds.items()}
-            res.lower = torch.maximum(res.lower, lower - rows.b)  # each pass is sound; keep the best per row
+            lower = rows.finish(lower, graph, res.bounds)
+            res.lower = torch.maximum(res.lower, lower)  # each pass is sound; keep the best per row
             log.debug("refined %s: %d solves in all, worst margin %.4f, %.1f s", name, res.solves,
                       float(rows.group_max(res.lower).min()), time.perf_counter() - t0)
             if rows.proved(res.lower):
@@ -174,7 +189,8 @@ def _scores(graph: Graph, rows: RowSpec, x_lo: Tensor, x_hi: Tensor, bounds: dic
 def _refine_layer(model: mip._Model, work: float, z: mip._Expr, l: np.ndarray, u: np.ndarray, todo: np.ndarray,
                   deadline: Deadline, res: RefineResult, workers: int) -> tuple[np.ndarray, np.ndarray]:
     l, u = l.copy(), u.copy()
-    jobs = [(z.cols, z.M[j], z.c[j], l[j], u[j]) for j in todo]
+    err = z.error()
+    jobs = [(z.cols, z.M[j], z.c[j], l[j], u[j], err[j]) for j in todo]
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("fork")  # the model is inherited, not pickled
         with ctx.Pool(workers, _worker_init, (model, work, deadline.end)) as pool:
@@ -192,19 +208,19 @@ def _refine_layer(model: mip._Model, work: float, z: mip._Expr, l: np.ndarray, u
 
 
 def _neuron(solver: _NeuronSolver, job: tuple, end: float) -> tuple[float, float, int]:
-    """Refined ``(l, u, solves)`` of one neuron ``z = coef . v[cols] + const`` with bounds ``[l, u]``."""
-    cols, coef, const, l, u = job
+    """Refined ``(l, u, solves)`` of one neuron ``z = coef . v[cols] + const`` (encoding error ``err``) with bounds
+    ``[l, u]``: each side a sound bound of the exact network's value (``_NeuronSolver.lower``)."""
+    cols, coef, const, l, u, err = job
     solves = 0
     # The side nearer zero first: it is the one most likely to make the neuron stable.
     for sign in ((1.0, -1.0) if -l < u else (-1.0, 1.0)):
         left = end - time.perf_counter()
         if left <= 0:
             break
-        bd = solver.lower(cols, sign * coef, sign * const, left)
+        bd = solver.lower(cols, sign * coef, sign * const, left, err)
         solves += 1
         if not np.isfinite(bd):
             continue
-        bd = mip.lowered(bd)
         if sign > 0:
             l = max(l, bd)
         else:

@@ -3,7 +3,8 @@
 Near a property's boundary the margin is tiny and every box still has a handful of unstable ReLUs: their
 relaxation error keeps CROWN below zero, so bisection would go on for thousands of boxes. With ``k``
 unstable ReLUs the MILP has ``k`` binaries and is solved in milliseconds (Tjeng et al., ICLR 2019), exactly.
-A MIP witness still goes through the caller's onnxruntime check before anyone says ``sat``.
+A MIP witness still goes through the caller's onnxruntime check before anyone says ``sat``; a refutation counts
+only once its dual bound, less the tolerance margin and the encoding's error (``verify.mip``), is positive.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The main process runs ReLU-split BaB (beta-CROWN) over the open disjuncts, easiest first; worker processes solve
 ``min_x max_i (A_d f(x) - b_d)_i`` over the exact big-M MIP on the refined bounds (Tjeng et al., ICLR 2019),
 hardest first. A disjunct is refuted by whichever method gets there first: many shallow disjuncts fall to the
-split search in seconds, while a MIP over tight bounds closes the few that no split search reaches in time.
+split search in seconds, while a MIP over tight bounds closes the few that no split search reaches in time. The MIPs
+run at ``verify.mip.FAST`` tolerances; their refutations carry the margin of ``verify.mip.tolerance``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ stay at their CROWN values; ``optimize_intermediate`` also optimises the slopes 
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -14,6 +15,9 @@ from torch import Tensor
 
 from verify.bounds.crown import AlphaStore, RoundingCache, intermediate_bounds, lower_bound
 from verify.graph import Graph
+
+log = logging.getLogger(__name__)
+PROGRESS_SECONDS = 2.0  # a debug line at most this often (``-v``)
 
 
 def final_alphas(graph: Graph, bounds, b: int, s: int) -> dict[str, Tensor]:
@@ -59,6 +63,7 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
         return out(cur_bounds)
     opt = _Adam(params, lr, decay)
     lam = lam.detach()
+    t0 = next_log = time.perf_counter()
     for it in range(iterations + 1):
         with torch.enable_grad():
             if store is not None and it > 0:
@@ -69,6 +74,10 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
         best = torch.maximum(best, lb.detach())
         if it == iterations or (t_end is not None and time.perf_counter() > t_end):
             break
+        if log.isEnabledFor(logging.DEBUG) and time.perf_counter() >= next_log:
+            next_log = time.perf_counter() + PROGRESS_SECONDS
+            log.debug("alpha-CROWN iteration %d of %d: worst lower bound %.6g, %.1f s", it, iterations,
+                      float(best.min()), time.perf_counter() - t0)
         # autograd.grad, not backward(): model parameters must not accumulate .grad here.
         with torch.enable_grad():
             grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)

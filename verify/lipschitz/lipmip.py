@@ -9,6 +9,7 @@ On timeout the solver's dual bound (still an upper bound) is reported, intersect
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from verify.lipschitz.jacobian import JacobianGraph, adjoint, seed_tensor
 from verify.mip import Backend, _Expr, _linear, _lp_tighten, _Model, _relu, _solve, _widened
 from verify.ops.activation import Relu
 from verify.ops.base import LinearOp
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,14 +177,18 @@ def lipmip(graph: Graph, x_lo, x_hi, outputs: Sequence[int], timeout: float | No
             obj[t_idx] -= 1.0
         remaining = None if timeout is None else max(timeout - (time.perf_counter() - t0), 0.0) / (
             len(outputs) - idx)
+        log.info("LipMIP: output %d (%d of %d), %d variables, time limit %s", outputs[idx], idx + 1, len(outputs),
+                 m.n, "none" if remaining is None else f"{remaining:.1f} s")
         sol = _solve(m, obj, backend, remaining)
+        log.info("LipMIP: output %d %s", outputs[idx], sol.status)
         value = -(sol.objective + const) if math.isfinite(sol.objective) else -math.inf
+        # the dual bound of min -sum t, made sound for the solver's tolerances (verify.mip.tolerance)
+        dual = sol.tol.lower(sol.bound + const, m.spread) if sol.status != "infeasible" else -math.inf
         if sol.status == "optimal":
-            up = -(sol.bound + const)
-            up = max(up, value)
+            up = max(-dual, value)
             status = "optimal"
         else:
-            up = -(sol.bound + const) if math.isfinite(sol.bound) else math.inf
+            up = -dual if math.isfinite(dual) else math.inf
             status = "timeout"
         res.upper.append(min(up, crown))  # both are upper bounds (MIP gap / CROWN)
         res.value.append(value)
