@@ -5,6 +5,12 @@ Per output ``j``: ``max sum_i t_i`` over ``x`` in the box, forward ReLU binaries
 (``s <= g - gl(1-a)``, ``s >= g - gu(1-a)``, ``s >= gl a``, ``s <= gu a`` with ``gl = min(l_g, 0)``,
 ``gu = max(u_g, 0)`` from the Jacobian CROWN bounds) and ``t = |g_0|`` with a binary for straddling entries.
 On timeout the solver's dual bound (still an upper bound) is reported, intersected with CROWN.
+
+Real arithmetic: every affine expression carries a bound ``E`` on its distance, at an exact execution, to the
+exact value (float64 rounding of its coefficients and the weights' representation errors): forward ones from
+``verify.mip``; gradient ones ``E_x = |L|^T E_y + gamma_n |L|^T m_y + Err^T m_y`` with ``m_y = |M_y| |v| + |c_y|``.
+Rows that compare such expressions are relaxed by ``E`` (and the gradient variables' ranges widened by it), so an
+exact execution stays feasible and the solver's dual bound, after ``verify.mip.tolerance``'s margin, is sound.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ import torch
 from verify.bounds.crown import intermediate_bounds
 from verify.errors import UnsupportedOperator
 from verify.graph import Graph
-from verify.lipschitz.jacobian import JacobianGraph, adjoint, seed_tensor
+from verify.lipschitz.jacobian import JacobianGraph, abs_adjoint, adjoint, err_adjoint, seed_tensor, step_gamma
 from verify.mip import Backend, _Expr, _linear, _lp_tighten, _Model, _relu, _solve, _widened
+from verify.mip.encoding import _rhs_up
 from verify.ops.activation import Relu
 from verify.ops.base import LinearOp
 
@@ -41,16 +48,26 @@ class LipMipResult:
     n_binaries: int = 0
 
 
-def _add(a: _Expr | None, b: _Expr) -> _Expr:
-    """Sum of two affine expressions over MIP variables (fan-out of gradients)."""
+U64 = float(np.finfo(np.float64).eps) / 2
+
+
+def _mass(e: _Expr, col_mag: np.ndarray) -> np.ndarray:
+    """``|M| |v| + |c|``: the largest magnitude of the expression's terms over the variables' box."""
+    return np.abs(e.M) @ col_mag[e.cols] + np.abs(e.c)
+
+
+def _add(a: _Expr | None, b: _Expr, col_mag: np.ndarray) -> _Expr:
+    """Sum of two affine expressions over MIP variables (fan-out of gradients); the float64 sum rounds once."""
     if a is None:
         return b
     cols = np.union1d(a.cols, b.cols)
-    return _Expr(cols, a.widen(cols) + b.widen(cols), a.c + b.c)
+    err = a.error() + b.error() + 2 * U64 * (_mass(a, col_mag) + _mass(b, col_mag))
+    return _Expr(cols, a.widen(cols) + b.widen(cols), a.c + b.c, err)
 
 
-def _adjoint_expr(op: LinearOp, e: _Expr, k: int, out_shape, in_shape) -> _Expr:
-    """``L_k^T`` applied to an affine expression (columns as the spec axis of ``adjoint``)."""
+def _adjoint_expr(op: LinearOp, e: _Expr, k: int, out_shape, col_mag: np.ndarray) -> _Expr:
+    """``L_k^T`` applied to an affine expression (columns as the spec axis of ``adjoint``), with its error
+    (module docstring)."""
     ncols = e.cols.size
     with torch.no_grad():
         c = adjoint(op, torch.from_numpy(e.c).reshape(1, 1, *out_shape))[k].reshape(-1).numpy()
@@ -59,7 +76,15 @@ def _adjoint_expr(op: LinearOp, e: _Expr, k: int, out_shape, in_shape) -> _Expr:
             mt = adjoint(op, m)[k].reshape(ncols, -1).numpy().T
         else:
             mt = np.zeros((c.size, 0))
-    return _Expr(e.cols, np.ascontiguousarray(mt), c.astype(np.float64)).pruned()
+        mass = torch.from_numpy(_mass(e, col_mag)).reshape(1, 1, *out_shape)
+        err = step_gamma(op, torch.float64) * abs_adjoint(op, mass)[k]
+        if e.err is not None:
+            err = err + abs_adjoint(op, torch.from_numpy(e.err).reshape(1, 1, *out_shape))[k]
+        werr = err_adjoint(op, k, mass)
+        if werr is not None:
+            err = err + werr
+    return _Expr(e.cols, np.ascontiguousarray(mt), c.astype(np.float64),
+                 (err.reshape(-1).numpy() * (1 + 1e-6))).pruned()
 
 
 def lipmip(graph: Graph, x_lo, x_hi, outputs: Sequence[int], timeout: float | None = None,
@@ -92,7 +117,7 @@ def lipmip(graph: Graph, x_lo, x_hi, outputs: Sequence[int], timeout: float | No
             exprs[node.name] = _relu(model, ins[0], l, u)
             relu_info[node.name] = (l, u, unstable, np.arange(n0 + r, n0 + 2 * r))
         else:
-            exprs[node.name] = _linear(node.op, ins, [graph.shape_of(i) for i in node.inputs])
+            exprs[node.name] = _linear(node.op, ins, [graph.shape_of(i) for i in node.inputs], model=model)
     # forward bounds for the Jacobian bounds: exactly the ones the encoding used
     fb_used = dict(fb)
     for node in graph.nodes:
@@ -111,6 +136,7 @@ def lipmip(graph: Graph, x_lo, x_hi, outputs: Sequence[int], timeout: float | No
         if crown_upper is not None:
             crown = min(crown, float(crown_upper[idx]))
         m = base.copy()
+        col_mag = m.magnitudes()
         g_expr: dict[str, _Expr] = {graph.output: _Expr(np.zeros(0, dtype=np.int64),
                                                        np.zeros((graph.output_numel, 0)),
                                                        seeds.reshape(-1).numpy().astype(np.float64))}
@@ -122,32 +148,36 @@ def lipmip(graph: Graph, x_lo, x_hi, outputs: Sequence[int], timeout: float | No
                 l, u, unstable, a_idx = relu_info[node.name]
                 glo = gb[node.name][0].reshape(-1).numpy()
                 ghi = gb[node.name][1].reshape(-1).numpy()
-                gl = np.minimum(glo, 0.0) - 1e-9 * (1 + np.abs(glo))
-                gu = np.maximum(ghi, 0.0) + 1e-9 * (1 + np.abs(ghi))
+                eg = ge.error()
+                # s = a g* of the exact gradient g*, |g - g*| <= E: ranges and rows relaxed by E (rounded up)
+                gl = np.nextafter(np.minimum(glo, 0.0) - eg - 1e-9 * (1 + np.abs(glo)), -np.inf)
+                gu = np.nextafter(np.maximum(ghi, 0.0) + eg + 1e-9 * (1 + np.abs(ghi)), np.inf)
                 active = l >= 0
                 r = int(unstable.sum())
                 s_idx = m.add_vars(gl[unstable], gu[unstable])
                 ui = np.nonzero(unstable)[0]
-                gm, gc = ge.M[ui], ge.c[ui]
+                gm, gc, eu = ge.M[ui], ge.c[ui], eg[ui]
                 one, ninf, pinf = np.ones(r), np.full(r, -np.inf), np.full(r, np.inf)
                 glu, guu = gl[unstable], gu[unstable]
                 # s <= g - gl (1 - a)  <=>  s - g - gl a <= -gl
-                m.add_rows([(s_idx, one), (ge.cols, -gm), (a_idx, -glu)], ninf, gc - glu)
+                m.add_rows([(s_idx, one), (ge.cols, -gm), (a_idx, -glu)], ninf, _rhs_up(gc - glu + eu))
                 # s >= g - gu (1 - a)  <=>  s - g - gu a >= -gu
-                m.add_rows([(s_idx, one), (ge.cols, -gm), (a_idx, -guu)], gc - guu, pinf)
+                m.add_rows([(s_idx, one), (ge.cols, -gm), (a_idx, -guu)], -_rhs_up(guu - gc + eu), pinf)
                 m.add_rows([(s_idx, one), (a_idx, -glu)], np.zeros(r), pinf)  # s >= gl a
                 m.add_rows([(s_idx, one), (a_idx, -guu)], ninf, np.zeros(r))  # s <= gu a
                 cols = np.concatenate([ge.cols, s_idx])
                 mm = np.zeros((ge.M.shape[0], cols.size))
                 mm[active, : ge.cols.size] = ge.M[active]
                 mm[ui, ge.cols.size + np.arange(r)] = 1.0
-                out = _Expr(cols, mm, np.where(active, ge.c, 0.0)).pruned()
+                out = _Expr(cols, mm, np.where(active, ge.c, 0.0), np.where(l > u, 0.0, np.where(
+                    u <= 0, 0.0, eg))).pruned()  # s itself may sit E away from a g*
+                col_mag = m.magnitudes()
                 zname = node.inputs[0]
-                g_expr[zname] = _add(g_expr.get(zname), out)
+                g_expr[zname] = _add(g_expr.get(zname), out, col_mag)
             else:
                 for k, i in enumerate(node.inputs):
-                    e = _adjoint_expr(node.op, ge, k, graph.shape_of(node.name), graph.shape_of(i))
-                    g_expr[i] = _add(g_expr.get(i), e)
+                    e = _adjoint_expr(node.op, ge, k, graph.shape_of(node.name), col_mag)
+                    g_expr[i] = _add(g_expr.get(i), e, col_mag)
         g0 = g_expr[graph.input_name]
         glo = gb[graph.input_name][0].reshape(-1).numpy()
         ghi = gb[graph.input_name][1].reshape(-1).numpy()
@@ -160,17 +190,22 @@ def lipmip(graph: Graph, x_lo, x_hi, outputs: Sequence[int], timeout: float | No
         const -= float(sign @ g0.c)
         r = int(strad.sum())
         si = np.nonzero(strad)[0]
+        e0 = g0.error()
+        if float(np.abs(sign) @ e0) > 0:  # the sign-stable part of the objective misses sum |g*| by sum E
+            const -= float(np.nextafter(float(np.abs(sign) @ e0) * (1 + 1e-6), np.inf))
         if r:
-            lo_s = glo[si] - 1e-9 * (1 + np.abs(glo[si]))
-            hi_s = ghi[si] + 1e-9 * (1 + np.abs(ghi[si]))
+            es = e0[si]
+            lo_s = np.nextafter(glo[si] - es - 1e-9 * (1 + np.abs(glo[si])), -np.inf)
+            hi_s = np.nextafter(ghi[si] + es + 1e-9 * (1 + np.abs(ghi[si])), np.inf)
             t_idx = m.add_vars(np.zeros(r), np.maximum(-lo_s, hi_s))
             sg = m.add_vars(np.zeros(r), np.ones(r), integer=True)
             one, ninf, pinf = np.ones(r), np.full(r, -np.inf), np.full(r, np.inf)
             gm, gc = g0.M[si], g0.c[si]
-            m.add_rows([(t_idx, one), (g0.cols, -gm)], gc, pinf)  # t >= g
-            m.add_rows([(t_idx, one), (g0.cols, gm)], -gc, pinf)  # t >= -g
-            m.add_rows([(t_idx, one), (g0.cols, -gm), (sg, -2 * lo_s)], ninf, gc - 2 * lo_s)  # t <= g - 2l(1-s)
-            m.add_rows([(t_idx, one), (g0.cols, gm), (sg, -2 * hi_s)], ninf, -gc)  # t <= -g + 2u s
+            # t = |g*| for the exact gradient g*, |g - g*| <= E: every row relaxed by E (rounded outward)
+            m.add_rows([(t_idx, one), (g0.cols, -gm)], -_rhs_up(es - gc), pinf)  # t >= g - E
+            m.add_rows([(t_idx, one), (g0.cols, gm)], -_rhs_up(es + gc), pinf)  # t >= -g - E
+            m.add_rows([(t_idx, one), (g0.cols, -gm), (sg, -2 * lo_s)], ninf, _rhs_up(gc - 2 * lo_s + es))
+            m.add_rows([(t_idx, one), (g0.cols, gm), (sg, -2 * hi_s)], ninf, _rhs_up(es - gc))
         obj = np.zeros(m.n)
         obj[g0.cols] += coef
         if r:
