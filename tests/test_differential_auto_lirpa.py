@@ -49,6 +49,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from models.zoo import mlp
 from verify import bound, from_torch
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -124,15 +125,6 @@ class Peer:
 
 
 # ------------------------------------------------------------------------------------------------ nets
-
-
-def mlp(sizes) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 def cnn() -> nn.Sequential:

@@ -37,14 +37,6 @@ F64 = torch.float64
 FAST_METHODS = ("naive", "ibp", "crown", "alpha-crown")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def jacobian64(net: nn.Module, shape, x: torch.Tensor) -> torch.Tensor:
     """Float64 Jacobians ``[P, K, n]`` of a float64 deep copy at the points ``x [P, *shape]``."""
     ref = copy.deepcopy(net).double()

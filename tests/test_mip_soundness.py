@@ -48,14 +48,6 @@ pytest.importorskip("highspy")
 BACKENDS = [b for b in ("highs", "gurobi") if b in installed_backends()]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _net(seed: int, large: bool, sizes=(2, 10, 10, 1)) -> tuple[nn.Sequential, np.ndarray, np.ndarray]:
     """A float64 ReLU MLP and a box. ``large``: inputs ~1e5 (box half-width 2e4), first-layer weights ~10 and
     biases ~1e6, so pre-activations are ~1e6 and about half the ReLUs are unstable (nn4sys-like scales)."""

@@ -148,11 +148,8 @@ def step_gamma(op: LinearOp, dtype: torch.dtype) -> float:
     the longest dot product of either; 0 for pure data movement)."""
     if isinstance(op, _DataMovement):
         return 0.0
-    if isinstance(op, Dense):
-        n = max(op.weight.shape)
-    elif isinstance(op, Conv2d):
-        o, i, kh, kw = op.weight.shape
-        n = max(i, o // op.groups) * kh * kw
+    if isinstance(op, Dense | Conv2d):
+        n = op.dot_length()
     elif isinstance(op, AvgPool2d):
         n = op.kernel[0] * op.kernel[1]
     elif isinstance(op, Scale | AddVars):  # one product, plus the adjoint's sum over broadcast copies

@@ -18,7 +18,47 @@ from verify.ops.base import LinearOp, merge_leading
 from verify.rounding import gamma
 
 
-class Dense(LinearOp):
+class _WeightedLayer(LinearOp):
+    """``y = A(x; W) + b`` for a linear map ``A`` with weights ``W``: the interval and rounding rules shared by
+    dense and convolutional layers (module docstring)."""
+
+    weight: Tensor
+    bias: Tensor | None
+    weight_err: Tensor | None
+    bias_err: Tensor | None
+
+    def _map(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def dot_length(self) -> int:
+        """Terms of the longest dot product of the forward map or of its adjoint."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._map(x, self.weight, self.bias)
+
+    def interval(self, bounds):
+        lo, hi = bounds
+        c = self._map((hi + lo) / 2, self.weight, self.bias)
+        r = self._map((hi - lo) / 2, self.weight.abs())
+        return c - r, c + r
+
+    def abs_forward(self, ts):
+        with torch.no_grad():
+            return (1 + 2 * gamma(self.dot_length(), ts[0].dtype)) * self._map(ts[0], self.weight.abs())
+
+    def error_radius(self, mags):
+        with torch.no_grad():
+            e = self._map(mags[0], self.weight.abs(), None if self.bias is None else self.bias.abs())
+            e = 2 * gamma(self.dot_length() + 2, e.dtype) * e
+            if self.weight_err is not None or self.bias_err is not None:  # the exact parameters' distance
+                w_err = self.weight_err if self.weight_err is not None else torch.zeros_like(self.weight)
+                e = e + 1.01 * self._map(mags[0], w_err, self.bias_err)
+            extra = self.offset_error(self.offset())
+            return e if extra is None else e + extra
+
+
+class Dense(_WeightedLayer):
     """``y[..., o] = sum_i W[o, i] x[..., i] + b[o]`` on the last axis (Gemm, MatMul, nn.Linear)."""
 
     kind = "dense"
@@ -30,15 +70,11 @@ class Dense(LinearOp):
         # bounds on |stored - exact| of parameters the frontend computed (verify.frontends.constants)
         self.weight_err, self.bias_err = weight_err, bias_err
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)
+    def _map(self, x, weight, bias=None):
+        return F.linear(x, weight, bias)
 
-    def interval(self, bounds):
-        lo, hi = bounds
-        mid, rad = (hi + lo) / 2, (hi - lo) / 2
-        c = F.linear(mid, self.weight, self.bias)
-        r = F.linear(rad, self.weight.abs())
-        return c - r, c + r
+    def dot_length(self) -> int:
+        return max(self.weight.shape)
 
     def offset(self):
         if self.bias is None:
@@ -48,26 +84,11 @@ class Dense(LinearOp):
     def adjoint(self, lam):
         return [lam @ self.weight]
 
-    def abs_forward(self, ts):
-        with torch.no_grad():
-            return (1 + 2 * gamma(max(self.weight.shape), ts[0].dtype)) * F.linear(ts[0], self.weight.abs())
-
-    def error_radius(self, mags):
-        with torch.no_grad():
-            n = max(self.weight.shape) + 2
-            e = F.linear(mags[0], self.weight.abs(), None if self.bias is None else self.bias.abs())
-            e = 2 * gamma(n, e.dtype) * e
-            if self.weight_err is not None or self.bias_err is not None:
-                w_err = self.weight_err if self.weight_err is not None else torch.zeros_like(self.weight)
-                e = e + 1.01 * F.linear(mags[0], w_err, self.bias_err)
-            extra = self.offset_error(self.offset())
-            return e if extra is None else e + extra
-
     def __repr__(self):
         return f"Dense({self.weight.shape[1]}->{self.weight.shape[0]})"
 
 
-class Conv2d(LinearOp):
+class Conv2d(_WeightedLayer):
     """2-D convolution; the per-sample input may carry leading dims (e.g. ONNX's batch of 1)."""
 
     kind = "conv"
@@ -84,14 +105,12 @@ class Conv2d(LinearOp):
         y = F.conv2d(flat, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         return y.reshape(*lead, *y.shape[1:])
 
-    def forward(self, x):
-        return self._conv(x, self.weight, self.bias)
+    def _map(self, x, weight, bias=None):
+        return self._conv(x, weight, bias)
 
-    def interval(self, bounds):
-        lo, hi = bounds
-        c = self._conv((hi + lo) / 2, self.weight, self.bias)
-        r = self._conv((hi - lo) / 2, self.weight.abs(), None)
-        return c - r, c + r
+    def dot_length(self) -> int:
+        o, i, kh, kw = self.weight.shape
+        return max(i, o // self.groups) * kh * kw  # forward fan-in, or adjoint contributions per input
 
     def offset(self):
         if self.bias is None:
@@ -109,24 +128,6 @@ class Conv2d(LinearOp):
         g = F.conv_transpose2d(flat, self.weight, None, self.stride, self.padding, (op_h, op_w),
                                self.groups, self.dilation)
         return [g.reshape(*lam.shape[:2], *self.in_shapes[0])]
-
-    def abs_forward(self, ts):
-        with torch.no_grad():
-            o, i, kh, kw = self.weight.shape
-            g = gamma(max(i, o // self.groups) * kh * kw, ts[0].dtype)
-            return (1 + 2 * g) * self._conv(ts[0], self.weight.abs(), None)
-
-    def error_radius(self, mags):
-        with torch.no_grad():
-            o, i, kh, kw = self.weight.shape
-            n = max(i, o // self.groups) * kh * kw + 2  # forward fan-in, or adjoint contributions per input
-            e = self._conv(mags[0], self.weight.abs(), None if self.bias is None else self.bias.abs())
-            e = 2 * gamma(n, e.dtype) * e
-            if self.weight_err is not None or self.bias_err is not None:
-                w_err = self.weight_err if self.weight_err is not None else torch.zeros_like(self.weight)
-                e = e + 1.01 * self._conv(mags[0], w_err, self.bias_err)
-            extra = self.offset_error(self.offset())
-            return e if extra is None else e + extra
 
     def __repr__(self):
         o, i, kh, kw = self.weight.shape
