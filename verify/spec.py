@@ -31,8 +31,8 @@ class RowSpec:
     n_groups: int
 
     @classmethod
-    def from_property(cls, prop: Property, n_in: int, n_out: int, dtype=F64) -> RowSpec:
-        """``dtype`` is accepted for old callers; rows are always float64 (module docstring)."""
+    def from_property(cls, prop: Property, n_in: int, n_out: int) -> RowSpec:
+        """The property's rows, in float64 (module docstring)."""
         Cs, Axs, bs, groups = [], [], [], []
         any_mixed = False
         for d, dj in enumerate(prop.disjuncts):
