@@ -520,3 +520,12 @@ def test_bab_mixed_relu_tanh_sound():
         r = lipschitz(net, lo, hi, method="bab", timeout=2.0, attack=False)
         for j in range(2):
             assert r.per_output[j]["upper"] >= float(truth[j]) * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_python_api_refuses_non_finite_or_negative_timeouts(bad):
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="timeout"):
+        lipschitz(net, torch.zeros(3), torch.ones(3), method="bab", timeout=bad)
+    with pytest.raises(ValueError, match="timeout"):
+        monotonicity(net, torch.zeros(3), torch.ones(3), feature=0, timeout=bad)

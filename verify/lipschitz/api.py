@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from verify.api import as_graph
-from verify.errors import ModelError, ShapeError
+from verify.errors import InputError, ModelError, ShapeError
 from verify.graph import Graph, Node
 from verify.lipschitz.attack import certified_l1, gradients, kink_free, point_gradient_bounds
 from verify.lipschitz.attack import lower_bound as attack_lower
@@ -228,6 +228,7 @@ def lipschitz(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None = None
     intra-op threads during the call (None: leave as is)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    _check_options(timeout=timeout, samples=samples)
     with torch_threads(threads):
         return _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack, samples, precision)
 
@@ -271,8 +272,16 @@ def monotonicity(model: Any, x_lo, x_hi, feature: int, output: int = 0, directio
 
     ``direction``: "increasing" / "decreasing" / None (prove whichever the box allows; if neither is proved,
     the sign at the centre is taken as the expected one and BaB looks for the opposite)."""
+    _check_options(timeout=timeout)
     with torch_threads(threads):
         return _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_shape, precision)
+
+
+def _check_options(**options: float) -> None:
+    """Finite, non-negative numbers (a NaN timeout would silently mean "no time"): ``InputError`` otherwise."""
+    for name, v in options.items():
+        if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+            raise InputError(f"{name} must be a finite non-negative number, got {v!r}")
 
 
 def _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_shape, precision
