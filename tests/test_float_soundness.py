@@ -26,7 +26,7 @@ from verify.frontends.onnx_frontend import from_onnx_model
 from verify.ops.activation import Relu, Sigmoid, Tanh
 from verify.rounding import F64
 
-METHODS = ("ibp", "crown", "alpha-crown")
+METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 
 
 def _points(lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator, n: int = 16) -> np.ndarray:

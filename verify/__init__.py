@@ -1,6 +1,6 @@
 """Clarke's bound-propagation engine: graph IR, IBP / CROWN / alpha-CROWN, verification front ends."""
 
-from verify.api import METHODS, as_graph, bound
+from verify.api import METHODS, BoundedModule, as_graph, bound
 from verify.errors import ClarkeError, InputError, ModelError, ShapeError, UnsupportedOperator, VnnlibError
 from verify.graph import Graph
 
@@ -32,6 +32,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "METHODS", "ClarkeError", "Graph", "InputError", "ModelError", "ShapeError", "UnsupportedOperator", "VnnlibError",
+    "METHODS", "BoundedModule", "ClarkeError", "Graph", "InputError", "ModelError", "ShapeError",
+    "UnsupportedOperator", "VnnlibError",
     "__version__", "as_graph", "bound", "from_torch", "load_onnx",
 ]

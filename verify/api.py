@@ -18,7 +18,8 @@ from verify.errors import InputError, ShapeError
 from verify.graph import Graph
 from verify.rounding import F64, bound_dtype, cast_box, cast_down, cast_up, down, gamma, up
 
-METHODS = ("ibp", "crown", "alpha-crown")
+METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
+"""``crown-ibp``: interval intermediate bounds and one CROWN pass from the spec (Zhang et al., ICLR 2020)."""
 
 
 def as_graph(model: Any, input_shape: tuple[int, ...] | None = None) -> Graph:
@@ -77,7 +78,8 @@ def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: 
 
     ``x_lo``/``x_hi``: ``[B, *input_shape]`` (or flattened ``[B, n]``, or one sample). ``C``: ``[S, K]`` or
     ``[B, S, K]`` over the flattened outputs (default: identity). Returns two ``[B, S]`` tensors in the model's
-    precision, rounded outward. Differentiable w.r.t. a torch model's parameters for ``ibp`` and ``crown``.
+    precision, rounded outward. Differentiable w.r.t. a torch model's parameters for ``ibp``, ``crown-ibp`` and
+    ``crown``.
     A torch module is traced for ``input_shape`` (per sample); without it, for ``x_lo.shape[1:]`` (a batch) or,
     if the module does not take that, for ``x_lo.shape`` (one sample). ``precision``: ``float64`` (default) or
     ``model`` (see ``verify.rounding.PRECISIONS``); the bounds are rigorous either way.
@@ -98,8 +100,8 @@ def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: 
         return _interval_spec(intermediate_bounds(graph, lo, hi, method="ibp")[graph.output], C, model_dtype)
     s = C.shape[1]
     lam = torch.cat([C, -C], dim=1).reshape(b, 2 * s, *graph.output_shape)
-    bounds = intermediate_bounds(graph, lo, hi, "crown")
-    if method == "crown":
+    bounds = intermediate_bounds(graph, lo, hi, "ibp" if method == "crown-ibp" else "crown")
+    if method in ("crown", "crown-ibp"):
         res = lower_bound(graph, graph.output, lam, bounds)
     else:
         res = alpha_crown_lower(graph, lo, hi, lam, iterations=iterations, lr=lr,
@@ -133,3 +135,24 @@ def _interval_spec(out_bounds: tuple[Tensor, Tensor], C: Tensor, dtype: torch.dt
     upper = (cp @ out_hi + cn @ out_lo).squeeze(-1)
     slack = gamma(C.shape[-1] + 2, F64) * (C64.abs() @ torch.maximum(out_lo.abs(), out_hi.abs())).squeeze(-1)
     return cast_down(down(lower - slack), dtype), cast_up(up(upper + slack), dtype)
+
+
+class BoundedModule:
+    """A torch module traced once for per-sample inputs of ``input_shape`` (the name auto_LiRPA users know); every
+    call reads the module's current parameters, so bounds stay differentiable in them (certified training).
+
+    ``precision``: ``model`` by default here (float32 arithmetic for a float32 module: training speed; the
+    bounds are rigorous either way, ``float64`` is tighter)."""
+
+    def __init__(self, module: torch.nn.Module, input_shape: tuple[int, ...], precision: str = "model"):
+        from verify.frontends.torch_frontend import from_torch
+        self.module, self.precision = module, precision
+        self.graph = from_torch(module, tuple(input_shape))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.module(x)
+
+    def compute_bounds(self, x_lo, x_hi, C=None, method: str = "crown", **options) -> tuple[Tensor, Tensor]:
+        """:func:`bound` on the traced graph: ``lower <= C f(x) <= upper`` over the boxes, ``[B, S]`` each."""
+        options.setdefault("precision", self.precision)
+        return bound(self.graph, x_lo, x_hi, C=C, method=method, **options)

@@ -52,8 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="clip the eps-box to [MIN, MAX] (e.g. the data range 0 1)")
     p.add_argument("--box", nargs=2, metavar=("LO.npy", "HI.npy"), help="explicit input box")
     p.add_argument("--method", choices=METHODS, default="crown",
-                   help="ibp: interval propagation (fast, loose); crown: backward linear relaxation "
-                        "(default); alpha-crown: CROWN with optimised ReLU/sigmoid slopes (tightest)")
+                   help="ibp: interval propagation (fast, loose); crown-ibp: interval intermediate bounds, one "
+                        "CROWN pass; crown: backward linear relaxation (default); alpha-crown: CROWN with "
+                        "optimised ReLU/sigmoid slopes (tightest)")
     p.add_argument("--C", metavar="C.npy", help="spec matrix [S, n_outputs]: bound C*f(x) instead of f(x)")
     p.add_argument("--iterations", type=number(int, 0, INT_MAX), default=20,
                    help="alpha-CROWN optimisation steps, >= 0 (default 20)")
