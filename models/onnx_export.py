@@ -1,6 +1,6 @@
 """Write ``nn.Sequential`` models to ONNX with ``onnx.helper`` (no torch exporter, no onnxscript).
 
-Supports Linear, Conv2d, ReLU, Sigmoid, Tanh, Flatten, MaxPool2d, AvgPool2d, BatchNorm2d, Dropout.
+Supports Linear, Conv2d, ReLU, Sigmoid, Tanh, Flatten, MaxPool2d, AvgPool2d, BatchNorm1d/2d, Dropout.
 Used for the shipped examples and for checking our ONNX interpreter against onnxruntime.
 """
 
@@ -20,8 +20,17 @@ def _pair(v) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v)
 
 
+def _layers(model: nn.Sequential) -> list[nn.Module]:
+    """The leaf layers of ``model``, nested ``nn.Sequential`` blocks flattened in order."""
+    out: list[nn.Module] = []
+    for m in model:
+        out.extend(_layers(m) if isinstance(m, nn.Sequential) else [m])
+    return out
+
+
 def sequential_to_onnx(model: nn.Sequential, input_shape: Sequence[int], opset: int = 13) -> onnx.ModelProto:
-    """ONNX graph computing ``model`` on inputs of shape ``[1, *input_shape]``."""
+    """ONNX graph computing ``model`` on inputs of shape ``[1, *input_shape]`` (float32 weights, whatever the
+    model's own precision; nested ``nn.Sequential`` blocks are flattened)."""
     nodes, inits = [], []
     cur = "input"
     counter = 0
@@ -30,7 +39,7 @@ def sequential_to_onnx(model: nn.Sequential, input_shape: Sequence[int], opset: 
         inits.append(numpy_helper.from_array(t.detach().cpu().numpy().astype(np.float32), name))
         return name
 
-    for m in model:
+    for m in _layers(model):
         counter += 1
         out = f"t{counter}"
         if isinstance(m, nn.Linear):
@@ -57,7 +66,7 @@ def sequential_to_onnx(model: nn.Sequential, input_shape: Sequence[int], opset: 
                 kw["count_include_pad"] = int(m.count_include_pad)
             nodes.append(helper.make_node("MaxPool" if isinstance(m, nn.MaxPool2d) else "AveragePool",
                                           [cur], [out], **kw))
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
             ins = [cur] + [const(f"{k}{counter}", t) for k, t in (
                 ("s", m.weight), ("b", m.bias), ("m", m.running_mean), ("v", m.running_var))]
             nodes.append(helper.make_node("BatchNormalization", ins, [out], epsilon=m.eps))
@@ -66,8 +75,11 @@ def sequential_to_onnx(model: nn.Sequential, input_shape: Sequence[int], opset: 
         else:
             raise TypeError(f"cannot export {type(m).__name__}")
         cur = out
-    with torch.no_grad():
-        out_shape = list(model(torch.zeros(1, *input_shape)).shape)
+    p = next(model.parameters(), None)
+    with torch.no_grad():  # a dry run in the model's own dtype and device gives the output shape
+        probe = torch.zeros(1, *input_shape, dtype=p.dtype if p is not None else torch.float32,
+                            device=p.device if p is not None else "cpu")
+        out_shape = list(model(probe).shape)
     graph = helper.make_graph(
         nodes, "clarke_model",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, *input_shape])],
