@@ -17,7 +17,8 @@ Run 'clarke COMMAND --help' for the options of each command."""
 
 
 SUBCOMMAND_MODULES = {"verify": "verify.cli.verify_cmd", "pde": "physics.cli",
-                      "lipschitz": "verify.cli.lipschitz_cmd", "monotonicity": "verify.cli.lipschitz_cmd"}
+                      "lipschitz": "verify.cli.lipschitz_cmd", "monotonicity": "verify.cli.lipschitz_cmd",
+                      "train": "robust_train.cli", "evaluate": "robust_train.cli"}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
