@@ -257,6 +257,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=seed_int, default=0, metavar="N", help="seed of the attacks' random starts")
     e.add_argument("--data-dir", metavar="PATH", help="where the data set lies (default: as the run was trained)")
     e.add_argument("--out", metavar="FILE", help="report file (default: RUN/eval.json)")
+    e.add_argument("--export-vnnlib", metavar="DIR",
+                   help="also write each evaluated point's property for 'clarke verify --instances "
+                        "DIR/instances.csv': point_NNNN.vnnlib, model.onnx, instances.csv and expected.csv "
+                        "(unsat where certified, sat where attacked)")
     e.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="write RUN/per_class.png (per-class clean / robust / certified accuracy)")
     e.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
@@ -453,11 +457,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         report = ev.evaluate(model, (x, y), eps, attacks=args.attacks, certify=args.certify, bab=args.bab,
                              class_names=splits.class_names, seed=args.seed,
                              progress=not (args.no_progress or quiet), apgd_steps=args.apgd_steps,
-                             bab_timeout=args.bab_timeout, batch_size=args.batch_size)
+                             bab_timeout=args.bab_timeout, batch_size=args.batch_size,
+                             per_point=bool(args.export_vnnlib))
     except ev.SoundnessError as e:  # a certified point was attacked: an engine bug, never an answer
         raise CliError(f"soundness check failed: {e}") from None
     report["run"] = str(args.run)
     report["split"] = args.split
+    if args.export_vnnlib:
+        export_vnnlib(Path(args.export_vnnlib), Path(args.run), model, x, y, eps, report, args.bab_timeout)
     write_atomic(out, json.dumps(report, indent=2, allow_nan=False) + "\n")
     plot = Path(args.run) / "per_class.png"
     if args.plots:
@@ -469,6 +476,36 @@ def run_evaluate(args: argparse.Namespace) -> int:
     elif not quiet:
         _print_report(report, out, plot if args.plots else None)
     return 0
+
+
+def export_vnnlib(folder: Path, run: Path, model: Any, x: Any, y: Any, eps: float, report: dict[str, Any],
+                  timeout: float) -> None:
+    """One VNNLIB robustness property per evaluated point over exactly the box the evaluation used
+    (``robust_train.apgd.threat_box`` in the model's dtype, written as exact decimals), a copy of RUN/model.onnx,
+    ``instances.csv`` and ``expected.csv``: ``unsat`` for a certified point, ``sat`` for an attacked one."""
+    import shutil
+
+    from robust_train.apgd import threat_box
+    from robust_train.evaluate import write_robustness_vnnlib
+
+    onnx_path = run / "model.onnx"
+    if not onnx_path.is_file():
+        raise CliError(f"{run}: no model.onnx to export the properties for")
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = next(model.parameters()).dtype
+    points, classes = report.pop("points"), report["classes"]
+    rows, expected = [], []
+    for i in range(x.shape[0]):
+        lo, hi = threat_box(x[i].to(dtype), eps)
+        name = f"point_{i:04d}.vnnlib"
+        write_robustness_vnnlib(folder / name, lo, hi, int(y[i]), classes)
+        rows.append(f"model.onnx,{name},{timeout:g}")
+        verdict = "unsat" if points["certified"][i] else ("sat" if not points["robust"][i] else "")
+        expected.append(f"model.onnx,{name},{timeout:g},{verdict}")
+    shutil.copyfile(onnx_path, folder / "model.onnx")
+    write_atomic(folder / "instances.csv", "\n".join(rows) + "\n")
+    write_atomic(folder / "expected.csv", "onnx,vnnlib,timeout,result\n" + "\n".join(expected) + "\n")
+    report["exported_vnnlib"] = str(folder)
 
 
 def _print_report(report: dict[str, Any], out: Path, plot: Path | None) -> None:

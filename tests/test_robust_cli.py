@@ -4,6 +4,7 @@ one error line (exit 2), and evaluate reports (and refuses) as documented."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -260,3 +261,26 @@ def test_clarke_console_script(trained, tmp_path):
     assert json.loads(proc.stdout)["n"] == 10 and report.is_file()
     proc = subprocess.run([*cmd, "train", "--epochs", "0"], capture_output=True, text=True, timeout=120)
     one_line(proc.returncode, proc.stderr, "--epochs")
+
+
+def test_exported_properties_get_the_same_verdicts_from_clarke_verify(trained, tmp_path, capsys):
+    """Every point the evaluation certified is `unsat` for `clarke verify`, every attacked one `sat`."""
+    folder = tmp_path / "props"
+    code, out, err = run(capsys, "evaluate", trained, *QUICK_EVAL, "--points", "12", "--eps", "0.02",
+                         "--export-vnnlib", folder, "--out", tmp_path / "eval.json", "--no-plots")
+    assert code == 0, err
+    rows = (folder / "expected.csv").read_text().splitlines()[1:]
+    assert len(rows) == 12 and (folder / "model.onnx").is_file()
+    verdicts = [r.split(",")[3] for r in rows]
+    assert "unsat" in verdicts  # a certified point exists at this small radius
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert verdicts.count("unsat") == round(report["certified_accuracy"] * 12)
+    code, out, err = run(capsys, "verify", "--instances", folder / "instances.csv", "--report", tmp_path / "r.csv")
+    assert code == 0, err
+    with open(tmp_path / "r.csv", newline="") as f:
+        got = {r["vnnlib"]: r for r in csv.DictReader(f)}
+    for row, want in zip(rows, verdicts, strict=True):
+        status = got[row.split(",")[1]]["status"]
+        if want:
+            assert status == want, row
+        assert status != "error", row
