@@ -153,3 +153,24 @@ def test_certified_training_bounds_reach_every_parameter_and_match_finite_differ
     assert all(g is not None and bool(g.abs().sum() > 0) for g in grads)
     analytic, numeric = directional_derivatives(value, loss, params, eps=1e-6)
     assert abs(analytic - numeric) <= 1e-5 * (1 + abs(numeric))
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha-crown", "crown-ibp"])
+def test_large_batches_are_split_under_the_memory_budget_without_changing_a_bound(method, monkeypatch):
+    """``boxes_per_pass`` plans a box at 48 n m bytes (n, m the widest nodes): a tiny budget forces one box per
+    pass, and the bounds equal those of one pass over the whole batch."""
+    from verify.api import as_graph, boxes_per_pass
+    torch.manual_seed(0)
+    net = small_cnn(1, 8, 10)
+    x = torch.rand(5, 1, 8, 8)
+    lo, hi = (x - 0.05).clamp(0, 1), (x + 0.05).clamp(0, 1)
+    whole = bound(net, lo, hi, method=method, input_shape=(1, 8, 8), iterations=3)
+    graph = as_graph(net, (1, 8, 8))
+    monkeypatch.setenv("CLARKE_BOUND_MEMORY_GB", "1e-9")
+    assert boxes_per_pass(graph, method, 10) == 1
+    split = bound(net, lo, hi, method=method, input_shape=(1, 8, 8), iterations=3)
+    for a, b in zip(whole, split, strict=True):
+        assert a.shape == (5, 10)
+        assert torch.equal(a, b) if method != "alpha-crown" else torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("CLARKE_BOUND_MEMORY_GB", "1000")
+    assert boxes_per_pass(graph, method, 10) >= 5

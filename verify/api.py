@@ -96,6 +96,40 @@ def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: 
     lo, hi = _box(graph, x_lo, x_hi)
     b = lo.shape[0]
     C = _spec(graph, C, b, lo.dtype)
+    chunk = boxes_per_pass(graph, method, C.shape[1])
+    parts = [_bound_boxes(graph, lo[i:i + chunk], hi[i:i + chunk], C[i:i + chunk], method, model_dtype,
+                          iterations, lr, optimize_intermediate) for i in range(0, b, chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+MEMORY_BUDGET_GIB = 4.0
+"""Memory one bound pass may plan for (``CLARKE_BOUND_MEMORY_GB`` overrides): larger batches are split."""
+
+
+def boxes_per_pass(graph: Graph, method: str, spec_rows: int) -> int:
+    """How many boxes one pass may bound at once. CROWN's linear coefficients of an n-neuron node over an earlier
+    m-value node take ``n m`` floats per box (``2 S m`` for the spec's S rows under ``crown-ibp``); a pass keeps
+    a few such tensors alive (coefficients, their positive and negative parts, a product), so a box is planned
+    at ``6 * 8 n m`` bytes with n, m the largest node sizes. Independent boxes split without changing a bound."""
+    if method == "ibp":
+        return 1 << 30
+    try:
+        budget = float(os.environ.get("CLARKE_BOUND_MEMORY_GB", MEMORY_BUDGET_GIB))
+    except ValueError:
+        budget = MEMORY_BUDGET_GIB
+    sizes = [graph.input_numel] + [int(torch.Size(n.shape).numel()) for n in graph.nodes]
+    widest = max(sizes)
+    rows = widest if method in ("crown", "alpha-crown") else 2 * spec_rows
+    per_box = 6 * 8 * rows * widest
+    return max(1, int(budget * 2**30 // per_box))
+
+
+def _bound_boxes(graph: Graph, lo: Tensor, hi: Tensor, C: Tensor, method: str, model_dtype: torch.dtype,
+                 iterations: int, lr: float, optimize_intermediate: bool) -> tuple[Tensor, Tensor]:
+    """:func:`bound` on prepared boxes ``[B, *input_shape]`` and spec ``[B, S, K]`` (one pass)."""
+    b = lo.shape[0]
     if method == "ibp":
         return _interval_spec(intermediate_bounds(graph, lo, hi, method="ibp")[graph.output], C, model_dtype)
     s = C.shape[1]
