@@ -52,11 +52,11 @@ class CertifiedLoss:
         low, high = projection_box(x, eps, self.lo, self.hi)
         C = margin_spec(y, self._classes(x), x.dtype)
         if self.method == "ibp" or beta == 0.0:
-            return self.bounded.compute_bounds(low, high, C=C, method="ibp")[0]
-        m_crown = self.bounded.compute_bounds(low, high, C=C, method="crown-ibp")[0]
+            return self.bounded.compute_bounds(low, high, C=C, method="ibp", bound_upper=False)[0]
+        m_crown = self.bounded.compute_bounds(low, high, C=C, method="crown-ibp", bound_upper=False)[0]
         if beta == 1.0:
             return m_crown
-        m_ibp = self.bounded.compute_bounds(low, high, C=C, method="ibp")[0]
+        m_ibp = self.bounded.compute_bounds(low, high, C=C, method="ibp", bound_upper=False)[0]
         return beta * m_crown + (1.0 - beta) * m_ibp
 
     def _classes(self, x: Tensor) -> int:

@@ -174,3 +174,20 @@ def test_large_batches_are_split_under_the_memory_budget_without_changing_a_boun
         assert torch.equal(a, b) if method != "alpha-crown" else torch.allclose(a, b, rtol=1e-5, atol=1e-5)
     monkeypatch.setenv("CLARKE_BOUND_MEMORY_GB", "1000")
     assert boxes_per_pass(graph, method, 10) >= 5
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown", "alpha-crown"])
+def test_lower_bound_only_equals_the_lower_half_of_both(method):
+    """``bound_upper=False`` (auto_LiRPA's flag) passes only the spec rows: same lower bound, upper None."""
+    torch.manual_seed(1)
+    net = small_cnn(1, 8, 10)
+    x = torch.rand(3, 1, 8, 8)
+    lo, hi = (x - 0.03).clamp(0, 1), (x + 0.03).clamp(0, 1)
+    C = torch.eye(10)[:4] - torch.eye(10)[5]
+    both = bound(net, lo, hi, C=C, method=method, input_shape=(1, 8, 8), iterations=3)
+    lower, upper = bound(net, lo, hi, C=C, method=method, input_shape=(1, 8, 8), iterations=3, bound_upper=False)
+    assert upper is None and lower.shape == (3, 4)
+    if method == "alpha-crown":
+        assert torch.allclose(lower, both[0], rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(lower, both[0])

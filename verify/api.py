@@ -73,7 +73,7 @@ def _spec(graph: Graph, C, b: int, dtype) -> Tensor:
 
 def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: int = 20, lr: float = 0.5,
           optimize_intermediate: bool = False, input_shape: tuple[int, ...] | None = None,
-          precision: str = "float64") -> tuple[Tensor, Tensor]:
+          precision: str = "float64", bound_upper: bool = True) -> tuple[Tensor, Tensor | None]:
     """Sound bounds ``lower <= C f(x) <= upper`` for all ``x`` in ``[x_lo, x_hi]``.
 
     ``x_lo``/``x_hi``: ``[B, *input_shape]`` (or flattened ``[B, n]``, or one sample). ``C``: ``[S, K]`` or
@@ -82,7 +82,8 @@ def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: 
     ``crown``.
     A torch module is traced for ``input_shape`` (per sample); without it, for ``x_lo.shape[1:]`` (a batch) or,
     if the module does not take that, for ``x_lo.shape`` (one sample). ``precision``: ``float64`` (default) or
-    ``model`` (see ``verify.rounding.PRECISIONS``); the bounds are rigorous either way.
+    ``model`` (see ``verify.rounding.PRECISIONS``); the bounds are rigorous either way. ``bound_upper=False``
+    (auto_LiRPA's name) returns ``(lower, None)``: the CROWN passes carry half the rows (certified training).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -98,10 +99,10 @@ def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: 
     C = _spec(graph, C, b, lo.dtype)
     chunk = boxes_per_pass(graph, method, C.shape[1])
     parts = [_bound_boxes(graph, lo[i:i + chunk], hi[i:i + chunk], C[i:i + chunk], method, model_dtype,
-                          iterations, lr, optimize_intermediate) for i in range(0, b, chunk)]
+                          iterations, lr, optimize_intermediate, bound_upper) for i in range(0, b, chunk)]
     if len(parts) == 1:
         return parts[0]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]) if bound_upper else None
 
 
 MEMORY_BUDGET_GIB = 4.0
@@ -127,13 +128,16 @@ def boxes_per_pass(graph: Graph, method: str, spec_rows: int) -> int:
 
 
 def _bound_boxes(graph: Graph, lo: Tensor, hi: Tensor, C: Tensor, method: str, model_dtype: torch.dtype,
-                 iterations: int, lr: float, optimize_intermediate: bool) -> tuple[Tensor, Tensor]:
+                 iterations: int, lr: float, optimize_intermediate: bool, bound_upper: bool = True
+                 ) -> tuple[Tensor, Tensor | None]:
     """:func:`bound` on prepared boxes ``[B, *input_shape]`` and spec ``[B, S, K]`` (one pass)."""
     b = lo.shape[0]
     if method == "ibp":
-        return _interval_spec(intermediate_bounds(graph, lo, hi, method="ibp")[graph.output], C, model_dtype)
+        lower, upper = _interval_spec(intermediate_bounds(graph, lo, hi, method="ibp")[graph.output], C, model_dtype)
+        return lower, upper if bound_upper else None
     s = C.shape[1]
-    lam = torch.cat([C, -C], dim=1).reshape(b, 2 * s, *graph.output_shape)
+    rows = torch.cat([C, -C], dim=1) if bound_upper else C
+    lam = rows.reshape(b, rows.shape[1], *graph.output_shape)
     bounds = intermediate_bounds(graph, lo, hi, "ibp" if method == "crown-ibp" else "crown")
     if method in ("crown", "crown-ibp"):
         res = lower_bound(graph, graph.output, lam, bounds)
@@ -142,8 +146,8 @@ def _bound_boxes(graph: Graph, lo: Tensor, hi: Tensor, C: Tensor, method: str, m
                                 optimize_intermediate=optimize_intermediate, bounds=bounds)
     # Both are sound, so the final answer is their intersection (CROWN alone can lose to IBP).
     ilo, ihi = _interval_spec(bounds[graph.output], C, model_dtype)
-    return (torch.maximum(cast_down(res[:, :s], model_dtype), ilo),
-            torch.minimum(cast_up(-res[:, s:], model_dtype), ihi))
+    lower = torch.maximum(cast_down(res[:, :s], model_dtype), ilo)
+    return lower, torch.minimum(cast_up(-res[:, s:], model_dtype), ihi) if bound_upper else None
 
 
 def _trace(module: torch.nn.Module, shape: torch.Size, input_shape: tuple[int, ...] | None) -> Graph:
@@ -186,7 +190,8 @@ class BoundedModule:
     def __call__(self, x: Tensor) -> Tensor:
         return self.module(x)
 
-    def compute_bounds(self, x_lo, x_hi, C=None, method: str = "crown", **options) -> tuple[Tensor, Tensor]:
-        """:func:`bound` on the traced graph: ``lower <= C f(x) <= upper`` over the boxes, ``[B, S]`` each."""
+    def compute_bounds(self, x_lo, x_hi, C=None, method: str = "crown", **options) -> tuple[Tensor, Tensor | None]:
+        """:func:`bound` on the traced graph: ``lower <= C f(x) <= upper`` over the boxes, ``[B, S]`` each
+        (``bound_upper=False``: ``(lower, None)`` at about half the cost of a CROWN pass)."""
         options.setdefault("precision", self.precision)
         return bound(self.graph, x_lo, x_hi, C=C, method=method, **options)
