@@ -24,17 +24,15 @@ from verify.cli.common import (
     CliError,
     HelpFormatter,
     add_verbosity,
-    cli_logging,
-    fail,
     nonneg_float,
     nonneg_int,
     number,
     positive_int,
     print_json,
+    run_guarded,
     seed_int,
     write_atomic,
 )
-from verify.errors import ClarkeError
 
 EXIT_STATUS = """Exit status: 0 for an answer; 2 with one line 'clarke: error: ...' on stderr for a bad option,
 a missing data set or run file, or a failed check (nothing is overwritten then)."""
@@ -542,28 +540,6 @@ def _print_report(report: dict[str, Any], out: Path, plot: Path | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- standalone
-
-
-def run_guarded(args: argparse.Namespace) -> int:
-    """Run ``args.func`` the way the ``clarke`` dispatcher does: every error becomes one line and exit 2."""
-    verbose = bool(getattr(args, "verbose", False))
-    try:
-        with cli_logging(verbose, bool(getattr(args, "quiet", False))):
-            return int(args.func(args) or 0)
-    except ClarkeError as e:
-        return fail(str(e))
-    except OSError as e:
-        return fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
-    except ValueError as e:
-        return fail(str(e))
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
-    except Exception as e:  # a bug still gets one line (with -v, the traceback before it)
-        if verbose:
-            import traceback
-
-            traceback.print_exc()
-        return fail(f"internal error: {type(e).__name__}: {e}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -244,3 +244,26 @@ def check_dtype_range(lo: np.ndarray, hi: np.ndarray, dtype_name: str = "float32
     big = float(np.finfo(np.dtype(dtype_name)).max)
     if max(np.abs(lo).max(initial=0.0), np.abs(hi).max(initial=0.0)) > big:
         raise CliError(f"input box exceeds the {dtype_name} range (|x| > {big:.3g}; --eps too large?)")
+
+
+def run_guarded(args: argparse.Namespace) -> int:
+    """Run a parsed subcommand ``args.func(args)``: its status, or for any error one stderr line and exit 2
+    (130 on Ctrl-C); an engine bug is an "internal error" line (with -v, the traceback before it)."""
+    verbose = bool(getattr(args, "verbose", False))
+    try:
+        with cli_logging(verbose, bool(getattr(args, "quiet", False))):
+            return int(args.func(args) or 0)
+    except ClarkeError as e:
+        return fail(str(e))
+    except OSError as e:
+        return fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
+    except ValueError as e:  # the Python API's check of an argument (e.g. a non-finite number)
+        return fail(str(e))
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except Exception as e:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        return fail(f"internal error: {type(e).__name__}: {e}")

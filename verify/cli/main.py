@@ -7,8 +7,7 @@ import sys
 
 import verify
 from verify.cli import bounds_cmd
-from verify.cli.common import ClarkeParser, cli_logging, fail
-from verify.errors import ClarkeError
+from verify.cli.common import ClarkeParser, run_guarded
 
 EPILOG = """examples:
   clarke bounds model.onnx --center x.npy --eps 0.01 --method crown --json
@@ -57,25 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    verbose = bool(getattr(args, "verbose", False))
-    try:
-        with cli_logging(verbose, bool(getattr(args, "quiet", False))):
-            return int(args.func(args) or 0)
-    except ClarkeError as e:
-        return fail(str(e))
-    except OSError as e:
-        return fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
-    except ValueError as e:  # the Python API's check of an argument (e.g. a non-finite number)
-        return fail(str(e))
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
-    except Exception as e:  # an engine bug still gets one line (with -v, the traceback before it)
-        if verbose:
-            import traceback
-
-            traceback.print_exc()
-        return fail(f"internal error: {type(e).__name__}: {e}")
-
+    return run_guarded(args)
 
 if __name__ == "__main__":
     sys.exit(main())
