@@ -13,16 +13,17 @@ points with ``robust_train.evaluate.evaluate``:
   ``--attacks`` (default APGD-CE and APGD-T with DLR and 9 targets, AutoAttack's two gradient attacks);
   RA-Tail-30: mean of the 3 lowest per-class PGD-20 robust accuracies (the DONE paper's metric,
   robust_training.md section 1.4); worst-Tail-30: the same over the worst case of all attacks; Cert:
-  certified by the engine (CROWN); Cert-Tail-30; s/epoch: training seconds per epoch.
+  certified by the engine (``--certify``, default CROWN-IBP bounds: full CROWN needs ~0.8 s per point on
+  cnn-small); Cert-Tail-30; s/epoch: training seconds per epoch.
 - Columns are mean +- standard deviation over the seeds. The comparison lines give DONE - PGD-AT per training
-  set (difference of the seed means).
+  set (difference of the seed means), and DONE over the certified loss (done-ibp) - IBP on the Cert columns.
 
 The step-time table times one optimiser step on ``--step-model`` (default cnn-small, 1x28x28, batch 128, one
 thread): standard, IBP, CROWN-IBP (beta = 1: the CROWN pass is on), PGD-10 AT and DONE (PGD-10 inner), median of
 ``--step-repeats`` steps after a warm-up, and each method's ratio to the standard step of this run.
 
 ``--quick`` (under 20 minutes on 2 cores): Fashion-MNIST 3000-example subset when the Debian package
-dataset-fashion-mnist is installed, else scikit-learn digits; 2 seeds, 4 epochs, 300 test points, cnn-tiny.
+dataset-fashion-mnist is installed, else scikit-learn digits; 2 seeds, 4 epochs, 200 test points, cnn-tiny.
 ``--json``: the same tables as one JSON object on the last stdout line.
 """
 
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_METHODS = ("standard", "pgd-at", "trades", "mart", "gairat", "mail", "done", "ibp", "crown-ibp")
+DEFAULT_METHODS = ("standard", "pgd-at", "trades", "mart", "gairat", "mail", "done", "ibp", "done-ibp", "crown-ibp")
 ATTACKS = ("pgd20", "apgd-ce", "apgd-t")
 COLUMNS = ("SA", "RA-PGD", "RA-APGD", "RA-Tail-30", "worst-Tail-30", "Cert", "Cert-Tail-30", "s/epoch")
 STEP_METHODS = ("standard", "ibp", "crown-ibp", "pgd-at", "done")
@@ -65,7 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small settings that finish in under 20 minutes")
     p.add_argument("--json", action="store_true", help="print the tables as one JSON object on the last line")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated training methods")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated training methods; done-INNER is DONE with --inner INNER (e.g. done-ibp: "
+                        "instances reweighted by their IBP certified loss)")
     p.add_argument("--seeds", type=positive(int), default=None, help="seeds per method (default 3; quick 2)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
@@ -76,10 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eps", type=positive(float), default=0.1)
     p.add_argument("--imbalance", default="1,10", help="comma-separated imbalance ratios rho (1 = balanced)")
     p.add_argument("--points", type=positive(int), default=None,
-                   help="test points evaluated per run (default 1000; quick 300)")
+                   help="test points evaluated per run (default 1000; quick 200)")
     p.add_argument("--attacks", default=",".join(ATTACKS),
                    help="evaluation attacks: pgd20 first, then APGD attacks (RA-APGD = robust to all of them)")
-    p.add_argument("--certify", default="crown", help="engine method for the Cert columns (none: skip)")
+    p.add_argument("--certify", default="crown-ibp",
+                   help="engine method for the Cert columns (crown-ibp, crown, alpha-crown; none: skip)")
     p.add_argument("--r", type=positive(float), default=1.0, help="DONE's KL-DRO temperature")
     p.add_argument("--tau", type=positive(float), default=0.5, help="DONE's normaliser step")
     p.add_argument("--lr", type=positive(float), default=1e-3)
@@ -92,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", default=None, help="keep the run directories under this folder")
     args = p.parse_args(argv)
     # explicit options win over --quick's settings
-    quick = {"seeds": 2, "epochs": 4, "points": 300, "model": "cnn-tiny"}
+    quick = {"seeds": 2, "epochs": 4, "points": 200, "model": "cnn-tiny"}
     full = {"seeds": 3, "epochs": 10, "points": 1000, "model": "cnn-small"}
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
@@ -111,10 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.imbalance = [float(r) for r in args.imbalance.split(",") if r]
     if any(not (math.isfinite(r) and r >= 1) for r in args.imbalance):
         p.error("--imbalance: ratios must be finite numbers >= 1")
-    from robust_train.config import METHODS
-    unknown = [m for m in args.methods if m not in METHODS]
+    from robust_train.config import INNERS, METHODS
+    known = (*METHODS, *(f"done-{inner}" for inner in INNERS if inner != "pgd"))
+    unknown = [m for m in args.methods if m not in known]
     if unknown:
-        p.error(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+        p.error(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
     args.certify = [] if args.certify == "none" else [args.certify]
     return args
 
@@ -135,8 +140,9 @@ def run_one(job: dict) -> dict:
 
     a = job["args"]
     out = Path(job["out"])
+    method, _, inner = job["method"].partition("-") if job["method"].startswith("done-") else (job["method"], "", "")
     cfg = TrainConfig(data=a["data"], data_dir=a["data_dir"], subset=a["subset"], imbalance=job["imbalance"],
-                      model=a["model"], method=job["method"], eps=a["eps"], epochs=a["epochs"],
+                      model=a["model"], method=method, inner=inner or "pgd", eps=a["eps"], epochs=a["epochs"],
                       batch_size=a["batch_size"], lr=a["lr"], r=a["r"], tau=a["tau"], seed=job["seed"],
                       device="cpu", out=str(out), val_points=500)
     splits = load_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction,
@@ -260,6 +266,15 @@ def print_table(table: list[dict], args: argparse.Namespace) -> list[dict]:
             comparisons.append(c)
             print(f"{s}: DONE - PGD-AT: RA-Tail-30 {c['tail_gain_points']:+.1f} points, "
                   f"RA-PGD {c['ra_pgd_change_points']:+.1f} points")
+        for inner in ("ibp", "crown-ibp"):
+            d, p = by.get(f"done-{inner}"), by.get(inner)
+            if d and p and d["Cert"] is not None and p["Cert"] is not None:
+                c = {"set": s, "compare": f"done-{inner} - {inner}",
+                     "cert_tail_gain_points": 100 * (d["Cert-Tail-30"] - p["Cert-Tail-30"]),
+                     "cert_change_points": 100 * (d["Cert"] - p["Cert"])}
+                comparisons.append(c)
+                print(f"{s}: DONE({inner}) - {inner.upper()}: Cert-Tail-30 {c['cert_tail_gain_points']:+.1f} points, "
+                      f"Cert {c['cert_change_points']:+.1f} points")
     return comparisons
 
 
