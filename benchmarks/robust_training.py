@@ -23,7 +23,7 @@ thread): standard, IBP, CROWN-IBP (beta = 1: the CROWN pass is on), PGD-10 AT an
 ``--step-repeats`` steps after a warm-up, and each method's ratio to the standard step of this run.
 
 ``--quick`` (under 20 minutes on 2 cores): Fashion-MNIST 3000-example subset when the Debian package
-dataset-fashion-mnist is installed, else scikit-learn digits; 2 seeds, 4 epochs, 200 test points, cnn-tiny.
+dataset-fashion-mnist is installed, else scikit-learn digits; 2 seeds, 8 epochs, 200 test points, mlp-small.
 ``--json``: the same tables as one JSON object on the last stdout line.
 """
 
@@ -72,10 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=positive(int), default=None, help="seeds per method (default 3; quick 2)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--model", default=None, help="zoo model (default cnn-small; quick cnn-tiny)")
+    p.add_argument("--model", default=None, help="zoo model (default cnn-small; quick mlp-small)")
     p.add_argument("--subset", type=positive(int), default=None,
                    help="training examples before the long-tail profile (default: all; quick 3000)")
-    p.add_argument("--epochs", type=positive(int), default=None, help="epochs per run (default 10; quick 4)")
+    p.add_argument("--epochs", type=positive(int), default=None, help="epochs per run (default 10; quick 8)")
     p.add_argument("--eps", type=positive(float), default=0.1)
     p.add_argument("--imbalance", default="1,10", help="comma-separated imbalance ratios rho (1 = balanced)")
     p.add_argument("--points", type=positive(int), default=None,
@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", default=None, help="keep the run directories under this folder")
     args = p.parse_args(argv)
     # explicit options win over --quick's settings
-    quick = {"seeds": 2, "epochs": 4, "points": 200, "model": "cnn-tiny"}
+    quick = {"seeds": 2, "epochs": 8, "points": 200, "model": "mlp-small"}
     full = {"seeds": 3, "epochs": 10, "points": 1000, "model": "cnn-small"}
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
