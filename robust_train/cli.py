@@ -322,6 +322,10 @@ def build_config(args: argparse.Namespace):
         if (out / "config.json").is_file():
             # the saved out may name the directory from another working directory or before a move
             base = {**_read_config_file(str(out)), "out": str(out)}
+    if args.config and {"method", "epochs", "inner"} & set(explicit):
+        # the saved schedule values were resolved for the saved method and epoch count: resolve them again
+        for derived in ("warmup_epochs", "ramp_epochs", "reweight_start"):
+            base.pop(derived, None)
     raw = {**base, **explicit}
     try:
         return TrainConfig.from_dict(raw)

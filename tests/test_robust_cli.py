@@ -4,6 +4,7 @@ one error line (exit 2), and evaluate reports (and refuses) as documented."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import shutil
@@ -284,3 +285,17 @@ def test_exported_properties_get_the_same_verdicts_from_clarke_verify(trained, t
         if want:
             assert status == want, row
         assert status != "error", row
+
+
+def test_config_file_schedules_follow_a_new_method_or_epoch_count(trained, tmp_path):
+    """--config from a pgd-at run with --method ibp --epochs 10: warm-up and ramp are IBP's defaults for 10 epochs
+    (1 and 5), not the saved pgd-at zeros; an explicit --ramp-epochs still wins."""
+    from robust_train.cli import add_parser, build_config
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", "--config", str(trained / "config.json"), "--method", "ibp", "--epochs", "10"])
+    cfg = build_config(args)
+    assert (cfg.method, cfg.epochs, cfg.warmup_epochs, cfg.ramp_epochs) == ("ibp", 10, 1.0, 5.0)
+    args = parser.parse_args(["train", "--config", str(trained / "config.json"), "--method", "ibp",
+                              "--ramp-epochs", "3"])
+    assert build_config(args).ramp_epochs == 3.0
