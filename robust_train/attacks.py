@@ -2,17 +2,18 @@
 
 ``x_{k+1} = Pi_{B(x, eps) cap [lo, hi]}(x_k + alpha * sign(grad_x loss(f(x_k), y)))`` from a random start in the
 ball (TRADES' inner maximisation starts at ``x + 0.001 N(0, I)`` instead). Every iterate stays inside the ball and
-the box: the projection box is computed once and nudged inward by an ulp where rounding would leave the ball.
+the box: the projection box (``robust_train.apgd.threat_box``) is computed once, rounded towards x.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from robust_train.apgd import threat_box
 
 LOSSES = ("ce", "kl")
 
@@ -20,22 +21,6 @@ LOSSES = ("ce", "kl")
 def default_step_size(eps: float, steps: int) -> float:
     """Madry's rule of thumb ``alpha = 2.5 eps / steps`` (2/255 for 10 steps at 8/255)."""
     return 2.5 * eps / max(steps, 1)
-
-
-def projection_box(x: Tensor, eps: float, lo: float = 0.0, hi: float = 1.0) -> tuple[Tensor, Tensor]:
-    """``[max(x - eps, lo), min(x + eps, hi)]``: the largest box of x's dtype inside the real-arithmetic ball of
-    radius ``eps`` (a Python float) and ``[lo, hi]``. Computed in float64, rounded inward to x's dtype, then
-    nudged by an ulp where rounding still leaves the ball, so ``|x' - x| <= eps`` holds for every point in it."""
-    xd = x.detach().double()
-    low64, high64 = (xd - eps).clamp(min=lo), (xd + eps).clamp(max=hi)
-    low, high = low64.to(x.dtype), high64.to(x.dtype)
-    up, down = torch.full_like(low, math.inf), torch.full_like(high, -math.inf)
-    low = torch.where(low.double() < low64, torch.nextafter(low, up), low)
-    high = torch.where(high.double() > high64, torch.nextafter(high, down), high)
-    for _ in range(2):  # float64 inputs: x - eps may round outward by an ulp; one nudge fixes it, two cover ties
-        low = torch.where(xd - low.double() > eps, torch.nextafter(low, up), low)
-        high = torch.where(high.double() - xd > eps, torch.nextafter(high, down), high)
-    return low, torch.maximum(high, low)
 
 
 def per_example_loss(loss: str | Callable, logits: Tensor, y: Tensor, p_clean: Tensor | None) -> Tensor:
@@ -70,7 +55,7 @@ def pgd_from(model, x: Tensor, y: Tensor, eps: float, noise: Tensor | None, *, s
         raise ValueError(f"eps and steps must be >= 0, got eps={eps}, steps={steps}")
     x = x.detach()
     alpha = default_step_size(eps, steps) if step_size is None else step_size
-    low, high = projection_box(x, eps, lo, hi)
+    low, high = threat_box(x, eps, lo, hi)
     p_clean = None
     if loss == "kl":
         with torch.no_grad():

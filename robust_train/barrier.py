@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_train.attacks import projection_box
+from robust_train.apgd import threat_box
 
 
 def _box(x: Tensor, eps: float, lo: float, hi: float) -> tuple[Tensor, Tensor]:
     """The threat box in perturbation coordinates ``d = x' - x``."""
-    low, high = projection_box(x, eps, lo, hi)
+    low, high = threat_box(x, eps, lo, hi)
     return low - x, high - x
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import verify
-from robust_train.attacks import projection_box
+from robust_train.apgd import threat_box
 
 CERTIFIED_METHODS = ("ibp", "crown-ibp")
 
@@ -49,7 +49,7 @@ class CertifiedLoss:
     def margins(self, x: Tensor, y: Tensor, eps: float, beta: float = 1.0) -> Tensor:
         """Lower bounds ``[B, K-1]`` on ``z_y - z_j`` over the eps-box: IBP, or for CROWN-IBP
         ``beta m_CROWN-IBP + (1 - beta) m_IBP`` (the CROWN pass is skipped at beta = 0)."""
-        low, high = projection_box(x, eps, self.lo, self.hi)
+        low, high = threat_box(x, eps, self.lo, self.hi)
         C = margin_spec(y, self._classes(x), x.dtype)
         if self.method == "ibp" or beta == 0.0:
             return self.bounded.compute_bounds(low, high, C=C, method="ibp", bound_upper=False)[0]

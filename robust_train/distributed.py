@@ -26,18 +26,17 @@ class Collective:
 
     def sum(self, t: Tensor) -> Tensor:
         """``sum_ranks t`` (a new tensor; t is not modified)."""
-        if not self.active:
-            return t
-        out = t.detach().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        return self._all_reduce(t, dist.ReduceOp.SUM)
 
     def max(self, t: Tensor) -> Tensor:
         """``max_ranks t`` elementwise."""
+        return self._all_reduce(t, dist.ReduceOp.MAX)
+
+    def _all_reduce(self, t: Tensor, op) -> Tensor:
         if not self.active:
             return t
         out = t.detach().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        dist.all_reduce(out, op=op)
         return out
 
     def sum_grads(self, params: list[nn.Parameter]) -> None:

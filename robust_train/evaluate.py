@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from robust_train.apgd import apgd, apgd_targeted, fooled, threat_box
+from robust_train.certified import margin_spec
 
 __all__ = ["ATTACKS", "CERTIFY_METHODS", "SoundnessError", "evaluate", "margin_spec", "per_class_accuracy",
            "tail_accuracy", "write_robustness_vnnlib"]
@@ -66,15 +67,6 @@ def tail_accuracy(per_class: Sequence[float | None], fraction: float = TAIL_FRAC
     m = max(1, math.ceil(Fraction(str(fraction)) * len(present)))
     worst = sorted(present)[:m]
     return sum(a for a, _ in worst) / m, [c for _, c in worst]
-
-
-def margin_spec(y: Tensor, classes: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """``C [B, K−1, K]`` with rows ``e_y − e_j`` for j ≠ y (in increasing j): ``C f > 0`` iff f predicts y."""
-    b = y.shape[0]
-    eye = torch.eye(classes, dtype=dtype, device=y.device)
-    rows = eye[y][:, None, :] - eye[None, :, :]  # [B, K, K]
-    keep = torch.arange(classes, device=y.device)[None, :] != y[:, None]
-    return rows[keep].reshape(b, classes - 1, classes)
 
 
 # ------------------------------------------------------------------------------------------- BaB

@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robust_train import losses as L
-from robust_train.attacks import pgd, projection_box
+from robust_train.apgd import threat_box
+from robust_train.attacks import pgd
 from robust_train.barrier import implicit_losses
 from robust_train.certified import CertifiedLoss, margin_spec, worst_case_logits
 from robust_train.config import TrainConfig
@@ -240,7 +241,7 @@ def test_pgd_increases_the_loss_and_is_seeded():
     assert F.cross_entropy(model(xa), y) > F.cross_entropy(model(x), y) + 0.05
     xb = pgd(model, x, y, 0.2, steps=10, generator=torch.Generator().manual_seed(3))
     assert torch.equal(xa, xb)
-    lo, hi = projection_box(x, 0.2)
+    lo, hi = threat_box(x, 0.2)
     assert torch.equal(pgd(model, x, y, 0.0), x) and (lo <= x).all() and (x <= hi).all()
 
 
@@ -326,7 +327,7 @@ def test_barrier_implicit_hypergradient_matches_finite_differences():
     eps, c = 0.2, 0.05
 
     def solve(m):
-        low, high = projection_box(x, eps)
+        low, high = threat_box(x, eps)
         lo, hi = low - x, high - x
         d = torch.zeros_like(x)
         for _ in range(60):
