@@ -1,7 +1,8 @@
 """Model checkpoints (a directory: ``weights.safetensors`` + ``model.json``) and ONNX export of zoo models.
 
 A checkpoint is rebuilt from its config with ``models.zoo.build_model(config["model"], config["input_shape"],
-config["classes"])`` and then filled with the stored tensors, so no pickled code is ever executed on load.
+config["classes"])`` (``models.regressor.build_regressor`` for a regressor) and then filled with the stored
+tensors, so no pickled code is ever executed on load.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import torch
 import torch.nn as nn
 
 from models.onnx_export import sequential_to_onnx
+from models.regressor import REGRESSION_MODELS, build_regressor
 from models.zoo import MODELS, build_model
+
+ALL_MODELS = (*MODELS, *REGRESSION_MODELS)
 
 WEIGHTS = "weights.safetensors"
 CONFIG = "model.json"
@@ -33,14 +37,24 @@ def _check_config(config: dict, where: str) -> tuple[str, tuple[int, ...], int]:
     if missing:
         raise ValueError(f"{where}: config lacks {', '.join(missing)}")
     name, shape, classes = config["model"], config["input_shape"], config["classes"]
-    if name not in MODELS:
-        raise ValueError(f"{where}: unknown model {name!r} (choose from {', '.join(MODELS)})")
+    if name not in ALL_MODELS:
+        raise ValueError(f"{where}: unknown model {name!r} (choose from {', '.join(ALL_MODELS)})")
     if (not isinstance(shape, list | tuple) or not shape
             or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
         raise ValueError(f"{where}: input_shape must be a list of positive integers, got {shape!r}")
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
         raise ValueError(f"{where}: classes must be a positive integer, got {classes!r}")
     return name, tuple(shape), classes
+
+
+def build_any(name: str, shape: tuple[int, ...], classes: int) -> nn.Module:
+    """A zoo classifier or (``REGRESSION_MODELS``, one output) an IB regressor, seeded so that building one
+    leaves the global generator alone."""
+    if name in REGRESSION_MODELS:
+        if classes != 1:
+            raise ValueError(f"regression model {name!r} has one output, not {classes}")
+        return build_regressor(name, shape, seed=0)
+    return build_model(name, shape, classes, seed=0)
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -71,7 +85,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, config: dict) -> None:
     name, shape, classes = _check_config(config, str(path / CONFIG))
     state = _state(model)
     # seed= keeps the global torch generator untouched: saving must not change a training run's random stream.
-    _match(_state(build_model(name, shape, classes, seed=0)), state, str(path))
+    _match(_state(build_any(name, shape, classes)), state, str(path))
     try:  # serialise before touching the disk: an unserialisable config leaves nothing behind
         text = json.dumps({**config, "input_shape": list(shape)}, indent=2, sort_keys=True) + "\n"
     except (TypeError, ValueError) as e:
@@ -121,7 +135,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         tensors = load(w_path.read_bytes())  # bytes, not mmap: the file may be replaced by the next save
     except Exception as e:  # safetensors raises its own SafetensorError (and others) on damaged files
         raise ValueError(f"{w_path}: corrupt checkpoint weights ({' '.join(str(e).split())})") from None
-    model = build_model(name, shape, classes, seed=0)  # seed=: leave the global generator alone
+    model = build_any(name, shape, classes)
     _match(_state(model), tensors, str(w_path))
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(dtypes) == 1:
@@ -133,7 +147,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def export_onnx(model: nn.Sequential, input_shape: Sequence[int], path: str | os.PathLike) -> None:
-    """Write ``model`` (eval-mode semantics, float32 weights) as an ONNX file for ``clarke verify``.
+    """Write ``model`` (eval-mode semantics, in its own precision) as an ONNX file for ``clarke verify``.
 
     The graph takes one sample ``[1, *input_shape]``. Written to a temporary file and renamed into place."""
     if not isinstance(model, nn.Sequential):

@@ -28,15 +28,24 @@ def _layers(model: nn.Sequential) -> list[nn.Module]:
     return out
 
 
+_DOUBLE_LAYERS = (nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Flatten, nn.Dropout, nn.Identity)
+
+
 def sequential_to_onnx(model: nn.Sequential, input_shape: Sequence[int], opset: int = 13) -> onnx.ModelProto:
-    """ONNX graph computing ``model`` on inputs of shape ``[1, *input_shape]`` (float32 weights, whatever the
-    model's own precision; nested ``nn.Sequential`` blocks are flattened)."""
+    """ONNX graph computing ``model`` on inputs of shape ``[1, *input_shape]``; nested ``nn.Sequential`` blocks are
+    flattened. A float64 model of layers onnxruntime runs in double (Linear, activations, Flatten) stays float64
+    (rounding its weights would make the file another network); anything else is written in float32 (onnxruntime
+    has no double Conv, pooling or BatchNorm kernels)."""
     nodes, inits = [], []
     cur = "input"
     counter = 0
+    first = next(model.parameters(), None)
+    double = (first is not None and first.dtype == torch.float64
+              and all(isinstance(m, _DOUBLE_LAYERS) for m in _layers(model)))
+    np_dtype, onnx_dtype = (np.float64, TensorProto.DOUBLE) if double else (np.float32, TensorProto.FLOAT)
 
     def const(name: str, t: torch.Tensor) -> str:
-        inits.append(numpy_helper.from_array(t.detach().cpu().numpy().astype(np.float32), name))
+        inits.append(numpy_helper.from_array(t.detach().cpu().numpy().astype(np_dtype), name))
         return name
 
     for m in _layers(model):
@@ -75,15 +84,14 @@ def sequential_to_onnx(model: nn.Sequential, input_shape: Sequence[int], opset: 
         else:
             raise TypeError(f"cannot export {type(m).__name__}")
         cur = out
-    p = next(model.parameters(), None)
     with torch.no_grad():  # a dry run in the model's own dtype and device gives the output shape
-        probe = torch.zeros(1, *input_shape, dtype=p.dtype if p is not None else torch.float32,
-                            device=p.device if p is not None else "cpu")
+        probe = torch.zeros(1, *input_shape, dtype=first.dtype if first is not None else torch.float32,
+                            device=first.device if first is not None else "cpu")
         out_shape = list(model(probe).shape)
     graph = helper.make_graph(
         nodes, "clarke_model",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, *input_shape])],
-        [helper.make_tensor_value_info(cur, TensorProto.FLOAT, out_shape)], inits)
+        [helper.make_tensor_value_info("input", onnx_dtype, [1, *input_shape])],
+        [helper.make_tensor_value_info(cur, onnx_dtype, out_shape)], inits)
     model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                                     producer_name="clarke")
     model_proto.ir_version = min(model_proto.ir_version, 8)

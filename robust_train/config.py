@@ -10,7 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-METHODS = ("standard", "pgd-at", "trades", "mart", "gairat", "mail", "done", "ibp", "crown-ibp")
+CLASSIFICATION_METHODS = ("standard", "pgd-at", "trades", "mart", "gairat", "mail", "done", "ibp", "crown-ibp")
+REGRESSION_METHODS = ("mse", "vib", "csib")
+METHODS = (*CLASSIFICATION_METHODS, *REGRESSION_METHODS)
+NORMALIZATIONS = ("paper", "reference")
+BAND_METHODS = ("ibp", "crown-ibp")
 INNERS = ("pgd", "barrier", "ibp", "crown-ibp")
 OPTIMIZERS = ("adam", "sgd")
 DTYPES = ("float32", "float64")
@@ -70,6 +74,18 @@ class TrainConfig:
     barrier_c: float = 1e-3
     barrier_cg_iters: int = 10
     barrier_damping: float = 1e-3
+    # regression (mse / vib / csib; robust_train.regression): the bottleneck weight beta, ramped linearly from 0
+    # over ib_beta_warmup epochs; one kernel width for every CS kernel (None: median heuristic on a reference
+    # batch, then fixed; sigma_x_scale multiplies the x width: the conditional divergence compares y and y_hat over
+    # x-neighbourhoods of that size); the optional certified band-width penalty band_weight * mean(f_hi - f_lo) at eps
+    ib_beta: float = 0.01
+    ib_beta_warmup: float = 0.0
+    sigma: float | None = None
+    sigma_x_scale: float = 1.0
+    csib_normalization: str = "paper"
+    csib_normalized_mi: bool = True
+    band_weight: float = 0.0
+    band_method: str = "ibp"
     # validation after every epoch
     val_pgd_steps: int = 10
     val_points: int = 1000
@@ -87,13 +103,32 @@ class TrainConfig:
                 raise ConfigError(f"r must be a number > 0 or inf, got {self.r!r}") from None
         self._check_names()
         self._check_numbers()
+        self._check_task()
+        ramped = self.certified or (self.task == "regression" and self.band_weight > 0)
         if self.warmup_epochs is None:
-            self.warmup_epochs = round(0.1 * self.epochs, 6) if self.certified else 0.0
+            self.warmup_epochs = round(0.1 * self.epochs, 6) if ramped else 0.0
         if self.ramp_epochs is None:
-            self.ramp_epochs = round(0.5 * self.epochs, 6) if self.certified else 0.0
+            self.ramp_epochs = round(0.5 * self.epochs, 6) if ramped else 0.0
         if self.reweight_start is None:
             # GAIRAT starts reweighting at epoch 60 of 120; MAIL fine-tunes from epoch 75 of 120 (authors' code).
             self.reweight_start = {"gairat": 0.5, "mail": 0.625}.get(self.method, 0.0)
+
+    @property
+    def task(self) -> str:
+        """"regression" for the regression data sets (``models.regression_data``), else "classification"."""
+        from models.regression_data import REGRESSION_DATASETS
+        return "regression" if self.data in REGRESSION_DATASETS else "classification"
+
+    def _check_task(self) -> None:
+        """Method, data and model must belong to the same task."""
+        from models.regressor import REGRESSION_MODELS
+        regression = self.task == "regression"
+        if (self.method in REGRESSION_METHODS) != regression:
+            kind = "a regression" if self.method in REGRESSION_METHODS else "a classification"
+            raise ConfigError(f"method {self.method!r} needs {kind} data set, got data {self.data!r}")
+        if (self.model in REGRESSION_MODELS) != regression:
+            want = ", ".join(REGRESSION_MODELS) if regression else "a classifier of the zoo"
+            raise ConfigError(f"model {self.model!r} does not fit data {self.data!r}; choose {want}")
 
     @property
     def certified(self) -> bool:
@@ -101,7 +136,8 @@ class TrainConfig:
         return self.method in ("ibp", "crown-ibp") or (self.method == "done" and self.inner in ("ibp", "crown-ibp"))
 
     def _check_names(self) -> None:
-        choices = {"method": METHODS, "inner": INNERS, "optimizer": OPTIMIZERS, "dtype": DTYPES}
+        choices = {"method": METHODS, "inner": INNERS, "optimizer": OPTIMIZERS, "dtype": DTYPES,
+                   "csib_normalization": NORMALIZATIONS, "band_method": BAND_METHODS}
         for name, allowed in choices.items():
             v = getattr(self, name)
             if v not in allowed:
@@ -114,8 +150,11 @@ class TrainConfig:
             if not isinstance(v, str) or not v:
                 raise ConfigError(f"{name} must be a non-empty string, got {v!r}")
         parse_device(self.device)
-        for name, module, attr in (("data", "models.data", "DATASETS"), ("model", "models.zoo", "MODELS")):
-            allowed = _known(module, attr)
+        known = (("data", ("models.data", "DATASETS"), ("models.regression_data", "REGRESSION_DATASETS")),
+                 ("model", ("models.zoo", "MODELS"), ("models.regressor", "REGRESSION_MODELS")))
+        for name, *sources in known:
+            parts = [_known(module, attr) for module, attr in sources]
+            allowed = None if any(p is None for p in parts) else tuple(n for p in parts for n in p)
             if allowed is not None and getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
 
@@ -136,11 +175,16 @@ class TrainConfig:
                   ("mart_beta", 0, math.inf, True, False), ("gairat_lambda", -math.inf, math.inf, False, False),
                   ("mail_bias", -math.inf, math.inf, False, False), ("mail_slope", -math.inf, math.inf, False, False),
                   ("tau", 0, 1, False, True), ("barrier_c", 0, math.inf, False, False),
-                  ("barrier_damping", 0, math.inf, True, False)]
+                  ("barrier_damping", 0, math.inf, True, False), ("ib_beta", 0, math.inf, True, False),
+                  ("ib_beta_warmup", 0, math.inf, True, False), ("band_weight", 0, math.inf, True, False),
+                  ("sigma_x_scale", 0, math.inf, False, False)]
         optional = [("warmup_epochs", 0, math.inf, True, False), ("ramp_epochs", 0, math.inf, True, False),
-                    ("reweight_start", 0, 1, True, True), ("pgd_step_size", 0, math.inf, False, False)]
+                    ("reweight_start", 0, 1, True, True), ("pgd_step_size", 0, math.inf, False, False),
+                    ("sigma", 0, math.inf, False, False)]
         for name, lo, hi, lo_in, hi_in in ranges + [o for o in optional if getattr(self, o[0]) is not None]:
             _check_float(name, getattr(self, name), lo, hi, lo_in, hi_in)
+        if not isinstance(self.csib_normalized_mi, bool):
+            raise ConfigError(f"csib_normalized_mi must be true or false, got {self.csib_normalized_mi!r}")
         r = self.r
         if not _is_number(r) or math.isnan(r) or r <= 0:
             raise ConfigError(f"r must be a number > 0 or inf, got {r!r}")

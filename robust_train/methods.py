@@ -35,6 +35,7 @@ class Batch:
     beta: float
     progress: float  # fraction of training done, in [0, 1]
     noise: Callable[[str], Tensor]  # start noise for these rows ("uniform" in the eps-ball or "normal" * 0.001)
+    latent_noise: Callable[[int], Tensor] | None = None  # N(0, I) draws [rows, dim] for a stochastic encoder
 
 
 @dataclass

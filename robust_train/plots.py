@@ -2,6 +2,8 @@
 
 * :func:`plot_training_curves`: every numeric column of a run's ``metrics.csv`` (or a chosen subset) against
   ``epoch``; columns whose names mention accuracy, loss or time share a panel, any other column gets its own.
+* :func:`plot_band_widths` / :func:`plot_information_plane`: regression robustness (certified band width vs
+  eps) and the CS-IB information plane over training.
 * :func:`plot_per_class`: grouped bars of per-class clean / robust / certified accuracy from an
   :func:`robust_train.evaluate.evaluate` report, the RA-Tail-30 classes marked.
 """
@@ -21,7 +23,7 @@ matplotlib.use("Agg")  # files only: never needs a display, safe in CI and worke
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-__all__ = ["plot_per_class", "plot_training_curves", "read_metrics"]
+__all__ = ["plot_band_widths", "plot_information_plane", "plot_per_class", "plot_training_curves", "read_metrics"]
 
 _PANELS = (("accuracy", ("acc",)), ("loss", ("loss",)), ("seconds", ("second", "time")))
 
@@ -131,8 +133,56 @@ def _legend(key: str, report: Mapping[str, Any]) -> str:
 
 
 def _save(fig, out_png: str | os.PathLike) -> Path:
+    """Write the figure via a temporary file and a rename (a reader never sees half a PNG) and close it."""
     path = Path(out_png)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, format="png")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    os.replace(tmp, path)
     return path
+
+
+def plot_band_widths(reports: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
+                     title: str = "certified error band vs eps") -> Path:
+    """Mean certified band width against eps, one line per (label, band method), from
+    :func:`robust_train.regression_eval.evaluate_regressor` reports keyed by label (e.g. the training method)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = {"crown": "-", "alpha-crown": "--", "lipschitz": ":"}
+    for k, (label, rep) in enumerate(reports.items()):
+        color = f"C{k}"
+        for method in rep.get("bands", []):
+            key = f"band_{method.replace('-', '_')}"
+            pts = [(r["eps"], r[key]) for r in rep["rows"] if key in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), styles.get(method, "-"), color=color, marker="o", ms=3,
+                        label=f"{label} {method}")
+    ax.set_xlabel("eps (l_inf radius; standardised inputs, pixels for images)")
+    ax.set_ylabel("mean band width (standardised target)")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_information_plane(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike,
+                           title: str = "information plane (I_CS, nats; one estimator for all methods)") -> Path:
+    """``I_CS(y; t)`` against ``I_CS(x; t)`` over training, one trajectory per label; ``curves[label]`` holds the
+    ``i_xt`` and ``i_yt`` columns of a regression run's metrics (:func:`read_metrics`)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for k, (label, cols) in enumerate(curves.items()):
+        pts = [(a, b) for a, b in zip(cols.get("i_xt", []), cols.get("i_yt", []), strict=False)
+               if math.isfinite(a) and math.isfinite(b)]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, "-", color=f"C{k}", alpha=0.6, label=label)
+        ax.scatter(xs, ys, c=range(len(xs)), cmap="viridis", s=10, zorder=3)
+        ax.plot(xs[-1], ys[-1], "s", color=f"C{k}", ms=7)
+    ax.set_xlabel("I_CS(x; t)")
+    ax.set_ylabel("I_CS(y; t)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+

@@ -29,6 +29,13 @@ from robust_train.config import ConfigError, TrainConfig, load_config
 
 METRIC_COLUMNS = ("epoch", "lr", "eps", "kappa", "beta", "train_loss", "train_acc", "train_robust_acc",
                   "val_clean_acc", "val_pgd_acc", "val_ibp_certified_acc", "log_u", "seconds", "val_seconds")
+# regression runs (mse / vib / csib): RMSE in standardised target units, information-plane coordinates in nats
+REGRESSION_COLUMNS = ("epoch", "lr", "eps", "ib_beta", "train_loss", "train_rmse", "val_rmse", "val_pgd_rmse",
+                      "i_xt", "i_yt", "seconds", "val_seconds")
+
+
+def metric_columns(cfg: TrainConfig) -> tuple[str, ...]:
+    return REGRESSION_COLUMNS if cfg.task == "regression" else METRIC_COLUMNS
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
 _CKPT = re.compile(r"^epoch-(\d+)\.pt$")
@@ -57,7 +64,7 @@ def prepare(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool, write
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", cfg.to_json())
         with open(out / "metrics.csv", "w", newline="") as f:
-            csv.writer(f).writerow(METRIC_COLUMNS)
+            csv.writer(f).writerow(metric_columns(cfg))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -128,9 +135,15 @@ def load_checkpoint(path: Path) -> dict:
         raise ConfigError(f"{path}: corrupt checkpoint ({' '.join(str(e).split())[:200]})") from None
 
 
+def _header(out: Path) -> list[str]:
+    with open(out / "metrics.csv", newline="") as f:
+        return next(csv.reader(f), None) or list(METRIC_COLUMNS)
+
+
 def append_metrics(out: Path, row: dict) -> None:
+    columns = _header(out)  # the run's own columns (classification or regression)
     with open(out / "metrics.csv", "a", newline="") as f:
-        csv.writer(f).writerow([_fmt(row.get(c)) for c in METRIC_COLUMNS])
+        csv.writer(f).writerow([_fmt(row.get(c)) for c in columns])
 
 
 def truncate_metrics(out: Path, epochs: int) -> None:
@@ -139,7 +152,8 @@ def truncate_metrics(out: Path, epochs: int) -> None:
     path = out / "metrics.csv"
     rows = list(csv.reader(open(path, newline=""))) if path.is_file() else []
     keep = [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epochs]
-    text = [METRIC_COLUMNS, *keep]
+    header = rows[0] if rows else list(metric_columns(load_config(out)))
+    text = [header, *keep]
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.")
     with os.fdopen(fd, "w", newline="") as f:
         csv.writer(f).writerows(text)
@@ -160,13 +174,15 @@ def _fmt(v) -> str:
 
 
 def save_final(out: Path, model: nn.Module, cfg: TrainConfig, input_shape: tuple[int, ...], classes: int,
-               class_names: list[str] | None, zoo: bool = True) -> None:
+               class_names: list[str] | None, zoo: bool = True, selected_epoch: int | None = None) -> None:
     """The trained weights with their config in ``RUN/model`` (``models.checkpoint.save_model``: loads back with
     ``load_model``) and ``RUN/model.onnx``. A network that is not the zoo architecture ``cfg.model`` (``zoo``
     False) is written in the same layout by safetensors directly."""
     meta = {"model": cfg.model, "input_shape": list(input_shape), "classes": classes,
             "class_names": list(class_names) if class_names is not None else None, "method": cfg.method,
             "eps": cfg.eps, "train_config": json.loads(cfg.to_json())}
+    if selected_epoch is not None:  # regression: the weights of the best validation epoch
+        meta["selected_epoch"] = selected_epoch
     model = model.cpu()
     from models import checkpoint as ck
     if zoo:
@@ -177,5 +193,8 @@ def save_final(out: Path, model: nn.Module, cfg: TrainConfig, input_shape: tuple
         save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
                   str(out / MODEL_DIR / ck.WEIGHTS))
         atomic_write_text(out / MODEL_DIR / ck.CONFIG, json.dumps({**meta, "custom": True}, indent=2))
-    if isinstance(model, nn.Sequential):
+    deterministic = getattr(model, "deterministic", None)  # a stochastic regressor: its evaluation path
+    if deterministic is not None:
+        ck.export_onnx(deterministic(), tuple(input_shape), out / "model.onnx")
+    elif isinstance(model, nn.Sequential):
         ck.export_onnx(model, tuple(input_shape), out / "model.onnx")

@@ -9,6 +9,7 @@ uninterrupted one. Under torchrun every rank trains on its shard of each global 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -28,7 +29,7 @@ from robust_train.methods import Batch, Method, build_method
 from robust_train.schedule import RampSchedule, lr_factor
 
 # Purposes of the keyed generators.
-_PERM, _NOISE, _VAL = 1, 2, 3
+_PERM, _NOISE, _VAL, _LATENT = 1, 2, 3, 4
 
 
 def keyed_generator(seed: int, *keys: int) -> torch.Generator:
@@ -54,13 +55,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_splits(cfg: TrainConfig):
-    """``models.data.load_dataset`` with the config's data options."""
+    """``models.data.load_dataset`` (``models.regression_data.load_regression`` for regression) with the config's
+    data options."""
+    if cfg.task == "regression":
+        from models.regression_data import load_regression
+        return load_regression(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                               subset=cfg.subset, data_dir=cfg.data_dir)
     from models.data import load_dataset
     return load_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction,
                         subset=cfg.subset, test_subset=cfg.test_subset, imbalance=cfg.imbalance)
 
 
 def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], classes: int) -> nn.Module:
+    if cfg.task == "regression":
+        from models.regressor import build_regressor
+        return build_regressor(cfg.model, tuple(input_shape), seed=cfg.seed)
     from models.zoo import build_model as zoo_build
     return zoo_build(cfg.model, tuple(input_shape), classes, seed=cfg.seed)
 
@@ -83,12 +92,16 @@ def _tensors(dataset) -> tuple[Tensor, Tensor]:
 class _Stats:
     """Per-epoch sums, all-reduced once at the epoch's end."""
 
-    def __init__(self):
+    def __init__(self, regression: bool = False):
         self.v = torch.zeros(6, dtype=torch.float64)  # loss sum, steps, clean correct, clean n, robust correct, n
+        self.regression = regression  # then v[2], v[3]: sum of squared errors, number of target values
 
     def add(self, loss: Tensor, y: Tensor, clean: Tensor | None, robust: Tensor | None) -> None:
         self.v[0] += float(loss.detach())
-        if clean is not None:
+        if clean is not None and self.regression:
+            self.v[2] += float((clean.double() - y.double()).square().sum())
+            self.v[3] += y.numel()
+        elif clean is not None:
             self.v[2] += float((clean.argmax(1) == y).sum())
             self.v[3] += y.shape[0]
         if robust is not None:
@@ -98,6 +111,9 @@ class _Stats:
     def reduce(self, collective: Collective, steps: int, device: torch.device) -> dict:
         v = collective.sum(self.v.to(device)).cpu()
         # each rank's loss is its share of the batch mean: the sum over ranks is the batch mean
+        if self.regression:
+            return {"train_loss": float(v[0]) / max(steps, 1),
+                    "train_rmse": math.sqrt(float(v[2] / v[3])) if v[3] else None}
         return {"train_loss": float(v[0]) / max(steps, 1),
                 "train_acc": float(v[2] / v[3]) if v[3] else None,
                 "train_robust_acc": float(v[4] / v[5]) if v[5] else None}
@@ -133,7 +149,8 @@ def _train(cfg: TrainConfig, splits, progress: bool, resume: bool, overwrite: bo
     x_train, y_train = _tensors(splits.train)
     x_val, y_val = _tensors(splits.val)
     input_shape = tuple(getattr(splits, "input_shape", None) or x_train.shape[1:])
-    classes = int(getattr(splits, "classes", None) or int(y_train.max()) + 1)
+    regression = cfg.task == "regression"
+    classes = 1 if regression else int(getattr(splits, "classes", None) or int(y_train.max()) + 1)
     dtype = getattr(torch, cfg.dtype)
     n = x_train.shape[0]
     if n < collective.world:
@@ -153,7 +170,15 @@ def _train(cfg: TrainConfig, splits, progress: bool, resume: bool, overwrite: bo
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.lr_schedule, s, total_steps))
-    method = build_method(cfg, model, input_shape, collective)
+    domain = (0.0, 1.0)
+    if regression:
+        from robust_train.regression import build_regression_method, input_domain, reference_widths
+        domain = input_domain(splits)
+        method = build_regression_method(cfg, model, input_shape, collective,
+                                         reference_widths(cfg, model, x_train, y_train), domain)
+    else:
+        method = build_method(cfg, model, input_shape, collective)
+    best = _Selection(regression)
     ramp = RampSchedule(cfg.eps, cfg.warmup_epochs, cfg.ramp_epochs, cfg.kappa_final, cfg.beta_final)
 
     start_epoch = 0
@@ -170,6 +195,7 @@ def _train(cfg: TrainConfig, splits, progress: bool, resume: bool, overwrite: bo
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         method.load_state_dict(state.get("method", {}))
+        best.load_state_dict(state.get("best", {}))
         runs.set_rng_state(state["rng"])
         start_epoch = int(state["epoch"])
         if lead:
@@ -179,14 +205,15 @@ def _train(cfg: TrainConfig, splits, progress: bool, resume: bool, overwrite: bo
     with bar:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            stats = _Stats()
+            stats = _Stats(regression)
             perm = torch.randperm(n, generator=keyed_generator(cfg.seed, _PERM, epoch)).to(device)
             for step in range(steps_per_epoch):
                 t = epoch + step / steps_per_epoch
                 idx = perm[step * batch:(step + 1) * batch]
                 rows = shard(batch, collective.rank, collective.world)
                 b = _make_batch(cfg, x_train, y_train, idx, rows, batch, ramp, t,
-                                keyed_generator(cfg.seed, _NOISE, epoch, step))
+                                keyed_generator(cfg.seed, _NOISE, epoch, step),
+                                functools.partial(keyed_generator, cfg.seed, _LATENT, epoch, step))
                 res = method(b)
                 optimizer.zero_grad(set_to_none=True)
                 res.loss.backward()
@@ -202,29 +229,70 @@ def _train(cfg: TrainConfig, splits, progress: bool, resume: bool, overwrite: bo
                    **stats.reduce(collective, steps_per_epoch, device)}
             if cfg.certified:  # kappa and beta mean nothing to the other methods
                 row.update(kappa=b.kappa, beta=b.beta)
-            row["log_u"] = method.state_dict().get("log_u")
+            if regression:
+                row["ib_beta"] = method.beta_at(b)
+            else:
+                row["log_u"] = method.state_dict().get("log_u")
             if not math.isfinite(row["train_loss"]):
                 raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}")
             if lead:
                 t1 = time.perf_counter()
-                row.update(validate(cfg, model, method, x_val, y_val, epoch))
+                if regression:
+                    from robust_train.regression import validate_regression
+                    row.update(validate_regression(cfg, model, x_val, y_val, domain,
+                                                   keyed_generator(cfg.seed, _VAL, epoch)))
+                else:
+                    row.update(validate(cfg, model, method, x_val, y_val, epoch))
                 row["val_seconds"] = time.perf_counter() - t1
+                best.offer(epoch + 1, row, model)
                 runs.save_checkpoint(out, epoch + 1, {
                     "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": runs.rng_state(),
-                    "global_step": (epoch + 1) * steps_per_epoch, "config": cfg.to_json()})
+                    "global_step": (epoch + 1) * steps_per_epoch, "config": cfg.to_json(),
+                    "best": best.state_dict()})
                 runs.append_metrics(out, row)
                 bar.epoch_done(row)
     if lead:
+        best.restore(model)
         runs.save_final(out, model, cfg, input_shape, classes, getattr(splits, "class_names", None),
-                        zoo=model_fn is None)
+                        zoo=model_fn is None, selected_epoch=best.epoch)
     collective.barrier()
     return out
 
 
+class _Selection:
+    """Model selection on the validation split (regression: the epoch of least ``val_rmse``; its weights become
+    the run's final model). Classification keeps the last epoch (``epoch`` stays None)."""
+
+    def __init__(self, active: bool):
+        self.active = active
+        self.epoch: int | None = None
+        self.value = math.inf
+        self.weights: dict | None = None
+
+    def offer(self, epoch: int, row: dict, model: nn.Module) -> None:
+        v = row.get("val_rmse")
+        if self.active and v is not None and math.isfinite(v) and v < self.value:
+            self.epoch, self.value = epoch, v
+            self.weights = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
+
+    def restore(self, model: nn.Module) -> None:
+        if self.weights is not None:
+            model.load_state_dict(self.weights)
+
+    def state_dict(self) -> dict:
+        return {} if self.epoch is None else {"epoch": self.epoch, "value": self.value, "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.epoch, self.value, self.weights = int(state["epoch"]), float(state["value"]), state["weights"]
+
+
 def _make_batch(cfg: TrainConfig, x: Tensor, y: Tensor, idx: Tensor, rows: slice, n_global: int,
-                ramp: RampSchedule, t: float, gen: torch.Generator) -> Batch:
-    """This rank's rows of the global batch ``idx``, with start noise drawn for the whole global batch."""
+                ramp: RampSchedule, t: float, gen: torch.Generator,
+                latent_gen: Callable[[], torch.Generator] | None = None) -> Batch:
+    """This rank's rows of the global batch ``idx``, with start noise (and latent noise) drawn for the whole
+    global batch."""
     mine = idx[rows]
     xb, yb = x[mine], y[mine]
     eps = ramp.eps_at(t)
@@ -237,7 +305,12 @@ def _make_batch(cfg: TrainConfig, x: Tensor, y: Tensor, idx: Tensor, rows: slice
             full = (2 * torch.rand(shape, generator=gen, dtype=x.dtype) - 1) * eps
         return full[rows].to(x.device)
 
-    return Batch(xb, yb, n_global, eps, ramp.kappa_at(t), ramp.beta_at(t), t / cfg.epochs, noise)
+    def latent(dim: int) -> Tensor:
+        full = torch.randn((n_global, dim), generator=latent_gen(), dtype=x.dtype)
+        return full[rows].to(x.device)
+
+    return Batch(xb, yb, n_global, eps, ramp.kappa_at(t), ramp.beta_at(t), t / cfg.epochs, noise,
+                 latent if latent_gen is not None else None)
 
 
 def validate(cfg: TrainConfig, model: nn.Module, method: Method, x: Tensor, y: Tensor, epoch: int) -> dict:
@@ -323,5 +396,8 @@ class _ProgressBar:
                           ("val_ibp_certified_acc", "val-ibp")):
             if row.get(key) is not None:
                 parts.append(f"{name} {100 * row[key]:.1f}%")
+        for key, name in (("val_rmse", "val-rmse"), ("val_pgd_rmse", "val-pgd-rmse")):
+            if row.get(key) is not None:
+                parts.append(f"{name} {row[key]:.4f}")
         self.progress.update(self.task, info=" ".join(parts))
         self.task = None

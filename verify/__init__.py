@@ -28,11 +28,15 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module("verify.lipschitz")
+    if name == "evaluation_error":
+        from verify.float_evaluation import evaluation_error
+
+        return evaluation_error
     raise AttributeError(f"module 'verify' has no attribute {name!r}")
 
 
 __all__ = [
     "METHODS", "BoundedModule", "ClarkeError", "Graph", "InputError", "ModelError", "ShapeError",
     "UnsupportedOperator", "VnnlibError",
-    "__version__", "as_graph", "bound", "from_torch", "load_onnx",
+    "__version__", "as_graph", "bound", "evaluation_error", "from_torch", "load_onnx",
 ]

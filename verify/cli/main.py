@@ -12,12 +12,14 @@ from verify.cli.common import ClarkeParser, run_guarded
 EPILOG = """examples:
   clarke bounds model.onnx --center x.npy --eps 0.01 --method crown --json
   clarke bounds model.onnx prop.vnnlib --method alpha-crown
+  clarke csib --data diabetes --beta 0.01 --out runs/csib
 Run 'clarke COMMAND --help' for the options of each command."""
 
 
 SUBCOMMAND_MODULES = {"verify": "verify.cli.verify_cmd", "pde": "physics.cli",
                       "lipschitz": "verify.cli.lipschitz_cmd", "monotonicity": "verify.cli.lipschitz_cmd",
-                      "train": "robust_train.cli", "evaluate": "robust_train.cli"}
+                      "train": "robust_train.cli", "evaluate": "robust_train.cli",
+                      "csib": "robust_train.cli"}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
