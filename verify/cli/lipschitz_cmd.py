@@ -35,7 +35,7 @@ in the box (sampling + PGD). Methods: naive (product of norms), ibp, crown (defa
 (global l2 SDP bound times sqrt(d)). With --centers X.npy (a batch [B, ...]) and --eps, one upper bound
 per centre in one call, e.g. the per-point certificates of a test set.
 
-""" + EXIT_STATUS.format(answers="status converged or bounded")
+""" + EXIT_STATUS.format(answers="status exact (proved optimal) or bounded")
 
 MONO_DESCRIPTION = """Certify the sign of d f_J / d x_I over an input box (f_J non-decreasing or non-increasing in
 x_I), or report a counterexample point whose gradient has the wrong sign.

@@ -43,7 +43,8 @@ class LipschitzResult:
     """``upper``: certified bound on ``max_j sup_{x in X} ||J_j||_1`` (local l_inf Lipschitz constant);
     ``lower``: certified at a point of the box (at most the norm of every Clarke Jacobian there; the point is
     ``extra["witness"][k]``); ``per_output``: ``[{output, upper, lower}]``.
-    ``status``: "converged" when ``upper - lower <= 1e-6 * max(1, upper)``, else "bounded"."""
+    ``status``: "exact" when the value is proved optimal (``upper - lower <= 1e-6 * max(1, upper)``, or the exact
+    MIP solved to optimality for every output), else "bounded"."""
 
     upper: float
     lower: float
@@ -261,7 +262,8 @@ def _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack,
     # both are rigorous (upper for the box, lower at a point of it): nothing to reconcile
     per = [{"output": j, "upper": float(u), "lower": float(lv)} for j, u, lv in zip(outs, up, low, strict=True)]
     upper, lower = float(up.max()), float(low.max())
-    status = "converged" if upper - lower <= 1e-6 * max(1.0, abs(upper)) else "bounded"
+    mip_optimal = bool(extra.get("mip_status")) and all(st == "optimal" for st in extra["mip_status"])
+    status = "exact" if mip_optimal or upper - lower <= 1e-6 * max(1.0, abs(upper)) else "bounded"
     return LipschitzResult(upper, lower, per, method, time.perf_counter() - t0, status, extra)
 
 
