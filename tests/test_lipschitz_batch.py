@@ -83,3 +83,28 @@ def test_clarke_lipschitz_centers(tmp_path, capsys):
         assert clarke(["lipschitz", str(onnx_path), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], err
+
+
+def test_bab_races_the_exact_mip_on_small_relu_networks():
+    """A random 8-16-16-1 net where the plain BaB needs tens of seconds: raced against LipMIP, `bab` returns the
+    MIP's exact value, says "exact", and takes far less than its 30 s budget."""
+    import time
+
+    from verify.lipschitz.race import MAX_RELUS, mip_fits
+
+    g = torch.Generator().manual_seed(0)
+    m = net(torch.float64, seed=5, sizes=(8, 16, 16, 1))
+    with torch.no_grad():
+        for layer in m:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=torch.float64)
+                                   / layer.in_features ** 0.5)
+    x0 = 2 * torch.rand(8, generator=g, dtype=torch.float64) - 1
+    assert mip_fits(verify.as_graph(m, (8,))) and MAX_RELUS >= 32
+    exact = verify.lipschitz(m, x0 - 0.2, x0 + 0.2, method="mip", timeout=60, input_shape=(8,))
+    t0 = time.perf_counter()
+    raced = verify.lipschitz(m, x0 - 0.2, x0 + 0.2, method="bab", timeout=30, input_shape=(8,))
+    seconds = time.perf_counter() - t0
+    assert exact.status == "exact" and raced.status == "exact"
+    assert raced.upper == pytest.approx(exact.upper, rel=1e-6) and raced.upper >= exact.lower
+    assert seconds < 20, seconds

@@ -191,12 +191,19 @@ def _upper_bounds(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], met
             up, _ = jacobian_bounds(JacobianGraph(graph), fb, outs)
         return torch.minimum(up[0], crown), extra
     if method == "bab":
+        from verify.lipschitz.race import mip_fits, race
+
         t0 = time.perf_counter()
         root, _ = _upper_bounds(graph, lo, hi, outs, "alpha-crown" if _n_neurons(graph) <= SMALL_NET else "crown")
-        res = bab(graph, lo, hi, outs, Objective("l1"), timeout=max(timeout - (time.perf_counter() - t0), 0.0),
-                  root_upper=root, known_lower=known_lower)
+        left = max(timeout - (time.perf_counter() - t0), 0.0)
+        if mip_fits(graph):  # the exact MIP in a worker beside the BaB: whichever closes the gap first wins
+            up, res, race_extra = race(graph, lo, hi, outs, left, root, known_lower)
+            extra.update(race_extra)
+        else:
+            res = bab(graph, lo, hi, outs, Objective("l1"), timeout=left, root_upper=root, known_lower=known_lower)
+            up = torch.minimum(res.upper, root)
         extra.update(domains=res.domains, bab_status=res.status, bab_lower=res.lower, bab_points=res.lower_x)
-        return torch.minimum(res.upper, root), extra
+        return up, extra
     if method == "mip":
         from verify.lipschitz.lipmip import lipmip
 
@@ -224,9 +231,10 @@ def lipschitz(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None = None
     ``max_j sup_{x in [x_lo, x_hi]} ||J_j(x)||_1`` over the selected outputs (default: all).
 
     ``model``: a Graph, an ONNX path or a torch module (``input_shape`` per sample, default the box's shape).
-    ``method``: naive, ibp, crown, alpha-crown, bab (``timeout`` seconds), mip (exact LipMIP, dual bound on
-    timeout), lipsdp (global l2 bound times sqrt(d)). ``precision``: see :func:`_prepare`; ``threads``: torch
-    intra-op threads during the call (None: leave as is)."""
+    ``method``: naive, ibp, crown, alpha-crown, bab (``timeout`` seconds; on affine + ReLU networks of at most
+    ``verify.lipschitz.race.MAX_RELUS`` neurons raced against the exact MIP in a worker process), mip (exact
+    LipMIP, dual bound on timeout), lipsdp (global l2 bound times sqrt(d)). ``precision``: see :func:`_prepare`;
+    ``threads``: torch intra-op threads during the call (None: leave as is)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     _check_options(timeout=timeout, samples=samples)

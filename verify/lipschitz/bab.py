@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -196,14 +196,15 @@ def _certified_infeasible(graph: Graph, coef: dict[str, Tensor], bounds: dict[st
 
 def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: Objective,
         timeout: float = 10.0, batch: int = 64, root_upper: Tensor | None = None,
-        max_domains: int = 200_000, stop_below: float | None = None, known_lower: float | None = None
-        ) -> BabResult:
+        max_domains: int = 200_000, stop_below: float | None = None, known_lower: float | None = None,
+        should_stop: Callable[[], bool] | None = None) -> BabResult:
     """Best-first BaB maximising the objective over the box for every selected output (one batch).
 
     ``graph``: any precision (its allowances are sized for it). ``root_upper`` [K]: sound bounds (e.g. CROWN)
     children never exceed.
     ``stop_below``: stop as soon as the global upper is <= it (monotonicity: 0). ``known_lower``: a value
-    attained in the box (e.g. a sampled gradient norm); the search stops once the upper bound meets it."""
+    attained in the box (e.g. a sampled gradient norm); the search stops once the upper bound meets it.
+    ``should_stop``: polled once per batch; True ends the search with the bounds so far (a racing method won)."""
     t0 = time.perf_counter()
     jg = JacobianGraph(graph)
     k = len(outputs)
@@ -263,6 +264,8 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
             status = "converged"
             break
         if time.perf_counter() - t0 > timeout or n_domains > max_domains:
+            break
+        if should_stop is not None and should_stop():
             break
         # fully split domains at the top are settled by LP
         top = int(q_up.argmax())
