@@ -322,8 +322,19 @@ def main(argv: list[str] | None = None) -> int:
     result["seconds"] = time.perf_counter() - t_start
     print(f"\ntotal {result['seconds']:.0f} s; plots and runs in {out_root}")
     if args.json:
-        print(json.dumps(result, default=str, allow_nan=True))
+        print(json.dumps(_finite(result), default=str, allow_nan=False))
     return 0
+
+
+def _finite(v):
+    """NaN / inf (a column not measured) as null: the JSON line stays strict JSON."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
 
 
 def _last(run: str, column: str) -> float:
