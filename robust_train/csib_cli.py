@@ -194,6 +194,10 @@ def run_csib(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     except FloatingPointError as e:
         raise CliError(f"training diverged: {e} (try a smaller --lr)") from None
+    from robust_train.cli import _is_lead
+
+    if not _is_lead():  # under torchrun rank 0 evaluates and writes; the others are done
+        return 0
     rows = runs.read_metrics(out)
     summary: dict[str, Any] = {"run": str(out), "method": cfg.method, "data": cfg.data, "beta": cfg.ib_beta,
                                "epochs": cfg.epochs}

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -72,7 +73,11 @@ def gather_rows(t: Tensor, collective: Collective) -> Tensor:
     dist.all_gather(sizes, torch.tensor([t.shape[0]], device=t.device))
     m = int(max(s.item() for s in sizes))
     pad = torch.cat([t, t.new_zeros(m - t.shape[0], *t.shape[1:])]) if t.shape[0] < m else t
-    parts = dnn.all_gather(pad)
+    with warnings.catch_warnings():
+        # deprecated in favour of a private API (torch.distributed._functional_collectives); still the public,
+        # autograd-aware gather in torch 2.13
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = dnn.all_gather(pad)
     return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes, strict=True)])
 
 
