@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 CLASSIFICATION_METHODS = ("standard", "pgd-at", "trades", "mart", "gairat", "mail", "done", "ibp", "crown-ibp")
-REGRESSION_METHODS = ("mse", "vib", "csib")
+REGRESSION_METHODS = ("mse", "vib", "csib", "hsic")
 METHODS = (*CLASSIFICATION_METHODS, *REGRESSION_METHODS)
 NORMALIZATIONS = ("paper", "reference")
 BAND_METHODS = ("ibp", "crown-ibp")
@@ -74,7 +74,7 @@ class TrainConfig:
     barrier_c: float = 1e-3
     barrier_cg_iters: int = 10
     barrier_damping: float = 1e-3
-    # regression (mse / vib / csib; robust_train.regression): the bottleneck weight beta, ramped linearly from 0
+    # regression (mse / vib / csib / hsic; robust_train.regression): the bottleneck weight beta, ramped linearly from 0
     # over ib_beta_warmup epochs; one kernel width for every CS kernel (None: median heuristic on a reference
     # batch, then fixed; sigma_x_scale multiplies the x width: the conditional divergence compares y and y_hat over
     # x-neighbourhoods of that size); the optional certified band-width penalty band_weight * mean(f_hi - f_lo) at eps

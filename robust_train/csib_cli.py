@@ -28,11 +28,11 @@ from verify.cli.common import (
 )
 
 DESCRIPTION = """Train a regressor with the Cauchy-Schwarz information bottleneck (CS-IB, Yu et al., ICLR 2024), the
-variational IB or plain MSE, select the epoch on the validation split, and certify it per test input: the
-engine's bounds on the prediction over the l_inf eps-ball give an error band |h(x') - h(x)| <= band (CROWN,
-alpha-CROWN, or the local Lipschitz bound). Inputs are standardised for tabular data (eps in standard
-deviations) and in [0, 1] for images; RMSE and bands are in standardised target units (robustness.json also
-gives y_std to convert).
+variational IB, the HSIC bottleneck or plain MSE, select the epoch on the validation split, and certify it per
+test input: the engine's bounds on the prediction over the l_inf eps-ball give an error band
+|h(x') - h(x)| <= band (CROWN, alpha-CROWN, or the local Lipschitz bound). Inputs are standardised for
+tabular data (eps in standard deviations) and in [0, 1] for images; RMSE and bands are in standardised target
+units (robustness.json also gives y_std to convert).
 
 Writes to --out: config.json, metrics.csv, checkpoints/, model/, model.onnx (the deterministic path x -> mu(x) ->
 decoder, for 'clarke bounds' and 'clarke lipschitz'), robustness.json, band_width.png, information_plane.png.
@@ -92,7 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--model", choices=tuple(REGRESSION_MODELS), default=DEFAULTS["model"],
                    help="encoder / decoder architecture")
     g.add_argument("--beta", type=nonneg_float, default=DEFAULTS["ib_beta"], metavar="B",
-                   help="bottleneck weight beta >= 0 (csib: on I_CS(x;t); vib: on the KL term)")
+                   help="bottleneck weight beta >= 0 (csib: on I_CS(x;t); vib: on the KL term; hsic: on nHSIC(x;t))")
     g.add_argument("--beta-warmup", type=nonneg_float, default=0.0, metavar="EPOCHS",
                    help="ramp beta linearly from 0 over this many epochs")
     g.add_argument("--sigma", type=number(float, 0.0, low_open=True), metavar="X",

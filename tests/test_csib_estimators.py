@@ -334,3 +334,18 @@ def test_bad_inputs_raise_value_error() -> None:
     for call in calls:
         with pytest.raises(ValueError):
             call()
+
+
+def test_hsic_is_a_normalised_dependence_measure():
+    """nHSIC in [0, 1]; 1 for t = x (same width); near 0 for an independent t; grows with dependence (widths by
+    the median heuristic: a width far below t's spread makes the Gram the identity, which no estimator survives)."""
+    from robust_train.csib_estimators import hsic, median_sigma
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    indep = torch.randn(200, 2, generator=g, dtype=torch.float64)
+    assert float(hsic(x, x, 1.5, 1.5)) == pytest.approx(1.0, abs=1e-12)
+    ts = [x[:, :2] + s * indep for s in (0.1, 1.0, 100.0)]
+    vals = [float(hsic(x, t, median_sigma(x), median_sigma(t))) for t in ts]
+    assert 1 >= vals[0] > vals[1] > vals[2] >= 0 and vals[2] < 0.05, vals
+    assert float(hsic(x, indep, 1.5, 1.0, normalized=False)) >= 0

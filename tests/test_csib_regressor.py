@@ -60,7 +60,7 @@ def test_classification_methods_refuse_regression_data(tmp_path):
 # ------------------------------------------------------------------------------------------------ training
 
 
-@pytest.mark.parametrize("method", ["mse", "vib", "csib"])
+@pytest.mark.parametrize("method", ["mse", "vib", "csib", "hsic"])
 def test_methods_train_and_select_the_best_validation_epoch(method, tmp_path):
     """Each method lowers the validation RMSE below the constant predictor's (~1); the final model is the epoch
     of least validation RMSE (model selection on validation, never test); model.onnx is that network in float64."""
@@ -137,7 +137,7 @@ def _ddp_worker(rank: int, world: int, store: str, root: str, tensors: tuple) ->
                              x_standardized=True)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        for method in ("csib", "vib"):
+        for method in ("csib", "vib", "hsic"):
             train(config(method, Path(root) / f"ddp-{method}", batch_size=31, ib_beta=0.1, epochs=2), splits,
                   progress=False)
     finally:
@@ -150,7 +150,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     data = synthetic()
     tensors = (*data.train.tensors, *data.val.tensors)
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path), tensors), nprocs=2, join=True)
-    for method in ("csib", "vib"):
+    for method in ("csib", "vib", "hsic"):
         one = train(config(method, tmp_path / f"one-{method}", batch_size=31, ib_beta=0.1, epochs=2), synthetic(),
                     progress=False)
         a = load_model(one / "model")[0].state_dict()
