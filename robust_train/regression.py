@@ -111,6 +111,16 @@ class RegressionMethod(Method):
         lo, hi = self.bounded.compute_bounds(low, high, method=self.cfg.band_method)
         return (hi - lo).reshape(batch.x.shape[0], -1).sum(1)
 
+    def code(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mu, logvar, t)``: the encoder's heads and the reparameterised sample ``t = mu + exp(logvar / 2) xi``."""
+        mu, logvar = self.model.encode(batch.x)
+        return mu, logvar, mu + torch.exp(0.5 * logvar) * batch.latent_noise(mu.shape[1]).to(mu.dtype)
+
+    def clean(self, mu: Tensor) -> Tensor:
+        """The evaluation prediction ``decoder(mu)`` for the training statistics (no graph)."""
+        with torch.no_grad():
+            return self.model.decoder(mu)
+
     def with_band(self, per: Tensor, batch: Batch) -> Tensor:
         width = self.band_widths(batch)
         return per if width is None else per + self.cfg.band_weight * width.to(per.dtype)
@@ -133,21 +143,17 @@ class MSE(RegressionMethod):
 
 class VIB(RegressionMethod):
     def __call__(self, batch: Batch) -> StepResult:
-        mu, logvar = self.model.encode(batch.x)
-        t = mu + torch.exp(0.5 * logvar) * batch.latent_noise(mu.shape[1]).to(mu.dtype)
+        mu, logvar, t = self.code(batch)
         pred = self.model.decoder(t)
         kl = 0.5 * (mu.square() + logvar.exp() - logvar - 1.0).sum(1)
         per = self.with_band((pred - batch.y).square().sum(1) + self.beta_at(batch) * kl, batch)
-        with torch.no_grad():
-            clean = self.model.decoder(mu)
-        return StepResult(per.sum() / batch.n_global, clean)
+        return StepResult(per.sum() / batch.n_global, self.clean(mu))
 
 
 class CSIB(RegressionMethod):
     def __call__(self, batch: Batch) -> StepResult:
         cfg, w = self.cfg, self.widths
-        mu, logvar = self.model.encode(batch.x)
-        t = mu + torch.exp(0.5 * logvar) * batch.latent_noise(mu.shape[1]).to(mu.dtype)
+        mu, _, t = self.code(batch)
         y_hat = self.model.decoder(t)
         xs, ys, yh, ts = (gather_rows(v, self.collective) for v in (batch.x, batch.y, y_hat, t))
         loss = cs_conditional_divergence(xs, ys, yh, w.x, w.y, normalization=cfg.csib_normalization)
@@ -159,25 +165,20 @@ class CSIB(RegressionMethod):
         width = self.band_widths(batch)
         if width is not None:
             loss = loss + cfg.band_weight * width.to(loss.dtype).sum() / batch.n_global
-        with torch.no_grad():
-            clean = self.model.decoder(mu)
-        return StepResult(loss, clean)
+        return StepResult(loss, self.clean(mu))
 
 
 class HSIC(RegressionMethod):
     def __call__(self, batch: Batch) -> StepResult:
         w = self.widths
-        mu, logvar = self.model.encode(batch.x)
-        t = mu + torch.exp(0.5 * logvar) * batch.latent_noise(mu.shape[1]).to(mu.dtype)
+        mu, _, t = self.code(batch)
         per = self.with_band((self.model.decoder(t) - batch.y).square().sum(1), batch)
         loss = per.sum() / batch.n_global
         beta = self.beta_at(batch)
         if beta > 0:
             xs, ts = (gather_rows(v, self.collective) for v in (batch.x, t))
             loss = loss + beta * hsic(xs, ts, w.x, code_width(w, ts)) / self.collective.world
-        with torch.no_grad():
-            clean = self.model.decoder(mu)
-        return StepResult(loss, clean)
+        return StepResult(loss, self.clean(mu))
 
 
 def build_regression_method(cfg: TrainConfig, model: nn.Module, input_shape: tuple[int, ...],

@@ -166,6 +166,14 @@ def _n_neurons(graph: Graph) -> int:
     return sum(int(torch.Size(n.shape).numel()) for n in graph.nodes if n.op.needs_input_bounds)
 
 
+def box_bounds(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], method: str, naive: Tensor) -> Tensor:
+    """``[B, K]`` IBP / CROWN Jacobian bounds for each of B boxes at once, capped by the ``naive`` bound ``[K]``."""
+    with torch.no_grad():
+        fb = forward_bounds(graph, lo, hi, "ibp" if method == "ibp" else "crown")
+        up, _ = jacobian_bounds(JacobianGraph(graph), fb, outs, crown=method != "ibp")
+    return torch.minimum(up, naive)
+
+
 def upper_bounds(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], method: str,
                  timeout: float = 10.0, known_lower: float | None = None) -> tuple[Tensor, dict]:
     """Per-output upper bounds ``[K]`` (float64, rigorous) by one method (each also capped by the naive bound)."""
@@ -179,11 +187,8 @@ def _upper_bounds(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], met
     naive = naive_bound(graph, outs)
     if method == "naive":
         return naive, extra
-    with torch.no_grad():
-        if method in ("ibp", "crown"):
-            fb = forward_bounds(graph, lo, hi, "ibp" if method == "ibp" else "crown")
-            up, _ = jacobian_bounds(JacobianGraph(graph), fb, outs, crown=method != "ibp")
-            return torch.minimum(up[0], naive), extra
+    if method in ("ibp", "crown"):
+        return box_bounds(graph, lo, hi, outs, method, naive)[0], extra
     if method == "alpha-crown":
         crown, _ = _upper_bounds(graph, lo, hi, outs, "crown")
         fb = forward_bounds(graph, lo, hi, "alpha")

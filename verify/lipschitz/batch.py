@@ -23,12 +23,11 @@ from verify.lipschitz.api import (
     _check_options,
     _outputs,
     _prepare,
+    box_bounds,
     lipschitz,
     naive_bound,
     torch_threads,
 )
-from verify.lipschitz.bounds import forward_bounds, jacobian_bounds
-from verify.lipschitz.jacobian import JacobianGraph
 from verify.rounding import F64, cast_box
 
 BATCHED = ("naive", "ibp", "crown")
@@ -85,11 +84,6 @@ def lipschitz_batch(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None 
                 raise ShapeError("empty input box: lower > upper")
             lo, hi = cast_box(lo, hi, graph.dtype)
             naive = naive_bound(graph, outs)
-            if method == "naive":
-                per = naive.expand(b, -1).clone()
-            else:
-                with torch.no_grad():
-                    fb = forward_bounds(graph, lo, hi, "ibp" if method == "ibp" else "crown")
-                    up, _ = jacobian_bounds(JacobianGraph(graph), fb, outs, crown=method != "ibp")
-                per = torch.minimum(up.to(F64), naive)
+            per = (naive.expand(b, -1).clone() if method == "naive"
+                   else box_bounds(graph, lo, hi, outs, method, naive).to(F64))
     return BatchLipschitzResult(per.max(1).values, per, list(outs), method, time.perf_counter() - t0)
