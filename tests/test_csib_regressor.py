@@ -140,6 +140,7 @@ def _ddp_worker(rank: int, world: int, store: str, root: str, tensors: tuple) ->
         for method in ("csib", "vib", "hsic"):
             train(config(method, Path(root) / f"ddp-{method}", batch_size=31, ib_beta=0.1, epochs=2), splits,
                   progress=False)
+        dist.barrier()  # neither rank tears the file store down while the other still uses it
     finally:
         dist.destroy_process_group()
 

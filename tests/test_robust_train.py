@@ -119,6 +119,7 @@ def _ddp_worker(rank: int, world: int, store: str, root: str, tensors: tuple) ->
     try:
         for method in DDP_METHODS:
             train(_ddp_config(method, Path(root) / f"ddp-{method}"), splits, progress=False, model_fn=mlp)
+        dist.barrier()  # neither rank tears the file store down while the other still uses it
     finally:
         dist.destroy_process_group()
 
