@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     # no warm-up and a 20 % ramp: selection only considers epochs at the full eps (robust_train.train._Selection)
     penalty_jobs = [job(d, m, seed, {"band_weight": w, "warmup_epochs": 0.0,
                                      "ramp_epochs": 0.2 * SETTINGS[d]["epochs"][k],
-                                     **({"ib_beta": 0.1} if m == "csib" else {})})
+                                     **({"ib_beta": 0.1, "sigma_x_scale": 1.0} if m == "csib" else {})})
                     for d in datasets[:1] for m in ("mse", "csib") for seed in range(args.seeds) for w in PENALTY
                     if w > 0]
     unique = {j["out"]: j for j in grid_jobs + sweep_jobs + penalty_jobs}

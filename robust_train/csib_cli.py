@@ -97,9 +97,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="ramp beta linearly from 0 over this many epochs")
     g.add_argument("--sigma", type=number(float, 0.0, low_open=True), metavar="X",
                    help="one kernel width for every CS kernel (default: median heuristic on a reference batch)")
-    g.add_argument("--sigma-x-scale", type=number(float, 0.0, low_open=True), default=1.0, metavar="X",
+    g.add_argument("--sigma-x-scale", type=number(float, 0.0, low_open=True), default=0.1, metavar="X",
                    help="factor on the median-heuristic x width: smaller compares y and y_hat over tighter "
-                   "x-neighbourhoods (towards a pointwise loss)")
+                   "x-neighbourhoods (towards a pointwise loss); 0.1 won on validation on every benchmark set, "
+                   "1 (the plain median) costs RMSE 0.30 -> 0.70 on concrete and 0.21 -> 0.80 on rotation")
     g.add_argument("--normalization", choices=NORMALIZATIONS, default="paper",
                    help="denominator of the conditional CS divergence (Prop. 1, or the reference code's)")
     g.add_argument("--normalized-mi", action=argparse.BooleanOptionalAction, default=True,
