@@ -164,7 +164,8 @@ def build_config(args: argparse.Namespace):
 
 
 def load_regression_run(run: str | Path, split: str = "test"):
-    """``(config, regressor, splits, (x, y))`` of a ``clarke csib`` run, x and y in the model's dtype."""
+    """``(config, regressor, its model.json, splits, (x, y))`` of a ``clarke csib`` run, x and y in the model's
+    dtype."""
     import torch
 
     from models.checkpoint import load_model
@@ -172,11 +173,11 @@ def load_regression_run(run: str | Path, split: str = "test"):
     from robust_train.train import load_splits
 
     cfg = load_config(run)
-    model, _ = load_model(Path(run) / "model")
+    model, meta = load_model(Path(run) / "model")
     splits = load_splits(cfg)
     x, y = getattr(splits, split).tensors
     dtype = next(model.parameters()).dtype
-    return cfg, model, splits, (x.to(dtype), y.to(dtype) if torch.is_floating_point(y) else y)
+    return cfg, model, meta, splits, (x.to(dtype), y.to(dtype) if torch.is_floating_point(y) else y)
 
 
 def run_csib(args: argparse.Namespace) -> int:
@@ -195,17 +196,16 @@ def run_csib(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     except FloatingPointError as e:
         raise CliError(f"training diverged: {e} (try a smaller --lr)") from None
-    from robust_train.cli import _is_lead
+    from robust_train.cli import _cell, _is_lead
 
     if not _is_lead():  # under torchrun rank 0 evaluates and writes; the others are done
         return 0
     rows = runs.read_metrics(out)
     summary: dict[str, Any] = {"run": str(out), "method": cfg.method, "data": cfg.data, "beta": cfg.ib_beta,
                                "epochs": cfg.epochs}
-    _, model, splits, (x, y) = load_regression_run(out)
-    meta = json.loads((out / "model" / "model.json").read_text())
+    _, model, meta, splits, (x, y) = load_regression_run(out)
     summary["selected_epoch"] = meta.get("selected_epoch")
-    summary["val_rmse"] = _num(rows[meta["selected_epoch"] - 1]["val_rmse"]) if meta.get("selected_epoch") else None
+    summary["val_rmse"] = _cell(rows[meta["selected_epoch"] - 1]["val_rmse"]) if meta.get("selected_epoch") else None
     x, y = x[:args.points], y[:args.points]
     y_std = float(splits.y_std.reshape(-1)[0])
     if not args.no_eval:
@@ -233,14 +233,6 @@ def run_csib(args: argparse.Namespace) -> int:
     elif not quiet:
         print(_text(summary, out))
     return 0
-
-
-def _num(cell: str | None) -> float | None:
-    try:
-        v = float(cell) if cell not in (None, "") else None
-    except ValueError:
-        return None
-    return v if v is not None and math.isfinite(v) else None
 
 
 def _text(summary: dict, out: Path) -> str:
