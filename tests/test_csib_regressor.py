@@ -18,6 +18,7 @@ from models.checkpoint import load_model
 from robust_train import ConfigError, TrainConfig, train
 from robust_train import runs as run_io
 from robust_train.regression import REFERENCE_BATCH, information_plane
+from tests.helpers import exit_spawned_rank
 from verify.cli.main import main as clarke
 
 
@@ -143,6 +144,7 @@ def _ddp_worker(rank: int, world: int, store: str, root: str, tensors: tuple) ->
         dist.barrier()  # neither rank tears the file store down while the other still uses it
     finally:
         dist.destroy_process_group()
+    exit_spawned_rank()
 
 
 def test_ddp_two_processes_equal_one_process(tmp_path):

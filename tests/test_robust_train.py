@@ -18,6 +18,7 @@ import verify
 from robust_train import ConfigError, TrainConfig, load_config, margin_spec, train
 from robust_train import runs as run_io
 from robust_train.schedule import RampSchedule, lr_factor
+from tests.helpers import exit_spawned_rank
 
 
 @functools.lru_cache(maxsize=4)
@@ -122,6 +123,7 @@ def _ddp_worker(rank: int, world: int, store: str, root: str, tensors: tuple) ->
         dist.barrier()  # neither rank tears the file store down while the other still uses it
     finally:
         dist.destroy_process_group()
+    exit_spawned_rank()
 
 
 def test_ddp_two_gloo_processes_equal_one_process_on_the_joint_batch(tmp_path):
