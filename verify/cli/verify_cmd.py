@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import logging
@@ -24,6 +25,7 @@ from verify.cli.common import (
     seed_int,
     write_atomic,
 )
+from verify.cluster import CLUSTER_HELP, DEFAULT_RETRIES, parse_cluster
 
 log = logging.getLogger("verify.cli.verify")
 MAX_PROCESSES = 512  # --jobs / --workers: beyond any machine we run on; a typo must not fork thousands
@@ -34,11 +36,18 @@ timeout, unknown, or error (bad input; details on stderr, exit status 2).
 
   clarke verify net.onnx prop.vnnlib --timeout 60 --result-file out.txt
   clarke verify --instances bench/instances.csv --timeout-scale 0.5 --report report.csv --jobs 2
+  clarke verify --instances bench/instances.csv --report report.csv --cluster ray:auto --resume
 
 With --instances, paths in the csv are relative to it; when expected.csv sits beside it, a summary
 (solved, correct, wrong, total and median time) is printed. The --report csv is written row by row as
 instances finish (a killed run keeps them; --resume skips them), then sorted in the csv's order; a row
 whose status is error carries its reason, also printed on stderr and listed in the summary.
+
+With --cluster (Ray; pip install -e ".[cluster]"), each instance is one task with --cpus-per-instance CPUs,
+longest timeout first; the network and property travel through Ray's object store (nodes need Clarke, not the
+files). A worker or node that dies mid-instance is retried on another (--retries), then reported as error;
+an instance still running at twice its timeout + 60 s is killed and reported as timeout. The answers are those of
+a local run: --cluster only changes where an instance runs.
 
 Exit status: 0 when a status is printed (sat, unsat, timeout, unknown; with --instances, when the batch
 ran, even if some rows are errors); 2 with one line on stderr for an error (bad file or option; a single
@@ -69,8 +78,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=number(int, 1, MAX_PROCESSES),
                    help="with --instances: worker processes, >= 1 (default 1)")
     p.add_argument("--limit", type=nonneg_int, help="with --instances: only the first N rows (default 0: all)")
+    p.add_argument("--cluster", type=_cluster_arg, metavar="ray[:ADDRESS]",
+                   help="with --instances: " + CLUSTER_HELP)
+    p.add_argument("--cpus-per-instance", type=number(int, 1, MAX_PROCESSES),
+                   help="with --cluster: CPUs each instance asks for (also its MIP processes; default 1)")
+    p.add_argument("--retries", type=number(int, 0, 100),
+                   help=f"with --cluster: re-runs of an instance whose worker died (default {DEFAULT_RETRIES})")
     add_verbosity(p)
     p.set_defaults(func=run)
+
+
+def _cluster_arg(text: str):
+    try:
+        return parse_cluster(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _result_dict(res) -> dict:
@@ -131,6 +153,47 @@ def _one(job: tuple[str, str, float, int, int]) -> dict:
     return d
 
 
+def verify_task(onnx: str, onnx_data: bytes, vnnlib: str, vnnlib_data: bytes, timeout: float, seed: int,
+                workers: int) -> dict:
+    """One instance on a cluster worker: the shipped files on local disk, then :func:`_one`; messages name the
+    user's paths."""
+    from verify.cluster import materialized, restore_paths
+
+    with materialized({onnx: onnx_data, vnnlib: vnnlib_data}) as local:
+        d = _one((local[onnx], local[vnnlib], timeout, seed, workers))
+    if d.get("message"):
+        d["message"] = restore_paths(d["message"], local)
+    return d
+
+
+def hard_deadline(timeout: float) -> float:
+    """Seconds after which a cluster task that has not answered is killed (the engine answers by ``timeout``)."""
+    return 2.0 * timeout + 60.0
+
+
+def _run_on_cluster(ray, args: argparse.Namespace, jobs: dict[int, tuple], names: dict[int, str], finished) -> None:
+    """The jobs as Ray tasks (``verify.cluster.run_jobs``), each result handed to ``finished(i, res)``."""
+    from verify.cluster import Failure, Job, run_jobs, ship
+
+    cpus = args.cpus_per_instance or 1
+    retries = DEFAULT_RETRIES if args.retries is None else args.retries
+    files = ship(ray, [p for j in jobs.values() for p in j[:2]])
+    tasks = [Job(i, verify_task, (o, files[o], v, files[v], t, seed, cpus), expected_seconds=t, num_cpus=cpus,
+                 deadline=hard_deadline(t), name=names[i])
+             for i, (o, v, t, seed, _) in jobs.items()]
+
+    def done(job: Job, res) -> None:
+        if isinstance(res, Failure):
+            status = "timeout" if res.killed else "error"
+            res = {"status": status, "seconds": job.deadline if res.killed else 0.0, "validated": "",
+                   "message": res.reason, "killed": res.killed}
+            if status == "timeout":
+                log.warning("instance %s: %s", names[job.key], res["message"])
+        finished(job.key, res)
+
+    run_jobs(ray, tasks, done, retries=retries)
+
+
 def _read_instances(path: Path, limit: int) -> list[tuple[str, str, float]]:
     if path.is_dir():
         raise CliError(f"{path}: is a directory, expected an instances csv")
@@ -171,9 +234,19 @@ def _check_instance_options(args: argparse.Namespace) -> None:
             raise CliError("--result-file is for one instance, not --instances (use --report)")
         if args.resume and not args.report:
             raise CliError("--resume needs --report (the report to continue)")
+        if args.cluster and args.jobs is not None:
+            raise CliError("--jobs runs local processes; with --cluster the cluster's CPUs decide (see "
+                           "--cpus-per-instance)")
+        for opt, v in (("--cpus-per-instance", args.cpus_per_instance), ("--retries", args.retries)):
+            if v is not None and not args.cluster:
+                raise CliError(f"{opt} goes with --cluster")
+        if args.cluster and args.workers:
+            raise CliError("--workers: with --cluster each instance's MIP processes are its --cpus-per-instance")
         return
     given = [opt for opt, v in (("--report", args.report), ("--jobs", args.jobs), ("--limit", args.limit),
-                                ("--timeout-scale", args.timeout_scale), ("--resume", args.resume or None))
+                                ("--timeout-scale", args.timeout_scale), ("--resume", args.resume or None),
+                                ("--cluster", args.cluster), ("--cpus-per-instance", args.cpus_per_instance),
+                                ("--retries", args.retries))
              if v is not None]
     if given:
         raise CliError(f"{given[0]} goes with --instances CSV")
@@ -244,7 +317,7 @@ def _row(o: str, v: str, res: dict, expected: dict) -> dict:
     exp = expected.get((o, v), {}).get("result", "")
     correct = res["status"] in ("sat", "unsat") and res["status"] == exp
     wrong = res["status"] in ("sat", "unsat") and exp in ("sat", "unsat") and res["status"] != exp
-    reason = _one_line(res.get("message", "")) if res["status"] == "error" else ""
+    reason = _one_line(res.get("message", "")) if res["status"] == "error" or res.get("killed") else ""
     return {"onnx": o, "vnnlib": v, "status": res["status"], "seconds": res["seconds"],
             "counterexample_validated": res.get("validated", ""), "expected": exp,
             "correct": int(correct), "wrong": int(wrong), "reason": reason}
@@ -265,8 +338,7 @@ def _read_expected(base: Path) -> dict:
 
 
 def run_instances(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from verify.cluster import session
 
     csv_path = Path(args.instances)
     base = csv_path.parent
@@ -287,6 +359,20 @@ def run_instances(args: argparse.Namespace) -> int:
         log.info("resuming: %d of %d instances already in %s", len(done), len(rows), args.report)
     jobs = {i: (str(base / rows[i][0]), str(base / rows[i][1]), rows[i][2] * scale, args.seed, workers)
             for i in todo}
+    with contextlib.ExitStack() as stack:
+        # connected before anything is written: a missing Ray or an unreachable cluster leaves the report as it was
+        ray = stack.enter_context(session(args.cluster)) if args.cluster and jobs else None
+        table_rows = _execute(args, rows, jobs, done, expected, ray)
+    _summary(table_rows, bool(expected), args)
+    return 0
+
+
+def _execute(args, rows, jobs, done, expected, ray) -> list[dict]:
+    """Run the jobs (one process, a local pool, or the cluster), streaming rows into the report."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    n_jobs = args.jobs or 1
     results: dict[int, dict] = {}
     console = Console(stderr=True)
 
@@ -304,7 +390,10 @@ def run_instances(args: argparse.Namespace) -> int:
     with Progress(TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, disable=not show_bar) as bar:
         task = bar.add_task("", total=len(jobs))
-        if n_jobs > 1 and len(jobs) > 1:
+        if args.cluster and jobs:
+            names = {i: f"{Path(rows[i][0]).name},{Path(rows[i][1]).name}" for i in jobs}
+            _run_on_cluster(ray, args, jobs, names, lambda i, res: finished(i, res, bar, task))
+        elif n_jobs > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(min(n_jobs, len(jobs))) as pool:
                 futures = {pool.submit(_one, j): i for i, j in jobs.items()}
                 for fut in as_completed(futures):  # write each row as soon as it is finished
@@ -319,8 +408,7 @@ def run_instances(args: argparse.Namespace) -> int:
                 finished(i, _one(j), bar, task)
     table_rows = [results[i] if i in results else done[(o, v)] for i, (o, v, _) in enumerate(rows)]
     report.finish(table_rows)
-    _summary(table_rows, bool(expected), args)
-    return 0
+    return table_rows
 
 
 def _summary(rows: list[dict], have_expected: bool, args) -> None:

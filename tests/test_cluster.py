@@ -1,0 +1,271 @@
+"""``--cluster``: VNN-COMP instances on a real local Ray cluster (2 CPUs) give the verdicts of a local run; a worker
+killed mid-instance is retried and the report stays complete; a driver killed after k rows and resumed gives the
+report of an uninterrupted run with no row twice; bad values and a missing Ray give one line, exit 2."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli_verify import VNNCOMP, clarke_cmd, run_main
+from verify.cluster import Failure, Job, parse_cluster, run_jobs
+
+ray = pytest.importorskip("ray", reason="Ray is the [cluster] extra (in [dev]): pip install -e '.[cluster]'")
+
+TEST_SET = VNNCOMP / "test"
+ACAS = VNNCOMP / "acasxu"
+# fast ACAS Xu instances (milliseconds to 0.1 s here), sat and unsat
+QUICK = [("2_9", 3), ("3_7", 3), ("2_2", 2), ("1_7", 4), ("1_9", 3), ("2_9", 4), ("3_4", 2)]
+# instances of 1.5-4 s each on this machine (long enough to be caught running)
+SLOW = [("1_1", 1), ("1_1", 4), ("3_1", 1), ("3_3", 1), ("1_2", 3), ("2_1", 3)]
+
+
+def _exit_now(code: int) -> None:
+    os._exit(code)
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _acas(net: str, prop: int) -> tuple[str, str]:
+    return str(ACAS / "onnx" / f"ACASXU_run2a_{net}_batch_2000.onnx"), str(ACAS / "vnnlib" / f"prop_{prop}.vnnlib")
+
+
+def _instances(tmp_path: Path, pairs: list[tuple[str, str]], timeout: float = 60.0) -> Path:
+    """An instances.csv (absolute paths) with the ground truth beside it, from the benchmarks' expected.csv."""
+    for d in (TEST_SET, ACAS):
+        if not (d / "instances.csv").is_file():
+            pytest.skip(f"VNN-COMP data not found at {d} (third-party, read from ../shared/data)")
+    truth = {}
+    for d in (TEST_SET, ACAS):
+        with (d / "expected.csv").open(newline="") as f:
+            for r in csv.DictReader(f):
+                truth[(str(d / r["onnx"]), str(d / r["vnnlib"]))] = r["result"]
+    folder = tmp_path / "bench"
+    folder.mkdir(exist_ok=True)
+    (folder / "instances.csv").write_text("".join(f"{o},{v},{timeout:g}\n" for o, v in pairs))
+    (folder / "expected.csv").write_text("onnx,vnnlib,result\n" + "".join(f"{o},{v},{truth[(o, v)]}\n"
+                                                                          for o, v in pairs))
+    return folder / "instances.csv"
+
+
+def _test_set_pairs() -> list[tuple[str, str]]:
+    if not (TEST_SET / "instances.csv").is_file():
+        pytest.skip(f"VNN-COMP data not found at {TEST_SET}")
+    with (TEST_SET / "instances.csv").open(newline="") as f:
+        return [(str(TEST_SET / r[0]), str(TEST_SET / r[1])) for r in csv.reader(f) if r]
+
+
+def _report(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _verdicts(rows: list[dict]) -> list[tuple[str, str, str]]:
+    return [(r["onnx"], r["vnnlib"], r["status"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray cluster of 2 CPUs for the module; the CLI uses a Ray already initialised as it is."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # the workers get this module's task functions by value (they need not import the tests)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_cluster_verdicts_equal_a_local_run_on_a_dozen_instances(cluster, capsys, tmp_path):
+    pairs = _test_set_pairs() + [_acas(*q) for q in QUICK]
+    csv_path = _instances(tmp_path, pairs)
+    code, _, err = run_main(capsys, "verify", "--instances", csv_path, "--report", tmp_path / "local.csv", "-q")
+    assert code == 0, err
+    code, out, err = run_main(capsys, "verify", "--instances", csv_path, "--report", tmp_path / "ray.csv",
+                              "--cluster", "ray", "--json")
+    assert code == 0, err
+    local, remote = _report(tmp_path / "local.csv"), _report(tmp_path / "ray.csv")
+    assert len(remote) == 12 and _verdicts(remote) == _verdicts(local)
+    assert all(r["correct"] == "1" and r["wrong"] == "0" for r in remote), remote
+    assert {r["status"] for r in remote} == {"sat", "unsat"}
+    assert all(r["counterexample_validated"] == ("yes" if r["status"] == "sat" else "") for r in remote)
+    import json
+
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["instances"] == summary["correct"] == 12 and summary["wrong"] == summary["error"] == 0
+
+
+def _ray_task_pids(name_part: str) -> list[int]:
+    """Ray worker processes now running a task whose name contains ``name_part`` (their title is
+    ``ray::NAME``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::") and name_part in title:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_worker_killed_mid_instance_is_retried_and_the_report_is_complete(cluster, capsys, tmp_path):
+    pairs = [_acas(*s) for s in SLOW[:4]]
+    csv_path = _instances(tmp_path, pairs)
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_one_running_task() -> None:
+        while not stop.is_set() and not killed:
+            pids = _ray_task_pids("ACASXU")
+            if pids:
+                time.sleep(0.3)  # well inside the instance (1.5 s and more)
+                if _ray_task_pids("ACASXU"):
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one_running_task, daemon=True)
+    killer.start()
+    try:
+        code, out, err = run_main(capsys, "verify", "--instances", csv_path, "--report", tmp_path / "r.csv",
+                                  "--cluster", "ray", "--json")
+    finally:
+        stop.set()
+        killer.join()
+    assert code == 0, err
+    assert len(killed) == 1  # the fault was injected while an instance ran
+    rows = _report(tmp_path / "r.csv")
+    assert [(r["onnx"], r["vnnlib"]) for r in rows] == pairs  # each instance once, in the csv's order
+    assert all(r["status"] == "unsat" and r["correct"] == "1" for r in rows), rows
+
+
+def test_task_that_dies_on_every_try_is_an_error_with_its_reason(cluster):
+    results = []
+    run_jobs(cluster, [Job("boom", _exit_now, (3,), name="dies")], lambda j, r: results.append((j.key, r)),
+             retries=1)
+    assert len(results) == 1 and results[0][0] == "boom"
+    failure = results[0][1]
+    assert isinstance(failure, Failure) and not failure.killed and "failed 2 times" in failure.reason
+
+
+def test_task_past_its_hard_deadline_is_killed(cluster):
+    results = []
+    t0 = time.monotonic()
+    run_jobs(cluster, [Job("slow", _sleep, (60,), deadline=1.0, name="sleeps"),
+                       Job("fast", _sleep, (0,), name="quick")], lambda j, r: results.append((j.key, r)))
+    assert time.monotonic() - t0 < 30
+    got = dict(results)
+    assert got["fast"] == 0
+    assert isinstance(got["slow"], Failure) and got["slow"].killed and "1 s" in got["slow"].reason
+
+
+def test_longest_expected_job_is_submitted_first(cluster):
+    order = []
+    jobs = [Job(k, _sleep, (0.2,), expected_seconds=t) for k, t in (("a", 1), ("b", 30), ("c", 5), ("d", 30))]
+    run_jobs(cluster, jobs, lambda j, r: order.append(j.key))
+    assert sorted(order) == ["a", "b", "c", "d"]
+    # 2 CPUs: b and d (longest, in the caller's order) start together; a, the shortest, starts last
+    assert set(order[:2]) == {"b", "d"} and order[-1] == "a"
+
+
+def test_driver_killed_after_k_rows_then_resumed_equals_an_uninterrupted_run(cluster, capsys, tmp_path):
+    pairs = [_acas(*s) for s in SLOW]
+    csv_path = _instances(tmp_path, pairs)
+    report = tmp_path / "cut.csv"
+    driver = subprocess.Popen([*clarke_cmd(), "verify", "--instances", str(csv_path), "--report", str(report),
+                               "--cluster", "ray", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    k = 0
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and driver.poll() is None:
+        k = len(_report(report)) if report.exists() else 0
+        if k >= 2:
+            break
+        time.sleep(0.02)
+    os.kill(driver.pid, signal.SIGKILL)  # the driver only: its local Ray cluster notices and stops by itself
+    driver.wait()
+    assert 2 <= k < len(pairs), (k, driver.stderr.read())
+    kept = _report(report)
+    assert 2 <= len(kept) < len(pairs)
+    code, out, err = run_main(capsys, "verify", "--instances", csv_path, "--report", report, "--resume",
+                              "--cluster", "ray", "-q")
+    assert code == 0, err
+    resumed = _report(report)
+    for r in kept:  # rows of the first run are kept as they were, not run again
+        assert r in resumed
+    code, _, err = run_main(capsys, "verify", "--instances", csv_path, "--report", tmp_path / "whole.csv",
+                            "--cluster", "ray", "-q")
+    assert code == 0, err
+    whole = _report(tmp_path / "whole.csv")
+    assert _verdicts(resumed) == _verdicts(whole) == [(o, v, "unsat") for o, v in pairs]
+    assert len({(r["onnx"], r["vnnlib"]) for r in resumed}) == len(resumed) == len(pairs)
+
+
+@pytest.mark.parametrize("value", ["", "rayy", "ray:", "ray://", "spark://x", "ray:/x"])
+def test_bad_cluster_value_is_one_line(capsys, tmp_path, value):
+    code, _, err = run_main(capsys, "verify", "--instances", tmp_path / "x.csv", "--cluster", value)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--cluster" in err
+
+
+def test_cluster_forms():
+    assert parse_cluster("ray").address == "local"
+    assert parse_cluster("ray:auto").address == "auto"
+    assert parse_cluster("ray:10.0.0.1:6379").address == "10.0.0.1:6379"
+    assert parse_cluster("ray://head:10001").address == "ray://head:10001"
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--cluster", "ray", "--jobs", "2"], "--jobs"),
+    (["--retries", "1"], "--retries"),
+    (["--cpus-per-instance", "2"], "--cpus-per-instance"),
+    (["--cluster", "ray", "--workers", "2"], "--workers"),
+])
+def test_cluster_option_conflicts_are_one_line(capsys, tmp_path, argv, option):
+    csv_path = tmp_path / "i.csv"
+    csv_path.write_text("a.onnx,b.vnnlib,1\n")
+    code, _, err = run_main(capsys, "verify", "--instances", csv_path, *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and option in err
+
+
+def test_without_ray_cluster_names_the_extra(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    pairs = _test_set_pairs()[:1]
+    csv_path = _instances(tmp_path, pairs)
+    code, _, err = run_main(capsys, "verify", "--instances", csv_path, "--cluster", "ray", "--report",
+                            tmp_path / "r.csv")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and ".[cluster]" in err
+    assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.parametrize("address", ["ray:127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_unreachable_cluster_is_one_line_and_writes_nothing(capsys, tmp_path, address):
+    """Refused within seconds (Ray alone retries for minutes); the report is not touched."""
+    csv_path = _instances(tmp_path, _test_set_pairs()[:1])
+    report = tmp_path / "r.csv"
+    report.write_text("kept\n")
+    t0 = time.monotonic()
+    code, _, err = run_main(capsys, "verify", "--instances", csv_path, "--cluster", address, "--report", report)
+    assert time.monotonic() - t0 < 20
+    assert code == 2 and len(err.strip().splitlines()) == 1 and address in err and "cannot reach" in err
+    assert report.read_text() == "kept\n"
