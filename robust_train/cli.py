@@ -33,6 +33,7 @@ from verify.cli.common import (
     seed_int,
     write_atomic,
 )
+from verify.cluster import CLUSTER_HELP, cluster_arg
 
 EXIT_STATUS = """Exit status: 0 for an answer; 2 with one line 'clarke: error: ...' on stderr for a bad option,
 a missing data set or run file, or a failed check (nothing is overwritten then)."""
@@ -276,6 +277,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(unsat where certified, sat where attacked)")
     e.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="write RUN/per_class.png (per-class clean / robust / certified accuracy)")
+    e.add_argument("--cluster", type=cluster_arg, metavar="ray[:ADDRESS]",
+                   help="attack and certify on Ray, in shards of whole batches (the answers of a local run; "
+                   "--bab runs here after them); " + CLUSTER_HELP)
     e.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     add_verbosity(e)
@@ -479,7 +483,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                              class_names=splits.class_names, seed=args.seed,
                              progress=not (args.no_progress or quiet), apgd_steps=args.apgd_steps,
                              bab_timeout=args.bab_timeout, batch_size=args.batch_size,
-                             per_point=bool(args.export_vnnlib))
+                             per_point=bool(args.export_vnnlib), cluster=args.cluster)
     except ev.SoundnessError as e:  # a certified point was attacked: an engine bug, never an answer
         raise CliError(f"soundness check failed: {e}") from None
     report["run"] = str(args.run)

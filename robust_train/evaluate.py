@@ -14,6 +14,7 @@ robust accuracies, C the number of classes present in the evaluated set, ties br
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import sys
 import tempfile
@@ -37,7 +38,6 @@ CERTIFY_METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 PGD_STEP = 0.25
 """PGD step size as a fraction of eps: 2/255 at 8/255, the usual RA-PGD setting (robust_training.md §1.4)."""
 TAIL_FRACTION = 0.3
-_SEED_STRIDE = 1000  # one random stream per (seed, attack): adding an attack never changes another's starts
 
 
 class SoundnessError(RuntimeError):
@@ -139,7 +139,8 @@ def evaluate(model: torch.nn.Module, dataset: Any, eps: float, *,
              certify: Sequence[str] = ("crown",), bab: int = 0, batch_size: int = 256,
              classes: int | None = None, class_names: Sequence[str] | None = None, seed: int = 0,
              progress: bool = False, apgd_steps: int = 100, bab_timeout: float = 30.0,
-             alpha_iterations: int = 20, precision: str = "float64", per_point: bool = False) -> dict[str, Any]:
+             alpha_iterations: int = 20, precision: str = "float64", per_point: bool = False,
+             cluster: Any = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``dataset`` (a TensorDataset or ``(x, y)``; x in [0, 1]) at l_inf radius ``eps``.
 
     ``attacks``: any of :data:`ATTACKS` (PGD-K: step eps/4, random start; APGD: ``apgd_steps`` iterations;
@@ -158,7 +159,11 @@ def evaluate(model: torch.nn.Module, dataset: Any, eps: float, *,
     seconds, stage, unsat, sat, undecided}, ``rounding_conflicts`` (points whose float64 certificate was
     withdrawn because only the float32 evaluation misclassifies), ``seconds`` {clean, attack: {..}, certify:
     {..}, bab, total}, ``n``, ``eps``, ``classes``, ``class_names``, ``seed``, ``attacks``, ``certify``,
-    ``precision``, ``config``; with ``per_point``, ``points`` {label, correct, robust, certified, attacked}."""
+    ``precision``, ``config``; with ``per_point``, ``points`` {label, correct, robust, certified, attacked}.
+
+    ``cluster`` (a ``verify.cluster.ClusterSpec``): the attacks and certificates run on Ray, in shards of whole
+    batches (each batch's random starts depend on (seed, attack, first index) only, so the answers are a local
+    run's); the complete verifier, when asked for, runs here on the merged result."""
     attacks, certify = tuple(attacks), tuple(certify)
     try:
         eps_f = float(eps)
@@ -202,7 +207,7 @@ def evaluate(model: torch.nn.Module, dataset: Any, eps: float, *,
         if len(names) != classes:
             raise ValueError(f"{len(names)} class names for {classes} classes")
         report = _evaluate(model, x_all, y_all, eps, attacks, certify, bab, batch_size, classes, seed, progress,
-                           apgd_steps, bab_timeout, alpha_iterations, precision, input_shape, device, dtype)
+                           apgd_steps, bab_timeout, alpha_iterations, precision, input_shape, device, dtype, cluster)
     finally:
         model.train(was_training)
         for p, f in zip(model.parameters(), grad_flags, strict=True):
@@ -218,7 +223,36 @@ def evaluate(model: torch.nn.Module, dataset: Any, eps: float, *,
 
 
 def _evaluate(model, x_all, y_all, eps, attacks, certify, bab, batch_size, classes, seed, progress, apgd_steps,
-              bab_timeout, alpha_iterations, precision, input_shape, device, dtype) -> dict[str, Any]:
+              bab_timeout, alpha_iterations, precision, input_shape, device, dtype, cluster=None) -> dict[str, Any]:
+    if cluster is not None:
+        from robust_train.evaluate_cluster import attack_and_certify_on_cluster
+
+        part = attack_and_certify_on_cluster(cluster, model, x_all, y_all, eps, attacks, certify, batch_size,
+                                             classes, seed, progress, apgd_steps, alpha_iterations, precision,
+                                             input_shape)
+    else:
+        part = attack_and_certify(model, x_all, y_all, eps, attacks, certify, batch_size, classes, seed, progress,
+                                  apgd_steps, alpha_iterations, precision, input_shape, device, dtype)
+    seconds, conflicts, correct, attacked, cert = (part[k] for k in ("seconds", "conflicts", "correct", "attacked",
+                                                                     "cert"))
+    bab_report = _bab(model, x_all, y_all, eps, bab, correct, attacked, cert, classes, input_shape, seed,
+                      bab_timeout, device, dtype, seconds, progress)
+    return {"seconds": seconds, "rounding_conflicts": conflicts, "bab": bab_report["summary"],
+            "_points": {"correct": correct, "attacked": attacked, "cert": cert,
+                        "bab_unsat": bab_report["unsat"], "bab_sat": bab_report["sat"]}}
+
+
+def attack_generator(seed: int, attack: str, index: int) -> torch.Generator:
+    """The random stream of ``attack`` on the batch starting at point ``index``: a function of (seed, attack, index)
+    only, so a shard of whole batches run anywhere draws the starts of an undivided run."""
+    digest = hashlib.sha256(f"{seed}/{attack}/{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def attack_and_certify(model, x_all, y_all, eps, attacks, certify, batch_size, classes, seed, progress, apgd_steps,
+                       alpha_iterations, precision, input_shape, device, dtype, offset: int = 0) -> dict[str, Any]:
+    """Clean accuracy, attacks and certificates of points ``x_all`` (global indices ``offset`` onwards), batch by
+    batch: ``seconds``, ``conflicts`` (global indices), ``correct`` / ``attacked`` / ``cert`` masks."""
     n = x_all.shape[0]
     seconds: dict[str, Any] = {"clean": 0.0, "attack": dict.fromkeys(attacks, 0.0),
                                "certify": dict.fromkeys(certify, 0.0), "bab": 0.0}
@@ -226,7 +260,6 @@ def _evaluate(model, x_all, y_all, eps, attacks, certify, bab, batch_size, class
     attacked = {a: torch.zeros(n, dtype=torch.bool) for a in attacks}
     cert = {m: torch.zeros(n, dtype=torch.bool) for m in certify}
     conflicts: list[int] = []
-    gens = {a: torch.Generator().manual_seed(seed * _SEED_STRIDE + ATTACKS.index(a)) for a in attacks}
     bounded = None
     if certify:
         from verify import BoundedModule
@@ -250,7 +283,8 @@ def _evaluate(model, x_all, y_all, eps, attacks, certify, bab, batch_size, class
             if idx.numel():
                 # Clamp onto the shared box: an attack point must lie in the box the verifier bounds.
                 adv[idx] = torch.minimum(torch.maximum(
-                    _run_attack(a, model, xb[idx], yb[idx], eps, gens[a], apgd_steps), lo[idx]), hi[idx])
+                    _run_attack(a, model, xb[idx], yb[idx], eps, attack_generator(seed, a, offset + start),
+                                apgd_steps), lo[idx]), hi[idx])
             with torch.no_grad():
                 attacked[a][sl] = (fooled(model(adv), yb) | ~ok).cpu()
             witness[a] = adv
@@ -262,7 +296,7 @@ def _evaluate(model, x_all, y_all, eps, attacks, certify, bab, batch_size, class
                                               bound_upper=False)
             cert[m][sl] = (lower > 0).all(1).cpu()
             seconds["certify"][m] += time.perf_counter() - t0
-        _check_batch(model, model64, xb, yb, start, ok, witness, attacked, cert, conflicts, precision)
+        _check_batch(model, model64, xb, yb, start, ok, witness, attacked, cert, conflicts, precision, offset)
         if progress:
             done = sl.stop
             rob = _robust(correct[:done], attacked, done)
@@ -273,11 +307,7 @@ def _evaluate(model, x_all, y_all, eps, attacks, certify, bab, batch_size, class
                   + f", {_total(seconds):.1f} s",
                   file=sys.stderr, flush=True)
 
-    bab_report = _bab(model, x_all, y_all, eps, bab, correct, attacked, cert, classes, input_shape, seed,
-                      bab_timeout, device, dtype, seconds, progress)
-    return {"seconds": seconds, "rounding_conflicts": conflicts, "bab": bab_report["summary"],
-            "_points": {"correct": correct, "attacked": attacked, "cert": cert,
-                        "bab_unsat": bab_report["unsat"], "bab_sat": bab_report["sat"]}}
+    return {"seconds": seconds, "conflicts": conflicts, "correct": correct, "attacked": attacked, "cert": cert}
 
 
 def _total(seconds: dict[str, Any]) -> float:
@@ -296,7 +326,7 @@ def _robust(correct: Tensor, attacked: dict[str, Tensor], n: int) -> Tensor:
     return correct[:n] & ~_any(attacked, n)
 
 
-def _check_batch(model, model64, xb, yb, start, ok, witness, attacked, cert, conflicts, precision) -> None:
+def _check_batch(model, model64, xb, yb, start, ok, witness, attacked, cert, conflicts, precision, offset=0) -> None:
     """Certified ⇒ robust for every point of the batch. An attack point that contradicts a certificate is
     re-evaluated with a float64 copy of the model: the bounds hold for the exact (and the float64) network, so
     a float64 misclassification is a soundness bug; a float32-only one is the documented float32 rounding gap
@@ -319,10 +349,10 @@ def _check_batch(model, model64, xb, yb, start, ok, witness, attacked, cert, con
             logits64 = model64[0](point[None].double())
         if precision == "model" or bool(fooled(logits64, yb[i:i + 1])[0]):
             raise SoundnessError(
-                f"point {start + i}: certified by {', '.join(methods)} but {source} is misclassified "
+                f"point {offset + start + i}: certified by {', '.join(methods)} but {source} is misclassified "
                 f"(float64 logits {[round(v, 6) for v in logits64[0].tolist()]}, label {int(yb[i])}): "
                 "a soundness bug in the bounds or the attack box")
-        conflicts.append(start + i)
+        conflicts.append(offset + start + i)
         for m in methods:
             cert[m][start + i] = False
 

@@ -269,3 +269,63 @@ def test_unreachable_cluster_is_one_line_and_writes_nothing(capsys, tmp_path, ad
     assert time.monotonic() - t0 < 20
     assert code == 2 and len(err.strip().splitlines()) == 1 and address in err and "cannot reach" in err
     assert report.read_text() == "kept\n"
+
+
+# ------------------------------------------------------------------------------------------ certification over data
+
+
+def test_lipschitz_centres_on_the_cluster_equal_a_local_call(cluster, capsys, tmp_path):
+    import json
+
+    import numpy as np
+
+    model = Path(__file__).resolve().parents[1] / "examples" / "mlp_8x32x32x3.onnx"
+    centres = tmp_path / "c.npy"
+    np.save(centres, np.random.default_rng(0).uniform(-1, 1, (23, 8)))
+    code, out, err = run_main(capsys, "lipschitz", model, "--centers", centres, "--eps", "0.05", "--json")
+    assert code == 0, err
+    local = json.loads(out)
+    code, out, err = run_main(capsys, "lipschitz", model, "--centers", centres, "--eps", "0.05", "--json",
+                              "--cluster", "ray")
+    assert code == 0, err
+    remote = json.loads(out)
+    assert remote["outputs"] == local["outputs"] and len(remote["upper"]) == 23
+    a, b = np.array(local["per_output"]), np.array(remote["per_output"])
+    # the same bound per box, up to float64 summation order in batched products
+    assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max()
+    code, _, err = run_main(capsys, "lipschitz", model, "--center", centres, "--eps", "0.05", "--cluster", "ray")
+    assert code == 2 and "--cluster goes with --centers" in err
+
+
+def test_evaluate_on_the_cluster_gives_the_local_answers(cluster):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    from robust_train.attacks import pgd
+    from robust_train.evaluate import evaluate
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    y = torch.tensor(d.target, dtype=torch.long)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(0)
+    for it in range(150):
+        b = torch.randint(0, 1400, (256,), generator=g)
+        xa = pgd(model, x[b], y[b], 0.03, steps=3, generator=g) if it >= 50 else x[b]
+        opt.zero_grad()
+        F.cross_entropy(model(xa), y[b]).backward()
+        opt.step()
+    data = (x[1400:1500], y[1400:1500])
+    kw = dict(attacks=("pgd20", "apgd-ce"), certify=("ibp", "crown"), batch_size=16, per_point=True, seed=3)
+    local = evaluate(model.eval(), data, 0.03, **kw)
+    remote = evaluate(model, data, 0.03, cluster=parse_cluster("ray"), **kw)
+    assert remote["points"] == local["points"]
+    for key in ("clean_accuracy", "robust_accuracy", "certified_accuracy", "attack_accuracy", "certified_by_method",
+                "per_class", "rounding_conflicts"):
+        assert remote[key] == local[key], key
+    # a mix of outcomes, so the comparison means something
+    assert 0 < local["certified_accuracy"] < local["robust_accuracy"] < local["clean_accuracy"]

@@ -57,6 +57,16 @@ def parse_cluster(text: str) -> ClusterSpec:
     raise InputError(f"bad cluster {text!r}: expected ray, ray:ADDRESS (e.g. ray:auto) or ray://HOST:PORT")
 
 
+def cluster_arg(text: str) -> ClusterSpec:
+    """argparse ``type=`` for ``--cluster``."""
+    import argparse
+
+    try:
+        return parse_cluster(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def import_ray() -> Any:
     """The ``ray`` module, or a one-line error naming the extra to install."""
     try:
@@ -147,7 +157,7 @@ def run_jobs(ray: Any, jobs: list[Job], on_done: Callable[[Job, Any], None], *, 
     """Run every job once on the cluster, longest expected first, and call ``on_done(job, result)`` as each one
     finishes (in the driver, in completion order); ``result`` is the task's return value or a :class:`Failure`.
     Each job reaches ``on_done`` exactly once."""
-    from ray.exceptions import RayError, TaskCancelledError
+    from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
     queue = sorted(jobs, key=lambda j: -j.expected_seconds)  # stable: ties keep the caller's order
     remote_fns: dict[int, Any] = {}
@@ -167,6 +177,10 @@ def run_jobs(ray: Any, jobs: list[Job], on_done: Callable[[Job, Any], None], *, 
                 result = ray.get(ref)
             except TaskCancelledError:
                 result = Failure(f"killed after {entry.job.deadline:g} s (hard deadline)", killed=True)
+            except RayTaskError as e:  # the task itself raised (not retried: it would raise again)
+                cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
+                text = (str(cause).strip().splitlines() or [""])[0][:300]
+                result = Failure(f"{type(cause).__name__}: {text}")
             except RayError as e:  # the worker or its node died on every try
                 first = " ".join(str(e).split())[:300]
                 result = Failure(f"worker failed {retries + 1} times ({type(e).__name__}: {first})")

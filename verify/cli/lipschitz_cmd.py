@@ -16,10 +16,12 @@ from verify.cli.common import (
     load_array,
     nonneg_float,
     nonneg_int,
+    number,
     positive_float,
     print_json,
     region_from_args,
 )
+from verify.cluster import CLUSTER_HELP, DEFAULT_RETRIES, cluster_arg
 
 log = logging.getLogger("verify.cli.lipschitz")
 
@@ -69,6 +71,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--centers", metavar="X.npy",
                    help="a batch of centres [B, ...] (.npy) with --eps: one certified bound per centre in one call "
                    "(naive / ibp / crown batched, other methods one box at a time; no attack)")
+    p.add_argument("--cluster", type=cluster_arg, metavar="ray[:ADDRESS]",
+                   help="with --centers: shard the centres over Ray tasks (the values of a local call, to "
+                   "float64 summation order); " + CLUSTER_HELP)
+    p.add_argument("--retries", type=number(int, 0, 100),
+                   help=f"with --cluster: re-runs of a shard whose worker died (default {DEFAULT_RETRIES})")
     p.set_defaults(func=run_lipschitz)
     m = sub.add_parser("monotonicity", help="certify the sign of a partial derivative over an input box",
                        description=MONO_DESCRIPTION, formatter_class=HelpFormatter)
@@ -90,6 +97,12 @@ def run_lipschitz(args: argparse.Namespace) -> int:
     from verify.frontends.onnx_frontend import load_onnx
     from verify.lipschitz.api import lipschitz
 
+    if args.centers is None:
+        for opt, v in (("--cluster", args.cluster), ("--retries", args.retries)):
+            if v is not None:
+                raise CliError(f"{opt} goes with --centers")
+    elif args.retries is not None and args.cluster is None:
+        raise CliError("--retries goes with --cluster")
     graph = load_onnx(args.model)
     if args.centers is not None:
         return _run_batch(args, graph)
@@ -143,7 +156,14 @@ def _run_batch(args: argparse.Namespace, graph) -> int:
         lo, hi = np.clip(lo, *args.clip), np.clip(hi, *args.clip)
     check_finite("box", np.concatenate([lo, hi]))
     log.info("%s bounds over %d boxes", args.method, x.shape[0])
-    res = lipschitz_batch(graph, lo, hi, outputs=args.output, method=args.method, timeout=args.timeout)
+    if args.cluster is not None:
+        from verify.lipschitz.cluster import lipschitz_batch_cluster
+
+        res = lipschitz_batch_cluster(args.model, lo, hi, args.cluster, outputs=args.output, method=args.method,
+                                      timeout=args.timeout,
+                                      retries=DEFAULT_RETRIES if args.retries is None else args.retries)
+    else:
+        res = lipschitz_batch(graph, lo, hi, outputs=args.output, method=args.method, timeout=args.timeout)
     check_finite("Lipschitz upper bound", res.per_output.numpy())
     if args.json:
         out = res.to_json()

@@ -25,7 +25,7 @@ from verify.cli.common import (
     seed_int,
     write_atomic,
 )
-from verify.cluster import CLUSTER_HELP, DEFAULT_RETRIES, parse_cluster
+from verify.cluster import CLUSTER_HELP, DEFAULT_RETRIES, cluster_arg
 
 log = logging.getLogger("verify.cli.verify")
 MAX_PROCESSES = 512  # --jobs / --workers: beyond any machine we run on; a typo must not fork thousands
@@ -78,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=number(int, 1, MAX_PROCESSES),
                    help="with --instances: worker processes, >= 1 (default 1)")
     p.add_argument("--limit", type=nonneg_int, help="with --instances: only the first N rows (default 0: all)")
-    p.add_argument("--cluster", type=_cluster_arg, metavar="ray[:ADDRESS]",
+    p.add_argument("--cluster", type=cluster_arg, metavar="ray[:ADDRESS]",
                    help="with --instances: " + CLUSTER_HELP)
     p.add_argument("--cpus-per-instance", type=number(int, 1, MAX_PROCESSES),
                    help="with --cluster: CPUs each instance asks for (also its MIP processes; default 1)")
@@ -86,13 +86,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"with --cluster: re-runs of an instance whose worker died (default {DEFAULT_RETRIES})")
     add_verbosity(p)
     p.set_defaults(func=run)
-
-
-def _cluster_arg(text: str):
-    try:
-        return parse_cluster(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _result_dict(res) -> dict:
