@@ -122,9 +122,12 @@ class Job:
     fn: Callable[..., Any]
     args: tuple
     expected_seconds: float = 0.0
+    tiebreak: float = 0.0  # among equal expected_seconds, larger first (e.g. a difficulty probe)
     num_cpus: float = 1.0
     deadline: float | None = None
     name: str = ""
+    submitted: float | None = None  # time.monotonic() when handed to Ray, and when its result came back
+    finished: float | None = None
 
 
 @dataclass
@@ -159,7 +162,7 @@ def run_jobs(ray: Any, jobs: list[Job], on_done: Callable[[Job, Any], None], *, 
     Each job reaches ``on_done`` exactly once."""
     from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
-    queue = sorted(jobs, key=lambda j: -j.expected_seconds)  # stable: ties keep the caller's order
+    queue = sorted(jobs, key=lambda j: (-j.expected_seconds, -j.tiebreak))  # stable: ties keep the caller's order
     remote_fns: dict[int, Any] = {}
     flying: dict[Any, _InFlight] = {}
     while queue or flying:
@@ -169,10 +172,14 @@ def run_jobs(ray: Any, jobs: list[Job], on_done: Callable[[Job, Any], None], *, 
                 remote_fns[id(job.fn)] = ray.remote(job.fn)
             ref = remote_fns[id(job.fn)].options(num_cpus=job.num_cpus, max_retries=retries,
                                                  name=job.name or job.fn.__name__).remote(*job.args)
-            flying[ref] = _InFlight(job, time.monotonic())
-        ready, _ = ray.wait(list(flying), num_returns=1, timeout=poll)
+            job.submitted = time.monotonic()
+            flying[ref] = _InFlight(job, job.submitted)
+        ready, rest = ray.wait(list(flying), num_returns=1, timeout=poll)
+        if ready and rest:  # everything else already done, without waiting
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         for ref in ready:
             entry = flying.pop(ref)
+            entry.job.finished = time.monotonic()
             try:
                 result = ray.get(ref)
             except TaskCancelledError:

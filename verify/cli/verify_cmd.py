@@ -84,6 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --cluster: CPUs each instance asks for (also its MIP processes; default 1)")
     p.add_argument("--retries", type=number(int, 0, 100),
                    help=f"with --cluster: re-runs of an instance whose worker died (default {DEFAULT_RETRIES})")
+    p.add_argument("--order", choices=("probe", "timeout"),
+                   help="with --cluster: start first the longest timeouts and, among equal ones, the instances a "
+                        "cheap CROWN probe finds hardest (probe, the default), or the timeouts alone in csv order")
     add_verbosity(p)
     p.set_defaults(func=run)
 
@@ -171,8 +174,9 @@ def _run_on_cluster(ray, args: argparse.Namespace, jobs: dict[int, tuple], names
     cpus = args.cpus_per_instance or 1
     retries = DEFAULT_RETRIES if args.retries is None else args.retries
     files = ship(ray, [p for j in jobs.values() for p in j[:2]])
-    tasks = [Job(i, verify_task, (o, files[o], v, files[v], t, seed, cpus), expected_seconds=t, num_cpus=cpus,
-                 deadline=hard_deadline(t), name=names[i])
+    scores = _probe(jobs) if (args.order or "probe") == "probe" else {}
+    tasks = [Job(i, verify_task, (o, files[o], v, files[v], t, seed, cpus), expected_seconds=t,
+                 tiebreak=scores.get(i, 0.0), num_cpus=cpus, deadline=hard_deadline(t), name=names[i])
              for i, (o, v, t, seed, _) in jobs.items()]
 
     def done(job: Job, res) -> None:
@@ -185,6 +189,22 @@ def _run_on_cluster(ray, args: argparse.Namespace, jobs: dict[int, tuple], names
         finished(job.key, res)
 
     run_jobs(ray, tasks, done, retries=retries)
+
+
+def _probe(jobs: dict[int, tuple]) -> dict[int, float]:
+    """``verify.difficulty`` of every job (0 where the probe itself fails: the task will report why)."""
+    from verify.difficulty import difficulty
+
+    t0 = time.perf_counter()
+    cache: dict = {}
+    scores = {}
+    for i, (o, v, *_rest) in jobs.items():
+        try:
+            scores[i] = difficulty(o, v, cache=cache)
+        except Exception:  # a bad file is the task's to report, as in a local run
+            scores[i] = 0.0
+    log.info("difficulty probe of %d instances: %.1f s", len(jobs), time.perf_counter() - t0)
+    return scores
 
 
 def _read_instances(path: Path, limit: int) -> list[tuple[str, str, float]]:
@@ -230,7 +250,8 @@ def _check_instance_options(args: argparse.Namespace) -> None:
         if args.cluster and args.jobs is not None:
             raise CliError("--jobs runs local processes; with --cluster the cluster's CPUs decide (see "
                            "--cpus-per-instance)")
-        for opt, v in (("--cpus-per-instance", args.cpus_per_instance), ("--retries", args.retries)):
+        for opt, v in (("--cpus-per-instance", args.cpus_per_instance), ("--retries", args.retries),
+                       ("--order", args.order)):
             if v is not None and not args.cluster:
                 raise CliError(f"{opt} goes with --cluster")
         if args.cluster and args.workers:
@@ -239,7 +260,7 @@ def _check_instance_options(args: argparse.Namespace) -> None:
     given = [opt for opt, v in (("--report", args.report), ("--jobs", args.jobs), ("--limit", args.limit),
                                 ("--timeout-scale", args.timeout_scale), ("--resume", args.resume or None),
                                 ("--cluster", args.cluster), ("--cpus-per-instance", args.cpus_per_instance),
-                                ("--retries", args.retries))
+                                ("--retries", args.retries), ("--order", args.order))
              if v is not None]
     if given:
         raise CliError(f"{given[0]} goes with --instances CSV")
