@@ -31,12 +31,16 @@ from verify.ops import (
     Concat,
     Conv2d,
     Dense,
+    Gather,
+    LeakyRelu,
     MaxPool2d,
     Pad,
+    ReduceSum,
     Relu,
     Reshape,
     Scale,
     Sigmoid,
+    Slice,
     Tanh,
     Transpose,
 )
@@ -261,6 +265,113 @@ def _axes(ctx, node, attrs, idx: int) -> list[int] | None:
     return None if a is None else [int(v) for v in a]
 
 
+def _slices(ctx: _Ctx, node: onnx.NodeProto, ins: list, shape: tuple[int, ...]) -> list[slice]:
+    """ONNX Slice (attribute form before opset 10, inputs after) as one python slice per axis, with ONNX's
+    clamping: negative starts / ends count from the end, out-of-range values are clamped, and a negative step's
+    end below 0 means 'through index 0'."""
+    attrs = _attrs(node)
+    if ctx.opset >= 10:
+        def const(i: int, what: str):
+            if len(ins) <= i or ins[i] is None:
+                return None
+            if isinstance(ins[i], str):
+                raise UnsupportedOperator("Slice", node.name, ctx.opset, f"{what} that depend on the input")
+            return [int(v) for v in np.asarray(ins[i]).reshape(-1)]
+        starts, ends = const(1, "starts"), const(2, "ends")
+        axes, steps = const(3, "axes"), const(4, "steps")
+    else:
+        starts, ends = [int(v) for v in attrs["starts"]], [int(v) for v in attrs["ends"]]
+        axes, steps = attrs.get("axes"), None
+    axes = list(range(len(starts))) if axes is None else [int(a) for a in axes]
+    steps = [1] * len(starts) if steps is None else steps
+    idx = [slice(None)] * len(shape)
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+        a %= len(shape)
+        d = shape[a]
+        if st == 0:
+            raise ModelError(f"Slice node '{node.name}': step 0")
+        s, e = (s + d if s < 0 else s), (e + d if e < 0 else e)
+        if st > 0:
+            s, e = min(max(s, 0), d), min(max(e, 0), d)
+        else:
+            s, e = min(max(s, 0), d - 1), min(max(e, -1), d - 1)
+        idx[a] = slice(s, None if e < 0 else e, st)
+    return idx
+
+
+def _check_steps(node: onnx.NodeProto, ctx: _Ctx, idx: list[slice]) -> list[slice]:
+    if any((sl.step or 1) < 0 for sl in idx):
+        raise UnsupportedOperator("Slice", node.name, ctx.opset, "negative steps on a variable")
+    return idx
+
+
+def _split_sizes(ctx: _Ctx, node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple[int, list[int]]:
+    """``(axis, sizes)`` of an ONNX Split (sizes from the input at opset 13+, the attribute before, equal parts
+    otherwise; opset 18's ``num_outputs`` makes the last part smaller)."""
+    attrs = _attrs(node)
+    axis = int(attrs.get("axis", 0)) % len(shape)
+    sizes = None
+    if ctx.opset >= 13 and len(node.input) > 1 and node.input[1]:
+        sizes = _const_input(ctx, node, 1, "Split sizes")
+    elif "split" in attrs:
+        sizes = attrs["split"]
+    n = len(node.output)
+    d = shape[axis]
+    if sizes is None:
+        if "num_outputs" in attrs:
+            k = -(-d // n)
+            sizes = [min(k, d - i * k) for i in range(n)]
+        elif d % n:
+            raise ShapeError(f"Split node '{node.name}': axis of {d} does not split into {n} equal parts")
+        else:
+            sizes = [d // n] * n
+    sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
+    if len(sizes) != n or sum(sizes) != d or min(sizes) < 0:
+        raise ShapeError(f"Split node '{node.name}': sizes {sizes} do not cut an axis of {d} into {n}")
+    return axis, sizes
+
+
+def _split(ctx: _Ctx, node: onnx.NodeProto) -> list[Value]:
+    """ONNX Split of a variable: one Slice node per output."""
+    x = ctx.values[node.input[0]]
+    shape = ctx.shape(x)
+    axis, sizes = _split_sizes(ctx, node, shape)
+    outs, start = [], 0
+    for out, k in zip(node.output, sizes, strict=True):
+        idx = [slice(None)] * len(shape)
+        idx[axis] = slice(start, start + k, 1)
+        outs.append(ctx.b.add(out or f"{node.name}_{len(outs)}", Slice(idx), [x]))
+        start += k
+    return outs
+
+
+def _reduce(ctx: _Ctx, node: onnx.NodeProto, x: str, mean: bool) -> Value:
+    attrs = _attrs(node)
+    shape = ctx.shape(x)
+    axes_from_input = ctx.opset >= (18 if mean else 13)
+    axes = _axes(ctx, node, {} if axes_from_input else attrs, 1) if axes_from_input else attrs.get("axes")
+    if axes is None or len(axes) == 0:
+        if attrs.get("noop_with_empty_axes", 0):
+            return x
+        axes = list(range(len(shape)))
+    return ctx.b.add(node.name or node.output[0],
+                     ReduceSum([int(a) % len(shape) for a in axes], bool(attrs.get("keepdims", 1)), mean), [x])
+
+
+def _gather(ctx: _Ctx, node: onnx.NodeProto, x: Value, indices: Value) -> Value:
+    if isinstance(indices, str):
+        raise UnsupportedOperator("Gather", node.name, ctx.opset, "indices that depend on the input")
+    shape = ctx.shape(x)
+    axis = int(_attrs(node).get("axis", 0)) % len(shape)
+    idx = np.asarray(indices).astype(np.int64)
+    idx = np.where(idx < 0, idx + shape[axis], idx)
+    if idx.size and (idx.min() < 0 or idx.max() >= shape[axis]):
+        raise ShapeError(f"Gather node '{node.name}': index out of range for an axis of {shape[axis]}")
+    if len(np.unique(idx)) != idx.size:
+        raise UnsupportedOperator("Gather", node.name, ctx.opset, "repeated indices into a variable")
+    return ctx.b.add(node.name or node.output[0], Gather(axis, torch.as_tensor(idx)), [x])
+
+
 def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
     op = node.op_type
     attrs = _attrs(node)
@@ -269,6 +380,19 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
     name = node.name or node.output[0]
     if op in ("Relu", "Sigmoid", "Tanh"):
         return ctx.b.add(name, {"Relu": Relu, "Sigmoid": Sigmoid, "Tanh": Tanh}[op](), [x])
+    if op == "LeakyRelu":
+        slope = float(np.float32(attrs.get("alpha", 0.01)))  # the attribute is a float32
+        if not 0.0 <= slope <= 1.0:
+            raise UnsupportedOperator(op, node.name, ctx.opset, f"slope {slope:g} outside [0, 1]")
+        return ctx.b.add(name, LeakyRelu(slope), [x])
+    if op == "Neg":
+        return ctx.b.add(name, Scale(torch.tensor(-1.0, dtype=ctx.dtype)), [x])
+    if op == "Slice":
+        return ctx.b.add(name, Slice(_check_steps(node, ctx, _slices(ctx, node, ins, ctx.shape(x)))), [x])
+    if op == "Gather":
+        return _gather(ctx, node, ins[0], ins[1])
+    if op in ("ReduceSum", "ReduceMean"):
+        return _reduce(ctx, node, x, op == "ReduceMean")
     if op in ("Add", "Sub", "Mul", "Div"):
         return _elementwise(ctx, node, ins[0], ins[1], op)
     if op == "MatMul":
@@ -454,14 +578,12 @@ def _fold_value(ctx: _Ctx, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
     if op == "ConstantOfShape":
         value = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
         return [np.full(tuple(int(d) for d in ins[0]), value.reshape(-1)[0], dtype=value.dtype)]
-    if op == "Slice" and ctx.opset >= 10:
-        starts, ends = ins[1], ins[2]
-        axes = ins[3] if len(ins) > 3 and ins[3] is not None else range(len(starts))
-        steps = ins[4] if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
-        idx = [slice(None)] * ins[0].ndim
-        for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
-            idx[int(a)] = slice(int(s), int(e), int(st))
-        return [ins[0][tuple(idx)]]
+    if op == "Slice":
+        full = [ctx.values[i] if i else None for i in node.input]
+        return [ins[0][tuple(_slices(ctx, node, full, ins[0].shape))]]
+    if op == "Split":
+        axis, sizes = _split_sizes(ctx, node, ins[0].shape)
+        return list(np.split(ins[0], np.cumsum(sizes)[:-1], axis=axis))
     raise UnsupportedOperator(op, node.name, ctx.opset, "on constant inputs")
 
 
@@ -555,7 +677,10 @@ def from_onnx_model(model: onnx.ModelProto, source: str = "<onnx>", dtype: torch
             ctx.values[node.output[0]] = np.array(ctx.shape(ins[0]), dtype=np.int64)
             continue
         try:
-            if any(isinstance(v, str) for v in ins):
+            if node.op_type == "Split" and isinstance(ins[0], str):
+                for o, v in zip(node.output, _split(ctx, node), strict=True):
+                    ctx.values[o] = v
+            elif any(isinstance(v, str) for v in ins):
                 ctx.values[node.output[0]] = _var_node(ctx, node)
             else:
                 outs = _fold(ctx, node)

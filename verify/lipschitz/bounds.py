@@ -19,7 +19,7 @@ from verify.bounds.crown import AlphaStore, intermediate_bounds
 from verify.errors import UnsupportedOperator
 from verify.graph import Graph
 from verify.lipschitz.jacobian import JacobianGraph, abs_adjoint, err_adjoint, seed_tensor, step_gamma
-from verify.ops.activation import Relu, Sigmoid, Tanh
+from verify.ops.activation import LeakyRelu, Relu, Sigmoid, Tanh
 from verify.ops.affine import Scale
 from verify.ops.base import Bounds, LinearOp
 from verify.ops.linear import Conv2d, Dense
@@ -86,7 +86,8 @@ def jacobian_bounds(jg: JacobianGraph, fb: Mapping[str, Bounds], outputs: Sequen
     return up.reshape(b, k), {"gates": gates, "gb": gb, "seeds": seeds}
 
 
-_ACT_LIP = {Relu: 1.0, Sigmoid: 0.25, Tanh: 1.0, MaxPool2d: 1.0}  # l_inf -> l_inf Lipschitz constants (exact)
+# l_inf -> l_inf Lipschitz constants (exact; LeakyRelu's slope is in [0, 1])
+_ACT_LIP = {Relu: 1.0, LeakyRelu: 1.0, Sigmoid: 0.25, Tanh: 1.0, MaxPool2d: 1.0}
 
 
 def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
@@ -123,7 +124,7 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
             continue
         if isinstance(n.op, LinearOp):
             ins = [_abs_step(n.op, i, lam) for i in range(len(n.inputs))]
-        elif isinstance(n.op, Relu | Sigmoid | Tanh):
+        elif isinstance(n.op, Relu | LeakyRelu | Sigmoid | Tanh):
             ins = [lam * _ACT_LIP[type(n.op)]]
         else:
             raise UnsupportedOperator(type(n.op).__name__, n.name, detail="naive Lipschitz bound of a non-chain graph")

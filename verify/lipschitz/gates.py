@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from verify.errors import UnsupportedOperator
-from verify.ops.activation import Activation, Relu, Sigmoid, Tanh
+from verify.ops.activation import Activation, LeakyRelu, Relu, Sigmoid, Tanh
 from verify.ops.base import Bounds, merge_leading
 from verify.ops.pooling import MaxPool2d
 from verify.rounding import F64, cast_down, cast_up, down, mul_down, mul_up, sub_enclose, unit_roundoff, up
@@ -127,6 +127,10 @@ def activation_gate(op: Activation, lo: Tensor, hi: Tensor, split: Tensor | None
             dl = torch.where(split > 0, torch.ones_like(dl), torch.where(split < 0, torch.zeros_like(dl), dl))
             du = torch.where(split < 0, torch.zeros_like(du), torch.where(split > 0, torch.ones_like(du), du))
         return dl, torch.maximum(du, dl)
+    if isinstance(op, LeakyRelu):  # derivatives s (z < 0) and 1 (z > 0), both at z = 0
+        s = torch.full_like(lo, op.slope)
+        one = torch.ones_like(lo)
+        return torch.where(lo > 0, one, s), torch.where(hi >= 0, one, s)
     if isinstance(op, Sigmoid | Tanh):
         # sigma' is even and decreasing in |z|: max at the point of [lo, hi] nearest 0, min at an end. Evaluated
         # in float64, whose sigmoid/tanh are within a few ulps: values in [0, 1], so 64 u64 absolute covers it.

@@ -51,11 +51,12 @@ from verify.lipschitz.gates import (
     gate_interval,
     maxpool_gate,
 )
-from verify.ops.activation import Activation, Relu, Sigmoid, Tanh
+from verify.ops.activation import Activation, LeakyRelu, Relu, Sigmoid, Tanh
 from verify.ops.affine import AddVars, Scale
 from verify.ops.base import Bounds, LinearOp, merge_leading
 from verify.ops.linear import Conv2d, Dense
 from verify.ops.pooling import AvgPool2d, MaxPool2d
+from verify.ops.reduce import ReduceSum
 from verify.ops.shape import Concat, Pad, Reshape, Transpose, _DataMovement
 from verify.rounding import F64, cast_down, cast_up, down, gamma, magnitude, outward, sum_up, tiny, unit_roundoff, up
 
@@ -152,6 +153,8 @@ def step_gamma(op: LinearOp, dtype: torch.dtype) -> float:
         n = op.dot_length()
     elif isinstance(op, AvgPool2d):
         n = op.kernel[0] * op.kernel[1]
+    elif isinstance(op, ReduceSum):  # the sum over the reduced axes (and the mean's division)
+        n = op.count() + 1
     elif isinstance(op, Scale | AddVars):  # one product, plus the adjoint's sum over broadcast copies
         n = max(1, op.out_numel() // max(1, min(int(torch.Size(s).numel()) for s in op.in_shapes)))
     else:
@@ -196,10 +199,10 @@ class JacobianGraph:
 
     def __init__(self, graph: Graph):
         for n in graph.nodes:
-            if not (isinstance(n.op, LinearOp) or isinstance(n.op, Relu | Sigmoid | Tanh | MaxPool2d)):
+            if not (isinstance(n.op, LinearOp) or isinstance(n.op, Relu | LeakyRelu | Sigmoid | Tanh | MaxPool2d)):
                 raise UnsupportedOperator(
                     type(n.op).__name__, n.name,
-                    detail="Lipschitz bounds support affine ops, ReLU/Sigmoid/Tanh and MaxPool")
+                    detail="Lipschitz bounds support affine ops, ReLU/LeakyReLU/Sigmoid/Tanh and MaxPool")
             if isinstance(n.op, LinearOp):
                 step_gamma(n.op, graph.dtype)  # refuses ops without a rounding rule, before any work
         self.graph = graph

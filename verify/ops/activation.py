@@ -15,6 +15,7 @@ error radius ``16 u a + 8 u + 3 gamma_n (1 + 2a)`` (slopes in [0, 1], ``|c| <= 1
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from verify.ops.base import Op
@@ -219,3 +220,54 @@ class Tanh(_SShaped):
     def stationary(self, a):
         t = (1 - a).clamp(min=0, max=1).sqrt()
         return torch.atanh(-t), torch.atanh(t)
+
+
+class LeakyRelu(Activation):
+    """``f(z) = z`` for z >= 0, ``s z`` below, with ``0 <= s <= 1`` (ONNX LeakyRelu; PRelu with one slope).
+
+    Convex and piecewise linear like ReLU: the upper line is the chord over [l, u]; the lower lines through the
+    origin with slope alpha in [s, 1] (alpha-CROWN optimises it). Rounding as ReLU's: ``s z`` is one product."""
+
+    kind = "leakyrelu"
+
+    def __init__(self, slope: float):
+        if not 0.0 <= float(slope) <= 1.0:
+            raise ValueError(f"LeakyRelu slope {slope} outside [0, 1]")
+        self.slope = float(slope)
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.slope)
+
+    def relax(self, lo, hi, alpha=None):
+        s = self.slope
+        active, inactive = lo >= 0, hi <= 0
+        unstable = ~(active | inactive)
+        denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
+        chord = (hi - s * lo) / denom
+        a_up = torch.where(unstable, chord, torch.where(active, torch.ones_like(hi), torch.full_like(hi, s)))
+        # the line a z + c is above f on [l, u] iff a l + c >= s l and a u + c >= u (convexity); c above both
+        # (a - s)(-l) and (1 - a) u, each off by at most 3 roundings
+        u = unit_roundoff(hi.dtype)
+        c_chord = torch.maximum((a_up - s) * (-lo), hi * (1 - a_up)) * (1 + 4 * u) + tiny(hi.dtype)
+        c_up = torch.where(unstable, c_chord.clamp(min=0), torch.zeros_like(hi))
+        a_lo_unstable = torch.where(hi >= -lo, torch.ones_like(hi), torch.full_like(hi, s)) if alpha is None \
+            else alpha[0]
+        a_lo = torch.where(unstable, a_lo_unstable, a_up)
+        return a_lo, torch.zeros_like(c_up), a_up, c_up
+
+    def init_alpha(self, lo, hi):
+        return torch.where(hi >= -lo, torch.ones_like(hi), torch.full_like(hi, self.slope)).unsqueeze(0)
+
+    def project_alpha(self, alpha, lo, hi):
+        return alpha.clamp(self.slope, 1.0)
+
+    def error_radius(self, mags):
+        a = mags[0].detach()
+        return (16 * unit_roundoff(a.dtype) + 3 * gamma(self.out_numel(), F64)) * a + tiny(a.dtype)
+
+    def interval_radius(self, mags):
+        a = mags[0].detach()
+        return 2 * unit_roundoff(a.dtype) * a + tiny(a.dtype)  # s l and s u: one rounding each
+
+    def __repr__(self):
+        return f"LeakyRelu({self.slope:g})"

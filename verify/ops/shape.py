@@ -134,3 +134,60 @@ class Concat(_DataMovement):
 
     def __repr__(self):
         return f"Concat(axis={self.axis})"
+
+
+class Slice(_DataMovement):
+    """``x[s_1, ..., s_r]`` with one python slice (positive step) per per-sample axis (ONNX Slice, Split)."""
+
+    kind = "slice"
+
+    def __init__(self, slices: Sequence[slice]):
+        self.slices = tuple(slice(s.start, s.stop, s.step) for s in slices)
+
+    def forward(self, x):
+        return x[(slice(None), *self.slices)]
+
+    def offset(self):
+        return None
+
+    def adjoint(self, lam):
+        out = lam.new_zeros(*lam.shape[:2], *self.in_shapes[0])
+        out[(slice(None), slice(None), *self.slices)] = lam
+        return [out]
+
+    def __repr__(self):
+        return f"Slice{tuple((s.start, s.stop, s.step) for s in self.slices)}"
+
+
+class Gather(_DataMovement):
+    """``y = x`` indexed along per-sample ``axis`` by constant, distinct ``indices`` (any shape; ONNX Gather).
+
+    Distinct indices keep the adjoint a scatter without sums, so nothing rounds."""
+
+    kind = "gather"
+
+    def __init__(self, axis: int, indices: Tensor):
+        self.axis = int(axis)
+        self.indices = indices.to(torch.long)
+
+    def tensors(self):
+        return {}  # integer positions: no dtype cast, no NaN check
+
+    def forward(self, x):
+        flat = torch.index_select(x, self.axis + 1, self.indices.reshape(-1))
+        shape = (*x.shape[: self.axis + 1], *self.indices.shape, *x.shape[self.axis + 2:])
+        return flat.reshape(shape)
+
+    def offset(self):
+        return None
+
+    def adjoint(self, lam):
+        lead = lam.shape[:2]
+        k = self.indices.dim()
+        flat = lam.reshape(*lead, *lam.shape[2: 2 + self.axis], -1, *lam.shape[2 + self.axis + k:])
+        out = lam.new_zeros(*lead, *self.in_shapes[0])
+        out.index_copy_(self.axis + 2, self.indices.reshape(-1), flat)
+        return [out]
+
+    def __repr__(self):
+        return f"Gather(axis={self.axis}, {tuple(self.indices.shape)})"

@@ -1,0 +1,254 @@
+"""Slice (both ONNX forms), Split, Gather (constant indices), Neg, ReduceSum / ReduceMean and LeakyRelu: each
+exported into a synthetic ONNX network at several opsets matches onnxruntime, and its IBP / CROWN / alpha-CROWN
+bounds and its Lipschitz bound hold at sampled and attacked points (float64 models, so the check is exact up to
+the float64 evaluation). The VNN-COMP networks that only lacked these ops load and match onnxruntime."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import verify
+from verify.errors import UnsupportedOperator
+from verify.frontends.onnx_frontend import from_onnx_model, load_onnx
+
+OPS_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vnncomp_ops"
+
+
+def _init_any(name: str, a, dtype=np.float64) -> onnx.TensorProto:
+    a = np.asarray(a)
+    return numpy_helper.from_array(a.astype(dtype) if a.dtype.kind == "f" else a.astype(np.int64), name)
+
+
+def _model(nodes, inits, in_shape, out_shape, opset, elem=TensorProto.DOUBLE):
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", elem, in_shape)],
+                          [helper.make_tensor_value_info("y", elem, out_shape)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def _axes(opset: int, since: int, name: str, axes: list[int], inits: list) -> tuple[list[str], dict]:
+    if opset >= since:
+        inits.append(_init_any(name, axes))
+        return [name], {}
+    return [], {"axes": axes}
+
+
+def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProto:
+    """x [1, 6] -> Gemm (24) -> Reshape [1, 2, 3, 4] -> OP -> Flatten -> Gemm (3): the op between two layers."""
+    rng = np.random.default_rng(seed)
+
+    def _init(name, a):
+        return _init_any(name, a, dtype)
+
+    inits = [_init("W1", rng.normal(size=(6, 24))), _init("b1", rng.normal(size=24)),
+             _init("shape", [1, 2, 3, 4])]
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"]),
+             helper.make_node("Reshape", ["h", "shape"], ["r"])]
+    if op == "Slice":
+        if opset >= 10:
+            inits += [_init("st", [0, 1, -3]), _init("en", [2, 3, 100]), _init("ax", [1, 2, 3]), _init("sp", [1, 1, 2])]
+            nodes.append(helper.make_node("Slice", ["r", "st", "en", "ax", "sp"], ["o"]))
+        else:
+            nodes.append(helper.make_node("Slice", ["r"], ["o"], starts=[1, -2], ends=[3, 1000], axes=[2, 3]))
+    elif op == "Split":
+        if opset >= 13:
+            inits.append(_init("sz", [1, 3]))
+            nodes.append(helper.make_node("Split", ["r", "sz"], ["s1", "s2"], axis=3))
+        else:
+            nodes.append(helper.make_node("Split", ["r"], ["s1", "s2"], axis=3, split=[1, 3]))
+        nodes += [helper.make_node("Relu", ["s2"], ["s2r"]),
+                  helper.make_node("Concat", ["s2r", "s1"], ["o"], axis=3)]  # both pieces used
+    elif op == "Gather":
+        inits.append(_init("idx", [[2, 0], [3, 1]]))
+        nodes.append(helper.make_node("Gather", ["r", "idx"], ["o"], axis=3))
+    elif op == "GatherScalar":
+        inits.append(_init("idx", np.array(1)))
+        nodes.append(helper.make_node("Gather", ["r", "idx"], ["o"], axis=2))
+    elif op == "Neg":
+        nodes.append(helper.make_node("Neg", ["r"], ["o"]))
+    elif op in ("ReduceSum", "ReduceMean"):
+        names, kw = _axes(opset, 13 if op == "ReduceSum" else 18, "rax", [2, -1], inits)
+        nodes.append(helper.make_node(op, ["r", *names], ["o"], keepdims=0 if seed % 2 else 1, **kw))
+    elif op == "LeakyRelu":
+        nodes.append(helper.make_node("LeakyRelu", ["r"], ["o"], alpha=0.1))
+    else:
+        raise ValueError(op)
+    nodes.append(helper.make_node("Flatten", ["o"], ["f"], axis=1))
+    width = _width(op, seed)
+    inits += [_init("W2", rng.normal(size=(width, 3))), _init("b2", rng.normal(size=3))]
+    nodes += [helper.make_node("Relu", ["f"], ["fr"]), helper.make_node("Gemm", ["fr", "W2", "b2"], ["y"])]
+    elem = TensorProto.DOUBLE if dtype == np.float64 else TensorProto.FLOAT
+    return _model(nodes, inits, [1, 6], [1, 3], opset, elem)
+
+
+def _width(op: str, seed: int) -> int:
+    return {"Slice": 2 * 2 * 2, "Split": 24, "Gather": 2 * 3 * 4, "GatherScalar": 2 * 4, "Neg": 24,
+            "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24}[op]
+
+
+OPS = ["Slice", "Split", "Gather", "GatherScalar", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu"]
+
+
+def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.stack([sess.run(None, {"x": xi})[0] for xi in x])
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 18])
+@pytest.mark.parametrize("op", OPS)
+def test_op_matches_onnxruntime(op, opset):
+    if op == "Split" and opset == 18:
+        pytest.skip("covered at 13: the sizes input")
+    model = _net(op, opset, dtype=np.float32)  # onnxruntime has no float64 LeakyRelu
+    onnx.checker.check_model(model)
+    graph = from_onnx_model(model)
+    x = np.random.default_rng(1).normal(size=(16, 1, 6)).astype(np.float32)
+    ref = _ort(model, x).reshape(16, -1)
+    ours = graph(torch.from_numpy(x)).reshape(16, -1).detach().numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("op", OPS)
+def test_op_bounds_hold_at_sampled_and_attacked_points(op, seed):
+    """Random boxes; IBP, CROWN, alpha-CROWN contain the outputs at corners, random points and PGD extremes."""
+    model = _net(op, 13, seed)
+    graph = from_onnx_model(model)
+    rng = np.random.default_rng(100 + seed)
+    c = rng.normal(size=(1, 6))
+    r = rng.uniform(0.05, 1.0, size=(1, 6))
+    lo, hi = torch.from_numpy(c - r), torch.from_numpy(c + r)
+    pts = torch.from_numpy(rng.uniform(c - r, c + r, size=(400, 6)))
+    corners = torch.from_numpy(np.array([[(c - r)[0, i] if (k >> i) & 1 else (c + r)[0, i] for i in range(6)]
+                                         for k in range(64)]))
+    xs = torch.cat([pts, corners, _pgd_extremes(graph, lo, hi)])
+    with torch.no_grad():
+        ys = graph(xs.reshape(-1, 1, 6)).reshape(xs.shape[0], -1)
+    for method in ("ibp", "crown", "alpha-crown"):
+        lower, upper = verify.bound(graph, lo, hi, method=method)
+        assert (ys >= lower).all() and (ys <= upper).all(), (op, seed, method)
+
+
+def _pgd_extremes(graph, lo, hi, steps: int = 30) -> torch.Tensor:
+    out = []
+    for j in range(3):
+        for sign in (1.0, -1.0):
+            x = ((lo + hi) / 2).clone().requires_grad_(True)
+            for _ in range(steps):
+                y = graph(x.reshape(1, 1, 6)).reshape(-1)[j] * sign
+                (g,) = torch.autograd.grad(y, x)
+                with torch.no_grad():
+                    x += 0.1 * (hi - lo) * g.sign()
+                    x.copy_(torch.minimum(torch.maximum(x, lo), hi))
+            out.append(x.detach().clone())
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("op", ["Slice", "Gather", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu"])
+def test_op_lipschitz_bound_holds_at_sampled_gradients(op):
+    from verify.lipschitz import lipschitz
+
+    graph = from_onnx_model(_net(op, 13, 3))
+    rng = np.random.default_rng(7)
+    c = rng.normal(size=6)
+    lo, hi = c - 0.3, c + 0.3
+    res = lipschitz(graph, lo, hi, method="crown", attack=False)
+    xs = torch.from_numpy(rng.uniform(lo, hi, size=(200, 6))).requires_grad_(True)
+    y = graph(xs.reshape(-1, 1, 6)).reshape(200, -1)
+    worst = 0.0
+    for j in range(y.shape[1]):
+        (g,) = torch.autograd.grad(y[:, j].sum(), xs, retain_graph=True)
+        worst = max(worst, float(g.abs().sum(1).max()))
+    assert worst <= res.upper
+    assert res.upper < float("inf")
+
+
+def test_repeated_gather_indices_and_negative_slice_steps_are_named():
+    model = _net("Gather", 13)
+    for init in model.graph.initializer:
+        if init.name == "idx":
+            init.CopyFrom(_init_any("idx", [[2, 2], [3, 1]]))
+    with pytest.raises(UnsupportedOperator, match="Gather.*repeated"):
+        from_onnx_model(model)
+    model = _net("Slice", 13)
+    for init in model.graph.initializer:
+        if init.name == "sp":
+            init.CopyFrom(_init_any("sp", [1, 1, -1]))
+    with pytest.raises(UnsupportedOperator, match="Slice.*negative steps"):
+        from_onnx_model(model)
+
+
+def test_constant_slice_attribute_form_and_split_fold():
+    """Slice (opset 9 attributes) and Split on constants fold (shape arithmetic of real networks)."""
+    rng = np.random.default_rng(0)
+    inits = [_init_any("W", rng.normal(size=(4, 6))), _init_any("c", rng.normal(size=(1, 10))),
+             _init_any("b", rng.normal(size=4))]
+    nodes = [helper.make_node("Slice", ["c"], ["cs"], starts=[2], ends=[8], axes=[1]),
+             helper.make_node("Split", ["cs"], ["c1", "c2"], axis=1, split=[4, 2]),
+             helper.make_node("Gemm", ["x", "W", "b"], ["h"], transB=1),
+             helper.make_node("Add", ["h", "c1"], ["y"])]
+    model = _model(nodes, inits, [1, 6], [1, 4], 9)
+    graph = from_onnx_model(model)
+    x = rng.normal(size=(5, 1, 6))
+    np.testing.assert_allclose(graph(torch.from_numpy(x)).numpy(), _ort(model, x), rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ real networks
+
+
+# networks that only needed the ops above (the other vnncomp_ops networks still need ConvTranspose, Upsample,
+# Sin/Cos, Pow, Sign, Softmax or products of variables)
+LOADABLE = [("linearizenn_2024", "AllInOne_10_10.onnx"), ("nn4sys_2023", "pensieve_small_simple.onnx")]
+
+
+def _ops_data(folder: str) -> Path:
+    d = OPS_DATA / folder
+    if not (d / "instances.csv").is_file():
+        pytest.skip(f"VNN-COMP op networks not found at {d} (third-party, read from ../shared/data)")
+    return d
+
+
+@pytest.mark.parametrize("folder, net", LOADABLE)
+def test_vnncomp_ops_network_loads_and_matches_onnxruntime(folder, net):
+    path = _ops_data(folder) / "onnx" / net
+    graph = load_onnx(path)
+    model = onnx.load(str(path))
+    name = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(-1, 1, size=(8, *graph.input_shape)).astype(np.float32)
+    ref = np.stack([sess.run(None, {name: xi})[0] for xi in x]).reshape(8, -1)
+    ours = graph(torch.from_numpy(x)).reshape(8, -1).detach().numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("folder, net", LOADABLE)
+def test_vnncomp_ops_instances_verify_with_no_error_and_none_wrong(folder, net, tmp_path, capsys):
+    """Every instance of the network (6 each) through ``clarke verify --instances``, timeouts scaled to 5 %."""
+    import json
+
+    from verify.cli.main import main
+
+    d = _ops_data(folder)
+    with (d / "instances.csv").open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r and r[0].endswith(net)]
+    with (d / "expected.csv").open(newline="") as f:
+        exp = [r for r in csv.DictReader(f) if r["onnx"].endswith(net)]
+    (tmp_path / "instances.csv").write_text("".join(f"{d / o},{d / v},{t}\n" for o, v, t in rows))
+    (tmp_path / "expected.csv").write_text("onnx,vnnlib,result\n" + "".join(
+        f"{d / r['onnx']},{d / r['vnnlib']},{r['result']}\n" for r in exp))
+    code = main(["verify", "--instances", str(tmp_path / "instances.csv"), "--timeout-scale", "0.05", "--json",
+                 "-q"])
+    out = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["instances"] == 6 and summary["error"] == 0 and summary["wrong"] == 0
+    assert summary["correct"] == 6, summary

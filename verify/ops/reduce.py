@@ -1,0 +1,60 @@
+"""Reductions over per-sample axes: ReduceSum (``y = sum_{i in axes} x_i``), ReduceMean (the sum times ``1/n``).
+
+Linear with non-negative coefficients, so IBP maps ``lo -> lo``, ``hi -> hi`` and the CROWN / Jacobian step
+broadcasts ``Lambda`` back over the reduced axes (times ``1/n`` for the mean). Rounding: a float sum of ``n`` terms
+is within ``gamma_{n-1} sum |x_i|`` of the exact one; the mean's division adds one rounding (``gamma_{n+1}``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from verify.ops.base import LinearOp
+from verify.rounding import gamma
+
+
+class ReduceSum(LinearOp):
+    """``y = sum_{axes} x`` (per-sample axes; ``keepdims`` as ONNX); ``mean=True`` divides by the count."""
+
+    kind = "reducesum"
+    monotone = True
+
+    def __init__(self, axes: Sequence[int], keepdims: bool = True, mean: bool = False):
+        self.axes, self.keepdims, self.mean = tuple(sorted(int(a) for a in axes)), bool(keepdims), bool(mean)
+
+    def count(self) -> int:
+        return int(torch.Size([self.in_shapes[0][a] for a in self.axes]).numel())
+
+    def forward(self, x):
+        dims = tuple(a + 1 for a in self.axes)
+        return x.mean(dim=dims, keepdim=self.keepdims) if self.mean else x.sum(dim=dims, keepdim=self.keepdims)
+
+    def offset(self):
+        return None
+
+    def adjoint(self, lam):
+        g = lam
+        if not self.keepdims:
+            for a in self.axes:
+                g = g.unsqueeze(a + 2)
+        g = g.expand(*lam.shape[:2], *self.in_shapes[0])
+        return [g / self.count() if self.mean else g]
+
+    def _gamma(self, dtype: torch.dtype) -> float:
+        return gamma(self.count() + (1 if self.mean else 0), dtype)
+
+    def error_radius(self, mags):
+        # the float evaluation, the interval rule (the op on l and u) and the adjoint's division (mean)
+        with torch.no_grad():
+            s = self.forward(mags[0]).abs()
+            return 2 * self._gamma(s.dtype) * s
+
+    def abs_forward(self, ts):
+        with torch.no_grad():
+            y = self.forward(ts[0])
+            return (1 + 2 * self._gamma(y.dtype)) * y
+
+    def __repr__(self):
+        return f"{'ReduceMean' if self.mean else 'ReduceSum'}(axes={self.axes}, keepdims={self.keepdims})"
