@@ -87,18 +87,19 @@ def _concretize_functions(graph: Graph, funcs: Functions, lo: Tensor, hi: Tensor
 
 
 def bound_boxes(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, funcs: Functions | None = None,
-                collect: bool = False) -> tuple[Tensor, Tensor, Functions | None, dict]:
+                collect: bool = False, stop=None) -> tuple[Tensor, Tensor, Functions | None, dict]:
     """Row lower bounds ``[N, R]`` and ``Lambda_x [N, R, n]`` for flat boxes ``[N, n]``.
 
     Without ``funcs``: fresh CROWN intermediate bounds; with ``collect``, their linear bounds are also
     returned for the children to re-use. With ``funcs``: ancestor bounds re-concretised + forward pass.
-    Also returns the intermediate bounds used."""
+    Also returns the intermediate bounds used. ``stop()`` true: intermediate CROWN refinement ends (interval
+    bounds stay; sound), so one batch cannot run far past the deadline on a large network."""
     shape = graph.input_shape
     x_lo, x_hi = lo.reshape(-1, *shape), hi.reshape(-1, *shape)
     new_funcs = None
     if funcs is None:
         raw: dict | None = {} if collect else None
-        bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", functions=raw)
+        bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", functions=raw, stop=stop)
         if raw is not None:
             new_funcs = _dense_functions(graph, raw, lo.shape[0])
     else:
@@ -144,8 +145,9 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
         t0 = time.perf_counter()
         fresh = funcs is None or age % refresh == 0
         # Linear bounds for the children are collected only when some child will re-use them.
-        lb, lam_x, new_funcs, bounds = bound_boxes(graph, spec, L, H, None if fresh else funcs,
-                                                   collect=fresh and refresh > 1)
+        collect = fresh and refresh > 1  # (partial linear bounds must not reach the children: no stop then)
+        lb, lam_x, new_funcs, bounds = bound_boxes(graph, spec, L, H, None if fresh else funcs, collect=collect,
+                                                   stop=None if collect else deadline.passed)
         if fresh:
             funcs = new_funcs
             # Fresh CROWN costs more than the inherited path; track the dearer one.

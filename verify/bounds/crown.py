@@ -17,7 +17,7 @@ holds for the exact real-arithmetic network and for any floating-point evaluatio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -240,12 +240,15 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
                         alpha_store: AlphaStore | None = None,
                         reference: Mapping[str, Bounds] | None = None,
                         splits: Mapping[str, Tensor] | None = None,
-                        functions: dict | None = None) -> dict[str, Bounds]:
+                        functions: dict | None = None,
+                        stop: Callable[[], bool] | None = None) -> dict[str, Bounds]:
     """Bounds of every node: interval rules forward, refined by CROWN at the inputs of relaxed ops.
 
     ``reference`` (earlier sound bounds) is intersected in; ``alpha_store`` supplies optimisable
     slopes for the intermediate passes (alpha-CROWN with intermediate optimisation); ``splits``
     (``[B, *shape]`` in {-1, 0, 1} per ReLU input node) restricts each box to a ReLU sub-domain.
+    ``stop()`` true (a deadline passed): the remaining nodes keep their interval bounds (sound, looser), so
+    a large network cannot hold a caller past its time limit inside one pass.
     """
     bounds: dict[str, Bounds] = {graph.input_name: (x_lo, x_hi)}
     refine = set(graph.bounded_nodes()) if method == "crown" else set()
@@ -266,6 +269,8 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
                 if alpha_store is not None:
                     alpha_store.set_rows(n.name, rows)
             for start in range(0, rows.numel(), MAX_ROWS):
+                if stop is not None and stop():
+                    break
                 chunk = rows[start:start + MAX_ROWS]
                 alphas = alpha_store.for_start(n.name, chunk, start, bounds) if alpha_store else None
                 new_lo, new_hi = bound_rows(graph, n.name, chunk, bounds, alphas, functions, cache)

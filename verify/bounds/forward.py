@@ -21,7 +21,7 @@ from verify.graph import Graph
 from verify.ops.activation import Activation
 from verify.ops.affine import AddVars, Scale
 from verify.ops.base import Bounds, LinearOp
-from verify.ops.linear import Conv2d, Dense
+from verify.ops.linear import Conv2d, ConvTranspose2d, Dense
 from verify.ops.pooling import MaxPool2d
 from verify.rounding import down, gamma, up
 
@@ -51,11 +51,11 @@ def _signed_linear(op: LinearOp, lo_fn: Linear, up_fn: Linear) -> tuple[Linear, 
 
         def lin(t, w):
             return t @ w.T
-    elif isinstance(op, Conv2d):
+    elif isinstance(op, Conv2d | ConvTranspose2d):
         wp, wn = op.weight.clamp(min=0), op.weight.clamp(max=0)
 
         def lin(t, w):
-            return op._conv(t, w, None)
+            return op._map(t, w, None)
     else:  # Scale
         w = op.weight if op.weight is not None else torch.ones(())
         wp, wn = w.clamp(min=0), w.clamp(max=0)
@@ -103,7 +103,7 @@ def forward_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor,
         op = node.op
         in_b = [bounds[i] for i in node.inputs]
         ilo, ihi = sound_interval(op, in_b)
-        if isinstance(op, Dense | Conv2d | Scale):
+        if isinstance(op, Dense | Conv2d | ConvTranspose2d | Scale):
             lo_fn, up_fn = _signed_linear(op, *fns[node.inputs[0]])
         elif isinstance(op, AddVars):
             los = [fns[i][0] if s > 0 else fns[i][1] for i, s in zip(node.inputs, op.signs, strict=True)]

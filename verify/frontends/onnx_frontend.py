@@ -30,6 +30,7 @@ from verify.ops import (
     AvgPool2d,
     Concat,
     Conv2d,
+    ConvTranspose2d,
     Dense,
     Gather,
     LeakyRelu,
@@ -218,6 +219,25 @@ def _conv(ctx, node, attrs) -> Value:
     return ctx.b.add(node.name or node.output[0], op, [x])
 
 
+def _conv_transpose(ctx, node, attrs) -> Value:
+    x = ctx.values[node.input[0]]
+    w = _const_input(ctx, node, 1, "ConvTranspose weight")
+    bias = _const_input(ctx, node, 2, "ConvTranspose bias")
+    if w.ndim != 4:
+        raise UnsupportedOperator("ConvTranspose", node.name, ctx.opset, f"{w.ndim - 2}-D convolution")
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in attrs:
+        raise UnsupportedOperator("ConvTranspose", node.name, ctx.opset, "auto_pad / output_shape")
+    pads = _sym_pads(node, ctx, attrs.get("pads"))
+    if pads is None:
+        raise UnsupportedOperator("ConvTranspose", node.name, ctx.opset, "asymmetric pads")
+    weight, weight_err = ctx.param(w, ctx.err(w))
+    b, b_err = (None, None) if bias is None else ctx.param(bias, ctx.err(bias))
+    op = ConvTranspose2d(weight, b, _pair(attrs.get("strides")), pads, _pair(attrs.get("output_padding"), (0, 0)),
+                         _pair(attrs.get("dilations")), int(attrs.get("group", 1)), weight_err=weight_err,
+                         bias_err=b_err)
+    return ctx.b.add(node.name or node.output[0], op, [x])
+
+
 def _pool(ctx, node, attrs, kind: str) -> Value:
     x = ctx.values[node.input[0]]
     if len(ctx.shape(x)) < 3 or len(attrs["kernel_shape"]) != 2:
@@ -401,6 +421,8 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         return _gemm(ctx, node, attrs)
     if op == "Conv":
         return _conv(ctx, node, attrs)
+    if op == "ConvTranspose":
+        return _conv_transpose(ctx, node, attrs)
     if op == "MaxPool":
         if len(node.output) > 1 and node.output[1]:
             raise UnsupportedOperator(op, node.name, ctx.opset, "Indices output")

@@ -54,7 +54,7 @@ from verify.lipschitz.gates import (
 from verify.ops.activation import Activation, LeakyRelu, Relu, Sigmoid, Tanh
 from verify.ops.affine import AddVars, Scale
 from verify.ops.base import Bounds, LinearOp, merge_leading
-from verify.ops.linear import Conv2d, Dense
+from verify.ops.linear import Conv2d, ConvTranspose2d, Dense
 from verify.ops.pooling import AvgPool2d, MaxPool2d
 from verify.ops.reduce import ReduceSum
 from verify.ops.shape import Concat, Pad, Reshape, Transpose, _DataMovement
@@ -86,8 +86,8 @@ def forward_linear(op: LinearOp, k: int, lam: Tensor) -> Tensor:
     out_shape = op.out_shape
     if isinstance(op, Dense):
         return F.linear(lam, op.weight)
-    if isinstance(op, Conv2d):
-        return op._conv(lam, op.weight, None)
+    if isinstance(op, Conv2d | ConvTranspose2d):
+        return op._map(lam, op.weight, None)
     if isinstance(op, Scale):
         y = lam if op.weight is None else lam * op.weight
         return y.expand(m, s, *out_shape)
@@ -112,7 +112,7 @@ def abs_adjoint(op: LinearOp, rad: Tensor) -> list[Tensor | None]:
     """``|L_k|^T rad`` for every input ``k`` (the radius step of interval arithmetic on ``G``)."""
     if isinstance(op, Dense):
         return [rad @ op.weight.abs()]
-    if isinstance(op, Conv2d):
+    if isinstance(op, Conv2d | ConvTranspose2d):
         absop = copy.copy(op)
         absop.weight = op.weight.abs()
         return absop.adjoint(rad)
@@ -135,7 +135,7 @@ def err_adjoint(op: LinearOp, k: int, t: Tensor) -> Tensor | None:
         return None
     if isinstance(op, Dense):
         return t @ werr
-    if isinstance(op, Conv2d):
+    if isinstance(op, Conv2d | ConvTranspose2d):
         errop = copy.copy(op)
         errop.weight = werr
         return errop.adjoint(t)[k]
@@ -149,7 +149,7 @@ def step_gamma(op: LinearOp, dtype: torch.dtype) -> float:
     the longest dot product of either; 0 for pure data movement)."""
     if isinstance(op, _DataMovement):
         return 0.0
-    if isinstance(op, Dense | Conv2d):
+    if isinstance(op, Dense | Conv2d | ConvTranspose2d):
         n = op.dot_length()
     elif isinstance(op, AvgPool2d):
         n = op.kernel[0] * op.kernel[1]

@@ -132,3 +132,42 @@ class Conv2d(_WeightedLayer):
     def __repr__(self):
         o, i, kh, kw = self.weight.shape
         return f"Conv2d({i * self.groups}->{o}, k={kh}x{kw}, s={self.stride}, p={self.padding})"
+
+
+class ConvTranspose2d(_WeightedLayer):
+    """2-D transposed convolution (ONNX ConvTranspose): ``y = conv_transpose(x, W) + b``, weight ``[C_in, C_out /
+    groups, kh, kw]``. Its adjoint is the convolution with the same weight; the rounding rule is the dense one with
+    ``n`` bounding the dot products of both."""
+
+    kind = "convtranspose"
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                 dilation=(1, 1), groups: int = 1, weight_err: Tensor | None = None, bias_err: Tensor | None = None):
+        self.weight, self.bias = weight, bias
+        self.weight_err, self.bias_err = weight_err, bias_err
+        self.stride, self.padding = tuple(stride), tuple(padding)
+        self.output_padding, self.dilation, self.groups = tuple(output_padding), tuple(dilation), int(groups)
+
+    def _map(self, x, weight, bias=None):
+        flat, lead = merge_leading(x, 3)
+        y = F.conv_transpose2d(flat, weight, bias, self.stride, self.padding, self.output_padding, self.groups,
+                               self.dilation)
+        return y.reshape(*lead, *y.shape[1:])
+
+    def dot_length(self) -> int:
+        i, o, kh, kw = self.weight.shape
+        return max(i, o * self.groups) * kh * kw
+
+    def offset(self):
+        if self.bias is None:
+            return None
+        return self.bias.reshape(-1, 1, 1).expand(self.out_shape[-3:]).expand(self.out_shape)
+
+    def adjoint(self, lam):
+        flat, lead = merge_leading(lam, 3)
+        g = F.conv2d(flat, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        return [g.reshape(*lam.shape[:2], *self.in_shapes[0])]
+
+    def __repr__(self):
+        i, o, kh, kw = self.weight.shape
+        return f"ConvTranspose2d({i}->{o * self.groups}, k={kh}x{kw}, s={self.stride}, p={self.padding})"
