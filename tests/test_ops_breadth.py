@@ -1,5 +1,5 @@
 """Slice (both ONNX forms), Split, Gather (constant indices), Neg, ReduceSum / ReduceMean, LeakyRelu and
-ConvTranspose: each
+ConvTranspose, Upsample / Resize (nearest): each
 exported into a synthetic ONNX network at several opsets matches onnxruntime, and its IBP / CROWN / alpha-CROWN
 bounds and its Lipschitz bound hold at sampled and attacked points (float64 models, so the check is exact up to
 the float64 evaluation). The VNN-COMP networks that only lacked these ops load and match onnxruntime."""
@@ -81,6 +81,15 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
         nodes.append(helper.make_node(op, ["r", *names], ["o"], keepdims=0 if seed % 2 else 1, **kw))
     elif op == "LeakyRelu":
         nodes.append(helper.make_node("LeakyRelu", ["r"], ["o"], alpha=0.1))
+    elif op == "Resize":  # Upsample before opset 10, Resize (nearest, integer scales) after
+        inits.append(_init("sc", [1.0, 1.0, 2.0, 3.0]))
+        if opset < 10:
+            nodes.append(helper.make_node("Upsample", ["r", "sc"], ["o"], mode="nearest"))
+        else:
+            if opset == 11:  # roi is a required input at opset 11
+                inits.append(_init("roi", np.zeros(0)))
+            names = {10: ["r", "sc"], 11: ["r", "roi", "sc"]}.get(opset, ["r", "", "sc"])
+            nodes.append(helper.make_node("Resize", names, ["o"], mode="nearest"))
     elif op == "ConvTranspose":
         inits += [_init("Wt", rng.normal(size=(2, 3, 2, 2))), _init("bt", rng.normal(size=3))]
         nodes.append(helper.make_node("ConvTranspose", ["r", "Wt", "bt"], ["o"], strides=[2, 2]))
@@ -100,12 +109,12 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
 
 def _width(op: str, seed: int) -> int:
     return {"Slice": 2 * 2 * 2, "Split": 24, "Gather": 2 * 3 * 4, "GatherScalar": 2 * 4, "Neg": 24,
-            "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24, "ConvTranspose": 3 * 6 * 8,
+            "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24, "ConvTranspose": 3 * 6 * 8, "Resize": 2 * 6 * 12,
             "ConvTransposeGrouped": 2 * 6 * 8}[op]
 
 
 OPS = ["Slice", "Split", "Gather", "GatherScalar", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
-       "ConvTransposeGrouped"]
+       "ConvTransposeGrouped", "Resize"]
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -164,7 +173,7 @@ def _pgd_extremes(graph, lo, hi, steps: int = 30) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("op", ["Slice", "Gather", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
-                                "ConvTransposeGrouped"])
+                                "ConvTransposeGrouped", "Resize"])
 def test_op_lipschitz_bound_holds_at_sampled_gradients(op):
     from verify.lipschitz import lipschitz
 
@@ -216,10 +225,10 @@ def test_constant_slice_attribute_form_and_split_fold():
 # ------------------------------------------------------------------------------------------ real networks
 
 
-# networks that only needed the ops above (the other vnncomp_ops networks still need ConvTranspose, Upsample,
-# Sin/Cos, Pow, Sign, Softmax or products of variables)
+# networks that only needed the ops above (the other vnncomp_ops networks still need Sin/Cos, Pow, Sign, Softmax,
+# products of variables or a broadcasting Mul)
 LOADABLE = [("linearizenn_2024", "AllInOne_10_10.onnx"), ("nn4sys_2023", "pensieve_small_simple.onnx"),
-            ("cgan_2023", "cGAN_imgSz32_nCh_1.onnx")]
+            ("cgan_2023", "cGAN_imgSz32_nCh_1.onnx"), ("cgan_2023", "cGAN_imgSz32_nCh_3_upsample.onnx")]
 
 
 def _ops_data(folder: str) -> Path:

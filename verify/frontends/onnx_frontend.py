@@ -44,6 +44,7 @@ from verify.ops import (
     Slice,
     Tanh,
     Transpose,
+    UpsampleNearest,
 )
 
 Value = np.ndarray | str  # a folded constant, or the name of an IR node
@@ -392,6 +393,42 @@ def _gather(ctx: _Ctx, node: onnx.NodeProto, x: Value, indices: Value) -> Value:
     return ctx.b.add(node.name or node.output[0], Gather(axis, torch.as_tensor(idx)), [x])
 
 
+_NEAREST_COORDS = (b"half_pixel", b"asymmetric", b"pytorch_half_pixel")
+_NEAREST_ROUNDING = (b"round_prefer_floor", b"floor")
+
+
+def _upsample(ctx: _Ctx, node: onnx.NodeProto, x: str, ins: list) -> Value:
+    """ONNX Upsample (opsets 7-9) and Resize (10+) in 'nearest' mode with integer scales: every output index maps to
+    ``i // s`` under the coordinate modes accepted here (for integer ``s`` half_pixel and asymmetric agree)."""
+    op, attrs = node.op_type, _attrs(node)
+    mode = attrs.get("mode", b"nearest")
+    mode = mode.encode() if isinstance(mode, str) else mode
+    if mode != b"nearest":
+        raise UnsupportedOperator(op, node.name, ctx.opset, f"mode {mode.decode()} (only nearest)")
+    shape = ctx.shape(x)
+    if op == "Upsample":
+        scales = attrs.get("scales") if ctx.opset < 9 else _const_input(ctx, node, 1, "Upsample scales")
+    else:
+        for key, allowed in (("coordinate_transformation_mode", _NEAREST_COORDS), ("nearest_mode", _NEAREST_ROUNDING)):
+            v = attrs.get(key)
+            v = v.encode() if isinstance(v, str) else v
+            if v is not None and v not in allowed:
+                raise UnsupportedOperator(op, node.name, ctx.opset, f"{key} {v.decode()}")
+        if ctx.opset >= 18 and (attrs.get("axes") is not None or attrs.get("antialias", 0)):
+            raise UnsupportedOperator(op, node.name, ctx.opset, "axes / antialias")
+        idx = 1 if ctx.opset == 10 else 2
+        scales = ins[idx] if len(ins) > idx and ins[idx] is not None and np.asarray(ins[idx]).size else None
+        sizes = ins[3] if ctx.opset >= 11 and len(ins) > 3 and ins[3] is not None else None
+        if isinstance(scales, str) or isinstance(sizes, str):
+            raise UnsupportedOperator(op, node.name, ctx.opset, "scales / sizes that depend on the input")
+        if scales is None and sizes is not None:
+            scales = np.asarray(sizes, dtype=np.float64) / np.asarray(shape, dtype=np.float64)
+    scales = np.asarray(scales, dtype=np.float64).reshape(-1)
+    if scales.size != len(shape) or np.any(scales < 1) or np.any(scales != np.round(scales)):
+        raise UnsupportedOperator(op, node.name, ctx.opset, f"scales {scales.tolist()} (only integers >= 1)")
+    return ctx.b.add(node.name or node.output[0], UpsampleNearest([int(v) for v in scales]), [x])
+
+
 def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
     op = node.op_type
     attrs = _attrs(node)
@@ -423,6 +460,8 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         return _conv(ctx, node, attrs)
     if op == "ConvTranspose":
         return _conv_transpose(ctx, node, attrs)
+    if op in ("Upsample", "Resize"):
+        return _upsample(ctx, node, x, ins)
     if op == "MaxPool":
         if len(node.output) > 1 and node.output[1]:
             raise UnsupportedOperator(op, node.name, ctx.opset, "Indices output")

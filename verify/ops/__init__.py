@@ -6,10 +6,10 @@ from verify.ops.base import LinearOp, Op
 from verify.ops.linear import Conv2d, ConvTranspose2d, Dense
 from verify.ops.pooling import AvgPool2d, MaxPool2d
 from verify.ops.reduce import ReduceSum
-from verify.ops.shape import Concat, Gather, Pad, Reshape, Slice, Transpose
+from verify.ops.shape import Concat, Gather, Pad, Reshape, Slice, Transpose, UpsampleNearest
 
 __all__ = [
     "Activation", "AddVars", "AvgPool2d", "Concat", "Conv2d", "ConvTranspose2d", "Dense", "Gather", "LeakyRelu",
     "LinearOp", "MaxPool2d", "Op", "Pad", "ReduceSum", "Relu", "Reshape", "Scale", "Sigmoid", "Slice", "Tanh",
-    "Transpose",
+    "Transpose", "UpsampleNearest",
 ]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from verify.ops.base import LinearOp
+from verify.rounding import gamma
 
 
 class _DataMovement(LinearOp):
@@ -191,3 +192,47 @@ class Gather(_DataMovement):
 
     def __repr__(self):
         return f"Gather(axis={self.axis}, {tuple(self.indices.shape)})"
+
+
+class UpsampleNearest(LinearOp):
+    """Nearest-neighbour upsampling by integer factors (ONNX Upsample, Resize 'nearest'): ``y[i] = x[i // s]`` per
+    axis. Monotone, exact forward and intervals; the adjoint sums the ``m = prod(s)`` copies of each input, within
+    ``gamma_m`` of the exact sum, so the allowance is ``gamma_m`` times the upsampled magnitudes."""
+
+    kind = "upsample"
+    monotone = True
+    interval_exact = True
+
+    def __init__(self, factors: Sequence[int]):
+        self.factors = tuple(int(f) for f in factors)
+
+    def copies(self) -> int:
+        return int(torch.Size(self.factors).numel())
+
+    def forward(self, x):
+        for axis, f in enumerate(self.factors):
+            if f > 1:
+                x = x.repeat_interleave(f, dim=axis + 1)
+        return x
+
+    def offset(self):
+        return None
+
+    def adjoint(self, lam):
+        g = lam
+        lead = 2
+        for axis, f in enumerate(self.factors):
+            if f > 1:
+                d = axis + lead
+                shape = (*g.shape[:d], g.shape[d] // f, f, *g.shape[d + 1:])
+                g = g.reshape(shape).sum(dim=d + 1)
+        return [g]
+
+    def error_radius(self, mags):
+        if self.copies() == 1:
+            return None
+        with torch.no_grad():
+            return gamma(self.copies(), mags[0].dtype) * self.forward(mags[0].detach())
+
+    def __repr__(self):
+        return f"UpsampleNearest{self.factors}"
