@@ -29,6 +29,7 @@ from verify.ops.base import Bounds
 from verify.rounding import F64, cast_down, cast_up, dot_error, down, gamma, magnitude, unit_roundoff
 
 MAX_ROWS = 2048  # spec rows per backward pass when bounding an intermediate node (memory cap)
+STOPPABLE_ROWS = 256  # the same with a stop() condition: checked often enough on networks with slow passes
 
 
 class RoundingCache:
@@ -268,10 +269,11 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
                 rows = refine_rows(lo, hi, relu_only.get(n.name, False))
                 if alpha_store is not None:
                     alpha_store.set_rows(n.name, rows)
-            for start in range(0, rows.numel(), MAX_ROWS):
+            step = MAX_ROWS if stop is None else STOPPABLE_ROWS
+            for start in range(0, rows.numel(), step):
                 if stop is not None and stop():
                     break
-                chunk = rows[start:start + MAX_ROWS]
+                chunk = rows[start:start + step]
                 alphas = alpha_store.for_start(n.name, chunk, start, bounds) if alpha_store else None
                 new_lo, new_hi = bound_rows(graph, n.name, chunk, bounds, alphas, functions, cache)
                 lo, hi = intersect_rows(lo, hi, chunk, new_lo, new_hi)

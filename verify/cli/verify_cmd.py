@@ -44,10 +44,11 @@ instances finish (a killed run keeps them; --resume skips them), then sorted in 
 whose status is error carries its reason, also printed on stderr and listed in the summary.
 
 With --cluster (Ray; pip install -e ".[cluster]"), each instance is one task with --cpus-per-instance CPUs,
-longest timeout first; the network and property travel through Ray's object store (nodes need Clarke, not the
-files). A worker or node that dies mid-instance is retried on another (--retries), then reported as error;
-an instance still running at twice its timeout + 60 s is killed and reported as timeout. The answers are those of
-a local run: --cluster only changes where an instance runs.
+longest timeout first and, among equal timeouts, the hardest by a quick CROWN probe (--order); the network
+and property travel through Ray's object store (nodes need Clarke, not the files). A worker or node that dies
+mid-instance is retried on another (--retries), then reported as error; an instance still running at twice its
+timeout + 60 s is killed and reported as timeout. The answers are those of a local run: --cluster only changes
+where an instance runs.
 
 Exit status: 0 when a status is printed (sat, unsat, timeout, unknown; with --instances, when the batch
 ran, even if some rows are errors); 2 with one line on stderr for an error (bad file or option; a single
