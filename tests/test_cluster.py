@@ -113,6 +113,23 @@ def test_cluster_verdicts_equal_a_local_run_on_a_dozen_instances(cluster, capsys
     assert summary["instances"] == summary["correct"] == 12 and summary["wrong"] == summary["error"] == 0
 
 
+def test_missing_file_row_is_the_local_runs(cluster, capsys, tmp_path):
+    """A row whose network is missing is an error row with the local run's reason; the others still run."""
+    pairs = _test_set_pairs()[:2]
+    csv_path = _instances(tmp_path, pairs)
+    with csv_path.open("a") as f:
+        f.write(f"{tmp_path / 'gone.onnx'},{pairs[0][1]},10\n")
+    reports = {}
+    for name, extra in (("local", []), ("ray", ["--cluster", "ray"])):
+        code, _, err = run_main(capsys, "verify", "--instances", csv_path, "--report", tmp_path / f"{name}.csv",
+                                "-q", *extra)
+        assert code == 0, err
+        reports[name] = _report(tmp_path / f"{name}.csv")
+    assert _verdicts(reports["ray"]) == _verdicts(reports["local"])
+    assert reports["ray"][-1]["status"] == "error" and "gone.onnx" in reports["ray"][-1]["reason"]
+    assert reports["ray"][-1]["reason"] == reports["local"][-1]["reason"]
+
+
 def _ray_task_pids(name_part: str) -> list[int]:
     """Ray worker processes now running a task whose name contains ``name_part`` (their title is
     ``ray::NAME``)."""

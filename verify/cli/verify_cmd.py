@@ -174,6 +174,10 @@ def _run_on_cluster(ray, args: argparse.Namespace, jobs: dict[int, tuple], names
 
     cpus = args.cpus_per_instance or 1
     retries = DEFAULT_RETRIES if args.retries is None else args.retries
+    missing = [i for i, j in jobs.items() if not all(Path(p).is_file() for p in j[:2])]
+    for i in missing:  # the row a local run writes (no such file), without a trip to the cluster
+        finished(i, _one(jobs[i]))
+    jobs = {i: j for i, j in jobs.items() if i not in missing}
     files = ship(ray, [p for j in jobs.values() for p in j[:2]])
     scores = _probe(jobs) if (args.order or "probe") == "probe" else {}
     tasks = [Job(i, verify_task, (o, files[o], v, files[v], t, seed, cpus), expected_seconds=t,
