@@ -1,5 +1,5 @@
 """Slice (both ONNX forms), Split, Gather (constant indices), Neg, ReduceSum / ReduceMean, LeakyRelu and
-ConvTranspose, Upsample / Resize (nearest): each
+ConvTranspose, Upsample / Resize (nearest), Sign and Softmax: each
 exported into a synthetic ONNX network at several opsets matches onnxruntime, and its IBP / CROWN / alpha-CROWN
 bounds and its Lipschitz bound hold at sampled and attacked points (float64 models, so the check is exact up to
 the float64 evaluation). The VNN-COMP networks that only lacked these ops load and match onnxruntime."""
@@ -81,6 +81,10 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
         nodes.append(helper.make_node(op, ["r", *names], ["o"], keepdims=0 if seed % 2 else 1, **kw))
     elif op == "LeakyRelu":
         nodes.append(helper.make_node("LeakyRelu", ["r"], ["o"], alpha=0.1))
+    elif op == "Sign":
+        nodes.append(helper.make_node("Sign", ["r"], ["o"]))
+    elif op == "Softmax":  # the last axis (before opset 13 the flattened axes from `axis` on: the same here)
+        nodes.append(helper.make_node("Softmax", ["r"], ["o"], axis=-1 if opset >= 13 else 3))
     elif op == "Resize":  # Upsample before opset 10, Resize (nearest, integer scales) after
         inits.append(_init("sc", [1.0, 1.0, 2.0, 3.0]))
         if opset < 10:
@@ -110,11 +114,12 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
 def _width(op: str, seed: int) -> int:
     return {"Slice": 2 * 2 * 2, "Split": 24, "Gather": 2 * 3 * 4, "GatherScalar": 2 * 4, "Neg": 24,
             "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24, "ConvTranspose": 3 * 6 * 8, "Resize": 2 * 6 * 12,
+            "Sign": 24, "Softmax": 24,
             "ConvTransposeGrouped": 2 * 6 * 8}[op]
 
 
 OPS = ["Slice", "Split", "Gather", "GatherScalar", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
-       "ConvTransposeGrouped", "Resize"]
+       "ConvTransposeGrouped", "Resize", "Sign", "Softmax"]
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -192,6 +197,31 @@ def test_op_lipschitz_bound_holds_at_sampled_gradients(op):
     assert res.upper < float("inf")
 
 
+@pytest.mark.parametrize("op", ["Sign", "Softmax"])
+def test_lipschitz_refuses_ops_without_a_jacobian_rule(op):
+    from verify.lipschitz import lipschitz
+
+    graph = from_onnx_model(_net(op, 13))
+    with pytest.raises(UnsupportedOperator, match=op):
+        lipschitz(graph, np.zeros(6) - 0.1, np.zeros(6) + 0.1, method="crown", attack=False)
+
+
+def test_softmax_interval_is_tight_on_a_point_and_sound_on_wide_boxes():
+    from verify.ops import Softmax
+
+    op = Softmax(1)
+    op.bind([(2, 5)])
+    x = torch.randn(3, 2, 5, dtype=torch.float64) * 30  # exp overflows without care
+    lo, hi = op.interval((x, x))
+    y = op.forward(x)
+    assert (lo <= y).all() and (y <= hi).all() and float((hi - lo).max()) < 1e-12
+    wide_lo, wide_hi = x - 50, x + 50
+    lo, hi = op.interval((wide_lo, wide_hi))
+    pts = wide_lo + (wide_hi - wide_lo) * torch.rand(200, *x.shape, dtype=torch.float64)
+    ys = torch.softmax(pts, dim=-1)
+    assert (ys >= lo).all() and (ys <= hi).all()
+
+
 def test_repeated_gather_indices_and_negative_slice_steps_are_named():
     model = _net("Gather", 13)
     for init in model.graph.initializer:
@@ -225,10 +255,11 @@ def test_constant_slice_attribute_form_and_split_fold():
 # ------------------------------------------------------------------------------------------ real networks
 
 
-# networks that only needed the ops above (the other vnncomp_ops networks still need Sin/Cos, Pow, Sign, Softmax,
-# products of variables or a broadcasting Mul)
+# networks that only needed the ops above (the other vnncomp_ops networks still need Sin/Cos, Pow, products of
+# variables, a broadcasting Mul, or vit's pieces)
 LOADABLE = [("linearizenn_2024", "AllInOne_10_10.onnx"), ("nn4sys_2023", "pensieve_small_simple.onnx"),
-            ("cgan_2023", "cGAN_imgSz32_nCh_1.onnx"), ("cgan_2023", "cGAN_imgSz32_nCh_3_upsample.onnx")]
+            ("cgan_2023", "cGAN_imgSz32_nCh_1.onnx"), ("cgan_2023", "cGAN_imgSz32_nCh_3_upsample.onnx"),
+            ("traffic_signs_2023", "3_30_30_QConv_16_3_QConv_32_2_Dense_43_ep_30.onnx")]
 
 
 def _ops_data(folder: str) -> Path:

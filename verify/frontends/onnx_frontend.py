@@ -41,7 +41,9 @@ from verify.ops import (
     Reshape,
     Scale,
     Sigmoid,
+    Sign,
     Slice,
+    Softmax,
     Tanh,
     Transpose,
     UpsampleNearest,
@@ -444,6 +446,16 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         return ctx.b.add(name, LeakyRelu(slope), [x])
     if op == "Neg":
         return ctx.b.add(name, Scale(torch.tensor(-1.0, dtype=ctx.dtype)), [x])
+    if op == "Sign":
+        return ctx.b.add(name, Sign(), [x])
+    if op == "Softmax":
+        shape = ctx.shape(x)
+        axis = int(attrs.get("axis", -1 if ctx.opset >= 13 else 1)) % len(shape)
+        if ctx.opset < 13:  # softmax over the flattened axes from `axis` on: the last axis when the others are 1
+            if int(np.prod(shape[axis:])) != shape[-1]:
+                raise UnsupportedOperator(op, node.name, ctx.opset, "a flattened softmax over several axes")
+            axis = len(shape) - 1
+        return ctx.b.add(name, Softmax(axis), [x])
     if op == "Slice":
         return ctx.b.add(name, Slice(_check_steps(node, ctx, _slices(ctx, node, ins, ctx.shape(x)))), [x])
     if op == "Gather":

@@ -113,8 +113,10 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
                     first = False
                 else:
                     factor = up(factor * _inf_norm(n.op))
-            else:
+            elif type(n.op) in _ACT_LIP:
                 factor = up(factor * _ACT_LIP[type(n.op)])
+            else:
+                raise UnsupportedOperator(type(n.op).__name__, n.name, detail="Lipschitz bounds: no Jacobian rule")
         return up(factor * sum_up(lam.reshape(k, -1).abs()))
     # general DAG: |adjoint| with every activation gate at its global Lipschitz constant
     acc: dict[str, Tensor] = {g64.output: seeds.abs().unsqueeze(0)}

@@ -1,0 +1,97 @@
+"""Ops bounded by their output interval alone: Sign (a step function) and Softmax.
+
+CROWN relaxes them by constant lines, ``lo_y <= y <= hi_y`` (slope 0), with ``[lo_y, hi_y]`` the op's interval rule on
+its input bounds: sound for any input in the box, though loose; the backward step passes no coefficient to the
+input (``Lambda_x = 0``) and adds ``<Lambda+, lo_y> + <Lambda-, hi_y>``, float64 dots of values in [-1, 1].
+
+Sign: ``[sign(l), sign(u)]`` (exact; ONNX Sign(0) = 0). Softmax along an axis: with
+``y_i = 1 / (1 + sum_{j != i} exp(x_j - x_i))``, ``y_i >= 1 / (1 + sum_{j != i} exp(u_j - l_i))`` and
+``y_i <= 1 / (1 + sum_{j != i} exp(l_j - u_i))``, computed pairwise in float64 with a margin for its rounding and
+rounded outward. Neither has a Lipschitz (Jacobian) rule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from verify.ops.base import Op
+from verify.rounding import F64, cast_down, cast_up, dot64, gamma, tiny, unit_roundoff
+
+
+class IntervalRelaxed(Op):
+    """One input, output of the same shape, relaxed by the constant lines of its interval rule."""
+
+    needs_input_bounds = True
+
+    def backward(self, lam, in_bounds, alpha=None):
+        lo, hi = self.interval(in_bounds[0])
+        lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)  # broadcast over the spec axis
+        kappa = dot64(lam.clamp(min=0), lo) + dot64(lam.clamp(max=0), hi)
+        return [torch.zeros_like(lam)], kappa
+
+    def abs_forward(self, ts):
+        return torch.zeros(ts[0].shape[0], *self.out_shape, dtype=ts[0].dtype)  # no coefficient reaches the input
+
+    def error_radius(self, mags):
+        a = mags[0].detach()
+        # the model's float evaluation (a few ulps of |y| <= 1) and the float64 dots of kappa (|y| <= 1)
+        return torch.full_like(a, 8 * unit_roundoff(a.dtype) + 3 * gamma(self.out_numel(), F64)) + tiny(a.dtype)
+
+    def interval_radius(self, mags):
+        return tiny(mags[0].dtype)  # the interval rules round outward themselves
+
+
+class Sign(IntervalRelaxed):
+    kind = "sign"
+    interval_exact = True
+
+    def forward(self, x):
+        return torch.sign(x)
+
+    def interval(self, bounds):
+        lo, hi = bounds
+        return torch.sign(lo), torch.sign(hi)
+
+    def __repr__(self):
+        return "Sign()"
+
+
+class Softmax(IntervalRelaxed):
+    """``softmax`` along per-sample ``axis``."""
+
+    kind = "softmax"
+
+    def __init__(self, axis: int):
+        self.axis = int(axis)
+
+    def _dim(self, t: Tensor) -> int:
+        return self.axis - len(self.in_shapes[0])  # counted from the end: works with or without a spec axis
+
+    def forward(self, x):
+        return torch.softmax(x, dim=self.axis + 1)
+
+    def interval(self, bounds):
+        lo, hi = bounds
+        d = self._dim(lo)
+        l64, u64 = lo.to(F64).movedim(d, -1), hi.to(F64).movedim(d, -1)
+        n = l64.shape[-1]
+        off = ~torch.eye(n, dtype=torch.bool)
+
+        def others(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+            """``sum_{j != i} exp(a_j - b_i)`` for every i (pairwise: no cancellation) and max |a_j - b_i|."""
+            diff = a.unsqueeze(-2) - b.unsqueeze(-1)  # [..., i, j]
+            terms = torch.where(off, torch.exp(diff), torch.zeros_like(diff))
+            return terms.sum(-1), torch.where(off, diff.abs(), torch.zeros_like(diff)).amax(-1)
+
+        s_hi, r_hi = others(u64, l64)  # largest competitor mass: the lower bound of y_i
+        s_lo, r_lo = others(l64, u64)
+        # exp of a rounded difference is within (|diff| + 2) u of exact, the sum adds n u; an error of rel * s in s
+        # moves 1 / (1 + s) by at most rel / 4 (overflow to inf gives the bound 0, sound)
+        low = 1 / (1 + s_hi) - (64 + n + r_hi) * unit_roundoff(F64)
+        up = 1 / (1 + s_lo) + (64 + n + r_lo) * unit_roundoff(F64)
+        low, up = low.clamp(0.0, 1.0).movedim(-1, d), up.clamp(0.0, 1.0).movedim(-1, d)
+        return cast_down(low, lo.dtype), cast_up(up, lo.dtype)
+
+    def __repr__(self):
+        return f"Softmax(axis={self.axis})"
