@@ -40,9 +40,12 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
     ``return_bounds``: also return the intermediate bounds used last (with ``optimize_intermediate``
     the tightest found, each the intersection of all passes), as ``(lower, bounds)``."""
     t_end = None if time_limit is None else time.perf_counter() + time_limit
+    # past the time limit, intermediate passes keep interval bounds for the nodes left (sound): on large networks
+    # one pass can take minutes
+    stop = None if t_end is None else (lambda: time.perf_counter() > t_end)
     with torch.no_grad():
         if bounds is None:
-            bounds = intermediate_bounds(graph, x_lo, x_hi, "crown")
+            bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", stop=stop)
         cache = RoundingCache()  # rounding allowances, valid while the intermediate bounds stay the same
         best = lower_bound(graph, graph.output, lam, bounds, cache=cache)
 
@@ -57,7 +60,7 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
     params = list(alphas.values())
     cur_bounds = bounds
     if store is not None:
-        cur_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", alpha_store=store, reference=bounds)
+        cur_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", alpha_store=store, reference=bounds, stop=stop)
         params += list(store.params.values())
     if not params:
         return out(cur_bounds)
@@ -67,7 +70,8 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
     for it in range(iterations + 1):
         with torch.enable_grad():
             if store is not None and it > 0:
-                cur_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", alpha_store=store, reference=bounds)
+                cur_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", alpha_store=store, reference=bounds,
+                                                 stop=stop)
             if store is not None:
                 cache = RoundingCache()
             lb = lower_bound(graph, graph.output, lam, cur_bounds, alphas, cache=cache)
