@@ -202,39 +202,41 @@ def _gemm(ctx, node, attrs) -> Value:
     return ctx.b.add(node.name or node.output[0], Dense(weight, bias, weight_err, bias_err), [a])
 
 
-def _conv(ctx, node, attrs) -> Value:
+def _conv_inputs(ctx, node, attrs):
+    """``(x, weight, weight_err, bias, bias_err)`` of a 2-D Conv / ConvTranspose; refuses other dimensions and
+    auto_pad."""
+    op = node.op_type
     x = ctx.values[node.input[0]]
-    w = _const_input(ctx, node, 1, "Conv weight")
-    bias = _const_input(ctx, node, 2, "Conv bias")
+    w = _const_input(ctx, node, 1, f"{op} weight")
+    bias = _const_input(ctx, node, 2, f"{op} bias")
     if w.ndim != 4:
-        raise UnsupportedOperator("Conv", node.name, ctx.opset, f"{w.ndim - 2}-D convolution")
+        raise UnsupportedOperator(op, node.name, ctx.opset, f"{w.ndim - 2}-D convolution")
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise UnsupportedOperator("Conv", node.name, ctx.opset, "auto_pad")
+        raise UnsupportedOperator(op, node.name, ctx.opset, "auto_pad")
+    weight, weight_err = ctx.param(w, ctx.err(w))
+    b, b_err = (None, None) if bias is None else ctx.param(bias, ctx.err(bias))
+    return x, weight, weight_err, b, b_err
+
+
+def _conv(ctx, node, attrs) -> Value:
+    x, weight, weight_err, b, b_err = _conv_inputs(ctx, node, attrs)
     pads = _sym_pads(node, ctx, attrs.get("pads"))
     if pads is None:
         p = [int(v) for v in attrs["pads"]]
         x = ctx.b.add(f"{node.name}_pad", Pad((p[1], p[3], p[0], p[2])), [x])
         pads = (0, 0)
-    weight, weight_err = ctx.param(w, ctx.err(w))
-    b, b_err = (None, None) if bias is None else ctx.param(bias, ctx.err(bias))
     op = Conv2d(weight, b, _pair(attrs.get("strides")), pads, _pair(attrs.get("dilations")),
                 int(attrs.get("group", 1)), weight_err=weight_err, bias_err=b_err)
     return ctx.b.add(node.name or node.output[0], op, [x])
 
 
 def _conv_transpose(ctx, node, attrs) -> Value:
-    x = ctx.values[node.input[0]]
-    w = _const_input(ctx, node, 1, "ConvTranspose weight")
-    bias = _const_input(ctx, node, 2, "ConvTranspose bias")
-    if w.ndim != 4:
-        raise UnsupportedOperator("ConvTranspose", node.name, ctx.opset, f"{w.ndim - 2}-D convolution")
-    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in attrs:
-        raise UnsupportedOperator("ConvTranspose", node.name, ctx.opset, "auto_pad / output_shape")
+    x, weight, weight_err, b, b_err = _conv_inputs(ctx, node, attrs)
+    if "output_shape" in attrs:
+        raise UnsupportedOperator("ConvTranspose", node.name, ctx.opset, "output_shape")
     pads = _sym_pads(node, ctx, attrs.get("pads"))
     if pads is None:
         raise UnsupportedOperator("ConvTranspose", node.name, ctx.opset, "asymmetric pads")
-    weight, weight_err = ctx.param(w, ctx.err(w))
-    b, b_err = (None, None) if bias is None else ctx.param(bias, ctx.err(bias))
     op = ConvTranspose2d(weight, b, _pair(attrs.get("strides")), pads, _pair(attrs.get("output_padding"), (0, 0)),
                          _pair(attrs.get("dilations")), int(attrs.get("group", 1)), weight_err=weight_err,
                          bias_err=b_err)

@@ -88,7 +88,16 @@ class Dense(_WeightedLayer):
         return f"Dense({self.weight.shape[1]}->{self.weight.shape[0]})"
 
 
-class Conv2d(_WeightedLayer):
+class _Spatial(_WeightedLayer):
+    """A layer on ``[..., C, H, W]`` with one bias per output channel."""
+
+    def offset(self):
+        if self.bias is None:
+            return None
+        return self.bias.reshape(-1, 1, 1).expand(self.out_shape[-3:]).expand(self.out_shape)
+
+
+class Conv2d(_Spatial):
     """2-D convolution; the per-sample input may carry leading dims (e.g. ONNX's batch of 1)."""
 
     kind = "conv"
@@ -112,11 +121,6 @@ class Conv2d(_WeightedLayer):
         o, i, kh, kw = self.weight.shape
         return max(i, o // self.groups) * kh * kw  # forward fan-in, or adjoint contributions per input
 
-    def offset(self):
-        if self.bias is None:
-            return None
-        return self.bias.reshape(-1, 1, 1).expand(self.out_shape[-3:]).expand(self.out_shape)
-
     def adjoint(self, lam):
         flat, lead = merge_leading(lam, 3)
         h_in, w_in = self.in_shapes[0][-2:]
@@ -134,7 +138,7 @@ class Conv2d(_WeightedLayer):
         return f"Conv2d({i * self.groups}->{o}, k={kh}x{kw}, s={self.stride}, p={self.padding})"
 
 
-class ConvTranspose2d(_WeightedLayer):
+class ConvTranspose2d(_Spatial):
     """2-D transposed convolution (ONNX ConvTranspose): ``y = conv_transpose(x, W) + b``, weight ``[C_in, C_out /
     groups, kh, kw]``. Its adjoint is the convolution with the same weight; the rounding rule is the dense one with
     ``n`` bounding the dot products of both."""
@@ -157,11 +161,6 @@ class ConvTranspose2d(_WeightedLayer):
     def dot_length(self) -> int:
         i, o, kh, kw = self.weight.shape
         return max(i, o * self.groups) * kh * kw
-
-    def offset(self):
-        if self.bias is None:
-            return None
-        return self.bias.reshape(-1, 1, 1).expand(self.out_shape[-3:]).expand(self.out_shape)
 
     def adjoint(self, lam):
         flat, lead = merge_leading(lam, 3)
