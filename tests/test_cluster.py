@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,32 @@ def test_missing_file_row_is_the_local_runs(cluster, capsys, tmp_path):
     assert reports["ray"][-1]["reason"] == reports["local"][-1]["reason"]
 
 
+@contextmanager
+def fault_when_running(n: int, action, name_part: str = "ACASXU", timeout: float = 120.0):
+    """While the block runs: once ``n`` Ray workers run a task named ``*name_part*`` and still do 0.3 s later (well
+    inside the 1.5 s and longer instances), call ``action(pids)`` once, from a thread."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        end = time.monotonic() + timeout
+        while not stop.is_set() and time.monotonic() < end:
+            if len(_ray_task_pids(name_part)) >= n:
+                time.sleep(0.3)
+                pids = _ray_task_pids(name_part)
+                if len(pids) >= n:
+                    action(pids)
+                    return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _ray_task_pids(name_part: str) -> list[int]:
     """Ray worker processes now running a task whose name contains ``name_part`` (their title is
     ``ray::NAME``)."""
@@ -150,26 +177,14 @@ def test_worker_killed_mid_instance_is_retried_and_the_report_is_complete(cluste
     pairs = [_acas(*s) for s in SLOW[:4]]
     csv_path = _instances(tmp_path, pairs)
     killed: list[int] = []
-    stop = threading.Event()
 
-    def kill_one_running_task() -> None:
-        while not stop.is_set() and not killed:
-            pids = _ray_task_pids("ACASXU")
-            if pids:
-                time.sleep(0.3)  # well inside the instance (1.5 s and more)
-                if _ray_task_pids("ACASXU"):
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-            time.sleep(0.02)
+    def kill_one(pids: list[int]) -> None:
+        os.kill(pids[0], signal.SIGKILL)
+        killed.append(pids[0])
 
-    killer = threading.Thread(target=kill_one_running_task, daemon=True)
-    killer.start()
-    try:
+    with fault_when_running(1, kill_one):
         code, out, err = run_main(capsys, "verify", "--instances", csv_path, "--report", tmp_path / "r.csv",
                                   "--cluster", "ray", "--json")
-    finally:
-        stop.set()
-        killer.join()
     assert code == 0, err
     assert len(killed) == 1  # the fault was injected while an instance ran
     rows = _report(tmp_path / "r.csv")

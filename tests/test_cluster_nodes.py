@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import csv
 import threading
-import time
 
 import pytest
 
 from tests.test_cli_verify import run_main
-from tests.test_cluster import SLOW, _acas, _instances, _ray_task_pids, _report
+from tests.test_cluster import SLOW, _acas, _instances, _report, fault_when_running
 
 ray = pytest.importorskip("ray", reason="Ray is the [cluster] extra (in [dev]): pip install -e '.[cluster]'")
 
@@ -36,22 +35,14 @@ def test_node_dying_mid_instance_is_rerun_on_another_node(capsys, tmp_path):
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     removed = threading.Event()
 
-    def remove_a_busy_node() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if len(_ray_task_pids("ACASXU")) >= 2:  # one instance on each node
-                time.sleep(0.3)
-                cluster.remove_node(doomed, allow_graceful=False)
-                removed.set()
-                return
-            time.sleep(0.02)
+    def remove_the_second_node(pids: list[int]) -> None:  # both nodes run an instance
+        cluster.remove_node(doomed, allow_graceful=False)
+        removed.set()
 
-    killer = threading.Thread(target=remove_a_busy_node, daemon=True)
-    killer.start()
     try:
-        code, _, err = run_main(capsys, "verify", "--instances", csv_path, "--report", tmp_path / "r.csv",
-                                "--cluster", "ray", "-q")
-        killer.join()
+        with fault_when_running(2, remove_the_second_node):
+            code, _, err = run_main(capsys, "verify", "--instances", csv_path, "--report", tmp_path / "r.csv",
+                                    "--cluster", "ray", "-q")
     finally:
         ray.shutdown()
         cluster.shutdown()
