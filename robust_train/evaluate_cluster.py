@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from robust_train.evaluate import SoundnessError, attack_and_certify
-from verify.cluster import ClusterSpec, Failure, Job, run_jobs, session
+from verify.cluster import ClusterSpec, Failure, Job, cluster_cpus, run_jobs, session
 from verify.errors import ClarkeError
 
 
@@ -50,7 +50,7 @@ def attack_and_certify_on_cluster(cluster: ClusterSpec, model, x_all, y_all, eps
     cpu_model = model if param is None or param.device.type == "cpu" else copy.deepcopy(model).cpu()
     t0 = time.perf_counter()
     with session(cluster) as ray:
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = max(1, int(cluster_cpus(ray)))
         batches = math.ceil(n / batch_size)
         per_shard = max(1, math.ceil(batches / (2 * cpus))) * batch_size
         model_ref = ray.put(cpu_model)

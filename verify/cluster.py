@@ -11,7 +11,6 @@ worker nodes need Clarke installed but no shared file system.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import tempfile
 import time
@@ -142,17 +141,20 @@ class Failure:
 @dataclass
 class _InFlight:
     job: Job
-    submitted: float
     cancelled: bool = field(default=False)
 
 
-def _window(ray: Any, cpus_per_task: float) -> int:
-    """Tasks kept in flight: as many as the cluster's CPUs hold (re-read each time: nodes may join or leave)."""
+def cluster_cpus(ray: Any) -> float:
+    """The CPUs the cluster has now (nodes may join or leave); 1 when Ray cannot tell."""
     try:
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        return float(ray.cluster_resources().get("CPU", 1.0))
     except Exception:  # a transient GCS hiccup must not stop the run: keep one task going
-        cpus = 1.0
-    return max(1, int(cpus // max(cpus_per_task, 1e-9)))
+        return 1.0
+
+
+def _window(ray: Any, cpus_per_task: float) -> int:
+    """Tasks kept in flight: as many as the cluster's CPUs hold (re-read each time)."""
+    return max(1, int(cluster_cpus(ray) // max(cpus_per_task, 1e-9)))
 
 
 def run_jobs(ray: Any, jobs: list[Job], on_done: Callable[[Job, Any], None], *, retries: int = DEFAULT_RETRIES,
@@ -173,7 +175,7 @@ def run_jobs(ray: Any, jobs: list[Job], on_done: Callable[[Job, Any], None], *, 
             ref = remote_fns[id(job.fn)].options(num_cpus=job.num_cpus, max_retries=retries,
                                                  name=job.name or job.fn.__name__).remote(*job.args)
             job.submitted = time.monotonic()
-            flying[ref] = _InFlight(job, job.submitted)
+            flying[ref] = _InFlight(job)
         ready, rest = ray.wait(list(flying), num_returns=1, timeout=poll)
         if ready and rest:  # everything else already done, without waiting
             ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
@@ -194,8 +196,9 @@ def run_jobs(ray: Any, jobs: list[Job], on_done: Callable[[Job, Any], None], *, 
             on_done(entry.job, result)
         now = time.monotonic()
         for ref, entry in flying.items():
-            if entry.job.deadline is not None and not entry.cancelled and now - entry.submitted > entry.job.deadline:
-                log.warning("%s: past its hard deadline of %g s, killing it", entry.job.name, entry.job.deadline)
+            job = entry.job
+            if job.deadline is not None and not entry.cancelled and now - job.submitted > job.deadline:
+                log.warning("%s: past its hard deadline of %g s, killing it", job.name, job.deadline)
                 ray.cancel(ref, force=True)
                 entry.cancelled = True
 
@@ -234,10 +237,3 @@ def restore_paths(text: str, local: Mapping[str, str]) -> str:
         text = text.replace(path, orig)
     return text
 
-
-def worker_cpus() -> int:
-    """CPUs Ray gave this task (``OMP_NUM_THREADS`` is set to them), else 1."""
-    try:
-        return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
-    except ValueError:
-        return 1

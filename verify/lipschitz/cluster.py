@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from verify.cluster import ClusterSpec, Failure, Job, run_jobs, session
+from verify.cluster import ClusterSpec, Failure, Job, cluster_cpus, run_jobs, session, ship
 from verify.errors import ClarkeError
 from verify.lipschitz.batch import BATCHED, BatchLipschitzResult
 
@@ -47,8 +47,8 @@ def lipschitz_batch_cluster(model_path: str | Path, x_lo: np.ndarray, x_hi: np.n
     lo, hi = np.asarray(x_lo, dtype=np.float64), np.asarray(x_hi, dtype=np.float64)
     per_box = 0.0 if method in BATCHED else timeout  # the per-box methods spend up to their timeout on each box
     with session(cluster) as ray:
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        model = ray.put(path.read_bytes())
+        cpus = max(1, int(cluster_cpus(ray)))
+        model = ship(ray, [path])[str(path)]
         ranges = shard_bounds(lo.shape[0], 2 * cpus)
         jobs = [Job(k, lipschitz_shard, (path.name, model, lo[a:b], hi[a:b], outputs, method, timeout),
                     expected_seconds=(b - a) * per_box,
