@@ -1,11 +1,16 @@
 r"""Bound speed and tightness: Clarke beside auto_LiRPA 0.7.1, both measured in this run, in this process.
 
     python benchmarks/bounds_speed.py [--inputs 2] [--iterations 20] [--threads 1] [--models mlp,cnn,mnist_cnn]
-                                      [--no-peer] [--json]
+                                      [--precision model|float64] [--no-peer] [--json]
 
 Nets (PyTorch's default initialisation, seed 0, float32): ``mlp`` 784-100-100-10; ``cnn`` =
 ``models.zoo.small_cnn`` on 3x32x32; ``mnist_cnn`` = Conv 1->16 k4 s2 p1, Conv 16->32 k4 s2 p1, FC 1568->100->10
-on 1x28x28 (the CNN of issue 15). Inputs are uniform in [0, 1]; each box is ``x +- eps`` clipped to [0, 1], eps 1/255
+on 1x28x28 (the CNN of issue 15); ``cifar_base``, ``cifar_wide``, ``cifar_deep``: the architectures of the
+VNN-COMP oval21 networks (``cifar_*_kw.onnx``) on 3x32x32, randomly initialised like the others.
+
+``--precision`` is Clarke's arithmetic (``verify.bound(precision=...)``): ``model`` (default) computes in the
+network's float32, as auto_LiRPA does; ``float64`` computes in float64 (slightly tighter, slower on a CPU). Clarke's
+bounds are rigorous either way (they contain the exact real-arithmetic value); auto_LiRPA's are float32 results. Inputs are uniform in [0, 1]; each box is ``x +- eps`` clipped to [0, 1], eps 1/255
 and 2/255; one box per call. Methods: IBP, CROWN, alpha-CROWN (``--iterations`` steps, lr 0.5, intermediate bounds
 fixed). Each tool gets one warm-up call per (net, method) first; the time per input is the median over inputs
 (calls under 20 ms are repeated 5 times and the fastest counts).
@@ -90,10 +95,26 @@ def mnist_cnn() -> nn.Sequential:
                          nn.Linear(1568, 100), nn.ReLU(), nn.Linear(100, 10))
 
 
+def oval21_cnn(kind: str) -> nn.Sequential:
+    """The layer stack of VNN-COMP's oval21 ``cifar_{kind}_kw.onnx`` (base, wide, deep), freshly initialised."""
+    def conv(i, o, k, s):
+        return [nn.Conv2d(i, o, k, stride=s, padding=1), nn.ReLU()]
+    if kind == "base":
+        body, flat = conv(3, 8, 4, 2) + conv(8, 16, 4, 2), 16 * 8 * 8
+    elif kind == "wide":
+        body, flat = conv(3, 16, 4, 2) + conv(16, 32, 4, 2), 32 * 8 * 8
+    else:
+        body, flat = conv(3, 8, 4, 2) + conv(8, 8, 3, 1) + conv(8, 8, 3, 1) + conv(8, 8, 4, 2), 8 * 8 * 8
+    return nn.Sequential(*body, nn.Flatten(), nn.Linear(flat, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
 MODELS = {
     "mlp": (lambda: mlp([784, 100, 100, 10]), (784,)),
     "cnn": (small_cnn, (3, 32, 32)),
     "mnist_cnn": (mnist_cnn, (1, 28, 28)),
+    "cifar_base": (lambda: oval21_cnn("base"), (3, 32, 32)),
+    "cifar_wide": (lambda: oval21_cnn("wide"), (3, 32, 32)),
+    "cifar_deep": (lambda: oval21_cnn("deep"), (3, 32, 32)),
 }
 
 
@@ -136,7 +157,7 @@ def _timed(fn, *args, **kwargs):
     return best, out
 
 
-def run(inputs: int, iterations: int, models: list[str], lirpa=None) -> list[dict]:
+def run(inputs: int, iterations: int, models: list[str], lirpa=None, precision: str = "model") -> list[dict]:
     rows = []
     for name in models:
         factory, shape = MODELS[name]
@@ -149,7 +170,7 @@ def run(inputs: int, iterations: int, models: list[str], lirpa=None) -> list[dic
         peer = _Lirpa(lirpa, net, shape, iterations) if lirpa is not None else None
         w_lo, w_hi = (xs[:1] - 1 / 255).clamp(0, 1), (xs[:1] + 1 / 255).clamp(0, 1)
         for method in METHODS:  # warm-up: one call per tool and method
-            bound(graph, w_lo, w_hi, method=method, iterations=2, lr=LR)
+            bound(graph, w_lo, w_hi, method=method, iterations=2, lr=LR, precision=precision)
             if peer is not None:
                 peer.bound(w_lo, w_hi, method, iterations=2)
         for eps in EPS:
@@ -158,7 +179,8 @@ def run(inputs: int, iterations: int, models: list[str], lirpa=None) -> list[dic
                 for i in range(inputs):
                     lo = (xs[i:i + 1] - eps / 255).clamp(0, 1)
                     hi = (xs[i:i + 1] + eps / 255).clamp(0, 1)
-                    dt, (cl, cu) = _timed(bound, graph, lo, hi, method=method, iterations=iterations, lr=LR)
+                    dt, (cl, cu) = _timed(bound, graph, lo, hi, method=method, iterations=iterations, lr=LR,
+                                          precision=precision)
                     t_c.append(dt)
                     wc = (cu - cl).detach().double().flatten()
                     w_c.append(float(wc.mean()))
@@ -227,6 +249,8 @@ def main() -> None:
                          "0 = torch's choice)")
     ap.add_argument("--models", default=",".join(MODELS),
                     help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
+    ap.add_argument("--precision", choices=("model", "float64"), default="model",
+                    help="Clarke's arithmetic: the network's float32 like auto_LiRPA (default), or float64")
     ap.add_argument("--no-peer", action="store_true", help="do not run auto_LiRPA (Clarke's columns only)")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     args = ap.parse_args()
@@ -247,9 +271,9 @@ def main() -> None:
         peer_line = f"auto_LiRPA not available: {reason}"
     print(peer_line)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.inputs} input(s) per row, "
-          f"alpha-CROWN {args.iterations} iterations at lr {LR}", flush=True)
+          f"alpha-CROWN {args.iterations} iterations at lr {LR}, Clarke precision {args.precision}", flush=True)
     t0 = time.perf_counter()
-    rows = run(args.inputs, args.iterations, models, lirpa)
+    rows = run(args.inputs, args.iterations, models, lirpa, args.precision)
     print()
     print(report(rows, lirpa is not None))
     print()
@@ -267,6 +291,7 @@ def main() -> None:
         peer_info = ({"available": True, "version": getattr(lirpa, "__version__", None)} if lirpa is not None
                      else {"available": False, "reason": reason})
         print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "inputs": args.inputs,
+                          "precision": args.precision,
                           "iterations": args.iterations, "lr": LR, "auto_lirpa": peer_info, "rows": rows}))
 
 

@@ -125,6 +125,20 @@ def dot64(lam: Tensor, const: Tensor) -> Tensor:
     return (lam64 * c.expand(lam.shape).reshape(b, s, -1)).sum(-1)
 
 
+def sparse_dot64(lam: Tensor, const: Tensor) -> Tensor:
+    """:func:`dot64` with a per-box ``const [B, 1, *shape]`` that is mostly exact zeros (ReLU intercepts): the same
+    float64 sum over the entries where some box's ``const`` is non-zero (the others add exact zeros)."""
+    b, s = lam.shape[:2]
+    c = const.reshape(const.shape[0], -1)
+    if const.dim() != lam.dim() or const.shape[1] != 1 or c.shape[1] != lam[0, 0].numel():
+        return dot64(lam, const)
+    cols = (c != 0).any(0).nonzero().squeeze(1)
+    if 2 * cols.numel() > c.shape[1]:
+        return dot64(lam, const)
+    picked = lam.reshape(b, s, -1)[..., cols]
+    return torch.bmm(picked.to(F64), c[:, cols].to(F64).expand(b, -1).unsqueeze(-1)).squeeze(-1)
+
+
 def dot_error(lam: Tensor, radius: Tensor) -> Tensor:
     """``<|lam|, radius>`` in float64, ``[B, S]``, for a non-negative ``radius`` broadcastable like
     :func:`dot64`'s ``const`` (with ``radius [B, *shape]`` meaning one per box)."""

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from verify.bounds.ibp import sound_interval
+from verify.bounds.patches import concretize_patches, patch_chain, patch_pass, start_patches
 from verify.graph import Graph
 from verify.ops.activation import Relu
 from verify.ops.base import Bounds
@@ -109,15 +110,22 @@ def backward_pass(graph: Graph, start: str, lam: Tensor, bounds: Mapping[str, Bo
     ``beta >= 0`` on sub-domains where ``s_i z_i <= 0``. ``record`` receives the Lambda of its keys.
     ``cache``: rounding allowances to share between passes over the same bounds.
     """
-    alphas = alphas or {}
     cache = RoundingCache() if cache is None else cache
-    u = unit_roundoff(lam.dtype)
-    lams: dict[str, Tensor] = {start: lam}
     kappa = torch.zeros(lam.shape[:2], dtype=F64, device=lam.device)
-    kappa_abs = torch.zeros_like(kappa)
     acc = accumulated_error(graph, start, bounds, cache)
     err = torch.zeros_like(kappa) if acc is None else dot_error(lam, acc)
-    n_terms = 0
+    return _propagate(graph, start, {start: lam}, kappa, torch.zeros_like(kappa), 0, err, bounds, alphas, betas,
+                      record, cache)
+
+
+def _propagate(graph: Graph, start: str, lams: dict[str, Tensor], kappa: Tensor, kappa_abs: Tensor, n_terms: int,
+               err: Tensor, bounds: Mapping[str, Bounds], alphas: Mapping[str, Tensor] | None,
+               betas: Mapping[str, Tensor] | None, record: dict[str, Tensor] | None, cache: RoundingCache
+               ) -> tuple[Tensor | None, Tensor]:
+    """The loop of :func:`backward_pass` from the ``Lambda`` in ``lams`` (and the constant accumulated so far);
+    ``err`` is the pass's rounding allowance ``<|lam|, E_start>``."""
+    alphas = alphas or {}
+    u = unit_roundoff(next(iter(lams.values())).dtype)
     for n in reversed(graph.ancestors(start)):
         lam_n = lams.pop(n.name, None)
         if lam_n is None:
@@ -142,9 +150,12 @@ def backward_pass(graph: Graph, start: str, lam: Tensor, bounds: Mapping[str, Bo
         for i, li in zip(n.inputs, lam_ins, strict=True):
             if li is not None:
                 lams[i] = lams[i] + li if i in lams else li
-    # The float64 sum of the kappa terms and of the allowances themselves round too.
-    slack = err * (1 + 1e-6) + gamma(n_terms + 1, F64) * (kappa_abs + err)
-    return lams.get(graph.input_name), kappa - slack
+    return lams.get(graph.input_name), kappa - _slack(err, kappa_abs, n_terms)
+
+
+def _slack(err: Tensor, kappa_abs: Tensor, n_terms: int) -> Tensor:
+    """The float64 sum of the kappa terms and of the allowances themselves round too."""
+    return err * (1 + 1e-6) + gamma(n_terms + 1, F64) * (kappa_abs + err)
 
 
 def concretize_lower(lam_x: Tensor | None, kappa: Tensor, x_lo: Tensor, x_hi: Tensor) -> Tensor:
@@ -200,24 +211,53 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
                alphas: Mapping[str, Tensor] | None = None, functions: dict | None = None,
                cache: RoundingCache | None = None) -> tuple[Tensor, Tensor]:
     """CROWN lower and upper bounds of the given flat neurons of ``name``: two ``[B, R]`` tensors in the
-    model's precision, rounded outward.
+    model's precision, rounded outward. Rows of a feature map behind convolutions go through the patch form
+    (``verify.bounds.patches``; same bounds, less work) unless slopes are optimised.
 
     With ``functions``, also stores the linear bounds ``(Lambda_x [B, 2R, n], kappa [B, 2R])`` (lower
     rows, then negated upper rows; ``kappa`` float64 with its rounding paid) under ``name``: they stay valid
     on any sub-box."""
-    x_lo = bounds[graph.input_name][0]
-    b, shape = x_lo.shape[0], graph.shape_of(name)
-    numel = int(torch.Size(shape).numel())
-    r = rows.numel()
-    eye = torch.zeros(r, numel, dtype=x_lo.dtype, device=x_lo.device)
-    eye[torch.arange(r), rows] = 1.0
-    lam = torch.cat([eye, -eye]).expand(b, 2 * r, numel).reshape(b, 2 * r, *shape)
-    lam_x, kappa = backward_pass(graph, name, lam, bounds, alphas, cache=cache)
     x_lo, x_hi = bounds[graph.input_name]
-    res = concretize_lower(lam_x, kappa, x_lo, x_hi)
+    b, shape = x_lo.shape[0], graph.shape_of(name)
+    r = rows.numel()
+    cache = RoundingCache() if cache is None else cache
+    plan = patch_chain(graph, name) if alphas is None and USE_PATCHES else None
+    if plan is not None:
+        res, lam_x, kappa = _patch_rows(graph, name, rows, bounds, plan, cache, functions is not None)
+    else:
+        numel = int(torch.Size(shape).numel())
+        eye = torch.zeros(r, numel, dtype=x_lo.dtype, device=x_lo.device)
+        eye[torch.arange(r), rows] = 1.0
+        lam = torch.cat([eye, -eye]).expand(b, 2 * r, numel).reshape(b, 2 * r, *shape)
+        lam_x, kappa = backward_pass(graph, name, lam, bounds, alphas, cache=cache)
+        res = concretize_lower(lam_x, kappa, x_lo, x_hi)
     if functions is not None:
         functions.setdefault(name, []).append((rows, lam_x.reshape(b, 2 * r, -1), kappa))
     return cast_down(res[:, :r], x_lo.dtype), cast_up(-res[:, r:], x_lo.dtype)
+
+
+USE_PATCHES = True
+"""Patch-form intermediate passes behind convolutions (``verify.bounds.patches``); False: always dense."""
+
+
+def _patch_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bounds], plan, cache: RoundingCache,
+                want_lam: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+    """:func:`bound_rows`' pass in patch form: ``(lower bounds [B, 2R], Lambda_x or None, kappa)``."""
+    chain, end = plan
+    x_lo, x_hi = bounds[graph.input_name]
+    b = x_lo.shape[0]
+    acc = accumulated_error(graph, name, bounds, cache)
+    # <|+-e_r|, E> is E at the row, exactly
+    err = torch.zeros(b, 2 * rows.numel(), dtype=F64, device=x_lo.device) if acc is None else \
+        acc.reshape(b, -1)[:, rows].to(F64).repeat(1, 2)
+    out = patch_pass(graph, chain, end, start_patches(graph, name, rows, x_lo.dtype), bounds, b)
+    if out.node is not None:  # the rest of the pass is dense
+        lam_x, kappa = _propagate(graph, out.node, {out.node: out.lam}, out.kappa, out.kappa_abs, out.n_terms, err,
+                                  bounds, None, None, None, cache)
+        return concretize_lower(lam_x, kappa, x_lo, x_hi), lam_x, kappa
+    kappa = out.kappa - _slack(err, out.kappa_abs, out.n_terms)
+    res = concretize_patches(out.lam, kappa, x_lo, x_hi, graph.input_shape)
+    return res, out.lam.dense(b, graph.input_shape) if want_lam else None, kappa
 
 
 def intersect_rows(lo: Tensor, hi: Tensor, rows: Tensor, new_lo: Tensor, new_hi: Tensor) -> Bounds:

@@ -21,6 +21,7 @@ from verify.errors import UnsupportedOperator
 from verify.frontends import constants as K
 from verify.graph import Graph, GraphBuilder
 from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
+from verify.ops.activation import LeakyRelu
 from verify.rounding import unit_roundoff
 
 _ACT_MODULES = {nn.ReLU: Relu, nn.Sigmoid: Sigmoid, nn.Tanh: Tanh}
@@ -109,6 +110,10 @@ def _module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
     for cls, act in _ACT_MODULES.items():
         if isinstance(m, cls):
             return act()
+    if isinstance(m, nn.LeakyReLU):
+        if not 0.0 <= m.negative_slope <= 1.0:
+            raise UnsupportedOperator("LeakyReLU", name, None, f"negative_slope {m.negative_slope} outside [0, 1]")
+        return LeakyRelu(m.negative_slope)
     if isinstance(m, nn.Flatten):
         s = list(in_shape)
         start, end = m.start_dim % len(s), m.end_dim % len(s)

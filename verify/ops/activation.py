@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from verify.ops.base import Op
-from verify.rounding import F64, cast_down, cast_up, dot64, gamma, tiny, unit_roundoff
+from verify.rounding import F64, cast_down, cast_up, dot64, gamma, sparse_dot64, tiny, unit_roundoff
 
 
 class Activation(Op):
@@ -46,10 +46,14 @@ class Activation(Op):
     def backward(self, lam, in_bounds, alpha=None):
         lo, hi = in_bounds[0]
         # Bounds are per box [B, *shape]; broadcast over the spec axis S.
-        aL, cL, aU, cU = self.relax(lo.unsqueeze(1), hi.unsqueeze(1), alpha)
+        return self.apply_relaxation(lam, *self.relax(lo.unsqueeze(1), hi.unsqueeze(1), alpha))
+
+    def apply_relaxation(self, lam: Tensor, aL: Tensor, cL: Tensor, aU: Tensor, cU: Tensor
+                         ) -> tuple[list[Tensor], Tensor]:
+        """The backward step with the lines ``aL z + cL <= f(z) <= aU z + cU`` (broadcastable to ``lam``)."""
         # Lambda+ takes the lower line, Lambda- the upper: lam*aU + (aL - aU)*Lambda+ in fewer passes.
         pos = lam.clamp(min=0)
-        lam_in = lam * aU + pos * (aL - aU)
+        lam_in = torch.addcmul(lam * aU, pos, aL - aU)
         kappa = dot64(lam, cU) + dot64(pos, cL - cU)
         return [lam_in], kappa
 
@@ -90,12 +94,11 @@ class Relu(Activation):
         a_lo = torch.where(unstable, a_lo_unstable, active.to(hi.dtype))
         return a_lo, torch.zeros_like(c_up), a_up, c_up
 
-    def backward(self, lam, in_bounds, alpha=None):
-        lo, hi = in_bounds[0]
-        aL, _, aU, cU = self.relax(lo.unsqueeze(1), hi.unsqueeze(1), alpha)
-        # Lambda+ takes the lower line, Lambda- the upper; the lower lines have no intercept
-        lam_in = lam * torch.where(lam > 0, aL, aU)
-        return [lam_in], dot64(lam.clamp(max=0), cU)
+    def apply_relaxation(self, lam, aL, cL, aU, cU):
+        # Lambda+ takes the lower line, Lambda- the upper (lam aU + Lambda+ (aL - aU): exact where the neuron is
+        # stable, a few roundings otherwise, within the allowance); the lower lines have no intercept
+        lam_in = torch.addcmul(lam * aU, lam.clamp(min=0), aL - aU)
+        return [lam_in], sparse_dot64(lam.clamp(max=0), cU)
 
     def init_alpha(self, lo, hi):
         return (hi >= -lo).to(hi.dtype).unsqueeze(0)

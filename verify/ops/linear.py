@@ -123,19 +123,33 @@ class Conv2d(_Spatial):
 
     def adjoint(self, lam):
         flat, lead = merge_leading(lam, 3)
-        h_in, w_in = self.in_shapes[0][-2:]
-        h_out, w_out = flat.shape[-2:]
-        kh, kw = self.weight.shape[-2:]
-        # output_padding recovers input rows/cols the strided forward conv never reached.
-        op_h = h_in - ((h_out - 1) * self.stride[0] - 2 * self.padding[0] + self.dilation[0] * (kh - 1) + 1)
-        op_w = w_in - ((w_out - 1) * self.stride[1] - 2 * self.padding[1] + self.dilation[1] * (kw - 1) + 1)
-        g = F.conv_transpose2d(flat, self.weight, None, self.stride, self.padding, (op_h, op_w),
-                               self.groups, self.dilation)
+        g = conv_adjoint(flat, self.weight, self.in_shapes[0][-2:], self.stride, self.padding, self.dilation,
+                         self.groups)
         return [g.reshape(*lam.shape[:2], *self.in_shapes[0])]
 
     def __repr__(self):
         o, i, kh, kw = self.weight.shape
         return f"Conv2d({i * self.groups}->{o}, k={kh}x{kw}, s={self.stride}, p={self.padding})"
+
+
+def conv_adjoint(lam: Tensor, weight: Tensor, in_hw, stride, padding, dilation, groups: int) -> Tensor:
+    """``Lambda W`` of a convolution for ``lam [N, C_out, h, w]``: ``[N, C_in, *in_hw]`` (``in_hw`` also recovers
+    input rows/cols a strided convolution never reached). Few input channels in float32: one matrix product and a
+    ``fold`` (torch's CPU float32 transposed convolution is several times slower there); the same sums of products
+    either way."""
+    h_in, w_in = int(in_hw[0]), int(in_hw[1])
+    c_out, c_in, kh, kw = weight.shape
+    if groups == 1 and c_in <= FOLD_MAX_CHANNELS and lam.dtype == torch.float32:
+        cols = torch.matmul(weight.reshape(c_out, c_in * kh * kw).t(), lam.flatten(2))
+        return F.fold(cols, (h_in, w_in), (kh, kw), dilation, padding, stride)
+    h_out, w_out = lam.shape[-2:]
+    # output_padding recovers input rows/cols the strided forward conv never reached.
+    op_h = h_in - ((h_out - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + 1)
+    op_w = w_in - ((w_out - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + 1)
+    return F.conv_transpose2d(lam, weight, None, stride, padding, (op_h, op_w), groups, dilation)
+
+
+FOLD_MAX_CHANNELS = 4
 
 
 class ConvTranspose2d(_Spatial):
