@@ -36,7 +36,7 @@ def worst_case_logits(m_lower: Tensor, y: Tensor) -> Tensor:
 
 
 class CertifiedLoss:
-    """The IBP / CROWN-IBP training loss of one module, traced once by the engine (``verify.BoundedModule``:
+    """The IBP / CROWN-IBP training loss of one module, traced once by the engine (``verify.BoundedModel``:
     every call reads the current parameters, so the bounds are differentiable in them)."""
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], method: str = "ibp",
@@ -44,7 +44,7 @@ class CertifiedLoss:
         if method not in CERTIFIED_METHODS:
             raise ValueError(f"unknown certified method {method!r}; choose {' or '.join(CERTIFIED_METHODS)}")
         self.model, self.method, self.lo, self.hi = model, method, lo, hi
-        self.bounded = verify.BoundedModule(model, tuple(input_shape))
+        self.bounded = verify.BoundedModel(model, tuple(input_shape))
 
     def margins(self, x: Tensor, y: Tensor, eps: float, beta: float = 1.0) -> Tensor:
         """Lower bounds ``[B, K-1]`` on ``z_y - z_j`` over the eps-box: IBP, or for CROWN-IBP
@@ -52,11 +52,11 @@ class CertifiedLoss:
         low, high = threat_box(x, eps, self.lo, self.hi)
         C = margin_spec(y, self._classes(x), x.dtype)
         if self.method == "ibp" or beta == 0.0:
-            return self.bounded.compute_bounds(low, high, C=C, method="ibp", bound_upper=False)[0]
-        m_crown = self.bounded.compute_bounds(low, high, C=C, method="crown-ibp", bound_upper=False)[0]
+            return self.bounded.bound(low, high, C=C, method="ibp", bound_upper=False)[0]
+        m_crown = self.bounded.bound(low, high, C=C, method="crown-ibp", bound_upper=False)[0]
         if beta == 1.0:
             return m_crown
-        m_ibp = self.bounded.compute_bounds(low, high, C=C, method="ibp", bound_upper=False)[0]
+        m_ibp = self.bounded.bound(low, high, C=C, method="ibp", bound_upper=False)[0]
         return beta * m_crown + (1.0 - beta) * m_ibp
 
     def _classes(self, x: Tensor) -> int:

@@ -262,8 +262,8 @@ def attack_and_certify(model, x_all, y_all, eps, attacks, certify, batch_size, c
     conflicts: list[int] = []
     bounded = None
     if certify:
-        from verify import BoundedModule
-        bounded = BoundedModule(model, input_shape, precision=precision)
+        from verify import BoundedModel
+        bounded = BoundedModel(model, input_shape, precision=precision)
     model64: list[torch.nn.Module] = []  # float64 copy, made on first need
 
     for start in range(0, n, batch_size):
@@ -292,7 +292,7 @@ def attack_and_certify(model, x_all, y_all, eps, attacks, certify, batch_size, c
         for m in certify:
             t0 = time.perf_counter()
             C = margin_spec(yb, classes, torch.float64)
-            lower, _ = bounded.compute_bounds(lo, hi, C=C, method=m, iterations=alpha_iterations,
+            lower, _ = bounded.bound(lo, hi, C=C, method=m, iterations=alpha_iterations,
                                               bound_upper=False)
             cert[m][sl] = (lower > 0).all(1).cpu()
             seconds["certify"][m] += time.perf_counter() - t0

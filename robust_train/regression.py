@@ -94,7 +94,7 @@ class RegressionMethod(Method):
         self.bounded = None
         if cfg.band_weight > 0:
             import verify
-            self.bounded = verify.BoundedModule(model.deterministic(), tuple(input_shape))
+            self.bounded = verify.BoundedModel(model.deterministic(), tuple(input_shape))
 
     def beta_at(self, batch: Batch) -> float:
         """``ib_beta`` ramped linearly from 0 over ``ib_beta_warmup`` epochs."""
@@ -108,7 +108,7 @@ class RegressionMethod(Method):
         if self.bounded is None or batch.eps == 0:
             return None
         low, high = threat_box(batch.x, batch.eps, *self.domain)
-        lo, hi = self.bounded.compute_bounds(low, high, method=self.cfg.band_method)
+        lo, hi = self.bounded.bound(low, high, method=self.cfg.band_method)
         return (hi - lo).reshape(batch.x.shape[0], -1).sum(1)
 
     def code(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:

@@ -144,7 +144,7 @@ def test_forged_certificate_raises_naming_the_point(trained, digits, monkeypatch
         ones = torch.ones(C.shape[0], C.shape[1], dtype=torch.float32)
         return ones, ones  # claims every margin positive
 
-    monkeypatch.setattr(verify.BoundedModule, "compute_bounds", forged)
+    monkeypatch.setattr(verify.BoundedModel, "bound", forged)
     with pytest.raises(SoundnessError, match=rf"^point {first_bad}: certified by crown"):
         evaluate(trained, (x, y), EPS, attacks=("pgd20",), certify=("crown",))
 

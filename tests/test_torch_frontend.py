@@ -119,32 +119,32 @@ def test_bound_refuses_non_finite_boxes_with_a_value_error(bad):
 
 
 def test_bounded_module_traces_once_and_reads_the_current_parameters():
-    from verify import BoundedModule
+    from verify import BoundedModel
 
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    bm = BoundedModule(net, (4,))
+    bm = BoundedModel(net, (4,))
     x = torch.rand(2, 4)
-    before = bm.compute_bounds(x - 0.1, x + 0.1, method="crown-ibp")
+    before = bm.bound(x - 0.1, x + 0.1, method="crown-ibp")
     with torch.no_grad():
         net[2].bias += 1.0  # the traced graph must see the change
-    after = bm.compute_bounds(x - 0.1, x + 0.1, method="crown-ibp")
+    after = bm.bound(x - 0.1, x + 0.1, method="crown-ibp")
     assert torch.allclose(after[0], before[0] + 1.0, atol=1e-4) and torch.allclose(after[1], before[1] + 1.0, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown"])
 def test_certified_training_bounds_reach_every_parameter_and_match_finite_differences(method):
-    from verify import BoundedModule
+    from verify import BoundedModel
 
     torch.manual_seed(2)
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 6), nn.ReLU(),
                         nn.Linear(6, 3)).double()
-    bm = BoundedModule(net, (1, 6, 6))
+    bm = BoundedModel(net, (1, 6, 6))
     x = torch.rand(3, 1, 6, 6, dtype=torch.float64)
     C = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], dtype=torch.float64)
 
     def loss():
-        lower, _ = bm.compute_bounds(x - 0.05, x + 0.05, C=C, method=method)
+        lower, _ = bm.bound(x - 0.05, x + 0.05, C=C, method=method)
         return torch.nn.functional.softplus(-lower).sum()
 
     params = list(net.parameters())

@@ -1,6 +1,6 @@
 """Clarke's bound-propagation engine: graph IR, IBP / CROWN / alpha-CROWN, verification front ends."""
 
-from verify.api import METHODS, BoundedModule, as_graph, bound
+from verify.api import METHODS, BoundedModel, as_graph, bound
 from verify.errors import ClarkeError, InputError, ModelError, ShapeError, UnsupportedOperator, VnnlibError
 from verify.graph import Graph
 
@@ -36,7 +36,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "METHODS", "BoundedModule", "ClarkeError", "Graph", "InputError", "ModelError", "ShapeError",
+    "METHODS", "BoundedModel", "ClarkeError", "Graph", "InputError", "ModelError", "ShapeError",
     "UnsupportedOperator", "VnnlibError",
     "__version__", "as_graph", "bound", "evaluation_error", "from_torch", "load_onnx",
 ]

@@ -13,10 +13,18 @@ import torch
 from torch import Tensor
 
 from verify.bounds.alpha import alpha_crown_lower
-from verify.bounds.crown import intermediate_bounds, lower_bound
+from verify.bounds.crown import (
+    Ball,
+    backward_pass,
+    behind_relaxation,
+    concretize_lower,
+    intermediate_bounds,
+    lower_bound,
+)
 from verify.errors import InputError, ShapeError
 from verify.graph import Graph
-from verify.rounding import F64, bound_dtype, cast_box, cast_down, cast_up, down, gamma, up
+from verify.ops.linear import Dense
+from verify.rounding import F64, bound_dtype, cast_box, cast_down, cast_up, down, gamma, magnitude, up
 
 METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 """``crown-ibp``: interval intermediate bounds and one CROWN pass from the spec (Zhang et al., ICLR 2020)."""
@@ -55,6 +63,29 @@ def _box(graph: Graph, x_lo, x_hi) -> tuple[Tensor, Tensor]:
     return cast_box(lo, hi, graph.dtype)
 
 
+def _ball(graph: Graph, ball: tuple | None, b: int) -> Ball | None:
+    """``(center, eps, p)`` checked: p in 1, 2, inf (inf: the box alone), eps finite >= 0, one centre per box."""
+    if ball is None:
+        return None
+    center, eps, p = ball
+    p = float(p)
+    if p not in (1.0, 2.0, float("inf")):
+        raise InputError(f"norm must be 1, 2 or inf, got {p!r}")
+    if not (np.isfinite(float(eps)) and float(eps) >= 0):
+        raise InputError(f"eps must be a finite non-negative number, got {eps!r}")
+    if p == float("inf"):
+        return None
+    c = _as_tensor(center).to(F64)
+    if not bool(torch.isfinite(c).all()):
+        raise InputError("the ball's centre must be finite")
+    c = graph.prepare_input(c).reshape(-1, graph.input_numel)
+    if c.shape[0] == 1 and b > 1:
+        c = c.expand(b, -1)
+    if c.shape[0] != b:
+        raise ShapeError(f"the ball has {c.shape[0]} centres for {b} boxes")
+    return Ball(c, float(eps), p)
+
+
 def _spec(graph: Graph, C, b: int, dtype) -> Tensor:
     k = graph.output_numel
     if C is None:
@@ -71,9 +102,18 @@ def _spec(graph: Graph, C, b: int, dtype) -> Tensor:
     return C
 
 
+def method_name(method: str) -> str:
+    """A bounding method by any capitalisation (``"CROWN"``, ``"alpha-CROWN"``, ``"IBP"``)."""
+    name = str(method).lower()
+    if name not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return name
+
+
 def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: int = 20, lr: float = 0.5,
           optimize_intermediate: bool = False, input_shape: tuple[int, ...] | None = None,
-          precision: str = "float64", bound_upper: bool = True) -> tuple[Tensor, Tensor | None]:
+          precision: str = "float64", bound_upper: bool = True, linear: dict | None = None,
+          ball: tuple | None = None) -> tuple[Tensor, Tensor | None]:
     """Sound bounds ``lower <= C f(x) <= upper`` for all ``x`` in ``[x_lo, x_hi]``.
 
     ``x_lo``/``x_hi``: ``[B, *input_shape]`` (or flattened ``[B, n]``, or one sample). ``C``: ``[S, K]`` or
@@ -84,9 +124,20 @@ def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: 
     if the module does not take that, for ``x_lo.shape`` (one sample). ``precision``: ``float64`` (default) or
     ``model`` (see ``verify.rounding.PRECISIONS``); the bounds are rigorous either way. ``bound_upper=False``
     (auto_LiRPA's name) returns ``(lower, None)``: the CROWN passes carry half the rows (certified training).
+    Method names are case-insensitive.
+
+    ``linear`` (a dict; CROWN methods only) receives the linear bounds behind the result, auto_LiRPA's ``A``:
+    ``lA``, ``uA`` (``[B, S, *input_shape]``) and ``lbias``, ``ubias`` (float64 ``[B, S]``, rounding paid) with
+    ``<lA, x> + lbias <= C f(x) <= <uA, x> + ubias`` on the box (the returned bounds can be tighter: they also use
+    interval bounds).
+
+    ``ball = (center, eps, p)`` with p = 1 or 2: the inputs are ``{x : ||x - center||_p <= eps}`` intersected with
+    the box (pass the box ``center -+ eps``, clipped to the data range, as ``x_lo``/``x_hi``); CROWN concretises over
+    both (dual norm), IBP uses the ball for layers affine in the input.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    method = method_name(method)
+    if linear is not None and method == "ibp":
+        raise ValueError("linear bounds (return_A) need a CROWN method, not ibp")
     for name, v in (("iterations", iterations), ("lr", lr)):
         if not (isinstance(v, int | float) and np.isfinite(v) and v >= 0):
             raise InputError(f"{name} must be a finite non-negative number, got {v!r}")
@@ -97,9 +148,18 @@ def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: 
     lo, hi = _box(graph, x_lo, x_hi)
     b = lo.shape[0]
     C = _spec(graph, C, b, lo.dtype)
+    lp = _ball(graph, ball, b)
     chunk = boxes_per_pass(graph, method, C.shape[1])
-    parts = [_bound_boxes(graph, lo[i:i + chunk], hi[i:i + chunk], C[i:i + chunk], method, model_dtype,
-                          iterations, lr, optimize_intermediate, bound_upper) for i in range(0, b, chunk)]
+    pieces: list[dict] = []
+    parts = []
+    for i in range(0, b, chunk):
+        piece = {} if linear is not None else None
+        part_ball = None if lp is None else Ball(lp.center[i:i + chunk], lp.eps, lp.p)
+        parts.append(_bound_boxes(graph, lo[i:i + chunk], hi[i:i + chunk], C[i:i + chunk], method, model_dtype,
+                                  iterations, lr, optimize_intermediate, bound_upper, piece, part_ball))
+        pieces.append(piece)
+    if linear is not None:
+        linear.update({k: torch.cat([p[k] for p in pieces]) for k in pieces[0]})
     if len(parts) == 1:
         return parts[0]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]) if bound_upper else None
@@ -128,24 +188,40 @@ def boxes_per_pass(graph: Graph, method: str, spec_rows: int) -> int:
 
 
 def _bound_boxes(graph: Graph, lo: Tensor, hi: Tensor, C: Tensor, method: str, model_dtype: torch.dtype,
-                 iterations: int, lr: float, optimize_intermediate: bool, bound_upper: bool = True
-                 ) -> tuple[Tensor, Tensor | None]:
+                 iterations: int, lr: float, optimize_intermediate: bool, bound_upper: bool = True,
+                 linear: dict | None = None, ball: Ball | None = None) -> tuple[Tensor, Tensor | None]:
     """:func:`bound` on prepared boxes ``[B, *input_shape]`` and spec ``[B, S, K]`` (one pass)."""
     b = lo.shape[0]
     if method == "ibp":
-        lower, upper = _interval_spec(intermediate_bounds(graph, lo, hi, method="ibp")[graph.output], C, model_dtype)
+        ibp = intermediate_bounds(graph, lo, hi, method="ibp", ball=ball)
+        lower, upper = spec_interval(graph, ibp, C, model_dtype)
+        if ball is not None and graph.output not in behind_relaxation(graph):  # affine: the dual-norm rule
+            lam = torch.cat([C, -C], dim=1).reshape(b, 2 * C.shape[1], *graph.output_shape)
+            res = lower_bound(graph, graph.output, lam, ibp, ball=ball)
+            lower = torch.maximum(lower, cast_down(res[:, :C.shape[1]], model_dtype))
+            upper = torch.minimum(upper, cast_up(-res[:, C.shape[1]:], model_dtype))
         return lower, upper if bound_upper else None
     s = C.shape[1]
     rows = torch.cat([C, -C], dim=1) if bound_upper else C
     lam = rows.reshape(b, rows.shape[1], *graph.output_shape)
-    bounds = intermediate_bounds(graph, lo, hi, "ibp" if method == "crown-ibp" else "crown")
-    if method in ("crown", "crown-ibp"):
-        res = lower_bound(graph, graph.output, lam, bounds)
+    bounds = intermediate_bounds(graph, lo, hi, "ibp" if method == "crown-ibp" else "crown", ball=ball)
+    found: dict | None = {} if linear is not None else None
+    if method in ("crown", "crown-ibp") and found is None:
+        res = lower_bound(graph, graph.output, lam, bounds, ball=ball)
+    elif method in ("crown", "crown-ibp"):
+        lam_x, kappa = backward_pass(graph, graph.output, lam, bounds)
+        res = concretize_lower(lam_x, kappa, lo, hi, ball)
+        found.update(A=lam_x if lam_x is not None else torch.zeros(b, lam.shape[1], *lo.shape[1:], dtype=lo.dtype),
+                     bias=kappa)
     else:
         res = alpha_crown_lower(graph, lo, hi, lam, iterations=iterations, lr=lr,
-                                optimize_intermediate=optimize_intermediate, bounds=bounds)
+                                optimize_intermediate=optimize_intermediate, bounds=bounds, linear=found, ball=ball)
+    if linear is not None:
+        linear.update(lA=found["A"][:, :s], lbias=found["bias"][:, :s])
+        if bound_upper:
+            linear.update(uA=-found["A"][:, s:], ubias=-found["bias"][:, s:])
     # Both are sound, so the final answer is their intersection (CROWN alone can lose to IBP).
-    ilo, ihi = _interval_spec(bounds[graph.output], C, model_dtype)
+    ilo, ihi = spec_interval(graph, bounds, C, model_dtype)
     lower = torch.maximum(cast_down(res[:, :s], model_dtype), ilo)
     return lower, torch.minimum(cast_up(-res[:, s:], model_dtype), ihi) if bound_upper else None
 
@@ -162,6 +238,41 @@ def _trace(module: torch.nn.Module, shape: torch.Size, input_shape: tuple[int, .
             raise batched from None
 
 
+def spec_interval(graph: Graph, bounds: dict, C: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Interval bounds of ``C f(x)`` from the nodes' interval bounds: ``C`` applied to the output's interval, and
+    where the output is a dense layer ``W h + b``, ``C`` folded into it, ``(C W) h + C b`` over ``h``'s interval
+    (tighter: the usual elision of the last layer, Gowal et al. 2018). Both are sound; returns the intersection."""
+    lower, upper = _interval_spec(bounds[graph.output], C, dtype)
+    node = graph.node(graph.output)
+    op = node.op
+    if not isinstance(op, Dense) or op.weight_err is not None or op.bias_err is not None:
+        return lower, upper
+    h_lo, h_hi = bounds[node.inputs[0]]
+    b, n = h_lo.shape[0], op.weight.shape[1]
+    if h_lo[0].numel() != n:
+        return lower, upper
+    h_lo, h_hi = h_lo.reshape(b, n, 1).to(F64), h_hi.reshape(b, n, 1).to(F64)
+    C64, W = C.to(F64), op.weight.to(F64)
+    M = C64 @ W  # [B, S, n]
+    mp, mn = M.clamp(min=0), M.clamp(max=0)
+    cb = 0.0 if op.bias is None else C64 @ op.bias.to(F64)
+    flo = (mp @ h_lo + mn @ h_hi).squeeze(-1) + cb
+    fhi = (mp @ h_hi + mn @ h_lo).squeeze(-1) + cb
+    with torch.no_grad():
+        mag = torch.maximum(h_lo.abs(), h_hi.abs())
+        absC = C64.abs()
+        size = absC @ W.abs() @ mag
+        if op.bias is not None:
+            size = size + absC @ op.bias.to(F64).abs().unsqueeze(-1)
+        # C W and the dots, in float64; and the layer's own rounding allowance (a float evaluation of it)
+        slack = gamma(C.shape[-1] + n + 2, F64) * size.squeeze(-1)
+        e = op.interval_radius([magnitude(*bounds[node.inputs[0]])])
+        if e is not None:
+            slack = slack + (absC @ e.reshape(b, -1, 1).to(F64)).squeeze(-1) * (1 + 1e-6)
+    flo, fhi = cast_down(down(flo - slack), dtype), cast_up(up(fhi + slack), dtype)
+    return torch.maximum(lower, flo), torch.minimum(upper, fhi)
+
+
 def _interval_spec(out_bounds: tuple[Tensor, Tensor], C: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Interval arithmetic for ``C y`` with ``y`` in ``[lo, hi]``, in float64 with its rounding paid, returned
     in ``dtype`` rounded outward."""
@@ -175,9 +286,10 @@ def _interval_spec(out_bounds: tuple[Tensor, Tensor], C: Tensor, dtype: torch.dt
     return cast_down(down(lower - slack), dtype), cast_up(up(upper + slack), dtype)
 
 
-class BoundedModule:
-    """A torch module traced once for per-sample inputs of ``input_shape`` (the name auto_LiRPA users know); every
-    call reads the module's current parameters, so bounds stay differentiable in them (certified training).
+class BoundedModel:
+    """A torch module traced once for per-sample inputs of ``input_shape``; every call reads the module's current
+    parameters, so bounds stay differentiable in them (certified training). For auto_LiRPA's own interface see
+    ``verify.lirpa``.
 
     ``precision``: ``model`` by default here (float32 arithmetic for a float32 module: training speed; the
     bounds are rigorous either way, ``float64`` is tighter)."""
@@ -190,7 +302,7 @@ class BoundedModule:
     def __call__(self, x: Tensor) -> Tensor:
         return self.module(x)
 
-    def compute_bounds(self, x_lo, x_hi, C=None, method: str = "crown", **options) -> tuple[Tensor, Tensor | None]:
+    def bound(self, x_lo, x_hi, C=None, method: str = "crown", **options) -> tuple[Tensor, Tensor | None]:
         """:func:`bound` on the traced graph: ``lower <= C f(x) <= upper`` over the boxes, ``[B, S]`` each
         (``bound_upper=False``: ``(lower, None)`` at about half the cost of a CROWN pass)."""
         options.setdefault("precision", self.precision)

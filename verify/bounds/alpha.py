@@ -13,7 +13,14 @@ import time
 import torch
 from torch import Tensor
 
-from verify.bounds.crown import AlphaStore, RoundingCache, intermediate_bounds, lower_bound
+from verify.bounds.crown import (
+    AlphaStore,
+    RoundingCache,
+    backward_pass,
+    concretize_lower,
+    intermediate_bounds,
+    lower_bound,
+)
 from verify.graph import Graph
 
 log = logging.getLogger(__name__)
@@ -32,22 +39,25 @@ def final_alphas(graph: Graph, bounds, b: int, s: int) -> dict[str, Tensor]:
 
 def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, iterations: int = 20,
                       lr: float = 0.5, decay: float = 0.98, optimize_intermediate: bool = False,
-                      bounds=None, time_limit: float | None = None, return_bounds: bool = False):
+                      bounds=None, time_limit: float | None = None, return_bounds: bool = False,
+                      linear: dict | None = None, ball=None):
     """Best lower bound of ``<lam, f(x)>`` (``lam [B, S, *out_shape]``) over the box: float64 ``[B, S]``,
     rigorous in real arithmetic (``verify.bounds.crown``).
 
     ``time_limit`` (seconds) stops the optimisation early; the best bound so far is still sound.
     ``return_bounds``: also return the intermediate bounds used last (with ``optimize_intermediate``
-    the tightest found, each the intersection of all passes), as ``(lower, bounds)``."""
+    the tightest found, each the intersection of all passes), as ``(lower, bounds)``. ``linear`` (a dict) receives
+    the linear bound behind each row's best value: ``"A"`` (``Lambda_x [B, S, *input_shape]``) and ``"bias"``
+    (float64 ``[B, S]``, rounding paid), with ``lower >= <A, x> + bias`` on the box."""
     t_end = None if time_limit is None else time.perf_counter() + time_limit
     # past the time limit, intermediate passes keep interval bounds for the nodes left (sound): on large networks
     # one pass can take minutes
     stop = None if t_end is None else (lambda: time.perf_counter() > t_end)
     with torch.no_grad():
         if bounds is None:
-            bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", stop=stop)
+            bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", stop=stop, ball=ball)
         cache = RoundingCache()  # rounding allowances, valid while the intermediate bounds stay the same
-        best = lower_bound(graph, graph.output, lam, bounds, cache=cache)
+        best = _pass(graph, lam, bounds, None, cache, x_lo, x_hi, linear, None, ball)
 
     def out(cur):
         return (best, {k: (v[0].detach(), v[1].detach()) for k, v in cur.items()}) if return_bounds else best
@@ -60,7 +70,8 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
     params = list(alphas.values())
     cur_bounds = bounds
     if store is not None:
-        cur_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", alpha_store=store, reference=bounds, stop=stop)
+        cur_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", alpha_store=store, reference=bounds, stop=stop,
+                                         ball=ball)
         params += list(store.params.values())
     if not params:
         return out(cur_bounds)
@@ -71,11 +82,11 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
         with torch.enable_grad():
             if store is not None and it > 0:
                 cur_bounds = intermediate_bounds(graph, x_lo, x_hi, "crown", alpha_store=store, reference=bounds,
-                                                 stop=stop)
+                                                 stop=stop, ball=ball)
             if store is not None:
                 cache = RoundingCache()
-            lb = lower_bound(graph, graph.output, lam, cur_bounds, alphas, cache=cache)
-        best = torch.maximum(best, lb.detach())
+            lb = _pass(graph, lam, cur_bounds, alphas, cache, x_lo, x_hi, linear, best, ball)
+        best = torch.fmax(best, lb.detach())  # a NaN pass (a diverged step) never replaces a sound bound
         if it == iterations or (t_end is not None and time.perf_counter() > t_end):
             break
         if log.isEnabledFor(logging.DEBUG) and time.perf_counter() >= next_log:
@@ -96,6 +107,24 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
                 # Later passes start from the tightest sound bounds found so far.
                 bounds = {k: (v[0].detach(), v[1].detach()) for k, v in cur_bounds.items()}
     return out(cur_bounds)
+
+
+def _pass(graph: Graph, lam: Tensor, bounds, alphas, cache: RoundingCache, x_lo: Tensor, x_hi: Tensor,
+          linear: dict | None, best: Tensor | None, ball=None) -> Tensor:
+    """One CROWN pass; with ``linear``, also keeps the linear bound of every row this pass improves."""
+    if linear is None:
+        return lower_bound(graph, graph.output, lam, bounds, alphas, cache=cache, ball=ball)
+    lam_x, kappa = backward_pass(graph, graph.output, lam, bounds, alphas, cache=cache)
+    lb = concretize_lower(lam_x, kappa, x_lo, x_hi, ball)
+    a = lam_x.detach() if lam_x is not None else torch.zeros(*lam.shape[:2], *x_lo.shape[1:], dtype=x_lo.dtype)
+    if best is None:
+        linear["A"], linear["bias"] = a.clone(), kappa.detach().clone()
+    else:
+        better = lb.detach() > best
+        view = better.reshape(*better.shape, *([1] * (a.dim() - 2)))
+        linear["A"] = torch.where(view, a, linear["A"])
+        linear["bias"] = torch.where(better, kappa.detach(), linear["bias"])
+    return lb
 
 
 class _Adam:

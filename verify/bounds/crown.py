@@ -158,9 +158,12 @@ def _slack(err: Tensor, kappa_abs: Tensor, n_terms: int) -> Tensor:
     return err * (1 + 1e-6) + gamma(n_terms + 1, F64) * (kappa_abs + err)
 
 
-def concretize_lower(lam_x: Tensor | None, kappa: Tensor, x_lo: Tensor, x_hi: Tensor) -> Tensor:
+def concretize_lower(lam_x: Tensor | None, kappa: Tensor, x_lo: Tensor, x_hi: Tensor, ball: Ball | None = None
+                     ) -> Tensor:
     """``min over the box of <Lambda_x, x> + kappa`` = ``<Lambda_x+, l> + <Lambda_x-, u> + kappa``, in float64,
-    minus the error of that sum, rounded down: a float64 ``[B, S]`` lower bound in real arithmetic."""
+    minus the error of that sum, rounded down: a float64 ``[B, S]`` lower bound in real arithmetic. With an l_p
+    ``ball`` inside the box, also ``<Lambda_x, c> - eps ||Lambda_x||_q + kappa`` (dual norm, 1/p + 1/q = 1); the
+    inputs lie in both, so the larger of the two is a lower bound."""
     if lam_x is None:
         return down(kappa.to(F64))
     b, s = lam_x.shape[:2]
@@ -170,16 +173,39 @@ def concretize_lower(lam_x: Tensor | None, kappa: Tensor, x_lo: Tensor, x_hi: Te
     val = (lam.clamp(min=0) @ lo + lam.clamp(max=0) @ hi).squeeze(-1) + kappa
     mass = (lam.detach().abs() @ torch.maximum(lo.abs(), hi.abs())).squeeze(-1)
     slack = gamma(lam.shape[-1] + 2, F64) * (mass + kappa.detach().abs())
-    return down(val - slack)
+    box = down(val - slack)
+    return box if ball is None else torch.maximum(box, ball.concretize(lam, kappa))
+
+
+class Ball:
+    """An l_p ball ``{x : ||x - c||_p <= eps}`` (p = 1 or 2), centre ``c [B, n]`` in float64: the perturbation set
+    (with the box that holds it) of ``verify.bound(..., ball=...)``."""
+
+    def __init__(self, center: Tensor, eps: float, p: float):
+        if p not in (1.0, 2.0):
+            raise ValueError(f"an l_p ball needs p = 1 or 2 (use a box for l_inf), got {p!r}")
+        self.center, self.eps, self.p = center.reshape(center.shape[0], -1).to(F64), float(eps), float(p)
+
+    def concretize(self, lam: Tensor, kappa: Tensor) -> Tensor:
+        """``min over the ball of <lam, x> + kappa`` for float64 ``lam [B, S, n]``, rounded down, rounding paid:
+        the float64 dual norm of ``n`` terms is within a relative ``gamma_n`` of the exact one."""
+        n = lam.shape[-1]
+        c = self.center.unsqueeze(-1)
+        # vector_norm's gradient at a zero row is 0 (sqrt's is inf: NaN slopes in alpha-CROWN)
+        dual = torch.linalg.vector_norm(lam, 2.0 if self.p == 2.0 else float("inf"), dim=-1)
+        val = (lam @ c).squeeze(-1) + kappa - self.eps * dual
+        mass = (lam.detach().abs() @ c.abs()).squeeze(-1) + kappa.detach().abs() + self.eps * dual.detach()
+        return down(val - gamma(n + 4, F64) * mass)
 
 
 def lower_bound(graph: Graph, start: str, lam: Tensor, bounds: Mapping[str, Bounds],
                 alphas: Mapping[str, Tensor] | None = None, betas: Mapping[str, Tensor] | None = None,
-                record: dict[str, Tensor] | None = None, cache: RoundingCache | None = None) -> Tensor:
-    """Rigorous float64 lower bound ``[B, S]`` of ``<lam, v_start>`` over the box."""
+                record: dict[str, Tensor] | None = None, cache: RoundingCache | None = None,
+                ball: Ball | None = None) -> Tensor:
+    """Rigorous float64 lower bound ``[B, S]`` of ``<lam, v_start>`` over the box (and ``ball``)."""
     lam_x, kappa = backward_pass(graph, start, lam, bounds, alphas, betas, record, cache)
     x_lo, x_hi = bounds[graph.input_name]
-    return concretize_lower(lam_x, kappa, x_lo, x_hi)
+    return concretize_lower(lam_x, kappa, x_lo, x_hi, ball)
 
 
 def _relu_only_consumers(graph: Graph) -> dict[str, bool]:
@@ -191,7 +217,7 @@ def _relu_only_consumers(graph: Graph) -> dict[str, bool]:
     return out
 
 
-def _behind_relaxation(graph: Graph) -> set[str]:
+def behind_relaxation(graph: Graph) -> set[str]:
     """Nodes with a relaxed (nonlinear) op among their ancestors."""
     out: set[str] = set()
     for n in graph.nodes:
@@ -209,7 +235,7 @@ def refine_rows(lo: Tensor, hi: Tensor, relu_only: bool) -> Tensor:
 
 def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bounds],
                alphas: Mapping[str, Tensor] | None = None, functions: dict | None = None,
-               cache: RoundingCache | None = None) -> tuple[Tensor, Tensor]:
+               cache: RoundingCache | None = None, ball: Ball | None = None) -> tuple[Tensor, Tensor]:
     """CROWN lower and upper bounds of the given flat neurons of ``name``: two ``[B, R]`` tensors in the
     model's precision, rounded outward. Rows of a feature map behind convolutions go through the patch form
     (``verify.bounds.patches``; same bounds, less work) unless slopes are optimised.
@@ -221,7 +247,7 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
     b, shape = x_lo.shape[0], graph.shape_of(name)
     r = rows.numel()
     cache = RoundingCache() if cache is None else cache
-    plan = patch_chain(graph, name) if alphas is None and USE_PATCHES else None
+    plan = patch_chain(graph, name) if alphas is None and ball is None and USE_PATCHES else None
     if plan is not None:
         res, lam_x, kappa = _patch_rows(graph, name, rows, bounds, plan, cache, functions is not None)
     else:
@@ -230,7 +256,7 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
         eye[torch.arange(r), rows] = 1.0
         lam = torch.cat([eye, -eye]).expand(b, 2 * r, numel).reshape(b, 2 * r, *shape)
         lam_x, kappa = backward_pass(graph, name, lam, bounds, alphas, cache=cache)
-        res = concretize_lower(lam_x, kappa, x_lo, x_hi)
+        res = concretize_lower(lam_x, kappa, x_lo, x_hi, ball)
     if functions is not None:
         functions.setdefault(name, []).append((rows, lam_x.reshape(b, 2 * r, -1), kappa))
     return cast_down(res[:, :r], x_lo.dtype), cast_up(-res[:, r:], x_lo.dtype)
@@ -282,7 +308,7 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
                         reference: Mapping[str, Bounds] | None = None,
                         splits: Mapping[str, Tensor] | None = None,
                         functions: dict | None = None,
-                        stop: Callable[[], bool] | None = None) -> dict[str, Bounds]:
+                        stop: Callable[[], bool] | None = None, ball: Ball | None = None) -> dict[str, Bounds]:
     """Bounds of every node: interval rules forward, refined by CROWN at the inputs of relaxed ops.
 
     ``reference`` (earlier sound bounds) is intersected in; ``alpha_store`` supplies optimisable
@@ -290,10 +316,15 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
     (``[B, *shape]`` in {-1, 0, 1} per ReLU input node) restricts each box to a ReLU sub-domain.
     ``stop()`` true (a deadline passed): the remaining nodes keep their interval bounds (sound, looser), so
     a large network cannot hold a caller past its time limit inside one pass.
+    ``ball``: the inputs also lie in this l_p ball; nodes affine in the input then get CROWN passes too (their box
+    intervals are no longer exact), under ``ibp`` as well (the dual-norm rule for a first layer).
     """
     bounds: dict[str, Bounds] = {graph.input_name: (x_lo, x_hi)}
-    refine = set(graph.bounded_nodes()) if method == "crown" else set()
-    refine &= _behind_relaxation(graph)  # an affine function of the input: intervals are already exact
+    bounded = set(graph.bounded_nodes())
+    affine = bounded - behind_relaxation(graph)  # an affine function of the input: box intervals are exact
+    refine = bounded - affine if method == "crown" else set()
+    if ball is not None:
+        refine |= affine
     relu_only = _relu_only_consumers(graph)
     cache = RoundingCache()  # each node's bounds are final once set, so allowances stay valid throughout
     for n in graph.nodes:
@@ -315,7 +346,7 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
                     break
                 chunk = rows[start:start + step]
                 alphas = alpha_store.for_start(n.name, chunk, start, bounds) if alpha_store else None
-                new_lo, new_hi = bound_rows(graph, n.name, chunk, bounds, alphas, functions, cache)
+                new_lo, new_hi = bound_rows(graph, n.name, chunk, bounds, alphas, functions, cache, ball)
                 lo, hi = intersect_rows(lo, hi, chunk, new_lo, new_hi)
         if splits is not None and n.name in splits:
             lo, hi = apply_splits(lo, hi, splits[n.name])

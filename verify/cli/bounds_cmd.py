@@ -33,7 +33,8 @@ from verify.rounding import PRECISIONS, outward_box
 log = logging.getLogger("verify.cli.bounds")
 
 DESCRIPTION = """Compute certified lower/upper bounds of every network output (or of C*f(x)) over an
-input box: either x0 +- eps (--center/--eps, clipped to --clip), an explicit box (--box LO HI),
+input region: either the ball ||x - x0|| <= eps (--center/--eps in the --norm, inf by default: a box;
+clipped to --clip), an explicit box (--box LO HI),
 or the input box of a VNNLIB property (second positional argument; a union of boxes is covered
 by the union of their bounds). Every x in the box satisfies lower <= f(x) <= upper.
 
@@ -47,11 +48,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="ONNX model file")
     p.add_argument("spec", nargs="?", help="VNNLIB file whose input box to use (instead of --center/--box)")
     p.add_argument("--center", metavar="X.npy", help="centre point x0 (.npy, or text with one value per line)")
-    p.add_argument("--eps", type=nonneg_float, help="l_inf radius around --center (finite, >= 0)")
+    p.add_argument("--eps", type=nonneg_float, help="radius around --center in the --norm (finite, >= 0)")
+    p.add_argument("--norm", choices=("inf", "2", "1"), default="inf",
+                   help="the ball around --center: l_inf (a box, default), l_2 or l_1 (intersected with --clip)")
     p.add_argument("--clip", nargs=2, type=finite_float, metavar=("MIN", "MAX"),
                    help="clip the eps-box to [MIN, MAX] (e.g. the data range 0 1)")
     p.add_argument("--box", nargs=2, metavar=("LO.npy", "HI.npy"), help="explicit input box")
-    p.add_argument("--method", choices=METHODS, default="crown",
+    p.add_argument("--method", type=str.lower, choices=METHODS, default="crown",
                    help="ibp: interval propagation (fast, loose); crown-ibp: interval intermediate bounds, one "
                         "CROWN pass; crown: backward linear relaxation (default); alpha-crown: CROWN with "
                         "optimised ReLU/sigmoid slopes (tightest)")
@@ -83,6 +86,16 @@ def _boxes(args, graph) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(lo, hi)]
 
 
+def _ball(args, graph) -> tuple | None:
+    """``--norm 2|1``: ``(center, eps, p)`` for ``verify.bound``; None for the l_inf box."""
+    if args.norm == "inf":
+        return None
+    if args.center is None:
+        raise CliError(f"--norm {args.norm} goes with --center and --eps (a VNNLIB spec or --box is a box)")
+    center = load_array(args.center, "centre").reshape(1, -1).astype(np.float64)
+    return torch.from_numpy(center), float(args.eps), float(args.norm)
+
+
 def _spec_matrix(path: str | None, n_outputs: int) -> np.ndarray | None:
     """``--C``: a finite matrix ``[S, n_outputs]`` (a single row may be given as a vector)."""
     if path is None:
@@ -99,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     graph = load_onnx(args.model)  # in the model's own precision
     boxes = _boxes(args, graph)
+    ball = _ball(args, graph)
     C = _spec_matrix(args.C, graph.output_numel)
     check_against_onnxruntime(graph, args.model, sample_points(boxes, per_box=1))
     lower = upper = None
@@ -109,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         lo_t, hi_t = outward_box(lo.reshape(1, -1), hi.reshape(1, -1), torch.float64)
         with torch.no_grad() if args.method != "alpha-crown" else torch.enable_grad():
             lb, ub = bound(graph, lo_t, hi_t, C=C, method=args.method, iterations=args.iterations, lr=args.lr,
-                           optimize_intermediate=args.optimize_intermediate, precision=args.precision)
+                           optimize_intermediate=args.optimize_intermediate, precision=args.precision, ball=ball)
         lb, ub = lb[0].detach().double().numpy(), ub[0].detach().double().numpy()
         lower = lb if lower is None else np.minimum(lower, lb)
         upper = ub if upper is None else np.maximum(upper, ub)
@@ -117,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     check_finite("upper bound", upper)
     seconds = time.perf_counter() - t0
     if args.json:
-        print_json({"lower": lower.tolist(), "upper": upper.tolist(), "method": args.method,
+        print_json({"lower": lower.tolist(), "upper": upper.tolist(), "method": args.method, "norm": args.norm,
                     "precision": args.precision, "seconds": round(seconds, 6), "model": args.model,
                     "boxes": len(boxes)})
         return 0

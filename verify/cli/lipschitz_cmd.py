@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--output", type=nonneg_int, action="append", metavar="J",
                    help="output index to bound (repeatable; default: all outputs)")
-    p.add_argument("--method", choices=METHODS, default="crown", help="bounding method (default crown)")
+    p.add_argument("--method", type=str.lower, choices=METHODS, default="crown", help="bounding method (default crown)")
     p.add_argument("--no-attack", action="store_true",
                    help="skip the sampled/PGD lower bound (lower is then the trivial 0)")
     p.add_argument("--centers", metavar="X.npy",

@@ -240,6 +240,7 @@ def lipschitz(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None = None
     ``verify.lipschitz.race.MAX_RELUS`` neurons raced against the exact MIP in a worker process), mip (exact
     LipMIP, dual bound on timeout), lipsdp (global l2 bound times sqrt(d)). ``precision``: see :func:`_prepare`;
     ``threads``: torch intra-op threads during the call (None: leave as is)."""
+    method = str(method).lower()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     _check_options(timeout=timeout, samples=samples)

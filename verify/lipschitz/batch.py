@@ -58,6 +58,7 @@ def lipschitz_batch(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None 
     """Upper bounds on the local l_inf Lipschitz constant over each box ``[x_lo[b], x_hi[b]]`` (``[B, *shape]`` or
     ``[B, n]``). ``model``, ``outputs``, ``precision``: as :func:`verify.lipschitz.api.lipschitz`; ``timeout``:
     per box, for the methods that take one."""
+    method = str(method).lower()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     _check_options(timeout=timeout)
