@@ -153,15 +153,23 @@ def _timed(fn, *args, **kwargs):
     scheduler noise out of sub-millisecond rows. Returns ``(seconds, result of the first call)``."""
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
+    _sync()
     best = time.perf_counter() - t0
     for _ in range(4 if best < 0.02 else 0):
         t0 = time.perf_counter()
         fn(*args, **kwargs)
+        _sync()
         best = min(best, time.perf_counter() - t0)
     return best, out
 
 
-def run(inputs: int, iterations: int, models: list[str], lirpa=None, precision: str = "float64") -> list[dict]:
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run(inputs: int, iterations: int, models: list[str], lirpa=None, precision: str = "float64",
+        device: str = "cpu") -> list[dict]:
     rows = []
     for name in models:
         factory, shape = MODELS[name]
@@ -174,7 +182,7 @@ def run(inputs: int, iterations: int, models: list[str], lirpa=None, precision: 
         peer = _Lirpa(lirpa, net, shape, iterations) if lirpa is not None else None
         w_lo, w_hi = (xs[:1] - 1 / 255).clamp(0, 1), (xs[:1] + 1 / 255).clamp(0, 1)
         for method in METHODS:  # warm-up: one call per tool and method
-            bound(graph, w_lo, w_hi, method=method, iterations=2, lr=LR, precision=precision)
+            bound(graph, w_lo, w_hi, method=method, iterations=2, lr=LR, precision=precision, device=device)
             if peer is not None:
                 peer.bound(w_lo, w_hi, method, iterations=2)
         for eps in EPS:
@@ -184,9 +192,9 @@ def run(inputs: int, iterations: int, models: list[str], lirpa=None, precision: 
                     lo = (xs[i:i + 1] - eps / 255).clamp(0, 1)
                     hi = (xs[i:i + 1] + eps / 255).clamp(0, 1)
                     dt, (cl, cu) = _timed(bound, graph, lo, hi, method=method, iterations=iterations, lr=LR,
-                                          precision=precision)
+                                          precision=precision, device=device)
                     t_c.append(dt)
-                    wc = (cu - cl).detach().double().flatten()
+                    wc = (cu - cl).detach().double().cpu().flatten()
                     w_c.append(float(wc.mean()))
                     if peer is not None:
                         dt, (ll, lu) = _timed(peer.bound, lo, hi, method)
@@ -255,6 +263,9 @@ def main() -> None:
                     help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
     ap.add_argument("--precision", choices=("model", "float64"), default="float64",
                     help="Clarke's arithmetic: float64 (default; auto_LiRPA's widths), or the network's float32")
+    ap.add_argument("--device", default="cpu",
+                    help="where Clarke computes: cpu (default), cuda, cuda:N (auto_LiRPA stays on the CPU: use "
+                         "--no-peer for a GPU run)")
     ap.add_argument("--no-peer", action="store_true", help="do not run auto_LiRPA (Clarke's columns only)")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     args = ap.parse_args()
@@ -275,9 +286,10 @@ def main() -> None:
         peer_line = f"auto_LiRPA not available: {reason}"
     print(peer_line)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.inputs} input(s) per row, "
-          f"alpha-CROWN {args.iterations} iterations at lr {LR}, Clarke precision {args.precision}", flush=True)
+          f"alpha-CROWN {args.iterations} iterations at lr {LR}, Clarke precision {args.precision} on {args.device}",
+          flush=True)
     t0 = time.perf_counter()
-    rows = run(args.inputs, args.iterations, models, lirpa, args.precision)
+    rows = run(args.inputs, args.iterations, models, lirpa, args.precision, args.device)
     print()
     print(report(rows, lirpa is not None))
     print()

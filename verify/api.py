@@ -21,6 +21,7 @@ from verify.bounds.crown import (
     intermediate_bounds,
     lower_bound,
 )
+from verify.device import exact_float32, resolve_device
 from verify.errors import InputError, ShapeError
 from verify.graph import Graph
 from verify.ops.linear import Dense
@@ -46,7 +47,7 @@ def as_graph(model: Any, input_shape: tuple[int, ...] | None = None) -> Graph:
 
 
 def _as_tensor(x) -> Tensor:
-    return x.detach() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
+    return x.detach() if isinstance(x, Tensor) else torch.from_numpy(np.array(x, dtype=np.float64))
 
 
 def _box(graph: Graph, x_lo, x_hi) -> tuple[Tensor, Tensor]:
@@ -63,7 +64,7 @@ def _box(graph: Graph, x_lo, x_hi) -> tuple[Tensor, Tensor]:
     return cast_box(lo, hi, graph.dtype)
 
 
-def _ball(graph: Graph, ball: tuple | None, b: int) -> Ball | None:
+def _ball(graph: Graph, ball: tuple | None, b: int, device: torch.device) -> Ball | None:
     """``(center, eps, p)`` checked: p in 1, 2, inf (inf: the box alone), eps finite >= 0, one centre per box."""
     if ball is None:
         return None
@@ -75,7 +76,7 @@ def _ball(graph: Graph, ball: tuple | None, b: int) -> Ball | None:
         raise InputError(f"eps must be a finite non-negative number, got {eps!r}")
     if p == float("inf"):
         return None
-    c = _as_tensor(center).to(F64)
+    c = _as_tensor(center).to(F64).to(device)
     if not bool(torch.isfinite(c).all()):
         raise InputError("the ball's centre must be finite")
     c = graph.prepare_input(c).reshape(-1, graph.input_numel)
@@ -86,11 +87,11 @@ def _ball(graph: Graph, ball: tuple | None, b: int) -> Ball | None:
     return Ball(c, float(eps), p)
 
 
-def _spec(graph: Graph, C, b: int, dtype) -> Tensor:
+def _spec(graph: Graph, C, b: int, dtype, device=None) -> Tensor:
     k = graph.output_numel
     if C is None:
-        C = torch.eye(k, dtype=dtype)
-    C = torch.as_tensor(C, dtype=dtype)
+        C = torch.eye(k, dtype=dtype, device=device)
+    C = C.to(dtype=dtype, device=device) if isinstance(C, Tensor) else torch.as_tensor(C, dtype=dtype, device=device)
     if C.dim() == 1:
         C = C.unsqueeze(0)
     if C.shape[-1] != k:
@@ -113,7 +114,7 @@ def method_name(method: str) -> str:
 def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: int = 20, lr: float = 0.5,
           optimize_intermediate: bool = False, input_shape: tuple[int, ...] | None = None,
           precision: str = "float64", bound_upper: bool = True, linear: dict | None = None,
-          ball: tuple | None = None) -> tuple[Tensor, Tensor | None]:
+          ball: tuple | None = None, device: str | torch.device | None = None) -> tuple[Tensor, Tensor | None]:
     """Sound bounds ``lower <= C f(x) <= upper`` for all ``x`` in ``[x_lo, x_hi]``.
 
     ``x_lo``/``x_hi``: ``[B, *input_shape]`` (or flattened ``[B, n]``, or one sample). ``C``: ``[S, K]`` or
@@ -134,6 +135,9 @@ def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: 
     ``ball = (center, eps, p)`` with p = 1 or 2: the inputs are ``{x : ||x - center||_p <= eps}`` intersected with
     the box (pass the box ``center -+ eps``, clipped to the data range, as ``x_lo``/``x_hi``); CROWN concretises over
     both (dual norm), IBP uses the ball for layers affine in the input.
+
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``; ``verify.device``): where to compute; the model and the
+    boxes are moved there and the bounds come back on it. Default: the boxes' device.
     """
     method = method_name(method)
     if linear is not None and method == "ibp":
@@ -146,10 +150,24 @@ def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: 
     model_dtype = as_graph(model).dtype
     graph = as_graph(model).with_dtype(bound_dtype(model_dtype, precision))
     lo, hi = _box(graph, x_lo, x_hi)
+    if device is not None:
+        target = resolve_device(device)
+        lo, hi = lo.to(target), hi.to(target)
+    graph = graph.to(lo.device)
     b = lo.shape[0]
-    C = _spec(graph, C, b, lo.dtype)
-    lp = _ball(graph, ball, b)
+    C = _spec(graph, C, b, lo.dtype, lo.device)
+    lp = _ball(graph, ball, b, lo.device)
     chunk = boxes_per_pass(graph, method, C.shape[1])
+    with exact_float32(lo.device):
+        return _bound_chunks(graph, lo, hi, C, lp, chunk, method, model_dtype, iterations, lr, optimize_intermediate,
+                             bound_upper, linear)
+
+
+def _bound_chunks(graph: Graph, lo: Tensor, hi: Tensor, C: Tensor, lp: Ball | None, chunk: int, method: str,
+                  model_dtype: torch.dtype, iterations: int, lr: float, optimize_intermediate: bool,
+                  bound_upper: bool, linear: dict | None) -> tuple[Tensor, Tensor | None]:
+    """:func:`bound` over the boxes, ``chunk`` at a time."""
+    b = lo.shape[0]
     pieces: list[dict] = []
     parts = []
     for i in range(0, b, chunk):
@@ -211,7 +229,7 @@ def _bound_boxes(graph: Graph, lo: Tensor, hi: Tensor, C: Tensor, method: str, m
     elif method in ("crown", "crown-ibp"):
         lam_x, kappa = backward_pass(graph, graph.output, lam, bounds)
         res = concretize_lower(lam_x, kappa, lo, hi, ball)
-        found.update(A=lam_x if lam_x is not None else torch.zeros(b, lam.shape[1], *lo.shape[1:], dtype=lo.dtype),
+        found.update(A=lam_x if lam_x is not None else lo.new_zeros(b, lam.shape[1], *lo.shape[1:]),
                      bias=kappa)
     else:
         res = alpha_crown_lower(graph, lo, hi, lam, iterations=iterations, lr=lr,

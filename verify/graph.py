@@ -103,7 +103,7 @@ class Graph:
     # -- evaluation ------------------------------------------------------------------------
     def prepare_input(self, x: Tensor) -> Tensor:
         """Accepts ``[B, *input_shape]``, ``[B, numel]`` or a single sample; returns ``[B, *input_shape]``."""
-        x = torch.as_tensor(x)
+        x = x if isinstance(x, Tensor) else torch.as_tensor(x)
         n = self.input_numel
         if x.dim() >= 1 and tuple(x.shape[1:]) == self.input_shape:
             return x
@@ -147,6 +147,26 @@ class Graph:
             op.cast(dtype)
             nodes.append(Node(n.name, op, n.inputs, n.shape))
         return Graph(self.input_name, self.input_shape, nodes, self.output, self.source, self.user_input_shape)
+
+    def to(self, device: torch.device | str) -> Graph:
+        """This graph with every op's tensors on ``device`` (copied ops; ``self`` is unchanged). A torch module's
+        parameters are read through differentiable copies, so gradients still reach them."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        nodes = []
+        for n in self.nodes:
+            op = copy.copy(n.op)
+            op.to_device(device)
+            nodes.append(Node(n.name, op, n.inputs, n.shape))
+        return Graph(self.input_name, self.input_shape, nodes, self.output, self.source, self.user_input_shape)
+
+    @property
+    def device(self) -> torch.device:
+        for n in self.nodes:
+            for t in n.op.tensors().values():
+                return t.device
+        return torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:

@@ -116,7 +116,7 @@ def _pass(graph: Graph, lam: Tensor, bounds, alphas, cache: RoundingCache, x_lo:
         return lower_bound(graph, graph.output, lam, bounds, alphas, cache=cache, ball=ball)
     lam_x, kappa = backward_pass(graph, graph.output, lam, bounds, alphas, cache=cache)
     lb = concretize_lower(lam_x, kappa, x_lo, x_hi, ball)
-    a = lam_x.detach() if lam_x is not None else torch.zeros(*lam.shape[:2], *x_lo.shape[1:], dtype=x_lo.dtype)
+    a = lam_x.detach() if lam_x is not None else x_lo.new_zeros(*lam.shape[:2], *x_lo.shape[1:])
     if best is None:
         linear["A"], linear["bias"] = a.clone(), kappa.detach().clone()
     else:

@@ -253,7 +253,7 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
     else:
         numel = int(torch.Size(shape).numel())
         eye = torch.zeros(r, numel, dtype=x_lo.dtype, device=x_lo.device)
-        eye[torch.arange(r), rows] = 1.0
+        eye[torch.arange(r, device=rows.device), rows] = 1.0
         lam = torch.cat([eye, -eye]).expand(b, 2 * r, numel).reshape(b, 2 * r, *shape)
         lam_x, kappa = backward_pass(graph, name, lam, bounds, alphas, cache=cache)
         res = concretize_lower(lam_x, kappa, x_lo, x_hi, ball)

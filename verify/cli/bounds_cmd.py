@@ -26,6 +26,7 @@ from verify.cli.common import (
     print_json,
     region_from_args,
 )
+from verify.device import DEVICE_HELP, device_arg, resolve_device
 from verify.frontends.onnx_frontend import load_onnx
 from verify.model_check import check_against_onnxruntime, sample_points
 from verify.rounding import PRECISIONS, outward_box
@@ -67,6 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="float64",
                    help="arithmetic of the bound computation: float64, or the model's own precision (faster, "
                         "looser on wide layers); the bounds are rigorous either way")
+    p.add_argument("--device", type=device_arg, default="auto", help=f"where to compute: {DEVICE_HELP}")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: lower, upper (one entry per output, C-order), method, seconds")
     add_verbosity(p)
@@ -110,6 +112,7 @@ def _spec_matrix(path: str | None, n_outputs: int) -> np.ndarray | None:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    device = resolve_device(args.device)
     graph = load_onnx(args.model)  # in the model's own precision
     boxes = _boxes(args, graph)
     ball = _ball(args, graph)
@@ -123,8 +126,9 @@ def run(args: argparse.Namespace) -> int:
         lo_t, hi_t = outward_box(lo.reshape(1, -1), hi.reshape(1, -1), torch.float64)
         with torch.no_grad() if args.method != "alpha-crown" else torch.enable_grad():
             lb, ub = bound(graph, lo_t, hi_t, C=C, method=args.method, iterations=args.iterations, lr=args.lr,
-                           optimize_intermediate=args.optimize_intermediate, precision=args.precision, ball=ball)
-        lb, ub = lb[0].detach().double().numpy(), ub[0].detach().double().numpy()
+                           optimize_intermediate=args.optimize_intermediate, precision=args.precision, ball=ball,
+                           device=device)
+        lb, ub = lb[0].detach().double().cpu().numpy(), ub[0].detach().double().cpu().numpy()
         lower = lb if lower is None else np.minimum(lower, lb)
         upper = ub if upper is None else np.maximum(upper, ub)
     check_finite("lower bound", lower)
@@ -132,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     if args.json:
         print_json({"lower": lower.tolist(), "upper": upper.tolist(), "method": args.method, "norm": args.norm,
-                    "precision": args.precision, "seconds": round(seconds, 6), "model": args.model,
-                    "boxes": len(boxes)})
+                    "device": str(device), "precision": args.precision, "seconds": round(seconds, 6),
+                    "model": args.model, "boxes": len(boxes)})
         return 0
     from rich.console import Console
     from rich.table import Table

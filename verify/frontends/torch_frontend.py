@@ -40,9 +40,14 @@ class BatchNormScale(Scale):
     def __init__(self, module: nn.modules.batchnorm._BatchNorm, rank: int):
         self.module, self.tail = module, (1,) * (rank - 2)
         self.compute_dtype: torch.dtype | None = None  # set by cast(); the module itself is never changed
+        self.compute_device: torch.device | None = None  # set by to_device()
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self.compute_dtype is None else t.to(self.compute_dtype)
+        t = t if self.compute_dtype is None else t.to(self.compute_dtype)
+        return t if self.compute_device is None else t.to(self.compute_device)
+
+    def to_device(self, device):
+        self.compute_device = device
 
     def _scale(self) -> torch.Tensor:
         """``gamma / sqrt(var + eps)``, computed in the compute precision (float64 when bounds are)."""

@@ -46,6 +46,7 @@ class BoundedModule(nn.Module):
 
         x = global_input[0] if isinstance(global_input, tuple | list) else global_input
         self.model = model
+        self.device = None if str(device) == "auto" else device  # "auto": where the inputs are
         self.graph = from_torch(model, tuple(x.shape[1:]))
         self.input_name, self.output_name = [self.graph.input_name], [self.graph.output]
         self.bound_opts: dict = {"optimize_bound_args": {"iteration": 20, "lr_alpha": 0.5}, "precision": "float64"}
@@ -89,7 +90,7 @@ class BoundedModule(nn.Module):
         spec = C if bound_lower else (-C if C is not None else -torch.eye(self.graph.output_numel, dtype=plain.dtype))
         lower, upper = bound(self.graph, lo, hi, C=spec, method=name, iterations=int(opt.get("iteration", 20)),
                              lr=float(opt.get("lr_alpha", 0.5)), precision=self.bound_opts["precision"],
-                             bound_upper=bound_lower and bound_upper, linear=linear, ball=ball)
+                             bound_upper=bound_lower and bound_upper, linear=linear, ball=ball, device=self.device)
         if not bound_lower:  # only the upper side: the lower bound of -C f
             lb, ub = None, -lower
         else:

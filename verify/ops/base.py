@@ -66,6 +66,21 @@ class Op:
             if v.is_floating_point():
                 setattr(self, k, v.to(dtype))
 
+    def to_device(self, device: torch.device) -> None:
+        """Move every tensor the op holds (weights, constants, indices; also inside dicts and lists) to ``device``."""
+        for k, v in list(vars(self).items()):
+            if isinstance(v, Tensor):
+                setattr(self, k, v.to(device))
+            elif isinstance(v, dict) and any(isinstance(t, Tensor) for t in v.values()):
+                setattr(self, k, {a: t.to(device) if isinstance(t, Tensor) else t for a, t in v.items()})
+            elif isinstance(v, list | tuple) and any(isinstance(t, Tensor) for t in v):
+                setattr(self, k, type(v)(t.to(device) if isinstance(t, Tensor) else t for t in v))
+
+    def device(self) -> torch.device:
+        for t in self.tensors().values():
+            return t.device
+        return torch.device("cpu")
+
     def forward(self, *xs: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -115,14 +130,14 @@ class LinearOp(Op):
 
     def offset(self) -> Tensor | None:
         """``c = y(0)``, per-sample shape, or None when the op has no constant term."""
-        xs = [torch.zeros(1, *s, dtype=self.dtype()) for s in self.in_shapes]
+        xs = [torch.zeros(1, *s, dtype=self.dtype(), device=self.device()) for s in self.in_shapes]
         return self.forward(*xs)[0]
 
     def adjoint(self, lam: Tensor) -> list[Tensor | None]:
         lam_flat, lead = merge_leading(lam, len(self.out_shape))
         with torch.enable_grad():
             xs = [
-                torch.zeros(lam_flat.shape[0], *s, dtype=lam.dtype, requires_grad=True)
+                torch.zeros(lam_flat.shape[0], *s, dtype=lam.dtype, device=lam.device, requires_grad=True)
                 for s in self.in_shapes
             ]
             y = self.forward(*xs)

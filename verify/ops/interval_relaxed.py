@@ -31,7 +31,7 @@ class IntervalRelaxed(Op):
         return [torch.zeros_like(lam)], kappa
 
     def abs_forward(self, ts):
-        return torch.zeros(ts[0].shape[0], *self.out_shape, dtype=ts[0].dtype)  # no coefficient reaches the input
+        return ts[0].new_zeros(ts[0].shape[0], *self.out_shape)  # no coefficient reaches the input
 
     def error_radius(self, mags):
         a = mags[0].detach()
@@ -76,7 +76,7 @@ class Softmax(IntervalRelaxed):
         d = self._dim(lo)
         l64, u64 = lo.to(F64).movedim(d, -1), hi.to(F64).movedim(d, -1)
         n = l64.shape[-1]
-        off = ~torch.eye(n, dtype=torch.bool)
+        off = ~torch.eye(n, dtype=torch.bool, device=lo.device)
 
         def others(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
             """``sum_{j != i} exp(a_j - b_i)`` for every i (pairwise: no cancellation) and max |a_j - b_i|."""
