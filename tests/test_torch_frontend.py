@@ -191,3 +191,52 @@ def test_lower_bound_only_equals_the_lower_half_of_both(method):
         assert torch.allclose(lower, both[0], rtol=1e-5, atol=1e-6)
     else:
         assert torch.equal(lower, both[0])
+
+
+class _ShapeView(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.l = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        h = torch.nn.functional.relu(self.c(x))
+        return self.l(h.view(x.shape[0], -1))
+
+
+class _Cat(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.o = torch.nn.Linear(4, 5), torch.nn.Linear(4, 3), torch.nn.Linear(20, 2)
+        self.act = torch.nn.ReLU6()
+
+    def forward(self, x):
+        h = torch.cat([torch.sigmoid(self.a(x)), torch.tanh(self.b(x))], dim=1)
+        return self.o(torch.cat((self.act(3 * h), -h, torch.nn.functional.leaky_relu(x, 0.2)), -1))
+
+
+class _Clamps(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.o = torch.nn.Linear(4, 6), torch.nn.Linear(24, 2)
+        self.ht = torch.nn.Hardtanh(-2.0, 1.0)
+
+    def forward(self, x):
+        h = 3 * self.a(x)
+        parts = [torch.clamp(h, min=-0.5), torch.clamp(h, max=0.3), torch.nn.functional.hardtanh(h), self.ht(h)]
+        return self.o(torch.cat(parts, 1))
+
+
+@pytest.mark.parametrize("net_cls, shape", [(_ShapeView, (1, 6, 6)), (_Cat, (4,)), (_Clamps, (4,))])
+def test_functional_cat_shape_views_and_clamps_trace_and_bound_soundly(net_cls, shape):
+    torch.manual_seed(0)
+    net = net_cls().eval()
+    graph = from_torch(net, shape)
+    x = torch.rand(3, *shape) * 2 - 1
+    assert torch.allclose(graph(x.reshape(3, 1, *shape)).reshape(3, -1), net(x), atol=1e-6)
+    pts = x + (torch.rand(3000, *x.shape) * 2 - 1) * 0.3
+    with torch.no_grad():
+        ys = net.double()(pts.reshape(-1, *shape).double()).reshape(3000, 3, -1)
+    net.float()
+    for method in ("ibp", "crown", "alpha-crown"):
+        lo, hi = bound(graph, x - 0.3, x + 0.3, method=method)
+        assert (ys >= lo.double()).all() and (ys <= hi.double()).all(), method

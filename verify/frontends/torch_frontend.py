@@ -22,6 +22,7 @@ from verify.frontends import constants as K
 from verify.graph import Graph, GraphBuilder
 from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
 from verify.ops.activation import LeakyRelu
+from verify.ops.shape import Concat
 from verify.rounding import unit_roundoff
 
 _ACT_MODULES = {nn.ReLU: Relu, nn.Sigmoid: Sigmoid, nn.Tanh: Tanh}
@@ -116,9 +117,7 @@ def _module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
         if isinstance(m, cls):
             return act()
     if isinstance(m, nn.LeakyReLU):
-        if not 0.0 <= m.negative_slope <= 1.0:
-            raise UnsupportedOperator("LeakyReLU", name, None, f"negative_slope {m.negative_slope} outside [0, 1]")
-        return LeakyRelu(m.negative_slope)
+        return _leaky(m.negative_slope, name)
     if isinstance(m, nn.Flatten):
         s = list(in_shape)
         start, end = m.start_dim % len(s), m.end_dim % len(s)
@@ -138,6 +137,51 @@ def _module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
     if isinstance(m, nn.Dropout | nn.Identity):
         return None
     raise UnsupportedOperator(type(m).__name__, name, None)
+
+
+def _leaky(slope: float, name: str) -> LeakyRelu:
+    if not 0.0 <= float(slope) <= 1.0:
+        raise UnsupportedOperator("LeakyReLU", name, None, f"negative_slope {slope} outside [0, 1]")
+    return LeakyRelu(float(slope))
+
+
+def _clamp_limits(target, args: list, kwargs: dict) -> tuple[float | None, float | None]:
+    if target is F.relu6:
+        return 0.0, 6.0
+    if target is F.hardtanh:
+        lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        return float(lo), float(args[2] if len(args) > 2 else kwargs.get("max_val", 1.0))
+    lo = args[1] if len(args) > 1 else kwargs.get("min")
+    hi = args[2] if len(args) > 2 else kwargs.get("max")
+    if isinstance(lo, str | torch.Tensor) or isinstance(hi, str | torch.Tensor):
+        raise UnsupportedOperator("clamp", "", None, "only constant (number) limits")
+    return (None if lo is None else float(lo)), (None if hi is None else float(hi))
+
+
+def _clip(b: GraphBuilder, name: str, x: str, lo: float | None, hi: float | None, dtype: torch.dtype) -> str:
+    """``clamp(x, lo, hi)`` as ``lo + relu(x - lo) - relu(x - hi)`` (one side: ``lo + relu(x - lo)``,
+    ``x - relu(x - hi)``): equal in real arithmetic, and the float clamp of the model rounds nothing, so bounds of
+    the composition hold for the model. Its CROWN relaxation is the pair of ReLU triangles."""
+    if lo is not None and hi is not None and lo > hi:
+        raise UnsupportedOperator("clamp", name, None, f"min {lo} above max {hi}")
+    if lo is None and hi is None:
+        return x
+
+    def shift(tag: str, src: str, c: float) -> str:  # src - c
+        v, err = _constant(np.asarray(-c, dtype=np.float64), np.zeros(()), dtype)
+        return b.add(b.fresh(f"{name}_{tag}"), Scale(None, v, bias_err=err), [src])
+
+    parts: list[str] = []
+    if lo is not None:
+        parts.append(b.add(b.fresh(f"{name}_above_min"), Relu(), [shift("minus_min", x, lo)]))
+    if hi is not None:
+        parts.append(b.add(b.fresh(f"{name}_above_max"), Relu(), [shift("minus_max", x, hi)]))
+    if lo is None:  # x - relu(x - hi)
+        return b.add(b.fresh(name), AddVars([1.0, -1.0]), [x, parts[0]])
+    if hi is None:  # lo + relu(x - lo)
+        return shift("plus_min", parts[0], -lo)
+    diff = b.add(b.fresh(f"{name}_diff"), AddVars([1.0, -1.0]), parts)
+    return shift("plus_min", diff, -lo)
 
 
 def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
@@ -167,7 +211,10 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             output = var(n.args[0])
             break
         args = [var(a) for a in n.args]
-        if n.op == "call_module":
+        if n.op == "call_module" and isinstance(mods[n.target], nn.Hardtanh):  # also ReLU6
+            m = mods[n.target]
+            env[n] = _clip(b, n.target.replace(".", "_"), args[0], float(m.min_val), float(m.max_val), dtype)
+        elif n.op == "call_module":
             op = _module_op(mods[n.target], b.shapes[args[0]], n.target)
             env[n] = args[0] if op is None else b.add(n.target.replace(".", "_"), op, [args[0]])
         elif n.op == "call_function" and n.target in _ACT_FUNCS:
@@ -219,6 +266,22 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = b.add(n.name, {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh}[n.target](), [args[0]])
         elif n.op == "call_function" and n.target is operator.getitem and isinstance(args[0], tuple):
             env[n] = args[0][args[1]]
+        elif n.op == "call_function" and n.target is getattr and args[1] == "shape":
+            env[n] = tuple(b.shapes[args[0]])  # x.shape: the batch axis reads 1, which view/reshape keep
+        elif n.op == "call_function" and n.target in (torch.cat, torch.concat):
+            parts = [var(p) for p in n.args[0]]
+            if not all(isinstance(p, str) for p in parts):
+                raise UnsupportedOperator("cat", n.name, None, "only variables can be concatenated")
+            dim = args[1] if len(args) > 1 else n.kwargs.get("dim", 0)
+            env[n] = b.add(n.name, Concat(dim % len(b.shapes[parts[0]]), len(parts)), parts)
+        elif n.op == "call_function" and n.target in (F.leaky_relu, torch.nn.functional.leaky_relu):
+            slope = args[1] if len(args) > 1 else n.kwargs.get("negative_slope", 0.01)
+            env[n] = b.add(n.name, _leaky(slope, n.name), [args[0]])
+        elif n.op == "call_function" and n.target in (operator.neg, torch.neg):
+            env[n] = b.add(n.name, Scale(torch.tensor(-1.0, dtype=dtype), None), [args[0]])
+        elif n.op == "call_function" and n.target in (torch.clamp, torch.clip, F.hardtanh, F.relu6):
+            lo_c, hi_c = _clamp_limits(n.target, args, n.kwargs)
+            env[n] = _clip(b, n.name, args[0], lo_c, hi_c, dtype)
         else:
             raise UnsupportedOperator(str(getattr(n.target, "__name__", n.target)), n.name, None)
     if not isinstance(output, str):
