@@ -101,6 +101,17 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
         inits.append(_init("Wt", rng.normal(size=(2, 1, 3, 3))))
         nodes.append(helper.make_node("ConvTranspose", ["r", "Wt"], ["o"], strides=[2, 2], pads=[1, 1, 1, 1],
                                       output_padding=[1, 1], group=2))
+    elif op == "Clip":  # ReLU6-like limits; attributes before opset 11, inputs after
+        if opset >= 11:
+            inits += [_init("cmin", np.array(-0.5)), _init("cmax", np.array(1.5))]
+            nodes.append(helper.make_node("Clip", ["r", "cmin", "cmax"], ["o"]))
+        else:
+            nodes.append(helper.make_node("Clip", ["r"], ["o"], min=-0.5, max=1.5))
+    elif op == "Abs":
+        nodes.append(helper.make_node("Abs", ["r"], ["o"]))
+    elif op in ("Max", "Min"):  # one variable and two constants (one broadcast along the last axis)
+        inits += [_init("m1", rng.normal(size=(1, 1, 1, 4))), _init("m2", np.array(0.25))]
+        nodes.append(helper.make_node(op, ["r", "m1", "m2"], ["o"]))
     else:
         raise ValueError(op)
     nodes.append(helper.make_node("Flatten", ["o"], ["f"], axis=1))
@@ -114,12 +125,12 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
 def _width(op: str, seed: int) -> int:
     return {"Slice": 2 * 2 * 2, "Split": 24, "Gather": 2 * 3 * 4, "GatherScalar": 2 * 4, "Neg": 24,
             "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24, "ConvTranspose": 3 * 6 * 8, "Resize": 2 * 6 * 12,
-            "Sign": 24, "Softmax": 24,
+            "Sign": 24, "Softmax": 24, "Clip": 24, "Abs": 24, "Max": 24, "Min": 24,
             "ConvTransposeGrouped": 2 * 6 * 8}[op]
 
 
 OPS = ["Slice", "Split", "Gather", "GatherScalar", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
-       "ConvTransposeGrouped", "Resize", "Sign", "Softmax"]
+       "ConvTransposeGrouped", "Resize", "Sign", "Softmax", "Clip", "Abs", "Max", "Min"]
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -178,7 +189,7 @@ def _pgd_extremes(graph, lo, hi, steps: int = 30) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("op", ["Slice", "Gather", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
-                                "ConvTransposeGrouped", "Resize"])
+                                "ConvTransposeGrouped", "Resize", "Clip", "Abs", "Max", "Min"])
 def test_op_lipschitz_bound_holds_at_sampled_gradients(op):
     from verify.lipschitz import lipschitz
 

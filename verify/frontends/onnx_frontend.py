@@ -23,6 +23,7 @@ import torch
 from onnx import numpy_helper
 
 from verify.errors import ModelError, ShapeError, UnsupportedOperator
+from verify.frontends import composites
 from verify.frontends import constants as K
 from verify.graph import Graph, GraphBuilder
 from verify.ops import (
@@ -433,6 +434,39 @@ def _upsample(ctx: _Ctx, node: onnx.NodeProto, x: str, ins: list) -> Value:
     return ctx.b.add(node.name or node.output[0], UpsampleNearest([int(v) for v in scales]), [x])
 
 
+def _piecewise(ctx: _Ctx, node: onnx.NodeProto, name: str, ins: list, attrs: dict) -> Value:
+    """Clip, Abs, and Max / Min of one variable and constants, through ReLUs (``verify.frontends.composites``)."""
+    op = node.op_type
+
+    def const(v: np.ndarray):
+        return ctx.param(v)
+
+    if op == "Abs":
+        return composites.absolute(ctx.b, name, ins[0], ctx.dtype)
+    if op == "Clip":
+        if ctx.opset >= 11:
+            lo, hi = (_const_input(ctx, node, i, "Clip limit") if len(node.input) > i and node.input[i] else None
+                      for i in (1, 2))
+        else:  # float32 attributes; the defaults are the float32 range (no limit)
+            lo, hi = (np.float64(np.float32(attrs[k])) if k in attrs else None for k in ("min", "max"))
+        if any(v is not None and ctx.err(v) is not None and np.any(ctx.err(v) > 0) for v in (lo, hi)):
+            raise UnsupportedOperator(op, node.name, ctx.opset, "a computed (inexact) limit")
+        return composites.clamp(ctx.b, name, ins[0], lo, hi, const)
+    variables = [v for v in ins if isinstance(v, str)]
+    consts = [v for v in ins if isinstance(v, np.ndarray)]
+    if len(variables) != 1 or len(consts) != len(ins) - 1:
+        raise UnsupportedOperator(op, node.name, ctx.opset, "the max / min of several variables")
+    if any(ctx.err(v) is not None and np.any(ctx.err(v) > 0) for v in consts):
+        raise UnsupportedOperator(op, node.name, ctx.opset, "a computed (inexact) constant")
+    c = consts[0]
+    for v in consts[1:]:
+        c = np.maximum(c, v) if op == "Max" else np.minimum(c, v)
+    x = variables[0]
+    if np.broadcast_shapes(np.shape(c), ctx.shape(x)) != ctx.shape(x):
+        raise UnsupportedOperator(op, node.name, ctx.opset, "a constant that broadcasts the variable")
+    return (composites.maximum if op == "Max" else composites.minimum)(ctx.b, name, x, c, const)
+
+
 def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
     op = node.op_type
     attrs = _attrs(node)
@@ -450,6 +484,8 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         return ctx.b.add(name, Scale(torch.tensor(-1.0, dtype=ctx.dtype)), [x])
     if op == "Sign":
         return ctx.b.add(name, Sign(), [x])
+    if op in ("Clip", "Abs", "Max", "Min"):
+        return _piecewise(ctx, node, name, ins, attrs)
     if op == "Softmax":
         shape = ctx.shape(x)
         axis = int(attrs.get("axis", -1 if ctx.opset >= 13 else 1)) % len(shape)
@@ -600,6 +636,10 @@ def _sigmoid64(a):
 
 
 _ARITH: dict[str, Callable] = {  # float arithmetic on constants: (value, error bound) in float64
+    # exact ops; max / min are 1-Lipschitz in every argument, so the largest input error bounds the output's
+    "Abs": lambda ctx, node, i, e: (np.abs(i[0]), e[0]),
+    "Max": lambda ctx, node, i, e: (_fold_extreme(np.maximum, i), _fold_extreme(np.maximum, e)),
+    "Min": lambda ctx, node, i, e: (_fold_extreme(np.minimum, i), _fold_extreme(np.maximum, e)),
     "Add": lambda ctx, node, i, e: K.add(i[0], e[0], i[1], e[1]),
     "Sub": lambda ctx, node, i, e: K.add(i[0], e[0], i[1], e[1], sign=-1.0),
     "Mul": lambda ctx, node, i, e: K.mul(i[0], e[0], i[1], e[1]),
@@ -616,11 +656,19 @@ _ARITH: dict[str, Callable] = {  # float arithmetic on constants: (value, error 
 }
 
 
+def _fold_extreme(f, arrays: list) -> np.ndarray:
+    """``np.maximum`` / ``np.minimum`` over broadcast arrays (ONNX Max / Min take any number of inputs)."""
+    return f.reduce(np.broadcast_arrays(*arrays))
+
+
 def _fold_value(ctx: _Ctx, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
     op, attrs = node.op_type, _attrs(node)
     unary: dict[str, Callable] = {
         "Relu": lambda a: np.maximum(a, 0), "Identity": lambda a: a, "Dropout": lambda a: a, "Neg": np.negative,
+        "Abs": np.abs,
     }
+    if op in ("Max", "Min"):  # exact; on error bounds too: max / min is 1-Lipschitz in each argument
+        return [_fold_extreme(np.maximum if op == "Max" else np.minimum, ins)]
     binary: dict[str, Callable] = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
                                    "MatMul": np.matmul}
     if op in unary:

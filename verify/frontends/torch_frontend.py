@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from verify.errors import UnsupportedOperator
+from verify.frontends import composites
 from verify.frontends import constants as K
 from verify.graph import Graph, GraphBuilder
 from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
@@ -159,29 +160,11 @@ def _clamp_limits(target, args: list, kwargs: dict) -> tuple[float | None, float
 
 
 def _clip(b: GraphBuilder, name: str, x: str, lo: float | None, hi: float | None, dtype: torch.dtype) -> str:
-    """``clamp(x, lo, hi)`` as ``lo + relu(x - lo) - relu(x - hi)`` (one side: ``lo + relu(x - lo)``,
-    ``x - relu(x - hi)``): equal in real arithmetic, and the float clamp of the model rounds nothing, so bounds of
-    the composition hold for the model. Its CROWN relaxation is the pair of ReLU triangles."""
-    if lo is not None and hi is not None and lo > hi:
-        raise UnsupportedOperator("clamp", name, None, f"min {lo} above max {hi}")
-    if lo is None and hi is None:
-        return x
-
-    def shift(tag: str, src: str, c: float) -> str:  # src - c
-        v, err = _constant(np.asarray(-c, dtype=np.float64), np.zeros(()), dtype)
-        return b.add(b.fresh(f"{name}_{tag}"), Scale(None, v, bias_err=err), [src])
-
-    parts: list[str] = []
-    if lo is not None:
-        parts.append(b.add(b.fresh(f"{name}_above_min"), Relu(), [shift("minus_min", x, lo)]))
-    if hi is not None:
-        parts.append(b.add(b.fresh(f"{name}_above_max"), Relu(), [shift("minus_max", x, hi)]))
-    if lo is None:  # x - relu(x - hi)
-        return b.add(b.fresh(name), AddVars([1.0, -1.0]), [x, parts[0]])
-    if hi is None:  # lo + relu(x - lo)
-        return shift("plus_min", parts[0], -lo)
-    diff = b.add(b.fresh(f"{name}_diff"), AddVars([1.0, -1.0]), parts)
-    return shift("plus_min", diff, -lo)
+    """``clamp(x, lo, hi)`` through ReLUs (``verify.frontends.composites``)."""
+    def const(v):
+        return _constant(v, np.zeros(()), dtype)
+    return composites.clamp(b, name, x, None if lo is None else np.asarray(lo), None if hi is None else np.asarray(hi),
+                            const)
 
 
 def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
