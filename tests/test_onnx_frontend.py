@@ -173,10 +173,12 @@ def test_unknown_op_names_op_node_and_opset():
     assert "Softplus" in msg and "sp1" in msg and "opset 13" in msg and "\n" not in msg
 
 
-def test_product_of_two_variables_is_unsupported():
-    nodes = [helper.make_node("Mul", ["x", "x"], ["y"], name="sq")]
-    with pytest.raises(UnsupportedOperator, match="Mul"):
+def test_division_by_a_variable_is_unsupported_and_a_square_is_a_power():
+    nodes = [helper.make_node("Div", ["x", "x"], ["y"], name="ratio")]
+    with pytest.raises(UnsupportedOperator, match="Div"):
         from_onnx_model(_model(nodes, [], [1, 3], [1, 3], 13))
+    graph = from_onnx_model(_model([helper.make_node("Mul", ["x", "x"], ["y"], name="sq")], [], [1, 3], [1, 3], 13))
+    assert repr(graph.nodes[-1].op) == "Power(2)"
 
 
 def test_nan_weights_are_rejected():

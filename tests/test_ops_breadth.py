@@ -112,6 +112,20 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
     elif op in ("Max", "Min"):  # one variable and two constants (one broadcast along the last axis)
         inits += [_init("m1", rng.normal(size=(1, 1, 1, 4))), _init("m2", np.array(0.25))]
         nodes.append(helper.make_node(op, ["r", "m1", "m2"], ["o"]))
+    elif op == "MulVars":  # two variables, one broadcast along axis 1: [1, 2, 3, 4] * [1, 1, 3, 4]
+        inits += [_init("W3", rng.normal(size=(6, 12))), _init("b3", rng.normal(size=12)),
+                  _init("shape3", [1, 1, 3, 4])]
+        nodes += [helper.make_node("Gemm", ["x", "W3", "b3"], ["h3"]),
+                  helper.make_node("Reshape", ["h3", "shape3"], ["r3"]),
+                  helper.make_node("Mul", ["r", "r3"], ["o"])]
+    elif op == "Pow":  # x^2, x^3 (Pow with constant exponents; x^3 across 0 and on one sign), and x * x
+        inits += [_init("two", np.array(2.0)), _init("three", np.array(3.0))]
+        nodes += [helper.make_node("Pow", ["r", "two"], ["p"]), helper.make_node("Mul", ["r", "r"], ["q"]),
+                  helper.make_node("Pow", ["r", "three"], ["c"]), helper.make_node("Relu", ["r"], ["rp"]),
+                  helper.make_node("Pow", ["rp", "three"], ["cp"]), helper.make_node("Neg", ["rp"], ["rn"]),
+                  helper.make_node("Pow", ["rn", "three"], ["cn"]),
+                  helper.make_node("Sub", ["p", "q"], ["d"]), helper.make_node("Add", ["d", "c"], ["e"]),
+                  helper.make_node("Add", ["e", "cp"], ["g"]), helper.make_node("Sub", ["g", "cn"], ["o"])]
     else:
         raise ValueError(op)
     nodes.append(helper.make_node("Flatten", ["o"], ["f"], axis=1))
@@ -125,12 +139,12 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
 def _width(op: str, seed: int) -> int:
     return {"Slice": 2 * 2 * 2, "Split": 24, "Gather": 2 * 3 * 4, "GatherScalar": 2 * 4, "Neg": 24,
             "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24, "ConvTranspose": 3 * 6 * 8, "Resize": 2 * 6 * 12,
-            "Sign": 24, "Softmax": 24, "Clip": 24, "Abs": 24, "Max": 24, "Min": 24,
+            "Sign": 24, "Softmax": 24, "Clip": 24, "Abs": 24, "Max": 24, "Min": 24, "MulVars": 24, "Pow": 24,
             "ConvTransposeGrouped": 2 * 6 * 8}[op]
 
 
 OPS = ["Slice", "Split", "Gather", "GatherScalar", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
-       "ConvTransposeGrouped", "Resize", "Sign", "Softmax", "Clip", "Abs", "Max", "Min"]
+       "ConvTransposeGrouped", "Resize", "Sign", "Softmax", "Clip", "Abs", "Max", "Min", "MulVars", "Pow"]
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -208,12 +222,12 @@ def test_op_lipschitz_bound_holds_at_sampled_gradients(op):
     assert res.upper < float("inf")
 
 
-@pytest.mark.parametrize("op", ["Sign", "Softmax"])
+@pytest.mark.parametrize("op", ["Sign", "Softmax", "MulVars", "Pow"])
 def test_lipschitz_refuses_ops_without_a_jacobian_rule(op):
     from verify.lipschitz import lipschitz
 
     graph = from_onnx_model(_net(op, 13))
-    with pytest.raises(UnsupportedOperator, match=op):
+    with pytest.raises(UnsupportedOperator, match={"MulVars": "Mul", "Pow": "Power"}.get(op, op)):
         lipschitz(graph, np.zeros(6) - 0.1, np.zeros(6) + 0.1, method="crown", attack=False)
 
 

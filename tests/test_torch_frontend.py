@@ -226,7 +226,19 @@ class _Clamps(torch.nn.Module):
         return self.o(torch.cat(parts, 1))
 
 
-@pytest.mark.parametrize("net_cls, shape", [(_ShapeView, (1, 6, 6)), (_Cat, (4,)), (_Clamps, (4,))])
+class _Gate(torch.nn.Module):
+    """A gated unit and a square: products of two variables."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.g, self.o = torch.nn.Linear(4, 6), torch.nn.Linear(4, 6), torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x)) * torch.sigmoid(self.g(x))
+        return self.o(h ** 2 - h * h + h * torch.relu(h))
+
+
+@pytest.mark.parametrize("net_cls, shape", [(_ShapeView, (1, 6, 6)), (_Cat, (4,)), (_Clamps, (4,)), (_Gate, (4,))])
 def test_functional_cat_shape_views_and_clamps_trace_and_bound_soundly(net_cls, shape):
     torch.manual_seed(0)
     net = net_cls().eval()

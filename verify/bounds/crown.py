@@ -86,7 +86,10 @@ def accumulated_error(graph: Graph, name: str, bounds: Mapping[str, Bounds], cac
             if any(t is not None for t in ups):
                 ts = [t if t is not None else x_lo.new_zeros(x_lo.shape[0], *graph.shape_of(i))
                       for t, i in zip(ups, n.inputs, strict=True)]
-                pushed = n.op.abs_forward(ts)
+                if getattr(n.op, "uses_magnitudes_forward", False):  # slopes bounded by the inputs' magnitudes
+                    pushed = n.op.abs_forward(ts, [_magnitude_of(graph, bounds, i, cache) for i in n.inputs])
+                else:
+                    pushed = n.op.abs_forward(ts)
                 e = pushed if e is None else e + pushed
             if n.name in cache.fan_out:
                 fan = 2 * unit_roundoff(x_lo.dtype) * _magnitude_of(graph, bounds, n.name, cache)

@@ -49,6 +49,7 @@ from verify.ops import (
     Transpose,
     UpsampleNearest,
 )
+from verify.ops.bilinear import Mul, Power, Square
 
 Value = np.ndarray | str  # a folded constant, or the name of an IR node
 
@@ -119,8 +120,14 @@ def _elementwise(ctx: _Ctx, node, x: Value, y: Value, kind: str) -> Value:
     xv, yv = isinstance(x, str), isinstance(y, str)
     name = node.name or node.output[0]
     if xv and yv:
-        if kind in ("Mul", "Div"):
-            raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "product of two variables")
+        if kind == "Div":
+            raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "division by a variable")
+        if kind == "Mul":
+            if x == y:
+                return ctx.b.add(name, Square(), [x])
+            if len(np.broadcast_shapes(ctx.shape(x), ctx.shape(y))) > max(len(ctx.shape(x)), len(ctx.shape(y))):
+                raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "a product that adds axes")
+            return ctx.b.add(name, Mul(), [x, y])
         sx, sy = ctx.shape(x), ctx.shape(y)
         if sx != sy:
             raise UnsupportedOperator(node.op_type, node.name, ctx.opset, f"broadcast of variables {sx} and {sy}")
@@ -486,6 +493,12 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         return ctx.b.add(name, Sign(), [x])
     if op in ("Clip", "Abs", "Max", "Min"):
         return _piecewise(ctx, node, name, ins, attrs)
+    if op == "Pow":
+        p = ins[1]
+        e = float(p.reshape(-1)[0]) if isinstance(p, np.ndarray) and p.size == 1 else None
+        if e is None or e != int(e) or not 1 <= e <= 16 or not isinstance(x, str):
+            raise UnsupportedOperator(op, node.name, ctx.opset, "exponents other than constant integers 1..16")
+        return x if e == 1 else ctx.b.add(name, Power(int(e)), [x])
     if op == "Softmax":
         shape = ctx.shape(x)
         axis = int(attrs.get("axis", -1 if ctx.opset >= 13 else 1)) % len(shape)

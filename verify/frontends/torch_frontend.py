@@ -23,6 +23,7 @@ from verify.frontends import constants as K
 from verify.graph import Graph, GraphBuilder
 from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
 from verify.ops.activation import LeakyRelu
+from verify.ops.bilinear import Mul, Power, Square
 from verify.ops.shape import Concat
 from verify.rounding import unit_roundoff
 
@@ -216,7 +217,10 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         elif n.op == "call_function" and n.target in (operator.mul, torch.mul, operator.truediv):
             x, y = args
             if isinstance(x, str) and isinstance(y, str):
-                raise UnsupportedOperator("mul", n.name, None, "product of two variables")
+                if n.target is operator.truediv:
+                    raise UnsupportedOperator("div", n.name, None, "division by a variable")
+                env[n] = b.add(n.name, Square() if x == y else Mul(), [x] if x == y else [x, y])
+                continue
             v, c = (x, y) if isinstance(x, str) else (y, x)
             c = np.asarray(c.detach().cpu().double() if isinstance(c, torch.Tensor) else c, dtype=np.float64)
             c_err = np.zeros(())
@@ -249,6 +253,9 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = b.add(n.name, {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh}[n.target](), [args[0]])
         elif n.op == "call_function" and n.target is operator.getitem and isinstance(args[0], tuple):
             env[n] = args[0][args[1]]
+        elif n.op == "call_function" and n.target in (operator.pow, torch.pow) and isinstance(args[1], int) \
+                and 1 <= args[1] <= 16:
+            env[n] = args[0] if args[1] == 1 else b.add(n.name, Power(args[1]), [args[0]])
         elif n.op == "call_function" and n.target is getattr and args[1] == "shape":
             env[n] = tuple(b.shapes[args[0]])  # x.shape: the batch axis reads 1, which view/reshape keep
         elif n.op == "call_function" and n.target in (torch.cat, torch.concat):

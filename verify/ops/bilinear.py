@@ -1,0 +1,214 @@
+"""Products of two variables, ``z = x * y`` element-wise with broadcasting (gates, attention-style scaling, ONNX Mul
+of two variables), and integer powers ``z = x^n`` (ONNX Pow with a constant exponent).
+
+Product: McCormick's envelopes on ``[lx, ux] x [ly, uy]`` (McCormick, Math. Prog. 1976): ``z >= ly x + lx y - lx ly``
+and ``z >= uy x + ux y - ux uy``; ``z <= uy x + lx y - lx uy`` and ``z <= ly x + ux y - ux ly``. The CROWN step
+gives ``Lambda+`` the mean of the two lower planes and ``Lambda-`` the mean of the two upper ones (each mean is valid).
+Powers ``x^n`` (``Power``): chord and tangent on convex pieces (sound on same-sign intervals too, where auto_LiRPA's
+bound of ``x^2`` is not).
+
+Rounding: the planes hold in real arithmetic for the exact end points; the computed coefficients and ``Lambda``
+products round a few times, and the model's own product once. All of it is covered by the allowance
+``(16 u + 3 gamma_n) a_x a_y`` (``a`` the inputs' magnitudes; the float64 constants ``|c| <= 2 a_x a_y``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from verify.ops.base import Op
+from verify.rounding import F64, cast_down, cast_up, dot64, down, gamma, mul_down, mul_up, tiny, unit_roundoff, up
+
+
+def _unbroadcast(g: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Sum ``g [B, S, *out]`` over the axes an input of per-sample ``shape`` was broadcast along."""
+    extra = g.dim() - 2 - len(shape)
+    if extra > 0:
+        g = g.sum(dim=tuple(range(2, 2 + extra)))
+    dims = tuple(i + 2 for i, d in enumerate(shape) if d == 1 and g.shape[i + 2] != 1)
+    return g.sum(dim=dims, keepdim=True) if dims else g
+
+
+class Mul(Op):
+    """``z = x * y`` for two variables (per-sample shapes broadcast as torch does)."""
+
+    kind = "mul"
+    needs_input_bounds = True
+    uses_magnitudes_forward = True
+
+    def forward(self, x, y):
+        return x * y
+
+    def interval(self, bx, by):
+        lx, ux = bx
+        ly, uy = by
+        shape = torch.broadcast_shapes(lx.shape, ly.shape)
+        corners = [(a.expand(shape), b.expand(shape)) for a in (lx, ux) for b in (ly, uy)]
+        lo = torch.stack([mul_down(a, b) for a, b in corners]).amin(0)
+        hi = torch.stack([mul_up(a, b) for a, b in corners]).amax(0)
+        return lo, hi
+
+    def backward(self, lam, in_bounds, alpha=None):
+        (lx, ux), (ly, uy) = (tuple(t.unsqueeze(1) for t in b) for b in in_bounds)
+        pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+        half = 0.5
+        # lower planes' mean: a = (ly + uy) / 2 on x, b = (lx + ux) / 2 on y, c = -(lx ly + ux uy) / 2;
+        # upper planes' mean: the same a and b, c = -(lx uy + ux ly) / 2
+        a_x = (ly + uy) * half
+        a_y = (lx + ux) * half
+        lam_x = lam * a_x
+        lam_y = lam * a_y
+        c_lo = -(lx.to(F64) * ly.to(F64) + ux.to(F64) * uy.to(F64)) * half
+        c_up = -(lx.to(F64) * uy.to(F64) + ux.to(F64) * ly.to(F64)) * half
+        kappa = dot64(pos, c_lo) + dot64(neg, c_up)
+        return [_unbroadcast(lam_x, self.in_shapes[0]), _unbroadcast(lam_y, self.in_shapes[1])], kappa
+
+    def error_radius(self, mags):
+        ax, ay = (m.detach() for m in mags)
+        u = unit_roundoff(ax.dtype)
+        # the sums over broadcast copies of an input in the backward step: gamma_m
+        m = max(self.out_numel() // max(1, int(torch.Size(s).numel())) for s in self.in_shapes)
+        return (16 * u + 2 * gamma(m, ax.dtype) + 3 * gamma(self.out_numel(), F64)) * (ax * ay) * 2 + tiny(ax.dtype)
+
+    def interval_radius(self, mags):
+        ax, ay = (m.detach() for m in mags)
+        return 2 * unit_roundoff(ax.dtype) * ax * ay + tiny(ax.dtype)  # the model's product; corners round once
+
+    def abs_forward(self, ts, mags=None):
+        # |Lambda_x| <= |Lambda| |(ly + uy) / 2| <= |Lambda| a_y (and the same for y), times the rounding growth
+        tx, ty = ts
+        ax, ay = mags
+        return (1 + 16 * unit_roundoff(tx.dtype)) * (tx * ay + ax * ty)
+
+    def __repr__(self):
+        return "Mul()"
+
+
+class _OddConvex(Op):
+    """An element-wise ``f`` that is convex on ``x >= 0`` and either even (convex everywhere) or odd
+    (``f(-x) = -f(x)``): integer powers (a reciprocal would fit too, once allowances can see ``min |x|``).
+
+    On convex pieces: the tangent at the midpoint below, the chord above; an odd ``f`` with ``u <= 0`` is the mirror
+    image; an odd ``f`` across 0 gets its interval's constant lines. Every line is exactly valid for its rounded
+    slope: the chord's intercept is the larger of the two end-point conditions (a line above a convex function at
+    both ends is above it between them), the tangent's is lowered by ``|f'(m) - s| max|x - m|`` (convexity); ``f`` is
+    evaluated in float64 with a relative margin."""
+
+    needs_input_bounds = True
+    uses_magnitudes_forward = True
+    even = False
+
+    def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``f(x)`` in float64 and a bound on its rounding error."""
+        raise NotImplementedError
+
+    def _df(self, x64: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _convex_lines(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Lines ``aL x + cL <= f(x) <= aU x + cU`` on ``[lo, hi]`` where ``f`` is convex: slopes in the graph's
+        precision, intercepts float64 (rounded the safe way)."""
+        dtype, u64 = lo.dtype, unit_roundoff(F64)
+        l64, h64 = lo.to(F64), hi.to(F64)
+        m = ((lo + hi) * 0.5).to(F64)
+        d_m = self._df(m)
+        a_lo = d_m.to(dtype)
+        f_m, e_m = self._f(m)
+        gap = (d_m - a_lo.to(F64)).abs() + 4 * u64 * d_m.abs()  # |f'(m) - s|, with room
+        reach = torch.maximum(h64 - m, m - l64).clamp(min=0)
+        prod = a_lo.to(F64) * m
+        c_lo = down(f_m - e_m - prod - gap * reach - 4 * u64 * (prod.abs() + gap * reach) - tiny(F64))
+        (f_l, e_l), (f_h, e_h) = self._f(l64), self._f(h64)
+        width = h64 - l64
+        chord = torch.where(width > 0, (f_h - f_l) / torch.where(width > 0, width, torch.ones_like(width)), d_m)
+        a_up = chord.to(dtype)
+        s64 = a_up.to(F64)
+        at_l, at_h = f_l + e_l - s64 * l64, f_h + e_h - s64 * h64
+        c_up = up(torch.maximum(at_l, at_h) + 4 * u64 * ((s64 * l64).abs() + (s64 * h64).abs()) + tiny(F64))
+        return a_lo, c_lo, a_up, c_up
+
+    def relax(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if self.even:
+            return self._convex_lines(lo, hi)
+        pos, neg = lo >= 0, hi <= 0
+        # odd: f(x) = -f(-x); the lower line of f on [l, u] is minus the upper line of f on [-u, -l]
+        a_lo_p, c_lo_p, a_up_p, c_up_p = self._convex_lines(lo.clamp(min=0), hi.clamp(min=0))
+        a_lo_m, c_lo_m, a_up_m, c_up_m = self._convex_lines((-hi).clamp(min=0), (-lo).clamp(min=0))
+        across_lo, across_hi = self.interval((lo, hi))
+        zero = torch.zeros_like(lo)
+        a_lo = torch.where(pos, a_lo_p, torch.where(neg, a_up_m, zero))
+        a_up = torch.where(pos, a_up_p, torch.where(neg, a_lo_m, zero))
+        c_lo = torch.where(pos, c_lo_p, torch.where(neg, -c_up_m, across_lo.to(F64)))
+        c_up = torch.where(pos, c_up_p, torch.where(neg, -c_lo_m, across_hi.to(F64)))
+        return a_lo, c_lo, a_up, c_up
+
+    def backward(self, lam, in_bounds, alpha=None):
+        lo, hi = (t.unsqueeze(1) for t in in_bounds[0])
+        a_lo, c_lo, a_up, c_up = self.relax(lo, hi)
+        pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+        return [pos * a_lo + neg * a_up], dot64(pos, c_lo) + dot64(neg, c_up)
+
+    def error_radius(self, mags):
+        a = mags[0].detach()
+        u = unit_roundoff(a.dtype)
+        # Lambda products with slopes <= the slope bound against |x| <= a, the model's evaluation, float64 kappas
+        return (16 * u + 3 * gamma(self.out_numel(), F64)) * 2 * self._slope_bound(a) * a + self._value_bound(a) \
+            * 8 * u + tiny(a.dtype)
+
+    def interval_radius(self, mags):
+        a = mags[0].detach()
+        return 8 * unit_roundoff(a.dtype) * self._value_bound(a) + tiny(a.dtype)  # the model's evaluation
+
+    def abs_forward(self, ts, mags=None):
+        return (1 + 16 * unit_roundoff(ts[0].dtype)) * self._slope_bound(mags[0]) * ts[0]
+
+    def _slope_bound(self, a: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _value_bound(self, a: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class Power(_OddConvex):
+    """``z = x ** n`` for an integer ``n >= 2`` (ONNX Pow with a constant exponent, ``x * x``)."""
+
+    kind = "power"
+
+    def __init__(self, n: int):
+        if int(n) != n or n < 2:
+            raise ValueError(f"Power needs an integer exponent >= 2, got {n!r}")
+        self.n = int(n)
+        self.even = self.n % 2 == 0
+
+    def forward(self, x):
+        return x ** self.n
+
+    def _f(self, x):
+        v = x.to(F64) ** self.n
+        return v, 4 * (self.n + 1) * unit_roundoff(F64) * v.abs() + tiny(F64)
+
+    def _df(self, x64):
+        return self.n * x64 ** (self.n - 1)
+
+    def interval(self, bounds):
+        lo, hi = bounds
+        (pl, el), (ph, eh) = self._f(lo), self._f(hi)
+        if not self.even:  # increasing
+            return cast_down(down(pl - el), lo.dtype), cast_up(up(ph + eh), lo.dtype)
+        top = torch.maximum(ph + eh, pl + el)
+        bottom = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(pl), torch.minimum(pl - el, ph - eh))
+        return cast_down(down(bottom.clamp(min=0)), lo.dtype), cast_up(up(top), lo.dtype)
+
+    def _slope_bound(self, a):
+        return self.n * a ** (self.n - 1)  # every slope used: at most f' at the magnitude
+
+    def _value_bound(self, a):
+        return (self.n + 1) * a ** self.n
+
+    def __repr__(self):
+        return f"Power({self.n})"
+
+
+def Square() -> Power:  # noqa: N802 - reads like the op it builds
+    """``z = x * x``."""
+    return Power(2)
