@@ -118,6 +118,18 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
         nodes += [helper.make_node("Gemm", ["x", "W3", "b3"], ["h3"]),
                   helper.make_node("Reshape", ["h3", "shape3"], ["r3"]),
                   helper.make_node("Mul", ["r", "r3"], ["o"])]
+    elif op == "DivVars":  # x / y with y = sigmoid(.) + 0.1 > 0, c / y, y / (-y - 0.2) (negative), Reciprocal
+        inits += [_init("W3", rng.normal(size=(6, 24))), _init("b3", rng.normal(size=24)),
+                  _init("shape3", [1, 2, 3, 4]), _init("tenth", np.array(0.1)),
+                  _init("cnum", rng.normal(size=(1, 1, 1, 4))), _init("neg", np.array(-1.0)),
+                  _init("fifth", np.array(0.2))]
+        nodes += [helper.make_node("Gemm", ["x", "W3", "b3"], ["h3"]),
+                  helper.make_node("Reshape", ["h3", "shape3"], ["r3"]), helper.make_node("Sigmoid", ["r3"], ["s3"]),
+                  helper.make_node("Add", ["s3", "tenth"], ["den"]), helper.make_node("Div", ["r", "den"], ["q1"]),
+                  helper.make_node("Div", ["cnum", "den"], ["q2"]), helper.make_node("Mul", ["den", "neg"], ["nd"]),
+                  helper.make_node("Sub", ["nd", "fifth"], ["nd2"]), helper.make_node("Div", ["den", "nd2"], ["q3"]),
+                  helper.make_node("Reciprocal", ["den"], ["q4"]), helper.make_node("Add", ["q1", "q2"], ["a1"]),
+                  helper.make_node("Add", ["a1", "q3"], ["a2"]), helper.make_node("Add", ["a2", "q4"], ["o"])]
     elif op == "Pow":  # x^2, x^3 (Pow with constant exponents; x^3 across 0 and on one sign), and x * x
         inits += [_init("two", np.array(2.0)), _init("three", np.array(3.0))]
         nodes += [helper.make_node("Pow", ["r", "two"], ["p"]), helper.make_node("Mul", ["r", "r"], ["q"]),
@@ -140,11 +152,13 @@ def _width(op: str, seed: int) -> int:
     return {"Slice": 2 * 2 * 2, "Split": 24, "Gather": 2 * 3 * 4, "GatherScalar": 2 * 4, "Neg": 24,
             "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24, "ConvTranspose": 3 * 6 * 8, "Resize": 2 * 6 * 12,
             "Sign": 24, "Softmax": 24, "Clip": 24, "Abs": 24, "Max": 24, "Min": 24, "MulVars": 24, "Pow": 24,
+            "DivVars": 24,
             "ConvTransposeGrouped": 2 * 6 * 8}[op]
 
 
 OPS = ["Slice", "Split", "Gather", "GatherScalar", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
-       "ConvTransposeGrouped", "Resize", "Sign", "Softmax", "Clip", "Abs", "Max", "Min", "MulVars", "Pow"]
+       "ConvTransposeGrouped", "Resize", "Sign", "Softmax", "Clip", "Abs", "Max", "Min", "MulVars", "Pow",
+       "DivVars"]
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -283,6 +297,7 @@ def test_constant_slice_attribute_form_and_split_fold():
 # networks that only needed the ops above (the other vnncomp_ops networks still need Sin/Cos, Pow, products of
 # variables, a broadcasting Mul, or vit's pieces)
 LOADABLE = [("linearizenn_2024", "AllInOne_10_10.onnx"), ("nn4sys_2023", "pensieve_small_simple.onnx"),
+            ("nn4sys_2023", "mscn_128d.onnx"), ("nn4sys_2023", "pensieve_small_parallel.onnx"),
             ("cgan_2023", "cGAN_imgSz32_nCh_1.onnx"), ("cgan_2023", "cGAN_imgSz32_nCh_3_upsample.onnx"),
             ("traffic_signs_2023", "3_30_30_QConv_16_3_QConv_32_2_Dense_43_ep_30.onnx")]
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from verify.ops.bilinear import Mul, Power
+from verify.errors import UnboundedError
+from verify.ops.bilinear import Mul, Power, Reciprocal
 
 
 def _intervals(rng: np.random.Generator, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,3 +71,48 @@ def test_mcCormick_planes_bound_the_product_on_the_box():
             lhs = sign * x * y  # <lam, z> per element
             rhs = gx[0, 0] * x + gy[0, 0] * y  # + the per-element constants, summed in kappa
             assert float((lhs - rhs).sum()) >= float(kappa[0, 0]) - 1e-9 * float(lhs.abs().sum() + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reciprocal_lines_hold_exactly_and_a_range_holding_zero_has_no_bound(dtype):
+    rng = np.random.default_rng(7)
+    lo, hi = _intervals(rng, dtype)
+    away = (lo > 0) | (hi < 0)
+    lo, hi = lo[away], hi[away]
+    op = Reciprocal()
+    a_lo, c_lo, a_up, c_up = op.relax(lo, hi)
+    ilo, ihi = op.interval((lo, hi))
+    for i in range(lo.shape[0]):
+        l_, u_ = Fraction(float(lo[i])), Fraction(float(hi[i]))
+        al, cl, au, cu = (Fraction(float(t[i])) for t in (a_lo, c_lo, a_up, c_up))
+        for k in range(11):
+            x = l_ + (u_ - l_) * Fraction(k, 10)
+            v = 1 / x
+            assert al * x + cl <= v <= au * x + cu, (i, float(x))
+            assert Fraction(float(ilo[i])) <= v <= Fraction(float(ihi[i]))
+    with pytest.raises(UnboundedError, match="divisor may be 0"):
+        op.interval((torch.tensor([-0.1, 1.0]), torch.tensor([0.2, 2.0])))
+
+
+def test_a_quotient_whose_divisor_may_vanish_is_refused_not_bounded():
+    class Ratio(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f, self.g = torch.nn.Linear(2, 3), torch.nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.f(x) / self.g(x)  # the divisor's interval holds 0 on this box
+
+    from verify import bound
+    torch.manual_seed(0)
+    net = Ratio()
+    with torch.no_grad():
+        net.g.weight.fill_(1.0)
+        net.g.bias.fill_(0.0)
+    with pytest.raises(UnboundedError):
+        bound(net, torch.tensor([[-0.5, -0.2]]), torch.tensor([[0.5, 0.3]]), method="crown")
+    lo, hi = bound(net, torch.tensor([[0.5, 0.2]]), torch.tensor([[0.6, 0.3]]), method="crown")  # away from 0
+    xs = torch.tensor([[0.5, 0.2]]) + torch.rand(500, 2) * 0.1
+    with torch.no_grad():
+        ys = net.double()(xs.double())
+    assert (ys >= lo.double()).all() and (ys <= hi.double()).all()

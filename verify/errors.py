@@ -20,6 +20,11 @@ class UnsupportedOperator(ModelError):
         super().__init__(f"unsupported operator {op_type}{where}" + (f": {detail}" if detail else ""))
 
 
+class UnboundedError(ClarkeError):
+    """A bound that does not exist: a divisor whose range holds 0 on the input box (the quotient is unbounded).
+    ``clarke verify`` answers ``unknown`` for it."""
+
+
 class ShapeError(ClarkeError, ValueError):
     """Shapes of inputs, boxes, specs or weights do not agree."""
 

@@ -29,7 +29,7 @@ from verify.bab.input_split import input_split_bab
 from verify.bounds.alpha import alpha_crown_lower
 from verify.bounds.crown import intermediate_bounds
 from verify.counterexample import snap_into_box, validate_counterexample
-from verify.errors import ShapeError
+from verify.errors import ShapeError, UnboundedError
 from verify.frontends.onnx_frontend import load_onnx
 from verify.graph import Graph
 from verify.model_check import check_against_onnxruntime, sample_points
@@ -115,9 +115,13 @@ def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: flo
     ``workers``: processes for the MIP refinement of intermediate bounds (default: every core available).
     ``precision``: arithmetic of the bound computations (``verify.rounding.PRECISIONS``); sound either way."""
     old = torch.get_num_threads()
+    t0 = time.perf_counter()
     try:
         return _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iterations, num_threads,
                        workers or available_cores(), precision)
+    except UnboundedError as e:  # a quotient without bounds on this box: nothing can be proved about it
+        log.info("unknown: %s", e)
+        return VerifyResult("unknown", time.perf_counter() - t0, stage="bounds", message=str(e))
     finally:
         torch.set_num_threads(old)
 

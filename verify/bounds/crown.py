@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from verify.bounds.ibp import sound_interval
+from verify.bounds.ibp import allowance_args, sound_interval
 from verify.bounds.patches import concretize_patches, patch_chain, patch_pass, start_patches
 from verify.graph import Graph
 from verify.ops.activation import Relu
@@ -60,8 +60,8 @@ def error_radius(graph: Graph, name: str, bounds: Mapping[str, Bounds], cache: R
     if name not in cache.radii:
         n = graph.node(name)
         with torch.no_grad():
-            mags = [magnitude(*node_bounds(graph, bounds, i, cache.derived)) for i in n.inputs]
-            cache.radii[name] = n.op.error_radius(mags)
+            ins = [node_bounds(graph, bounds, i, cache.derived) for i in n.inputs]
+            cache.radii[name] = n.op.error_radius(allowance_args(n.op, ins))
     return cache.radii[name]
 
 
@@ -86,8 +86,8 @@ def accumulated_error(graph: Graph, name: str, bounds: Mapping[str, Bounds], cac
             if any(t is not None for t in ups):
                 ts = [t if t is not None else x_lo.new_zeros(x_lo.shape[0], *graph.shape_of(i))
                       for t, i in zip(ups, n.inputs, strict=True)]
-                if getattr(n.op, "uses_magnitudes_forward", False):  # slopes bounded by the inputs' magnitudes
-                    pushed = n.op.abs_forward(ts, [_magnitude_of(graph, bounds, i, cache) for i in n.inputs])
+                if getattr(n.op, "allowance_from_bounds", False):  # slopes bounded through the inputs' bounds
+                    pushed = n.op.abs_forward(ts, [node_bounds(graph, bounds, i, cache.derived) for i in n.inputs])
                 else:
                     pushed = n.op.abs_forward(ts)
                 e = pushed if e is None else e + pushed

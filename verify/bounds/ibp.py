@@ -16,12 +16,20 @@ from verify.ops.base import Bounds, Op
 from verify.rounding import magnitude, widen
 
 
+def allowance_args(op: Op, in_bounds: Sequence[Bounds]) -> list:
+    """What an op's allowance rules take: its inputs' magnitudes ``max(|l|, |u|)``, or, for ops whose slopes depend
+    on more than that (``allowance_from_bounds``: products, powers, the reciprocal), the bounds themselves."""
+    if getattr(op, "allowance_from_bounds", False):
+        return list(in_bounds)
+    return [magnitude(*b) for b in in_bounds]
+
+
 def sound_interval(op: Op, in_bounds: Sequence[Bounds]) -> Bounds:
     """``op.interval`` widened by the op's rounding allowance (no-op for exact interval rules)."""
     lo, hi = op.interval(*in_bounds)
     if op.interval_exact:
         return lo, hi
-    return widen(lo, hi, op.interval_radius([magnitude(*b) for b in in_bounds]))
+    return widen(lo, hi, op.interval_radius(allowance_args(op, in_bounds)))
 
 
 def ibp_all(graph: Graph, x_lo: Tensor, x_hi: Tensor) -> dict[str, Bounds]:

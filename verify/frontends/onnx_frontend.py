@@ -49,7 +49,7 @@ from verify.ops import (
     Transpose,
     UpsampleNearest,
 )
-from verify.ops.bilinear import Mul, Power, Square
+from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 
 Value = np.ndarray | str  # a folded constant, or the name of an IR node
 
@@ -119,9 +119,14 @@ def _sym_pads(node, ctx, pads, n=2):
 def _elementwise(ctx: _Ctx, node, x: Value, y: Value, kind: str) -> Value:
     xv, yv = isinstance(x, str), isinstance(y, str)
     name = node.name or node.output[0]
+    if yv and kind == "Div":  # x / y = x * (1 / y)
+        inv = ctx.b.add(f"{name}_reciprocal", Reciprocal(), [y])
+        if not xv:
+            inv = _broadcast_var(ctx, node, inv, x)
+            c, ce = ctx.param(x, ctx.err(x))
+            return ctx.b.add(name, Scale(c, None, weight_err=ce), [inv])
+        y, kind = inv, "Mul"
     if xv and yv:
-        if kind == "Div":
-            raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "division by a variable")
         if kind == "Mul":
             if x == y:
                 return ctx.b.add(name, Square(), [x])
@@ -493,6 +498,8 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         return ctx.b.add(name, Sign(), [x])
     if op in ("Clip", "Abs", "Max", "Min"):
         return _piecewise(ctx, node, name, ins, attrs)
+    if op == "Reciprocal":
+        return ctx.b.add(name, Reciprocal(), [x])
     if op == "Pow":
         p = ins[1]
         e = float(p.reshape(-1)[0]) if isinstance(p, np.ndarray) and p.size == 1 else None

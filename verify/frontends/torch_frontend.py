@@ -23,7 +23,7 @@ from verify.frontends import constants as K
 from verify.graph import Graph, GraphBuilder
 from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
 from verify.ops.activation import LeakyRelu
-from verify.ops.bilinear import Mul, Power, Square
+from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 from verify.ops.shape import Concat
 from verify.rounding import unit_roundoff
 
@@ -216,9 +216,16 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
                 env[n] = b.add(n.name, Scale(torch.tensor(sign, dtype=dtype), c, bias_err=c_err), [y])
         elif n.op == "call_function" and n.target in (operator.mul, torch.mul, operator.truediv):
             x, y = args
+            if n.target is operator.truediv and isinstance(y, str):  # x / y = x * (1 / y)
+                inv = b.add(f"{n.name}_reciprocal", Reciprocal(), [y])
+                if isinstance(x, str):
+                    env[n] = b.add(n.name, Mul(), [x, inv])
+                else:
+                    c = np.asarray(x.detach().cpu().double() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+                    w, w_err = _constant(c, np.zeros(()), dtype)
+                    env[n] = b.add(n.name, Scale(w, None, weight_err=w_err), [inv])
+                continue
             if isinstance(x, str) and isinstance(y, str):
-                if n.target is operator.truediv:
-                    raise UnsupportedOperator("div", n.name, None, "division by a variable")
                 env[n] = b.add(n.name, Square() if x == y else Mul(), [x] if x == y else [x, y])
                 continue
             v, c = (x, y) if isinstance(x, str) else (y, x)
@@ -258,6 +265,8 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = args[0] if args[1] == 1 else b.add(n.name, Power(args[1]), [args[0]])
         elif n.op == "call_function" and n.target is getattr and args[1] == "shape":
             env[n] = tuple(b.shapes[args[0]])  # x.shape: the batch axis reads 1, which view/reshape keep
+        elif n.op == "call_function" and n.target is torch.reciprocal:
+            env[n] = b.add(n.name, Reciprocal(), [args[0]])
         elif n.op == "call_function" and n.target in (torch.cat, torch.concat):
             parts = [var(p) for p in n.args[0]]
             if not all(isinstance(p, str) for p in parts):

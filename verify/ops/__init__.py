@@ -3,7 +3,7 @@
 from verify.ops.activation import Activation, LeakyRelu, Relu, Sigmoid, Tanh
 from verify.ops.affine import AddVars, Scale
 from verify.ops.base import LinearOp, Op
-from verify.ops.bilinear import Mul, Power, Square
+from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 from verify.ops.interval_relaxed import Sign, Softmax
 from verify.ops.linear import Conv2d, ConvTranspose2d, Dense
 from verify.ops.pooling import AvgPool2d, MaxPool2d
@@ -12,7 +12,7 @@ from verify.ops.shape import Concat, Gather, Pad, Reshape, Slice, Transpose, Ups
 
 __all__ = [
     "Activation", "AddVars", "AvgPool2d", "Concat", "Conv2d", "ConvTranspose2d", "Dense", "Gather", "LeakyRelu",
-    "LinearOp", "MaxPool2d", "Mul", "Op", "Pad", "Power", "ReduceSum", "Relu", "Reshape", "Scale", "Sigmoid",
-    "Sign", "Slice", "Softmax", "Square", "Tanh",
+    "LinearOp", "MaxPool2d", "Mul", "Op", "Pad", "Power", "Reciprocal", "ReduceSum", "Relu", "Reshape", "Scale",
+    "Sigmoid", "Sign", "Slice", "Softmax", "Square", "Tanh",
     "Transpose", "UpsampleNearest",
 ]

@@ -16,8 +16,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from verify.errors import UnboundedError
 from verify.ops.base import Op
-from verify.rounding import F64, cast_down, cast_up, dot64, down, gamma, mul_down, mul_up, tiny, unit_roundoff, up
+from verify.rounding import (
+    F64,
+    cast_down,
+    cast_up,
+    dot64,
+    down,
+    gamma,
+    magnitude,
+    mul_down,
+    mul_up,
+    tiny,
+    unit_roundoff,
+    up,
+)
 
 
 def _unbroadcast(g: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -34,7 +48,7 @@ class Mul(Op):
 
     kind = "mul"
     needs_input_bounds = True
-    uses_magnitudes_forward = True
+    allowance_from_bounds = True
 
     def forward(self, x, y):
         return x * y
@@ -63,21 +77,21 @@ class Mul(Op):
         kappa = dot64(pos, c_lo) + dot64(neg, c_up)
         return [_unbroadcast(lam_x, self.in_shapes[0]), _unbroadcast(lam_y, self.in_shapes[1])], kappa
 
-    def error_radius(self, mags):
-        ax, ay = (m.detach() for m in mags)
+    def error_radius(self, bounds):
+        ax, ay = (magnitude(*b).detach() for b in bounds)
         u = unit_roundoff(ax.dtype)
         # the sums over broadcast copies of an input in the backward step: gamma_m
         m = max(self.out_numel() // max(1, int(torch.Size(s).numel())) for s in self.in_shapes)
         return (16 * u + 2 * gamma(m, ax.dtype) + 3 * gamma(self.out_numel(), F64)) * (ax * ay) * 2 + tiny(ax.dtype)
 
-    def interval_radius(self, mags):
-        ax, ay = (m.detach() for m in mags)
+    def interval_radius(self, bounds):
+        ax, ay = (magnitude(*b).detach() for b in bounds)
         return 2 * unit_roundoff(ax.dtype) * ax * ay + tiny(ax.dtype)  # the model's product; corners round once
 
-    def abs_forward(self, ts, mags=None):
+    def abs_forward(self, ts, bounds):
         # |Lambda_x| <= |Lambda| |(ly + uy) / 2| <= |Lambda| a_y (and the same for y), times the rounding growth
         tx, ty = ts
-        ax, ay = mags
+        ax, ay = (magnitude(*b).detach() for b in bounds)
         return (1 + 16 * unit_roundoff(tx.dtype)) * (tx * ay + ax * ty)
 
     def __repr__(self):
@@ -95,8 +109,9 @@ class _OddConvex(Op):
     evaluated in float64 with a relative margin."""
 
     needs_input_bounds = True
-    uses_magnitudes_forward = True
+    allowance_from_bounds = True
     even = False
+    eval_ulps = 8  # the model's own evaluation of f is within this many ulps of |f|
 
     def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``f(x)`` in float64 and a bound on its rounding error."""
@@ -131,9 +146,11 @@ class _OddConvex(Op):
         if self.even:
             return self._convex_lines(lo, hi)
         pos, neg = lo >= 0, hi <= 0
-        # odd: f(x) = -f(-x); the lower line of f on [l, u] is minus the upper line of f on [-u, -l]
-        a_lo_p, c_lo_p, a_up_p, c_up_p = self._convex_lines(lo.clamp(min=0), hi.clamp(min=0))
-        a_lo_m, c_lo_m, a_up_m, c_up_m = self._convex_lines((-hi).clamp(min=0), (-lo).clamp(min=0))
+        one = torch.ones_like(lo)
+        # odd: f(x) = -f(-x); the lower line of f on [l, u] is minus the upper line of f on [-u, -l]. Pieces not
+        # selected are computed on [1, 1] (no pole, no NaN anywhere, gradients included)
+        a_lo_p, c_lo_p, a_up_p, c_up_p = self._convex_lines(torch.where(pos, lo, one), torch.where(pos, hi, one))
+        a_lo_m, c_lo_m, a_up_m, c_up_m = self._convex_lines(torch.where(neg, -hi, one), torch.where(neg, -lo, one))
         across_lo, across_hi = self.interval((lo, hi))
         zero = torch.zeros_like(lo)
         a_lo = torch.where(pos, a_lo_p, torch.where(neg, a_up_m, zero))
@@ -148,25 +165,36 @@ class _OddConvex(Op):
         pos, neg = lam.clamp(min=0), lam.clamp(max=0)
         return [pos * a_lo + neg * a_up], dot64(pos, c_lo) + dot64(neg, c_up)
 
-    def error_radius(self, mags):
-        a = mags[0].detach()
+    def _slope_value_bounds(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per neuron: a bound on every slope used, on ``|f|``, and the magnitude ``a`` of the input."""
+        raise NotImplementedError
+
+    def error_radius(self, bounds):
+        slope, value, a = self._slope_value_bounds(*bounds[0])
         u = unit_roundoff(a.dtype)
-        # Lambda products with slopes <= the slope bound against |x| <= a, the model's evaluation, float64 kappas
-        return (16 * u + 3 * gamma(self.out_numel(), F64)) * 2 * self._slope_bound(a) * a + self._value_bound(a) \
-            * 8 * u + tiny(a.dtype)
+        # Lambda products with the slopes against |x| <= a, the model's evaluation of f, float64 kappas (|c| <= 3 |f|
+        # + slope * a)
+        e = (16 * u + 3 * gamma(self.out_numel(), F64)) * 3 * (slope * a + value) + self.eval_ulps * u * value \
+            + tiny(a.dtype)
+        return _capped(e)
 
-    def interval_radius(self, mags):
-        a = mags[0].detach()
-        return 8 * unit_roundoff(a.dtype) * self._value_bound(a) + tiny(a.dtype)  # the model's evaluation
+    def interval_radius(self, bounds):
+        _, value, a = self._slope_value_bounds(*bounds[0])
+        return _capped(self.eval_ulps * unit_roundoff(a.dtype) * value + tiny(a.dtype))  # the model's evaluation
 
-    def abs_forward(self, ts, mags=None):
-        return (1 + 16 * unit_roundoff(ts[0].dtype)) * self._slope_bound(mags[0]) * ts[0]
+    def abs_forward(self, ts, bounds):
+        slope, _, _ = self._slope_value_bounds(*bounds[0])
+        return _capped((1 + 16 * unit_roundoff(ts[0].dtype)) * slope * ts[0])
 
-    def _slope_bound(self, a: Tensor) -> Tensor:
-        raise NotImplementedError
 
-    def _value_bound(self, a: Tensor) -> Tensor:
-        raise NotImplementedError
+def _capped(e: Tensor) -> Tensor:
+    """Allowances of unbounded pieces: a huge finite number (inf would meet zero coefficients as NaN), which makes
+    every bound through them effectively infinite."""
+    return torch.nan_to_num(e, nan=HUGE(e.dtype), posinf=HUGE(e.dtype)).clamp(max=HUGE(e.dtype))
+
+
+def HUGE(dtype: torch.dtype) -> float:  # noqa: N802 - a constant per dtype
+    return float(torch.finfo(dtype).max) / 1e6
 
 
 class Power(_OddConvex):
@@ -179,6 +207,7 @@ class Power(_OddConvex):
             raise ValueError(f"Power needs an integer exponent >= 2, got {n!r}")
         self.n = int(n)
         self.even = self.n % 2 == 0
+        self.eval_ulps = 2 * (self.n + 2)  # pow, or n - 1 rounded products
 
     def forward(self, x):
         return x ** self.n
@@ -199,14 +228,50 @@ class Power(_OddConvex):
         bottom = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(pl), torch.minimum(pl - el, ph - eh))
         return cast_down(down(bottom.clamp(min=0)), lo.dtype), cast_up(up(top), lo.dtype)
 
-    def _slope_bound(self, a):
-        return self.n * a ** (self.n - 1)  # every slope used: at most f' at the magnitude
-
-    def _value_bound(self, a):
-        return (self.n + 1) * a ** self.n
+    def _slope_value_bounds(self, lo, hi):
+        a = magnitude(lo, hi).detach()
+        return self.n * a ** (self.n - 1), a ** self.n, a  # every slope used is at most f' at the magnitude
 
     def __repr__(self):
         return f"Power({self.n})"
+
+
+class Reciprocal(_OddConvex):
+    """``z = 1 / x`` (ONNX Reciprocal; a Div by a variable is a product with it). On ``[l, u]`` away from 0 the slopes
+    are at most ``1 / d^2`` and ``|z| <= 1 / d``, ``d = min(|l|, |u|)``. A range holding 0 has no bound: that raises
+    ``UnboundedError`` (``clarke verify`` answers ``unknown``)."""
+
+    kind = "reciprocal"
+
+    def forward(self, x):
+        return 1.0 / x
+
+    def _f(self, x):
+        v = 1.0 / x.to(F64)
+        return v, 4 * unit_roundoff(F64) * v.abs() + tiny(F64)
+
+    def _df(self, x64):
+        return -1.0 / (x64 * x64)
+
+    def interval(self, bounds):
+        lo, hi = bounds
+        inside = (lo <= 0) & (hi >= 0)
+        if bool(inside.any()):
+            i = int(inside.reshape(-1).nonzero()[0])
+            raise UnboundedError(f"a divisor may be 0 on this input box (its bounds [{float(lo.reshape(-1)[i]):.6g}, "
+                                 f"{float(hi.reshape(-1)[i]):.6g}]): the quotient has no bound")
+        (fl, el), (fh, eh) = self._f(lo), self._f(hi)
+        return cast_down(down(fh - eh), lo.dtype), cast_up(up(fl + el), lo.dtype)  # decreasing on each side of 0
+
+    def _slope_value_bounds(self, lo, hi):
+        lo, hi = lo.detach(), hi.detach()
+        d = torch.where((lo > 0) | (hi < 0), torch.minimum(lo.abs(), hi.abs()), torch.zeros_like(lo))
+        safe = torch.where(d > 0, d, torch.ones_like(d))
+        value = torch.where(d > 0, 1.0 / safe, torch.full_like(d, float("inf"))) * (1 + 4 * unit_roundoff(d.dtype))
+        return value * value, value, magnitude(lo, hi)
+
+    def __repr__(self):
+        return "Reciprocal()"
 
 
 def Square() -> Power:  # noqa: N802 - reads like the op it builds
