@@ -130,6 +130,14 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
                   helper.make_node("Sub", ["nd", "fifth"], ["nd2"]), helper.make_node("Div", ["den", "nd2"], ["q3"]),
                   helper.make_node("Reciprocal", ["den"], ["q4"]), helper.make_node("Add", ["q1", "q2"], ["a1"]),
                   helper.make_node("Add", ["a1", "q3"], ["a2"]), helper.make_node("Add", ["a2", "q4"], ["o"])]
+    elif op == "SinCos":  # sin and cos of a layer, and a variable [1, 2, 3, 1] broadcast by a constant (Expand)
+        inits += [_init("shape3", [1, 2, 3, 1]), _init("wide", rng.normal(size=(1, 1, 1, 4))),
+                  _init("W3", rng.normal(size=(6, 6)) * 3), _init("b3", rng.normal(size=6))]
+        nodes += [helper.make_node("Sin", ["r"], ["s1"]), helper.make_node("Cos", ["r"], ["c1"]),
+                  helper.make_node("Gemm", ["x", "W3", "b3"], ["h3"]),
+                  helper.make_node("Reshape", ["h3", "shape3"], ["r3"]),
+                  helper.make_node("Mul", ["r3", "wide"], ["e3"]),
+                  helper.make_node("Add", ["s1", "c1"], ["a1"]), helper.make_node("Add", ["a1", "e3"], ["o"])]
     elif op == "Pow":  # x^2, x^3 (Pow with constant exponents; x^3 across 0 and on one sign), and x * x
         inits += [_init("two", np.array(2.0)), _init("three", np.array(3.0))]
         nodes += [helper.make_node("Pow", ["r", "two"], ["p"]), helper.make_node("Mul", ["r", "r"], ["q"]),
@@ -152,13 +160,13 @@ def _width(op: str, seed: int) -> int:
     return {"Slice": 2 * 2 * 2, "Split": 24, "Gather": 2 * 3 * 4, "GatherScalar": 2 * 4, "Neg": 24,
             "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24, "ConvTranspose": 3 * 6 * 8, "Resize": 2 * 6 * 12,
             "Sign": 24, "Softmax": 24, "Clip": 24, "Abs": 24, "Max": 24, "Min": 24, "MulVars": 24, "Pow": 24,
-            "DivVars": 24,
+            "DivVars": 24, "SinCos": 24,
             "ConvTransposeGrouped": 2 * 6 * 8}[op]
 
 
 OPS = ["Slice", "Split", "Gather", "GatherScalar", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
        "ConvTransposeGrouped", "Resize", "Sign", "Softmax", "Clip", "Abs", "Max", "Min", "MulVars", "Pow",
-       "DivVars"]
+       "DivVars", "SinCos"]
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -236,12 +244,13 @@ def test_op_lipschitz_bound_holds_at_sampled_gradients(op):
     assert res.upper < float("inf")
 
 
-@pytest.mark.parametrize("op", ["Sign", "Softmax", "MulVars", "Pow"])
+@pytest.mark.parametrize("op", ["Sign", "Softmax", "MulVars", "Pow", "SinCos"])
 def test_lipschitz_refuses_ops_without_a_jacobian_rule(op):
     from verify.lipschitz import lipschitz
 
     graph = from_onnx_model(_net(op, 13))
-    with pytest.raises(UnsupportedOperator, match={"MulVars": "Mul", "Pow": "Power"}.get(op, op)):
+    names = {"MulVars": "Mul", "Pow": "Power", "SinCos": "Sin|Cos|Expand"}
+    with pytest.raises(UnsupportedOperator, match=names.get(op, op)):
         lipschitz(graph, np.zeros(6) - 0.1, np.zeros(6) + 0.1, method="crown", attack=False)
 
 
@@ -298,6 +307,7 @@ def test_constant_slice_attribute_form_and_split_fold():
 # variables, a broadcasting Mul, or vit's pieces)
 LOADABLE = [("linearizenn_2024", "AllInOne_10_10.onnx"), ("nn4sys_2023", "pensieve_small_simple.onnx"),
             ("nn4sys_2023", "mscn_128d.onnx"), ("nn4sys_2023", "pensieve_small_parallel.onnx"),
+            ("lsnc_2024", "quadrotor2d_output.onnx"), ("lsnc_2024", "quadrotor2d_state.onnx"),
             ("cgan_2023", "cGAN_imgSz32_nCh_1.onnx"), ("cgan_2023", "cGAN_imgSz32_nCh_3_upsample.onnx"),
             ("traffic_signs_2023", "3_30_30_QConv_16_3_QConv_32_2_Dense_43_ep_30.onnx")]
 

@@ -50,6 +50,9 @@ from verify.ops import (
     UpsampleNearest,
 )
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
+from verify.ops.periodic import Cos, Sin
+from verify.ops.shape import Expand
+from verify.rounding import gamma
 
 Value = np.ndarray | str  # a folded constant, or the name of an IR node
 
@@ -165,7 +168,7 @@ def _broadcast_var(ctx, node, var: str, const: np.ndarray) -> str:
         return var
     if int(np.prod(out)) == int(np.prod(sv)):
         return ctx.b.add(f"{node.name}_bcast", Reshape(out), [var])
-    raise UnsupportedOperator(node.op_type, node.name, ctx.opset, f"constant {const.shape} expands variable {sv}")
+    return ctx.b.add(f"{node.name}_expand", Expand(out), [var])
 
 
 def _matmul(ctx, node, a: Value, b: Value) -> Value:
@@ -498,6 +501,11 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         return ctx.b.add(name, Sign(), [x])
     if op in ("Clip", "Abs", "Max", "Min"):
         return _piecewise(ctx, node, name, ins, attrs)
+    if op in ("Sin", "Cos"):
+        return ctx.b.add(name, Sin() if op == "Sin" else Cos(), [x])
+    if op == "Expand":
+        target = _const_input(ctx, node, 1, "Expand shape")
+        return ctx.b.add(name, Expand(np.broadcast_shapes(ctx.shape(x), tuple(int(d) for d in target))), [x])
     if op == "Reciprocal":
         return ctx.b.add(name, Reciprocal(), [x])
     if op == "Pow":
@@ -658,6 +666,8 @@ def _sigmoid64(a):
 _ARITH: dict[str, Callable] = {  # float arithmetic on constants: (value, error bound) in float64
     # exact ops; max / min are 1-Lipschitz in every argument, so the largest input error bounds the output's
     "Abs": lambda ctx, node, i, e: (np.abs(i[0]), e[0]),
+    "ReduceSum": lambda ctx, node, i, e: _reduce_fold(ctx, node, i, e, mean=False),
+    "ReduceMean": lambda ctx, node, i, e: _reduce_fold(ctx, node, i, e, mean=True),
     "Max": lambda ctx, node, i, e: (_fold_extreme(np.maximum, i), _fold_extreme(np.maximum, e)),
     "Min": lambda ctx, node, i, e: (_fold_extreme(np.minimum, i), _fold_extreme(np.maximum, e)),
     "Add": lambda ctx, node, i, e: K.add(i[0], e[0], i[1], e[1]),
@@ -674,6 +684,27 @@ _ARITH: dict[str, Callable] = {  # float arithmetic on constants: (value, error 
     "Gemm": _gemm_fold,
     "Cast": _cast_fold,
 }
+
+
+def _reduce_fold(ctx: _Ctx, node: onnx.NodeProto, ins: list, errs: list, mean: bool):
+    """ReduceSum / ReduceMean of a constant in float64: the inputs' errors add up; the float64 sum of ``n`` terms
+    (and the division by ``n``) adds ``gamma_n`` times the sum of magnitudes."""
+    attrs = _attrs(node)
+    a, e = np.asarray(ins[0], dtype=np.float64), np.asarray(errs[0], dtype=np.float64)
+    axes_from_input = ctx.opset >= (18 if mean else 13)
+    axes = _axes(ctx, node, {}, 1) if axes_from_input else attrs.get("axes")
+    if axes is None or len(axes) == 0:
+        if attrs.get("noop_with_empty_axes", 0):
+            return a, e
+        axes = list(range(a.ndim))
+    axes = tuple(int(x) % a.ndim for x in axes)
+    keep = bool(attrs.get("keepdims", 1))
+    n = int(np.prod([a.shape[x] for x in axes])) if axes else 1
+    val = a.sum(axis=axes, keepdims=keep)
+    err = e.sum(axis=axes, keepdims=keep) + gamma(n + 2, torch.float64) * np.abs(a).sum(axis=axes, keepdims=keep)
+    if mean:
+        val, err = val / n, err / n * (1 + 4 * np.finfo(np.float64).eps) + gamma(2, torch.float64) * np.abs(val / n)
+    return val, err
 
 
 def _fold_extreme(f, arrays: list) -> np.ndarray:

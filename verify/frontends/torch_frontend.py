@@ -24,6 +24,7 @@ from verify.graph import Graph, GraphBuilder
 from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
 from verify.ops.activation import LeakyRelu
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
+from verify.ops.periodic import Cos, Sin
 from verify.ops.shape import Concat
 from verify.rounding import unit_roundoff
 
@@ -265,6 +266,8 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = args[0] if args[1] == 1 else b.add(n.name, Power(args[1]), [args[0]])
         elif n.op == "call_function" and n.target is getattr and args[1] == "shape":
             env[n] = tuple(b.shapes[args[0]])  # x.shape: the batch axis reads 1, which view/reshape keep
+        elif n.op == "call_function" and n.target in (torch.sin, torch.cos):
+            env[n] = b.add(n.name, Sin() if n.target is torch.sin else Cos(), [args[0]])
         elif n.op == "call_function" and n.target is torch.reciprocal:
             env[n] = b.add(n.name, Reciprocal(), [args[0]])
         elif n.op == "call_function" and n.target in (torch.cat, torch.concat):

@@ -6,13 +6,14 @@ from verify.ops.base import LinearOp, Op
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 from verify.ops.interval_relaxed import Sign, Softmax
 from verify.ops.linear import Conv2d, ConvTranspose2d, Dense
+from verify.ops.periodic import Cos, Sin
 from verify.ops.pooling import AvgPool2d, MaxPool2d
 from verify.ops.reduce import ReduceSum
 from verify.ops.shape import Concat, Gather, Pad, Reshape, Slice, Transpose, UpsampleNearest
 
 __all__ = [
-    "Activation", "AddVars", "AvgPool2d", "Concat", "Conv2d", "ConvTranspose2d", "Dense", "Gather", "LeakyRelu",
+    "Activation", "AddVars", "AvgPool2d", "Concat", "Conv2d", "Cos", "ConvTranspose2d", "Dense", "Gather", "LeakyRelu",
     "LinearOp", "MaxPool2d", "Mul", "Op", "Pad", "Power", "Reciprocal", "ReduceSum", "Relu", "Reshape", "Scale",
-    "Sigmoid", "Sign", "Slice", "Softmax", "Square", "Tanh",
+    "Sigmoid", "Sign", "Sin", "Slice", "Softmax", "Square", "Tanh",
     "Transpose", "UpsampleNearest",
 ]

@@ -236,3 +236,47 @@ class UpsampleNearest(LinearOp):
 
     def __repr__(self):
         return f"UpsampleNearest{self.factors}"
+
+
+class Expand(LinearOp):
+    """A variable broadcast to a larger per-sample shape (ONNX Expand, or a constant operand that broadcasts it):
+    ``m`` copies of each input. Exact forward and intervals; the adjoint sums the copies, within ``gamma_m`` of the
+    exact sum, so the allowance is ``gamma_m`` times the broadcast magnitudes."""
+
+    kind = "expand"
+    monotone = True
+    interval_exact = True
+
+    def __init__(self, shape: Sequence[int]):
+        self.shape = tuple(int(d) for d in shape)
+
+    def copies(self) -> int:
+        return self.out_numel() // max(1, int(torch.Size(self.in_shapes[0]).numel()))
+
+    def forward(self, x):
+        rank = len(self.shape) - (x.dim() - 1)
+        return x.reshape(x.shape[0], *([1] * rank), *x.shape[1:]).expand(x.shape[0], *self.shape)
+
+    def offset(self):
+        return None
+
+    def adjoint(self, lam):
+        shape = self.in_shapes[0]
+        g = lam
+        extra = g.dim() - 2 - len(shape)
+        if extra > 0:
+            g = g.sum(dim=tuple(range(2, 2 + extra)))
+        dims = tuple(i + 2 for i, d in enumerate(shape) if d == 1 and g.shape[i + 2] != 1)
+        return [g.sum(dim=dims, keepdim=True) if dims else g]
+
+    def abs_forward(self, ts):
+        return (1 + 2 * gamma(self.copies(), ts[0].dtype)) * self.forward(ts[0])
+
+    def error_radius(self, mags):
+        if self.copies() == 1:
+            return None
+        with torch.no_grad():
+            return gamma(self.copies(), mags[0].dtype) * self.forward(mags[0].detach())
+
+    def __repr__(self):
+        return f"Expand{self.shape}"
