@@ -138,6 +138,15 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
                   helper.make_node("Reshape", ["h3", "shape3"], ["r3"]),
                   helper.make_node("Mul", ["r3", "wide"], ["e3"]),
                   helper.make_node("Add", ["s1", "c1"], ["a1"]), helper.make_node("Add", ["a1", "e3"], ["o"])]
+    elif op == "MatMulVars":  # attention-like: [1, 2, 3, 4] @ [1, 2, 4, 3] of two variables
+        inits += [_init("W4", rng.normal(size=(6, 24))), _init("b4", rng.normal(size=24)),
+                  _init("shape4", [1, 2, 4, 3])]
+        nodes += [helper.make_node("Gemm", ["x", "W4", "b4"], ["h4"]),
+                  helper.make_node("Reshape", ["h4", "shape4"], ["r4"]), helper.make_node("MatMul", ["r", "r4"], ["o"])]
+    elif op == "ConcatInexact":  # a folded constant (c / 3: inexact in float64) concatenated to a variable
+        inits += [_init("cc", rng.normal(size=(1, 2, 3, 1))), _init("three", np.array(3.0))]
+        nodes += [helper.make_node("Div", ["cc", "three"], ["c3"]), helper.make_node("Concat", ["r", "c3"], ["o"],
+                                                                                     axis=3)]
     elif op == "Pow":  # x^2, x^3 (Pow with constant exponents; x^3 across 0 and on one sign), and x * x
         inits += [_init("two", np.array(2.0)), _init("three", np.array(3.0))]
         nodes += [helper.make_node("Pow", ["r", "two"], ["p"]), helper.make_node("Mul", ["r", "r"], ["q"]),
@@ -160,13 +169,13 @@ def _width(op: str, seed: int) -> int:
     return {"Slice": 2 * 2 * 2, "Split": 24, "Gather": 2 * 3 * 4, "GatherScalar": 2 * 4, "Neg": 24,
             "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24, "ConvTranspose": 3 * 6 * 8, "Resize": 2 * 6 * 12,
             "Sign": 24, "Softmax": 24, "Clip": 24, "Abs": 24, "Max": 24, "Min": 24, "MulVars": 24, "Pow": 24,
-            "DivVars": 24, "SinCos": 24,
+            "DivVars": 24, "SinCos": 24, "MatMulVars": 18, "ConcatInexact": 30,
             "ConvTransposeGrouped": 2 * 6 * 8}[op]
 
 
 OPS = ["Slice", "Split", "Gather", "GatherScalar", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
        "ConvTransposeGrouped", "Resize", "Sign", "Softmax", "Clip", "Abs", "Max", "Min", "MulVars", "Pow",
-       "DivVars", "SinCos"]
+       "DivVars", "SinCos", "MatMulVars", "ConcatInexact"]
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -308,6 +317,7 @@ def test_constant_slice_attribute_form_and_split_fold():
 LOADABLE = [("linearizenn_2024", "AllInOne_10_10.onnx"), ("nn4sys_2023", "pensieve_small_simple.onnx"),
             ("nn4sys_2023", "mscn_128d.onnx"), ("nn4sys_2023", "pensieve_small_parallel.onnx"),
             ("lsnc_2024", "quadrotor2d_output.onnx"), ("lsnc_2024", "quadrotor2d_state.onnx"),
+            ("vit_2023", "pgd_2_3_16.onnx"),
             ("cgan_2023", "cGAN_imgSz32_nCh_1.onnx"), ("cgan_2023", "cGAN_imgSz32_nCh_3_upsample.onnx"),
             ("traffic_signs_2023", "3_30_30_QConv_16_3_QConv_32_2_Dense_43_ep_30.onnx")]
 

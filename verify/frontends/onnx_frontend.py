@@ -194,6 +194,15 @@ def _matmul(ctx, node, a: Value, b: Value) -> Value:
             t1 = ctx.b.add(f"{name}_T", Transpose(perm), [b])
             d = ctx.b.add(name, dense(a, ctx.err(a)), [t1])
             return ctx.b.add(f"{name}_Tback", Transpose(perm), [d])
+    if isinstance(a, str) and isinstance(b, str) and len(ctx.shape(a)) >= 2 and len(ctx.shape(b)) >= 2:
+        # A @ B = sum_k A[..., n, k, 1] * B[..., 1, k, m]: products of variables (McCormick), then the sum over k
+        sa, sb = ctx.shape(a), ctx.shape(b)
+        if sa[-1] != sb[-2]:
+            raise ShapeError(f"node '{node.name}': MatMul of shapes {sa} and {sb}")
+        left = ctx.b.add(f"{name}_left", Reshape((*sa, 1)), [a])
+        right = ctx.b.add(f"{name}_right", Reshape((*sb[:-2], 1, *sb[-2:])), [b])
+        prod = ctx.b.add(f"{name}_products", Mul(), [left, right])
+        return ctx.b.add(name, ReduceSum([len(ctx.shape(prod)) - 2], keepdims=False), [prod])
     raise UnsupportedOperator(node.op_type, node.name, ctx.opset,
                               f"MatMul of shapes {ctx.shape(a)} and {ctx.shape(b)}")
 
@@ -595,13 +604,13 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         s0 = ctx.shape(next(v for v in ins if isinstance(v, str)))
         axis = int(attrs["axis"]) % len(s0)
         var_names = [v for v in ins if isinstance(v, str)]
-        consts = {}
+        consts, errs = {}, {}
         for i, v in enumerate(ins):
             if isinstance(v, np.ndarray):
                 consts[i], err = ctx.param(v, ctx.err(v))
                 if err is not None:
-                    raise UnsupportedOperator(op, node.name, ctx.opset, "a concatenated constant that is not exact")
-        return ctx.b.add(name, Concat(axis, len(var_names), consts), var_names)
+                    errs[i] = err
+        return ctx.b.add(name, Concat(axis, len(var_names), consts, errs), var_names)
     if op == "BatchNormalization":
         scale, bias, mean, var = (_const_input(ctx, node, i, "BatchNorm parameter") for i in range(1, 5))
         # the attribute is a float32; the model divides by sqrt(var + eps) with that value

@@ -99,16 +99,38 @@ class Concat(_DataMovement):
 
     kind = "concat"
 
-    def __init__(self, axis: int, n_vars: int, constants: dict[int, Tensor] | None = None):
-        # constants: position in the concatenation -> constant piece (per-sample shape).
+    def __init__(self, axis: int, n_vars: int, constants: dict[int, Tensor] | None = None,
+                 errors: dict[int, Tensor] | None = None):
+        # constants: position in the concatenation -> constant piece (per-sample shape); errors: bounds on the
+        # distance of a computed (folded) constant from its exact value, which the interval rule and the allowance
+        # then cover
         self.axis, self.n_vars = int(axis), int(n_vars)
         self.constants = dict(constants or {})
+        self.errors = dict(errors or {})
+        if self.errors:
+            self.interval_exact = False
 
     def tensors(self):
         return {f"const{k}": v for k, v in self.constants.items()}
 
     def cast(self, dtype):
         self.constants = {k: v.to(dtype) for k, v in self.constants.items()}
+        self.errors = {k: v.to(dtype) for k, v in self.errors.items()}
+
+    def error_radius(self, mags):
+        e = super().error_radius(mags)
+        if not self.errors:
+            return e
+        with torch.no_grad():
+            pieces, it = [], iter(mags)
+            for pos in range(self.n_vars + len(self.constants)):
+                if pos in self.constants:
+                    c = self.errors.get(pos, torch.zeros_like(self.constants[pos]))
+                    pieces.append(c.to(mags[0].dtype).expand(mags[0].shape[0], *c.shape))
+                else:
+                    pieces.append(torch.zeros_like(next(it)))
+            own = torch.cat(pieces, dim=self.axis + 1)
+        return own if e is None else e + own
 
     def _pieces(self, xs):
         pieces, it = [], iter(xs)
