@@ -173,10 +173,9 @@ def test_unknown_op_names_op_node_and_opset():
     assert "Softplus" in msg and "sp1" in msg and "opset 13" in msg and "\n" not in msg
 
 
-def test_division_by_a_variable_is_unsupported_and_a_square_is_a_power():
-    nodes = [helper.make_node("Div", ["x", "x"], ["y"], name="ratio")]
-    with pytest.raises(UnsupportedOperator, match="Div"):
-        from_onnx_model(_model(nodes, [], [1, 3], [1, 3], 13))
+def test_division_by_a_variable_is_a_reciprocal_product_and_a_square_is_a_power():
+    ratio = from_onnx_model(_model([helper.make_node("Div", ["x", "x"], ["y"], name="ratio")], [], [1, 3], [1, 3], 13))
+    assert [repr(n.op) for n in ratio.nodes] == ["Reciprocal()", "Mul()"]
     graph = from_onnx_model(_model([helper.make_node("Mul", ["x", "x"], ["y"], name="sq")], [], [1, 3], [1, 3], 13))
     assert repr(graph.nodes[-1].op) == "Power(2)"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,18 @@ from onnx import numpy_helper
 from verify.errors import ModelError, ShapeError, UnsupportedOperator
 from verify.frontends import composites
 from verify.frontends import constants as K
+from verify.frontends.onnx_context import (
+    Ctx,
+    Value,
+    attrs_of,
+    axes_of,
+    check_steps,
+    const_input,
+    resolve_reshape,
+    slices_of,
+    split_sizes,
+)
+from verify.frontends.onnx_folding import fold
 from verify.graph import Graph, GraphBuilder
 from verify.ops import (
     AddVars,
@@ -52,52 +63,6 @@ from verify.ops import (
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 from verify.ops.periodic import Cos, Sin
 from verify.ops.shape import Expand
-from verify.rounding import gamma
-
-Value = np.ndarray | str  # a folded constant, or the name of an IR node
-
-
-class _Ctx:
-    def __init__(self, builder: GraphBuilder, opset: int, dtype: torch.dtype):
-        self.b, self.opset, self.dtype = builder, opset, dtype
-        self.values: dict[str, Value] = {}
-        self.errs = K.Errors()
-
-    def t(self, a: np.ndarray) -> torch.Tensor:
-        return torch.tensor(np.array(a, dtype=np.float64), dtype=self.dtype)
-
-    def err(self, a: np.ndarray | None) -> np.ndarray | None:
-        """Error bound of a folded constant (``None``: exact as stored)."""
-        return self.errs.get(a)
-
-    def param(self, a: np.ndarray, err: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A constant in the model's precision and the bound on its distance to the exact value (its own
-        error ``err`` plus the rounding of the cast), or ``None`` when it is exact."""
-        t = self.t(a)
-        e = K.cast_error(a, t.double().numpy())
-        if err is not None:
-            e = e + np.broadcast_to(err, e.shape)
-        if not np.any(e > 0):
-            return t, None
-        # the error bound is rounded up to the model's precision
-        et = torch.tensor(e, dtype=torch.float64)
-        return t, torch.nextafter(et.to(self.dtype), torch.tensor(float("inf"), dtype=self.dtype))
-
-    def shape(self, v: Value) -> tuple[int, ...]:
-        return tuple(v.shape) if isinstance(v, np.ndarray) else self.b.shapes[v]
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _const_input(ctx: _Ctx, node: onnx.NodeProto, i: int, what: str) -> np.ndarray | None:
-    if i >= len(node.input) or node.input[i] == "":
-        return None
-    v = ctx.values[node.input[i]]
-    if not isinstance(v, np.ndarray):
-        raise UnsupportedOperator(node.op_type, node.name, ctx.opset, f"{what} must be a constant")
-    return v
 
 
 def _pair(v, default=(1, 1)):
@@ -119,7 +84,7 @@ def _sym_pads(node, ctx, pads, n=2):
 # Handlers for nodes with at least one variable input. Each returns the IR node name.
 
 
-def _elementwise(ctx: _Ctx, node, x: Value, y: Value, kind: str) -> Value:
+def _elementwise(ctx: Ctx, node, x: Value, y: Value, kind: str) -> Value:
     xv, yv = isinstance(x, str), isinstance(y, str)
     name = node.name or node.output[0]
     if yv and kind == "Div":  # x / y = x * (1 / y)
@@ -211,8 +176,8 @@ def _gemm(ctx, node, attrs) -> Value:
     a = ctx.values[node.input[0]]
     if not isinstance(a, str):
         raise UnsupportedOperator("Gemm", node.name, ctx.opset, "first operand must be the variable")
-    bmat = _const_input(ctx, node, 1, "Gemm weight")
-    c = _const_input(ctx, node, 2, "Gemm bias")
+    bmat = const_input(ctx, node, 1, "Gemm weight")
+    c = const_input(ctx, node, 2, "Gemm bias")
     if attrs.get("transA", 0):
         raise UnsupportedOperator("Gemm", node.name, ctx.opset, "transA=1 on a variable")
     trans = bool(attrs.get("transB", 0))
@@ -232,8 +197,8 @@ def _conv_inputs(ctx, node, attrs):
     auto_pad."""
     op = node.op_type
     x = ctx.values[node.input[0]]
-    w = _const_input(ctx, node, 1, f"{op} weight")
-    bias = _const_input(ctx, node, 2, f"{op} bias")
+    w = const_input(ctx, node, 1, f"{op} weight")
+    bias = const_input(ctx, node, 2, f"{op} bias")
     if w.ndim != 4:
         raise UnsupportedOperator(op, node.name, ctx.opset, f"{w.ndim - 2}-D convolution")
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
@@ -292,100 +257,11 @@ def _reshape_to(ctx, node, x: str, shape) -> Value:
     return ctx.b.add(node.name or node.output[0], Reshape(tuple(int(d) for d in shape)), [x])
 
 
-def _resolve_reshape(in_shape, target, allowzero=0) -> tuple[int, ...]:
-    target = [int(t) for t in target]
-    out = [in_shape[i] if (t == 0 and not allowzero and i < len(in_shape)) else t for i, t in enumerate(target)]
-    if out.count(-1) > 1:
-        raise ShapeError(f"reshape target {target} has more than one -1")
-    n = int(np.prod(in_shape))
-    if -1 in out:
-        rest = int(np.prod([d for d in out if d != -1]))
-        if rest == 0 or n % rest:
-            raise ShapeError(f"cannot reshape {tuple(in_shape)} to {target}")
-        out[out.index(-1)] = n // rest
-    if int(np.prod(out)) != n:
-        raise ShapeError(f"cannot reshape {tuple(in_shape)} to {target}")
-    return tuple(out)
-
-
-def _axes(ctx, node, attrs, idx: int) -> list[int] | None:
-    if "axes" in attrs:
-        return [int(a) for a in attrs["axes"]]
-    a = _const_input(ctx, node, idx, "axes")
-    return None if a is None else [int(v) for v in a]
-
-
-def _slices(ctx: _Ctx, node: onnx.NodeProto, ins: list, shape: tuple[int, ...]) -> list[slice]:
-    """ONNX Slice (attribute form before opset 10, inputs after) as one python slice per axis, with ONNX's
-    clamping: negative starts / ends count from the end, out-of-range values are clamped, and a negative step's
-    end below 0 means 'through index 0'."""
-    attrs = _attrs(node)
-    if ctx.opset >= 10:
-        def const(i: int, what: str):
-            if len(ins) <= i or ins[i] is None:
-                return None
-            if isinstance(ins[i], str):
-                raise UnsupportedOperator("Slice", node.name, ctx.opset, f"{what} that depend on the input")
-            return [int(v) for v in np.asarray(ins[i]).reshape(-1)]
-        starts, ends = const(1, "starts"), const(2, "ends")
-        axes, steps = const(3, "axes"), const(4, "steps")
-    else:
-        starts, ends = [int(v) for v in attrs["starts"]], [int(v) for v in attrs["ends"]]
-        axes, steps = attrs.get("axes"), None
-    axes = list(range(len(starts))) if axes is None else [int(a) for a in axes]
-    steps = [1] * len(starts) if steps is None else steps
-    idx = [slice(None)] * len(shape)
-    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
-        a %= len(shape)
-        d = shape[a]
-        if st == 0:
-            raise ModelError(f"Slice node '{node.name}': step 0")
-        s, e = (s + d if s < 0 else s), (e + d if e < 0 else e)
-        if st > 0:
-            s, e = min(max(s, 0), d), min(max(e, 0), d)
-        else:
-            s, e = min(max(s, 0), d - 1), min(max(e, -1), d - 1)
-        idx[a] = slice(s, None if e < 0 else e, st)
-    return idx
-
-
-def _check_steps(node: onnx.NodeProto, ctx: _Ctx, idx: list[slice]) -> list[slice]:
-    if any((sl.step or 1) < 0 for sl in idx):
-        raise UnsupportedOperator("Slice", node.name, ctx.opset, "negative steps on a variable")
-    return idx
-
-
-def _split_sizes(ctx: _Ctx, node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple[int, list[int]]:
-    """``(axis, sizes)`` of an ONNX Split (sizes from the input at opset 13+, the attribute before, equal parts
-    otherwise; opset 18's ``num_outputs`` makes the last part smaller)."""
-    attrs = _attrs(node)
-    axis = int(attrs.get("axis", 0)) % len(shape)
-    sizes = None
-    if ctx.opset >= 13 and len(node.input) > 1 and node.input[1]:
-        sizes = _const_input(ctx, node, 1, "Split sizes")
-    elif "split" in attrs:
-        sizes = attrs["split"]
-    n = len(node.output)
-    d = shape[axis]
-    if sizes is None:
-        if "num_outputs" in attrs:
-            k = -(-d // n)
-            sizes = [min(k, d - i * k) for i in range(n)]
-        elif d % n:
-            raise ShapeError(f"Split node '{node.name}': axis of {d} does not split into {n} equal parts")
-        else:
-            sizes = [d // n] * n
-    sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
-    if len(sizes) != n or sum(sizes) != d or min(sizes) < 0:
-        raise ShapeError(f"Split node '{node.name}': sizes {sizes} do not cut an axis of {d} into {n}")
-    return axis, sizes
-
-
-def _split(ctx: _Ctx, node: onnx.NodeProto) -> list[Value]:
+def _split(ctx: Ctx, node: onnx.NodeProto) -> list[Value]:
     """ONNX Split of a variable: one Slice node per output."""
     x = ctx.values[node.input[0]]
     shape = ctx.shape(x)
-    axis, sizes = _split_sizes(ctx, node, shape)
+    axis, sizes = split_sizes(ctx, node, shape)
     outs, start = [], 0
     for out, k in zip(node.output, sizes, strict=True):
         idx = [slice(None)] * len(shape)
@@ -395,11 +271,11 @@ def _split(ctx: _Ctx, node: onnx.NodeProto) -> list[Value]:
     return outs
 
 
-def _reduce(ctx: _Ctx, node: onnx.NodeProto, x: str, mean: bool) -> Value:
-    attrs = _attrs(node)
+def _reduce(ctx: Ctx, node: onnx.NodeProto, x: str, mean: bool) -> Value:
+    attrs = attrs_of(node)
     shape = ctx.shape(x)
     axes_from_input = ctx.opset >= (18 if mean else 13)
-    axes = _axes(ctx, node, {} if axes_from_input else attrs, 1) if axes_from_input else attrs.get("axes")
+    axes = axes_of(ctx, node, {} if axes_from_input else attrs, 1) if axes_from_input else attrs.get("axes")
     if axes is None or len(axes) == 0:
         if attrs.get("noop_with_empty_axes", 0):
             return x
@@ -408,11 +284,11 @@ def _reduce(ctx: _Ctx, node: onnx.NodeProto, x: str, mean: bool) -> Value:
                      ReduceSum([int(a) % len(shape) for a in axes], bool(attrs.get("keepdims", 1)), mean), [x])
 
 
-def _gather(ctx: _Ctx, node: onnx.NodeProto, x: Value, indices: Value) -> Value:
+def _gather(ctx: Ctx, node: onnx.NodeProto, x: Value, indices: Value) -> Value:
     if isinstance(indices, str):
         raise UnsupportedOperator("Gather", node.name, ctx.opset, "indices that depend on the input")
     shape = ctx.shape(x)
-    axis = int(_attrs(node).get("axis", 0)) % len(shape)
+    axis = int(attrs_of(node).get("axis", 0)) % len(shape)
     idx = np.asarray(indices).astype(np.int64)
     idx = np.where(idx < 0, idx + shape[axis], idx)
     if idx.size and (idx.min() < 0 or idx.max() >= shape[axis]):
@@ -426,17 +302,17 @@ _NEAREST_COORDS = (b"half_pixel", b"asymmetric", b"pytorch_half_pixel")
 _NEAREST_ROUNDING = (b"round_prefer_floor", b"floor")
 
 
-def _upsample(ctx: _Ctx, node: onnx.NodeProto, x: str, ins: list) -> Value:
+def _upsample(ctx: Ctx, node: onnx.NodeProto, x: str, ins: list) -> Value:
     """ONNX Upsample (opsets 7-9) and Resize (10+) in 'nearest' mode with integer scales: every output index maps to
     ``i // s`` under the coordinate modes accepted here (for integer ``s`` half_pixel and asymmetric agree)."""
-    op, attrs = node.op_type, _attrs(node)
+    op, attrs = node.op_type, attrs_of(node)
     mode = attrs.get("mode", b"nearest")
     mode = mode.encode() if isinstance(mode, str) else mode
     if mode != b"nearest":
         raise UnsupportedOperator(op, node.name, ctx.opset, f"mode {mode.decode()} (only nearest)")
     shape = ctx.shape(x)
     if op == "Upsample":
-        scales = attrs.get("scales") if ctx.opset < 9 else _const_input(ctx, node, 1, "Upsample scales")
+        scales = attrs.get("scales") if ctx.opset < 9 else const_input(ctx, node, 1, "Upsample scales")
     else:
         for key, allowed in (("coordinate_transformation_mode", _NEAREST_COORDS), ("nearest_mode", _NEAREST_ROUNDING)):
             v = attrs.get(key)
@@ -458,7 +334,7 @@ def _upsample(ctx: _Ctx, node: onnx.NodeProto, x: str, ins: list) -> Value:
     return ctx.b.add(node.name or node.output[0], UpsampleNearest([int(v) for v in scales]), [x])
 
 
-def _piecewise(ctx: _Ctx, node: onnx.NodeProto, name: str, ins: list, attrs: dict) -> Value:
+def _piecewise(ctx: Ctx, node: onnx.NodeProto, name: str, ins: list, attrs: dict) -> Value:
     """Clip, Abs, and Max / Min of one variable and constants, through ReLUs (``verify.frontends.composites``)."""
     op = node.op_type
 
@@ -469,7 +345,7 @@ def _piecewise(ctx: _Ctx, node: onnx.NodeProto, name: str, ins: list, attrs: dic
         return composites.absolute(ctx.b, name, ins[0], ctx.dtype)
     if op == "Clip":
         if ctx.opset >= 11:
-            lo, hi = (_const_input(ctx, node, i, "Clip limit") if len(node.input) > i and node.input[i] else None
+            lo, hi = (const_input(ctx, node, i, "Clip limit") if len(node.input) > i and node.input[i] else None
                       for i in (1, 2))
         else:  # float32 attributes; the defaults are the float32 range (no limit)
             lo, hi = (np.float64(np.float32(attrs[k])) if k in attrs else None for k in ("min", "max"))
@@ -491,9 +367,9 @@ def _piecewise(ctx: _Ctx, node: onnx.NodeProto, name: str, ins: list, attrs: dic
     return (composites.maximum if op == "Max" else composites.minimum)(ctx.b, name, x, c, const)
 
 
-def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
+def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
     op = node.op_type
-    attrs = _attrs(node)
+    attrs = attrs_of(node)
     ins = [ctx.values[i] if i else None for i in node.input]
     x = ins[0]
     name = node.name or node.output[0]
@@ -513,7 +389,7 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
     if op in ("Sin", "Cos"):
         return ctx.b.add(name, Sin() if op == "Sin" else Cos(), [x])
     if op == "Expand":
-        target = _const_input(ctx, node, 1, "Expand shape")
+        target = const_input(ctx, node, 1, "Expand shape")
         return ctx.b.add(name, Expand(np.broadcast_shapes(ctx.shape(x), tuple(int(d) for d in target))), [x])
     if op == "Reciprocal":
         return ctx.b.add(name, Reciprocal(), [x])
@@ -532,7 +408,7 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
             axis = len(shape) - 1
         return ctx.b.add(name, Softmax(axis), [x])
     if op == "Slice":
-        return ctx.b.add(name, Slice(_check_steps(node, ctx, _slices(ctx, node, ins, ctx.shape(x)))), [x])
+        return ctx.b.add(name, Slice(check_steps(node, ctx, slices_of(ctx, node, ins, ctx.shape(x)))), [x])
     if op == "Gather":
         return _gather(ctx, node, ins[0], ins[1])
     if op in ("ReduceSum", "ReduceMean"):
@@ -563,16 +439,16 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         axis = axis + len(s) if axis < 0 else axis
         return _reshape_to(ctx, node, x, (int(np.prod(s[:axis])), int(np.prod(s[axis:]))))
     if op == "Reshape":
-        target = _const_input(ctx, node, 1, "Reshape shape") if ctx.opset >= 5 else attrs["shape"]
-        return _reshape_to(ctx, node, x, _resolve_reshape(ctx.shape(x), target, attrs.get("allowzero", 0)))
+        target = const_input(ctx, node, 1, "Reshape shape") if ctx.opset >= 5 else attrs["shape"]
+        return _reshape_to(ctx, node, x, resolve_reshape(ctx.shape(x), target, attrs.get("allowzero", 0)))
     if op == "Squeeze":
         s = ctx.shape(x)
-        axes = _axes(ctx, node, attrs, 1)
+        axes = axes_of(ctx, node, attrs, 1)
         axes = [i for i, d in enumerate(s) if d == 1] if axes is None else [a % len(s) for a in axes]
         return _reshape_to(ctx, node, x, [d for i, d in enumerate(s) if i not in axes])
     if op == "Unsqueeze":
         s = list(ctx.shape(x))
-        axes = sorted(a % (len(s) + len(_axes(ctx, node, attrs, 1))) for a in _axes(ctx, node, attrs, 1))
+        axes = sorted(a % (len(s) + len(axes_of(ctx, node, attrs, 1))) for a in axes_of(ctx, node, attrs, 1))
         for a in axes:
             s.insert(a, 1)
         return _reshape_to(ctx, node, x, s)
@@ -585,8 +461,8 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         if mode not in (b"constant", "constant"):
             raise UnsupportedOperator(op, node.name, ctx.opset, f"mode {mode!r}")
         if ctx.opset >= 11:
-            pads = _const_input(ctx, node, 1, "pads")
-            value = _const_input(ctx, node, 2, "constant_value")
+            pads = const_input(ctx, node, 1, "pads")
+            value = const_input(ctx, node, 2, "constant_value")
             value = 0.0 if value is None else float(np.asarray(value).reshape(-1)[0])
             if len(node.input) > 3 and node.input[3]:
                 raise UnsupportedOperator(op, node.name, ctx.opset, "axes input")
@@ -612,7 +488,7 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
                     errs[i] = err
         return ctx.b.add(name, Concat(axis, len(var_names), consts, errs), var_names)
     if op == "BatchNormalization":
-        scale, bias, mean, var = (_const_input(ctx, node, i, "BatchNorm parameter") for i in range(1, 5))
+        scale, bias, mean, var = (const_input(ctx, node, i, "BatchNorm parameter") for i in range(1, 5))
         # the attribute is a float32; the model divides by sqrt(var + eps) with that value
         eps = np.float64(np.float32(attrs.get("epsilon", 1e-5)))
         s = ctx.shape(x)
@@ -624,150 +500,6 @@ def _var_node(ctx: _Ctx, node: onnx.NodeProto) -> Value:
         b_t, b_err = ctx.param(b.reshape(-1, *tail), be.reshape(-1, *tail))
         return ctx.b.add(name, Scale(weight, b_t, weight_err, b_err), [x])
     raise UnsupportedOperator(op, node.name, ctx.opset)
-
-
-# --------------------------------------------------------------------------------------------
-# Constant folding (numpy) for nodes whose inputs are all constants.
-
-
-def _fold(ctx: _Ctx, node: onnx.NodeProto) -> list[np.ndarray]:
-    """Evaluate a node on constant inputs. Float arithmetic runs in float64 with error bounds (registered in
-    ``ctx.errs``); data movement carries the inputs' error bounds along."""
-    ins = [ctx.values[i] if i else None for i in node.input]
-    errs = [ctx.err(v) if isinstance(v, np.ndarray) else None for v in ins]
-    floating = any(isinstance(v, np.ndarray) and v.dtype.kind == "f" for v in ins)
-    if floating and node.op_type in _ARITH:
-        e = [np.zeros(np.shape(v)) if err is None and isinstance(v, np.ndarray) else err
-             for v, err in zip(ins, errs, strict=True)]
-        val, err = _ARITH[node.op_type](ctx, node, ins, e)
-        return [ctx.errs.set(np.asarray(val), err)]
-    outs = _fold_value(ctx, node, ins)
-    if any(e is not None for e in errs):  # same data movement on the error bounds
-        e_ins = [(ctx.errs.zero_or(v) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v) for v in ins]
-        e_outs = _fold_value(ctx, node, e_ins)
-        outs = [ctx.errs.set(np.asarray(o), np.abs(np.asarray(eo, dtype=np.float64)))
-                for o, eo in zip(outs, e_outs, strict=True)]
-    return outs
-
-
-def _gemm_fold(ctx, node, ins, e):
-    attrs = _attrs(node)
-    a, ea = (ins[0].T, e[0].T) if attrs.get("transA", 0) else (ins[0], e[0])
-    b, eb = (ins[1].T, e[1].T) if attrs.get("transB", 0) else (ins[1], e[1])
-    out, err = K.mul(*K.matmul(a, ea, b, eb), np.float64(attrs.get("alpha", 1.0)), np.zeros(()))
-    if len(ins) > 2 and ins[2] is not None:
-        out, err = K.add(out, err, *K.mul(ins[2], e[2], np.float64(attrs.get("beta", 1.0)), np.zeros(())))
-    return out, err
-
-
-def _cast_fold(ctx, node, ins, e):
-    to = onnx.helper.tensor_dtype_to_np_dtype(_attrs(node)["to"])
-    out = ins[0].astype(to)
-    if np.dtype(to).kind == "f":
-        return out, e[0] + K.cast_error(ins[0], out)
-    return out, None if not np.any(e[0]) else np.full(np.shape(out), np.inf)
-
-
-def _sigmoid64(a):
-    return 1 / (1 + np.exp(-np.asarray(a, dtype=np.float64)))
-
-
-_ARITH: dict[str, Callable] = {  # float arithmetic on constants: (value, error bound) in float64
-    # exact ops; max / min are 1-Lipschitz in every argument, so the largest input error bounds the output's
-    "Abs": lambda ctx, node, i, e: (np.abs(i[0]), e[0]),
-    "ReduceSum": lambda ctx, node, i, e: _reduce_fold(ctx, node, i, e, mean=False),
-    "ReduceMean": lambda ctx, node, i, e: _reduce_fold(ctx, node, i, e, mean=True),
-    "Max": lambda ctx, node, i, e: (_fold_extreme(np.maximum, i), _fold_extreme(np.maximum, e)),
-    "Min": lambda ctx, node, i, e: (_fold_extreme(np.minimum, i), _fold_extreme(np.maximum, e)),
-    "Add": lambda ctx, node, i, e: K.add(i[0], e[0], i[1], e[1]),
-    "Sub": lambda ctx, node, i, e: K.add(i[0], e[0], i[1], e[1], sign=-1.0),
-    "Mul": lambda ctx, node, i, e: K.mul(i[0], e[0], i[1], e[1]),
-    "Div": lambda ctx, node, i, e: K.div(i[0], e[0], i[1], e[1]),
-    "MatMul": lambda ctx, node, i, e: K.matmul(i[0], e[0], i[1], e[1]),
-    "Sqrt": lambda ctx, node, i, e: K.sqrt(i[0], e[0]),
-    "Neg": lambda ctx, node, i, e: (-np.asarray(i[0], dtype=np.float64), e[0]),
-    "Relu": lambda ctx, node, i, e: (np.maximum(np.asarray(i[0], dtype=np.float64), 0), e[0]),
-    # sigmoid is 1/4-Lipschitz, tanh 1-Lipschitz; a few ulps for the float64 evaluation
-    "Sigmoid": lambda ctx, node, i, e: (_sigmoid64(i[0]), e[0] / 4 + 4 * K.U64),
-    "Tanh": lambda ctx, node, i, e: (np.tanh(np.asarray(i[0], dtype=np.float64)), e[0] + 4 * K.U64),
-    "Gemm": _gemm_fold,
-    "Cast": _cast_fold,
-}
-
-
-def _reduce_fold(ctx: _Ctx, node: onnx.NodeProto, ins: list, errs: list, mean: bool):
-    """ReduceSum / ReduceMean of a constant in float64: the inputs' errors add up; the float64 sum of ``n`` terms
-    (and the division by ``n``) adds ``gamma_n`` times the sum of magnitudes."""
-    attrs = _attrs(node)
-    a, e = np.asarray(ins[0], dtype=np.float64), np.asarray(errs[0], dtype=np.float64)
-    axes_from_input = ctx.opset >= (18 if mean else 13)
-    axes = _axes(ctx, node, {}, 1) if axes_from_input else attrs.get("axes")
-    if axes is None or len(axes) == 0:
-        if attrs.get("noop_with_empty_axes", 0):
-            return a, e
-        axes = list(range(a.ndim))
-    axes = tuple(int(x) % a.ndim for x in axes)
-    keep = bool(attrs.get("keepdims", 1))
-    n = int(np.prod([a.shape[x] for x in axes])) if axes else 1
-    val = a.sum(axis=axes, keepdims=keep)
-    err = e.sum(axis=axes, keepdims=keep) + gamma(n + 2, torch.float64) * np.abs(a).sum(axis=axes, keepdims=keep)
-    if mean:
-        val, err = val / n, err / n * (1 + 4 * np.finfo(np.float64).eps) + gamma(2, torch.float64) * np.abs(val / n)
-    return val, err
-
-
-def _fold_extreme(f, arrays: list) -> np.ndarray:
-    """``np.maximum`` / ``np.minimum`` over broadcast arrays (ONNX Max / Min take any number of inputs)."""
-    return f.reduce(np.broadcast_arrays(*arrays))
-
-
-def _fold_value(ctx: _Ctx, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
-    op, attrs = node.op_type, _attrs(node)
-    unary: dict[str, Callable] = {
-        "Relu": lambda a: np.maximum(a, 0), "Identity": lambda a: a, "Dropout": lambda a: a, "Neg": np.negative,
-        "Abs": np.abs,
-    }
-    if op in ("Max", "Min"):  # exact; on error bounds too: max / min is 1-Lipschitz in each argument
-        return [_fold_extreme(np.maximum if op == "Max" else np.minimum, ins)]
-    binary: dict[str, Callable] = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
-                                   "MatMul": np.matmul}
-    if op in unary:
-        return [unary[op](ins[0])]
-    if op in binary:  # integer (shape) arithmetic; float arithmetic is in _ARITH
-        return [binary[op](ins[0], ins[1])]
-    if op == "Cast":
-        return [ins[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))]
-    if op == "Reshape":
-        target = ins[1] if ctx.opset >= 5 else attrs["shape"]
-        return [ins[0].reshape(_resolve_reshape(ins[0].shape, target, attrs.get("allowzero", 0)))]
-    if op == "Flatten":
-        axis = int(attrs.get("axis", 1)) % max(ins[0].ndim, 1)
-        return [ins[0].reshape(int(np.prod(ins[0].shape[:axis])), -1)]
-    if op == "Transpose":
-        return [np.transpose(ins[0], attrs.get("perm"))]
-    if op == "Gather":
-        return [np.take(ins[0], ins[1].astype(np.int64), axis=int(attrs.get("axis", 0)))]
-    if op == "Unsqueeze":
-        axes = _axes(ctx, node, attrs, 1)
-        out = ins[0]
-        for a in sorted(a % (out.ndim + len(axes)) for a in axes):
-            out = np.expand_dims(out, a)
-        return [out]
-    if op == "Squeeze":
-        axes = _axes(ctx, node, attrs, 1)
-        return [np.squeeze(ins[0], axis=None if axes is None else tuple(axes))]
-    if op == "Concat":
-        return [np.concatenate(ins, axis=int(attrs["axis"]))]
-    if op == "ConstantOfShape":
-        value = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
-        return [np.full(tuple(int(d) for d in ins[0]), value.reshape(-1)[0], dtype=value.dtype)]
-    if op == "Slice":
-        full = [ctx.values[i] if i else None for i in node.input]
-        return [ins[0][tuple(_slices(ctx, node, full, ins[0].shape))]]
-    if op == "Split":
-        axis, sizes = _split_sizes(ctx, node, ins[0].shape)
-        return list(np.split(ins[0], np.cumsum(sizes)[:-1], axis=axis))
-    raise UnsupportedOperator(op, node.name, ctx.opset, "on constant inputs")
 
 
 # --------------------------------------------------------------------------------------------
@@ -836,7 +568,7 @@ def from_onnx_model(model: onnx.ModelProto, source: str = "<onnx>", dtype: torch
         raise ModelError(f"{source}: expected exactly one graph output, found {len(g.output)}")
     inp = real_inputs[0]
     builder = GraphBuilder(inp.name, _shape_of(inp), source=source)
-    ctx = _Ctx(builder, opset, dtype)
+    ctx = Ctx(builder, opset, dtype)
     ctx.values[inp.name] = inp.name
     for name, init in inits.items():
         arr = numpy_helper.to_array(init)
@@ -850,7 +582,7 @@ def from_onnx_model(model: onnx.ModelProto, source: str = "<onnx>", dtype: torch
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedOperator(f"{node.domain}.{node.op_type}", node.name, opset)
         if node.op_type == "Constant":
-            a = _attrs(node)
+            a = attrs_of(node)
             if "value" not in a:
                 raise UnsupportedOperator("Constant", node.name, opset, "only the 'value' attribute")
             ctx.values[node.output[0]] = numpy_helper.to_array(a["value"])
@@ -866,7 +598,7 @@ def from_onnx_model(model: onnx.ModelProto, source: str = "<onnx>", dtype: torch
             elif any(isinstance(v, str) for v in ins):
                 ctx.values[node.output[0]] = _var_node(ctx, node)
             else:
-                outs = _fold(ctx, node)
+                outs = fold(ctx, node)
                 for o, v in zip(node.output, outs, strict=False):
                     ctx.values[o] = np.asarray(v)
         except (UnsupportedOperator, ModelError, ShapeError):
