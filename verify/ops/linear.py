@@ -142,6 +142,10 @@ def conv_adjoint(lam: Tensor, weight: Tensor, in_hw, stride, padding, dilation, 
     if groups == 1 and c_in <= FOLD_MAX_CHANNELS and lam.dtype == torch.float32:
         cols = torch.matmul(weight.reshape(c_out, c_in * kh * kw).t(), lam.flatten(2))
         return F.fold(cols, (h_in, w_in), (kh, kw), dilation, padding, stride)
+    if lam.dtype == torch.float64:  # torch's float64 transposed convolution is slower than the conv's own backward
+        shape_in = lam.new_zeros(1).expand(lam.shape[0], c_in * groups, h_in, w_in)
+        return torch.ops.aten.convolution_backward(lam, shape_in, weight, None, list(stride), list(padding),
+                                                   list(dilation), False, [0, 0], groups, [True, False, False])[0]
     h_out, w_out = lam.shape[-2:]
     # output_padding recovers input rows/cols the strided forward conv never reached.
     op_h = h_in - ((h_out - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + 1)
