@@ -28,7 +28,11 @@ def _intervals(rng: np.random.Generator, dtype) -> tuple[torch.Tensor, torch.Ten
 def test_power_lines_hold_exactly(n, dtype):
     rng = np.random.default_rng(n)
     lo, hi = _intervals(rng, dtype)
-    op = Power(n)
+    _assert_lines_and_interval_hold(Power(n), lo, hi, lambda x: x ** n)
+
+
+def _assert_lines_and_interval_hold(op, lo: torch.Tensor, hi: torch.Tensor, f) -> None:
+    """At 11 points of each interval, in exact rational arithmetic: the op's lines and its interval contain f."""
     a_lo, c_lo, a_up, c_up = op.relax(lo, hi)
     ilo, ihi = op.interval((lo, hi))
     for i in range(lo.shape[0]):
@@ -36,9 +40,9 @@ def test_power_lines_hold_exactly(n, dtype):
         al, cl, au, cu = (Fraction(float(t[i])) for t in (a_lo, c_lo, a_up, c_up))
         for k in range(11):
             x = l_ + (u_ - l_) * Fraction(k, 10)
-            v = x ** n
-            assert al * x + cl <= v <= au * x + cu, (n, i, float(x))
-            assert Fraction(float(ilo[i])) <= v <= Fraction(float(ihi[i]))
+            v = f(x)
+            assert al * x + cl <= v <= au * x + cu, (repr(op), i, float(x))
+            assert Fraction(float(ilo[i])) <= v <= Fraction(float(ihi[i])), (repr(op), i, float(x))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -80,16 +84,7 @@ def test_reciprocal_lines_hold_exactly_and_a_range_holding_zero_has_no_bound(dty
     away = (lo > 0) | (hi < 0)
     lo, hi = lo[away], hi[away]
     op = Reciprocal()
-    a_lo, c_lo, a_up, c_up = op.relax(lo, hi)
-    ilo, ihi = op.interval((lo, hi))
-    for i in range(lo.shape[0]):
-        l_, u_ = Fraction(float(lo[i])), Fraction(float(hi[i]))
-        al, cl, au, cu = (Fraction(float(t[i])) for t in (a_lo, c_lo, a_up, c_up))
-        for k in range(11):
-            x = l_ + (u_ - l_) * Fraction(k, 10)
-            v = 1 / x
-            assert al * x + cl <= v <= au * x + cu, (i, float(x))
-            assert Fraction(float(ilo[i])) <= v <= Fraction(float(ihi[i]))
+    _assert_lines_and_interval_hold(op, lo, hi, lambda x: 1 / x)
     with pytest.raises(UnboundedError, match="divisor may be 0"):
         op.interval((torch.tensor([-0.1, 1.0]), torch.tensor([0.2, 2.0])))
 

@@ -141,12 +141,7 @@ class Graph:
         if torch.finfo(dtype).eps > torch.finfo(self.dtype).eps:
             raise ModelError(f"{self.source}: cannot compute a {self.dtype} model in {dtype} (its weights would "
                              "be rounded)")
-        nodes = []
-        for n in self.nodes:
-            op = copy.copy(n.op)
-            op.cast(dtype)
-            nodes.append(Node(n.name, op, n.inputs, n.shape))
-        return Graph(self.input_name, self.input_shape, nodes, self.output, self.source, self.user_input_shape)
+        return self._with_copied_ops(lambda op: op.cast(dtype))
 
     def to(self, device: torch.device | str) -> Graph:
         """This graph with every op's tensors on ``device`` (copied ops; ``self`` is unchanged). A torch module's
@@ -154,10 +149,14 @@ class Graph:
         device = torch.device(device)
         if device == self.device:
             return self
+        return self._with_copied_ops(lambda op: op.to_device(device))
+
+    def _with_copied_ops(self, change) -> Graph:
+        """A graph of shallow copies of the ops, each changed in place by ``change``."""
         nodes = []
         for n in self.nodes:
             op = copy.copy(n.op)
-            op.to_device(device)
+            change(op)
             nodes.append(Node(n.name, op, n.inputs, n.shape))
         return Graph(self.input_name, self.input_shape, nodes, self.output, self.source, self.user_input_shape)
 

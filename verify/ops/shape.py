@@ -216,14 +216,35 @@ class Gather(_DataMovement):
         return f"Gather(axis={self.axis}, {tuple(self.indices.shape)})"
 
 
-class UpsampleNearest(LinearOp):
-    """Nearest-neighbour upsampling by integer factors (ONNX Upsample, Resize 'nearest'): ``y[i] = x[i // s]`` per
-    axis. Monotone, exact forward and intervals; the adjoint sums the ``m = prod(s)`` copies of each input, within
-    ``gamma_m`` of the exact sum, so the allowance is ``gamma_m`` times the upsampled magnitudes."""
+class _Copies(LinearOp):
+    """Ops that copy each input value ``m`` times (upsampling, broadcasting). Monotone, exact forward and intervals;
+    the adjoint sums the copies, within ``gamma_m`` of the exact sum, so the allowance is ``gamma_m`` times the copied
+    magnitudes, and the absolute map grows by as much."""
 
-    kind = "upsample"
     monotone = True
     interval_exact = True
+
+    def copies(self) -> int:
+        raise NotImplementedError
+
+    def offset(self):
+        return None
+
+    def abs_forward(self, ts):
+        return (1 + 2 * gamma(self.copies(), ts[0].dtype)) * self.forward(ts[0])
+
+    def error_radius(self, mags):
+        if self.copies() == 1:
+            return None
+        with torch.no_grad():
+            return gamma(self.copies(), mags[0].dtype) * self.forward(mags[0].detach())
+
+
+class UpsampleNearest(_Copies):
+    """Nearest-neighbour upsampling by integer factors (ONNX Upsample, Resize 'nearest'): ``y[i] = x[i // s]`` per
+    axis; ``m = prod(s)`` copies."""
+
+    kind = "upsample"
 
     def __init__(self, factors: Sequence[int]):
         self.factors = tuple(int(f) for f in factors)
@@ -237,9 +258,6 @@ class UpsampleNearest(LinearOp):
                 x = x.repeat_interleave(f, dim=axis + 1)
         return x
 
-    def offset(self):
-        return None
-
     def adjoint(self, lam):
         g = lam
         lead = 2
@@ -250,24 +268,14 @@ class UpsampleNearest(LinearOp):
                 g = g.reshape(shape).sum(dim=d + 1)
         return [g]
 
-    def error_radius(self, mags):
-        if self.copies() == 1:
-            return None
-        with torch.no_grad():
-            return gamma(self.copies(), mags[0].dtype) * self.forward(mags[0].detach())
-
     def __repr__(self):
         return f"UpsampleNearest{self.factors}"
 
 
-class Expand(LinearOp):
-    """A variable broadcast to a larger per-sample shape (ONNX Expand, or a constant operand that broadcasts it):
-    ``m`` copies of each input. Exact forward and intervals; the adjoint sums the copies, within ``gamma_m`` of the
-    exact sum, so the allowance is ``gamma_m`` times the broadcast magnitudes."""
+class Expand(_Copies):
+    """A variable broadcast to a larger per-sample shape (ONNX Expand, or a constant operand that broadcasts it)."""
 
     kind = "expand"
-    monotone = True
-    interval_exact = True
 
     def __init__(self, shape: Sequence[int]):
         self.shape = tuple(int(d) for d in shape)
@@ -279,9 +287,6 @@ class Expand(LinearOp):
         rank = len(self.shape) - (x.dim() - 1)
         return x.reshape(x.shape[0], *([1] * rank), *x.shape[1:]).expand(x.shape[0], *self.shape)
 
-    def offset(self):
-        return None
-
     def adjoint(self, lam):
         shape = self.in_shapes[0]
         g = lam
@@ -290,15 +295,6 @@ class Expand(LinearOp):
             g = g.sum(dim=tuple(range(2, 2 + extra)))
         dims = tuple(i + 2 for i, d in enumerate(shape) if d == 1 and g.shape[i + 2] != 1)
         return [g.sum(dim=dims, keepdim=True) if dims else g]
-
-    def abs_forward(self, ts):
-        return (1 + 2 * gamma(self.copies(), ts[0].dtype)) * self.forward(ts[0])
-
-    def error_radius(self, mags):
-        if self.copies() == 1:
-            return None
-        with torch.no_grad():
-            return gamma(self.copies(), mags[0].dtype) * self.forward(mags[0].detach())
 
     def __repr__(self):
         return f"Expand{self.shape}"
