@@ -57,7 +57,7 @@ from verify.ops.base import Bounds, LinearOp, merge_leading
 from verify.ops.linear import Conv2d, ConvTranspose2d, Dense
 from verify.ops.pooling import AvgPool2d, MaxPool2d
 from verify.ops.reduce import ReduceSum
-from verify.ops.shape import Concat, Pad, Reshape, Transpose, UpsampleNearest, _DataMovement
+from verify.ops.shape import Concat, Pad, Reshape, Transpose, _Copies, _DataMovement
 from verify.rounding import F64, cast_down, cast_up, down, gamma, magnitude, outward, sum_up, tiny, unit_roundoff, up
 
 ELEMENTS_PER_PASS = 2 ** 22  # cap on N * rows * numel per intermediate CROWN pass (memory, cache)
@@ -155,7 +155,7 @@ def step_gamma(op: LinearOp, dtype: torch.dtype) -> float:
         n = op.kernel[0] * op.kernel[1]
     elif isinstance(op, ReduceSum):  # the sum over the reduced axes (and the mean's division)
         n = op.count() + 1
-    elif isinstance(op, UpsampleNearest):  # the adjoint sums each input's copies
+    elif isinstance(op, _Copies):  # upsampling, broadcasting: the adjoint sums each input's copies
         n = op.copies()
     elif isinstance(op, Scale | AddVars):  # one product, plus the adjoint's sum over broadcast copies
         n = max(1, op.out_numel() // max(1, min(int(torch.Size(s).numel()) for s in op.in_shapes)))
