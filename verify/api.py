@@ -15,6 +15,7 @@ from torch import Tensor
 from verify.bounds.alpha import alpha_crown_lower
 from verify.bounds.crown import (
     Ball,
+    RoundingCache,
     backward_pass,
     behind_relaxation,
     concretize_lower,
@@ -222,12 +223,13 @@ def _bound_boxes(graph: Graph, lo: Tensor, hi: Tensor, C: Tensor, method: str, m
     s = C.shape[1]
     rows = torch.cat([C, -C], dim=1) if bound_upper else C
     lam = rows.reshape(b, rows.shape[1], *graph.output_shape)
-    bounds = intermediate_bounds(graph, lo, hi, "ibp" if method == "crown-ibp" else "crown", ball=ball)
+    cache = RoundingCache()
+    bounds = intermediate_bounds(graph, lo, hi, "ibp" if method == "crown-ibp" else "crown", ball=ball, cache=cache)
     found: dict | None = {} if linear is not None else None
     if method in ("crown", "crown-ibp") and found is None:
-        res = lower_bound(graph, graph.output, lam, bounds, ball=ball)
+        res = lower_bound(graph, graph.output, lam, bounds, ball=ball, cache=cache)
     elif method in ("crown", "crown-ibp"):
-        lam_x, kappa = backward_pass(graph, graph.output, lam, bounds)
+        lam_x, kappa = backward_pass(graph, graph.output, lam, bounds, cache=cache)
         res = concretize_lower(lam_x, kappa, lo, hi, ball)
         found.update(A=lam_x if lam_x is not None else lo.new_zeros(b, lam.shape[1], *lo.shape[1:]),
                      bias=kappa)

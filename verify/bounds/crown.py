@@ -311,7 +311,8 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
                         reference: Mapping[str, Bounds] | None = None,
                         splits: Mapping[str, Tensor] | None = None,
                         functions: dict | None = None,
-                        stop: Callable[[], bool] | None = None, ball: Ball | None = None) -> dict[str, Bounds]:
+                        stop: Callable[[], bool] | None = None, ball: Ball | None = None,
+                        cache: RoundingCache | None = None) -> dict[str, Bounds]:
     """Bounds of every node: interval rules forward, refined by CROWN at the inputs of relaxed ops.
 
     ``reference`` (earlier sound bounds) is intersected in; ``alpha_store`` supplies optimisable
@@ -320,7 +321,8 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
     ``stop()`` true (a deadline passed): the remaining nodes keep their interval bounds (sound, looser), so
     a large network cannot hold a caller past its time limit inside one pass.
     ``ball``: the inputs also lie in this l_p ball; nodes affine in the input then get CROWN passes too (their box
-    intervals are no longer exact), under ``ibp`` as well (the dual-norm rule for a first layer).
+    intervals are no longer exact), under ``ibp`` as well (the dual-norm rule for a first layer). ``cache``: an
+    empty ``RoundingCache`` to fill; it stays valid for later passes over the returned bounds.
     """
     bounds: dict[str, Bounds] = {graph.input_name: (x_lo, x_hi)}
     bounded = set(graph.bounded_nodes())
@@ -329,7 +331,8 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
     if ball is not None:
         refine |= affine
     relu_only = _relu_only_consumers(graph)
-    cache = RoundingCache()  # each node's bounds are final once set, so allowances stay valid throughout
+    # each node's bounds are final once set, so allowances stay valid throughout (and for passes over the result)
+    cache = RoundingCache() if cache is None else cache
     for n in graph.nodes:
         lo, hi = sound_interval(n.op, [bounds[i] for i in n.inputs])
         if reference is not None and n.name in reference:
