@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from verify.ops.base import LinearOp
+from verify.ops.base import LinearOp, unbroadcast
 from verify.rounding import gamma
 
 
@@ -90,18 +90,7 @@ class AddVars(LinearOp):
         return None
 
     def adjoint(self, lam):
-        out = []
-        for s, shape in zip(self.signs, self.in_shapes, strict=True):
-            g = lam * s
-            # Undo broadcasting: sum over the axes this input was expanded along.
-            if tuple(g.shape[2:]) != shape:
-                extra = g.dim() - 2 - len(shape)
-                g = g.sum(dim=tuple(range(2, 2 + extra))) if extra > 0 else g
-                dims = tuple(i + 2 for i, d in enumerate(shape) if d == 1 and g.shape[i + 2] != 1)
-                if dims:
-                    g = g.sum(dim=dims, keepdim=True)
-            out.append(g)
-        return out
+        return [unbroadcast(lam * s, shape) for s, shape in zip(self.signs, self.in_shapes, strict=True)]
 
     def abs_forward(self, ts):
         with torch.no_grad():

@@ -34,6 +34,19 @@ def merge_leading(t: Tensor, n_trailing: int) -> tuple[Tensor, tuple[int, ...]]:
     return t.reshape(-1, *t.shape[t.dim() - n_trailing:]), lead
 
 
+def unbroadcast(g: Tensor, shape: Sequence[int]) -> Tensor:
+    """``g [B, S, *out]`` summed over the axes along which an input of per-sample ``shape`` was broadcast to ``out``
+    (leading axes it lacked, and its size-1 axes): the adjoint of broadcasting."""
+    shape = tuple(shape)
+    if tuple(g.shape[2:]) == shape:
+        return g
+    extra = g.dim() - 2 - len(shape)
+    if extra > 0:
+        g = g.sum(dim=tuple(range(2, 2 + extra)))
+    dims = tuple(i + 2 for i, d in enumerate(shape) if d == 1 and g.shape[i + 2] != 1)
+    return g.sum(dim=dims, keepdim=True) if dims else g
+
+
 class Op:
     """Base class. ``in_shapes`` / ``out_shape`` are per-sample shapes, set by :meth:`bind`."""
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from verify.errors import UnboundedError
-from verify.ops.base import Op
+from verify.ops.base import Op, unbroadcast
 from verify.rounding import (
     F64,
     cast_down,
@@ -32,15 +32,6 @@ from verify.rounding import (
     unit_roundoff,
     up,
 )
-
-
-def _unbroadcast(g: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Sum ``g [B, S, *out]`` over the axes an input of per-sample ``shape`` was broadcast along."""
-    extra = g.dim() - 2 - len(shape)
-    if extra > 0:
-        g = g.sum(dim=tuple(range(2, 2 + extra)))
-    dims = tuple(i + 2 for i, d in enumerate(shape) if d == 1 and g.shape[i + 2] != 1)
-    return g.sum(dim=dims, keepdim=True) if dims else g
 
 
 class Mul(Op):
@@ -75,7 +66,7 @@ class Mul(Op):
         c_lo = -(lx.to(F64) * ly.to(F64) + ux.to(F64) * uy.to(F64)) * half
         c_up = -(lx.to(F64) * uy.to(F64) + ux.to(F64) * ly.to(F64)) * half
         kappa = dot64(pos, c_lo) + dot64(neg, c_up)
-        return [_unbroadcast(lam_x, self.in_shapes[0]), _unbroadcast(lam_y, self.in_shapes[1])], kappa
+        return [unbroadcast(lam_x, self.in_shapes[0]), unbroadcast(lam_y, self.in_shapes[1])], kappa
 
     def error_radius(self, bounds):
         ax, ay = (magnitude(*b).detach() for b in bounds)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from verify.ops.base import LinearOp
+from verify.ops.base import LinearOp, unbroadcast
 from verify.rounding import gamma
 
 
@@ -288,13 +288,7 @@ class Expand(_Copies):
         return x.reshape(x.shape[0], *([1] * rank), *x.shape[1:]).expand(x.shape[0], *self.shape)
 
     def adjoint(self, lam):
-        shape = self.in_shapes[0]
-        g = lam
-        extra = g.dim() - 2 - len(shape)
-        if extra > 0:
-            g = g.sum(dim=tuple(range(2, 2 + extra)))
-        dims = tuple(i + 2 for i, d in enumerate(shape) if d == 1 and g.shape[i + 2] != 1)
-        return [g.sum(dim=dims, keepdim=True) if dims else g]
+        return [unbroadcast(lam, self.in_shapes[0])]
 
     def __repr__(self):
         return f"Expand{self.shape}"
