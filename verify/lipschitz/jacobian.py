@@ -53,7 +53,7 @@ from verify.lipschitz.gates import (
 )
 from verify.ops.activation import Activation, LeakyRelu, Relu, Sigmoid, Tanh
 from verify.ops.affine import AddVars, Scale
-from verify.ops.base import Bounds, LinearOp, merge_leading
+from verify.ops.base import Bounds, LinearOp, merge_leading, unbroadcast
 from verify.ops.linear import Conv2d, ConvTranspose2d, Dense
 from verify.ops.pooling import AvgPool2d, MaxPool2d
 from verify.ops.reduce import ReduceSum
@@ -166,14 +166,7 @@ def step_gamma(op: LinearOp, dtype: torch.dtype) -> float:
 
 def _scale_reduce(op: Scale, g: Tensor) -> Tensor:
     """Sum a gradient over axes along which a Scale broadcast its input."""
-    shape = op.in_shapes[0]
-    if tuple(g.shape[2:]) == shape:
-        return g
-    extra = g.dim() - 2 - len(shape)
-    if extra > 0:
-        g = g.sum(dim=tuple(range(2, 2 + extra)))
-    dims = tuple(i + 2 for i, d in enumerate(shape) if d == 1 and g.shape[i + 2] != 1)
-    return g.sum(dim=dims, keepdim=True) if dims else g
+    return unbroadcast(g, op.in_shapes[0])
 
 
 def adjoint(op: LinearOp, lam: Tensor) -> list[Tensor | None]:
