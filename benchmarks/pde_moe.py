@@ -123,21 +123,36 @@ def effective_points(model: PDEModel) -> int | None:
 
 
 def agg(per_seed: list[dict], key: str, fn=statistics.mean) -> float | None:
-    """Mean (or std) over seeds of a per-seed metric; the std of one seed is 0."""
+    """Mean (or std, median) over seeds of a per-seed metric; the std of one seed is 0."""
     vals = [r[key] for r in per_seed if r.get(key) is not None]
     if not vals:
         return None
-    return fn(vals) if len(vals) > 1 or fn is statistics.mean else 0.0
+    return fn(vals) if len(vals) > 1 or fn is not statistics.stdev else 0.0
+
+
+# CPU-sized configurations: the backbone, grid and batch of every model of the accuracy table.
+GRIDS = {
+    "diffusion-sorption": dict(basis=8, width=32, layers=3, modes=8, nt=21, nx=64, batch=4),
+    # 16 x 16 periodic grid, 9 frames; experts 4 = a 2 x 2 spatial split (1, 2, 2) as the paper's.
+    "navier-stokes": dict(basis=16, width=16, layers=3, modes=4, nt=9, nx=16, batch=2),
+}
+
+
+def seed_mean(per_seed: list[dict], key: str) -> list[float]:
+    """Elementwise mean over seeds of a per-seed list (e.g. the error of each block)."""
+    return [statistics.mean(v) for v in zip(*(r[key] for r in per_seed), strict=True)]
 
 
 MODELS = {
     "PI-SC": dict(constraint="soft"),
     "PI-HC": dict(constraint="hard", points=1000),
-    "PI-HC-MoE": dict(constraint="moe", experts=4, points=1000),  # as the paper: global IC/BC rows, own-expert loss
+    # As the paper: independent experts (own points, global IC/BC rows) and the loss F(u) of the stitched field by
+    # finite differences across the interfaces (the reference code's loss).
+    "PI-HC-MoE": dict(constraint="moe", experts=4, points=1000, moe_loss="stitched"),
+    # Not in the paper: each point's residual under its own expert plus the interface mismatch as a loss term.
+    "PI-HC-MoE expert-loss": dict(constraint="moe", experts=4, points=1000),
     # Not in the paper: continuity rows between neighbouring experts (joint solve per sample).
     "PI-HC-MoE+interface": dict(constraint="moe", experts=4, points=1000, interface_weight=100.0),
-    # ... and the training loss F(u) of the stitched field by finite differences across the interfaces (as the
-    # reference code's loss), so a front that stops at an interface is penalised where it stops.
     "PI-HC-MoE+interface+stitched": dict(
         constraint="moe", experts=4, points=1000, interface_weight=100.0, moe_loss="stitched"
     ),
@@ -147,35 +162,40 @@ MODELS = {
         constraint="moe", experts=4, points=1000, interface_weight=100.0, moe_loss="stitched", drop_nonconverged=True
     ),
 }
+DEFAULT_MODELS = ("PI-SC", "PI-HC", "PI-HC-MoE", "PI-HC-MoE expert-loss", "PI-HC-MoE+interface+stitched")
 
 
 def accuracy(
-    quick: bool, cache: str, seeds: int, log, models: tuple[str, ...] = (), device: str = "cpu"
+    quick: bool,
+    cache: str,
+    seeds: int,
+    log,
+    models: tuple[str, ...] = (),
+    device: str = "cpu",
+    steps: int = 0,
+    residual_units: str = "horizon",
+    problem: str = "diffusion-sorption",
 ) -> list[dict]:
     """Train PI-SC, PI-HC and PI-HC-MoE with the same backbone and budget for several seeds (initialisation,
-    points and test set); report the mean over seeds of the per-seed mean relative L2, and its std over seeds."""
+    points and test set); report the mean and median over seeds of the per-seed mean relative L2, its std over
+    seeds, and where the error lives (pooled relative L2 per block of four along x, share of the error)."""
     rows = []
     base = dict(
-        problem="diffusion-sorption",
-        basis=8,
-        width=32,
-        layers=3,
-        modes=8,
-        nt=21,
-        nx=64,
-        steps=80 if quick else 400,
-        batch=4,
+        problem=problem,
+        steps=steps or (80 if quick else 1200),
+        residual_units=residual_units,
         train_time_fraction=0.8,
         n_test=4 if quick else 16,
         cache_dir=cache,
         device=device,
+        **GRIDS[problem],
     )
     for name, kw in MODELS.items():
-        if models and name not in models:
+        if name not in (models or DEFAULT_MODELS):
             continue
         per_seed = []
         for seed in range(seeds):
-            cfg = TrainConfig(**base, **kw, seed=seed)
+            cfg = TrainConfig(**base, **kw, seed=seed)  # experts default 4: also the blocks of the breakdown
             t0 = time.perf_counter()
             model, hist = train(cfg, log=None)
             res = evaluate(cfg, model.backbone)
@@ -188,7 +208,9 @@ def accuracy(
             per_seed.append(res)
             log(
                 f"{name} seed {seed}: test {res['test_rel_l2_pct']:.2f}% "
-                f"extrap {res.get('extrap_rel_l2_pct', float('nan')):.2f}%"
+                f"extrap {res.get('extrap_rel_l2_pct', float('nan')):.2f}% "
+                f"by block {' '.join(f'{v:.1f}' for v in res['block_rel_l2_pct'])} % "
+                f"(error share {' '.join(f'{v:.2f}' for v in res['block_error_share'])})"
             )
 
         rows.append(
@@ -199,9 +221,12 @@ def accuracy(
                 "seeds": seeds,
                 "test_rel_l2_pct": agg(per_seed, "test_rel_l2_pct"),
                 "test_rel_l2_std_pct": agg(per_seed, "test_rel_l2_pct", statistics.stdev),
+                "test_rel_l2_median_pct": agg(per_seed, "test_rel_l2_pct", statistics.median),
                 "extrap_rel_l2_pct": agg(per_seed, "extrap_rel_l2_pct"),
                 "extrap_rel_l2_std_pct": agg(per_seed, "extrap_rel_l2_pct", statistics.stdev),
                 "test_rel_l2_pct_per_seed": [r["test_rel_l2_pct"] for r in per_seed],
+                "block_rel_l2_pct": seed_mean(per_seed, "block_rel_l2_pct"),
+                "block_error_share": seed_mean(per_seed, "block_error_share"),
                 "train_step_ms": agg(per_seed, "train_step_ms"),
                 "infer_ms": agg(per_seed, "infer_ms"),
                 "train_s": agg(per_seed, "train_s"),
@@ -370,7 +395,7 @@ def print_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="Diffusion-sorption: PI-SC / PI-HC / PI-HC-MoE (CPU)")
+    t = Table(title="PI-SC / PI-HC / PI-HC-MoE (CPU)")
     cols = [
         ("model", "model", "s"),
         ("K", "K", "d"),
@@ -378,6 +403,8 @@ def print_table(rows: list[dict]) -> None:
         ("W", "processes", "d"),
         ("test_rel_l2_pct", "test rel L2 %", ".2f"),
         ("test_rel_l2_std_pct", "± (seeds)", ".2f"),
+        ("test_rel_l2_median_pct", "median", ".2f"),
+        ("block2_share", "error share, block 2", ".2f"),
         ("extrap_rel_l2_pct", "extrap rel L2 %", ".2f"),
         ("extrap_rel_l2_std_pct", "± (seeds)", ".2f"),
         ("train_step_ms", "train step ms", ".1f"),
@@ -396,7 +423,8 @@ def print_table(rows: list[dict]) -> None:
     for _, head, _ in cols:
         t.add_column(head)
     for r in rows:
-        r = {**r, "W": r.get("processes")}
+        share = r.get("block_error_share")
+        r = {**r, "W": r.get("processes"), "block2_share": share[1] if share else None}
         t.add_row(*[fmt(r.get(k), f) for k, _, f in cols])
     Console(width=200).print(t)
 
@@ -408,7 +436,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default="", help="dataset cache directory (default ~/.cache/clarke/pde)")
     ap.add_argument("--sections", default="accuracy,timing,distributed", help="comma-separated subset to run")
     ap.add_argument("--seeds", type=int, default=0, help="training seeds per model (0: 1 with --quick, else 5)")
-    ap.add_argument("--models", default="", help=f"comma-separated subset of the accuracy models ({', '.join(MODELS)})")
+    ap.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated accuracy models, of: {', '.join(MODELS)}",
+    )
+    ap.add_argument("--problem", default="diffusion-sorption", choices=tuple(GRIDS), help="PDE of the accuracy table")
+    ap.add_argument("--steps", type=int, default=0, help="training steps of the accuracy models (0: 80 quick or 1200)")
+    ap.add_argument(
+        "--residual-units",
+        default="horizon",
+        choices=("horizon", "physical"),
+        help="unit of the solver's PDE rows for every hard model (physical: seconds, the paper's rows)",
+    )
     ap.add_argument("--points", default="", help="comma-separated m values of the timing sweep (default all)")
     ap.add_argument(
         "--experts",
@@ -425,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         "always runs gloo CPU processes)",
     )
     args = ap.parse_args(argv)
+    if min(args.steps, args.seeds) < 0 or args.threads < 1:
+        ap.error("--steps and --seeds must be >= 0, --threads >= 1")
     torch.set_num_threads(args.threads)
     try:
         resolve_device(args.device)  # fail before any work if the device is not there
@@ -439,7 +481,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     if "accuracy" in sections:
         models = tuple(m for m in args.models.split(",") if m)
-        rows += accuracy(args.quick, args.cache, args.seeds or (1 if args.quick else 5), log, models, args.device)
+        unknown = sorted(set(models) - set(MODELS))
+        if unknown:
+            print(f"error: --models: unknown {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        seeds = args.seeds or (1 if args.quick else 5)
+        rows += accuracy(
+            args.quick, args.cache, seeds, log, models, args.device, args.steps, args.residual_units, args.problem
+        )
     if "timing" in sections:
         grid = tuple(int(v) for v in args.grid.lower().split("x"))
         variants = tuple(v for v in args.experts.split(",") if v)

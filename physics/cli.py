@@ -20,6 +20,7 @@ from typing import NoReturn
 from physics.errors import PhysicsError
 from physics.model import CONSTRAINTS
 from physics.parallel import PLACEMENTS
+from physics.problems import RESIDUAL_UNITS
 
 TRAINABLE = ("diffusion-sorption", "heat", "navier-stokes")
 EXIT_STATUS = """Exit status: 0 with the metrics as one JSON line on stdout (relative L2 errors in
@@ -89,6 +90,14 @@ def experts_arg(text: str) -> int | tuple[int, ...]:
     return parts[0] if len(parts) == 1 else parts
 
 
+def spike_factor(text: str) -> float:
+    """``--skip-spikes``: 0 (off) or a finite factor > 1."""
+    value = number(float, 0.0)(text)
+    if 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or > 1, got {text!r}")
+    return value
+
+
 def add_parser(subparsers) -> None:
     """Register ``pde`` with sub-commands ``train`` and ``eval``; the parser default ``func`` runs them."""
     pde = subparsers.add_parser("pde", help="physics-informed hard-constraint PDE surrogates (PI-SC/PI-HC/MoE)",
@@ -121,6 +130,21 @@ def add_parser(subparsers) -> None:
         default=0.0,
         help="weight of continuity rows between neighbouring experts (0: independent experts, as the paper)",
     )
+    t.add_argument(
+        "--moe-loss",
+        default="expert",
+        choices=("expert", "stitched"),
+        help="moe training loss: each point's residual under its own expert plus the interface mismatch "
+        "(expert), or F(u) of the stitched field by finite differences across interfaces (stitched: the "
+        "paper's code)",
+    )
+    t.add_argument(
+        "--residual-units",
+        default="horizon",
+        choices=RESIDUAL_UNITS,
+        help="time unit of the solver's diffusion-sorption PDE rows: the horizon (rows O(1), like the IC rows) "
+        "or seconds (physical: the paper's rows, ~1e-3, so the global IC/BC rows dominate every solve)",
+    )
     t.add_argument("--points", type=count, default=1000, help="collocation points m sampled per solve (per expert)")
     t.add_argument("--basis", type=count, default=16, help="number N of basis functions output by the backbone")
     t.add_argument("--backbone", default="fno", choices=("fno", "mlp"), help="FNO over (t, x) or pointwise MLP")
@@ -135,6 +159,13 @@ def add_parser(subparsers) -> None:
     t.add_argument("--lr", type=number(float, 0.0, low_open=True), default=1e-3,
                    help="initial Adam learning rate, > 0 (halved 5 times)")
     t.add_argument("--max-iter", type=count, default=50, help="Levenberg-Marquardt iterations per solve")
+    t.add_argument(
+        "--skip-spikes",
+        type=spike_factor,
+        default=3.0,
+        help="skip the update of a step whose loss exceeds this factor times the median of the last 50 "
+        "(0: never; keeps a failed solve's gradient from derailing training)",
+    )
     t.add_argument(
         "--hessian",
         default="exact",

@@ -61,6 +61,8 @@ def physics_loss(spec: PDESpec, u: Tensor, data: Fields, info: SolveInfo | None 
         # Experts never see each other's points, so nothing else in the loss stops the stitched field from
         # jumping at interfaces; the mismatch of neighbouring experts there is penalised like an IC/BC row.
         r_rows = torch.cat([r_rows, info.jump], dim=1)
+    if spec.loss_scale() != 1.0:  # PDE rows solved in other units than the loss's (physics.problems)
+        r_pde = r_pde * spec.loss_scale()
     parts = LossParts((r_pde**2).mean(-1), (r_rows**2).mean(-1))
     if not (torch.isfinite(parts.pde).all() and torch.isfinite(parts.rows).all()):
         raise PhysicsError(

@@ -182,6 +182,10 @@ class PDESpec:
         """Spatial coordinates in [0, 1] (host constants, like the masks and row indices: callers move them)."""
         raise NotImplementedError
 
+    def loss_scale(self) -> float:
+        """Factor from the unit of the solver's PDE rows to that of the training loss (1: the same)."""
+        return 1.0
+
     def residuals(self, u: Tensor, data: Fields) -> tuple[Tensor, Tensor]:
         """PDE residual on the full grid (B, G) and the IC/BC row residuals (B, q) of a field u (B, *grid)."""
         phi, off = self.features(u[..., None])
@@ -197,6 +201,10 @@ class DiffusionSorption(PDESpec):
     The x-Laplacian is the finite-volume stencil of the reference solver with ghost cells u_{-1} = 1 and
     u_n = D (u_{n-2} - u_{n-1}) / dx (PDEBench), so the affine ghost value 1 enters as an offset. IC rows are
     relative, (u(0, x) - u0) / max(u0, 0.05); BC rows state the same ghost relations by linear extrapolation.
+
+    Time unit of the PDE rows (``residual_unit`` seconds): by default the horizon, so rows are O(1) like the IC
+    rows; 1 s gives the paper's rows (u_t - D/R u_xx in seconds, ~1e-3: the solve is dominated by the global
+    IC/BC rows). The training loss is always in horizon units (``loss_scale``).
     """
 
     nt: int = 21
@@ -206,6 +214,7 @@ class DiffusionSorption(PDESpec):
     name: str = "diffusion-sorption"
     t_ref: float | None = None  # time normalisation of the backbone input (default t_max)
     smooth_beta: float = 1000.0  # sharpness of the smooth positive part in R(u)
+    residual_unit: float | None = None  # seconds per time unit of the PDE rows (default: the horizon)
 
     def __post_init__(self) -> None:
         if self.nt < 3 or self.nx < 4:
@@ -219,8 +228,7 @@ class DiffusionSorption(PDESpec):
     def features(self, b: Tensor) -> tuple[Tensor, Tensor]:
         bsz = b.shape[0]
         dx, dt = 1.0 / self.nx, self.t_max / (self.nt - 1)
-        # Time in units of the horizon: the residual rows are O(1), comparable with the relative IC rows.
-        ts = self.t_ref or self.t_max
+        ts = self.residual_unit or self.t_ref or self.t_max
         # Laplacian on cell centres with ghost cells u_{-1} = 1 (its affine part is the offset) and
         # u_n = D (u_{n-2} - u_{n-1}) / dx, folded into the last row.
         c, r = ts / dx**2, self.constants.D / dx
@@ -229,6 +237,9 @@ class DiffusionSorption(PDESpec):
         off = torch.zeros(self.nt, self.nx, 3, dtype=b.dtype, device=b.device)
         off[:, 0, 2] = c  # the Dirichlet ghost value 1
         return phi, off.reshape(1, -1, 3).expand(bsz, -1, -1)
+
+    def loss_scale(self) -> float:
+        return (self.t_ref or self.t_max) / (self.residual_unit or self.t_ref or self.t_max)
 
     def pointwise(self, z: Tensor) -> Tensor:
         c = self.constants
@@ -393,11 +404,25 @@ def problem_dims(name: str) -> tuple[int, int]:
     return (3, 4) if name == "navier-stokes" else (2, 3)
 
 
-def make_spec(name: str, nt: int, nx: int, t_max: float | None = None, t_ref: float | None = None) -> PDESpec:
+RESIDUAL_UNITS = ("horizon", "physical")
+
+
+def make_spec(
+    name: str,
+    nt: int,
+    nx: int,
+    t_max: float | None = None,
+    t_ref: float | None = None,
+    residual_units: str = "horizon",
+) -> PDESpec:
     """The spec for a problem name (time horizon ``t_max``, default the problem's), or a PhysicsError.
-    Navier-Stokes uses an nx x nx spatial grid."""
+    Navier-Stokes uses an nx x nx spatial grid. ``residual_units`` "physical" writes diffusion-sorption's PDE
+    rows in seconds as the paper does (the other problems' rows are in their physical units already)."""
+    if residual_units not in RESIDUAL_UNITS:
+        raise PhysicsError(f"unknown residual units {residual_units!r}; choose {' or '.join(RESIDUAL_UNITS)}")
     if name == "diffusion-sorption":
-        return DiffusionSorption(nt=nt, nx=nx, t_max=t_max or 500.0, t_ref=t_ref)
+        unit = 1.0 if residual_units == "physical" else None
+        return DiffusionSorption(nt=nt, nx=nx, t_max=t_max or 500.0, t_ref=t_ref, residual_unit=unit)
     if name == "heat":
         return Heat(nt=nt, nx=nx, t_max=t_max or 1.0, t_ref=t_ref)
     if name == "navier-stokes":

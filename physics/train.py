@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 from models.fno import FNO
 from models.mlp_basis import MLPBasis
 from physics.datasets import default_cache_dir, diffsorp_dataset, heat_dataset, navier_stokes_dataset
+from physics.diagnostics import error_breakdown, save_error_map
 from physics.errors import ConfigError, PhysicsError
 from physics.gen_navier_stokes import grf_2d
 from physics.implicit import SolverConfig
@@ -30,8 +31,8 @@ from physics.layer import HardConstraint, HardConstraintMoE
 from physics.lm import LMConfig
 from physics.model import CONSTRAINTS, PDEModel, physics_loss, relative_l2
 from physics.parallel import PLACEMENTS, ExpertParallelSolve, shard
-from physics.problems import PROBLEMS, Fields, PDESpec, make_spec, problem_dims
-from physics.router import normalise_experts
+from physics.problems import PROBLEMS, RESIDUAL_UNITS, Fields, PDESpec, make_spec, problem_dims
+from physics.router import Router, normalise_experts
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TrainConfig:
     local_rows: bool = False  # experts keep only the IC/BC rows on their own block (paper: all rows)
     moe_loss: str = "expert"  # "expert": own-expert residual + interface mismatch; "stitched": F(u) of the
     # stitched field by finite differences across interfaces (as the reference code)
+    residual_units: str = "horizon"  # unit of the solver's PDE rows: "horizon" (O(1)) or "physical" (the paper's)
     points: int = 1000
     basis: int = 16
     backbone: str = "fno"
@@ -67,6 +69,7 @@ class TrainConfig:
     ridge: float = 1e-4
     hessian: str = "exact"
     drop_nonconverged: bool = False
+    skip_spikes: float = 3.0  # > 1: no update on a step whose loss exceeds this times the recent median (0: off)
     dtype: str = "float32"
     placement: str = "local"  # local | data | expert (torch.distributed; launch with torchrun)
     device: str = "auto"  # auto (this rank's GPU if CUDA is available, else CPU) | cpu | cuda | cuda:N
@@ -84,6 +87,10 @@ class TrainConfig:
             raise PhysicsError(f"unknown backbone {self.backbone!r}; choose fno or mlp")
         if self.moe_loss not in ("expert", "stitched"):
             raise PhysicsError(f"unknown moe_loss {self.moe_loss!r}; choose expert or stitched")
+        if self.residual_units not in RESIDUAL_UNITS:
+            raise PhysicsError(
+                f"unknown residual_units {self.residual_units!r}; choose {' or '.join(RESIDUAL_UNITS)}"
+            )
         if self.placement not in PLACEMENTS:
             raise PhysicsError(f"unknown placement {self.placement!r}; choose one of {', '.join(PLACEMENTS)}")
         if not 0.0 < self.train_time_fraction <= 1.0:
@@ -104,6 +111,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
         if self.seed >= 2**32:
             raise ConfigError(f"seed must be < 2**32, got {self.seed}")
+        if self.skip_spikes != 0 and not (isinstance(self.skip_spikes, int | float) and self.skip_spikes > 1
+                                          and math.isfinite(self.skip_spikes)):
+            raise ConfigError(f"skip_spikes must be 0 (off) or a finite number > 1, got {self.skip_spikes!r}")
         positive = {"lr": self.lr, "clip": self.clip}
         nonneg = {"interface_weight": self.interface_weight, "lr_min": self.lr_min, "gtol": self.gtol,
                   "ridge": self.ridge}
@@ -165,14 +175,15 @@ def synchronize(device: torch.device) -> None:
 
 def full_spec(cfg: TrainConfig) -> PDESpec:
     """The evaluation grid (whole time horizon)."""
-    return make_spec(cfg.problem, cfg.nt, cfg.nx)
+    return make_spec(cfg.problem, cfg.nt, cfg.nx, residual_units=cfg.residual_units)
 
 
 def train_spec(cfg: TrainConfig) -> PDESpec:
     """The training grid: the first train_time_fraction of the frames, inputs normalised by the full horizon."""
     full = full_spec(cfg)
     nt = int(round(cfg.train_time_fraction * (cfg.nt - 1))) + 1
-    return make_spec(cfg.problem, nt, cfg.nx, t_max=full.extent[0] * (nt - 1) / (cfg.nt - 1), t_ref=full.extent[0])
+    t_max = full.extent[0] * (nt - 1) / (cfg.nt - 1)
+    return make_spec(cfg.problem, nt, cfg.nx, t_max=t_max, t_ref=full.extent[0], residual_units=cfg.residual_units)
 
 
 def build_backbone(cfg: TrainConfig) -> nn.Module:
@@ -301,6 +312,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
         "step_seconds": [],
         "nonconverged": [],
         "lm_iters": [],
+        "skipped": [],
     }
     for step in range(cfg.steps):
         for g in opt.param_groups:
@@ -317,13 +329,16 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
         norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         if not torch.isfinite(norm):
             raise PhysicsError(f"non-finite gradient at step {step} (loss {loss.item():.3e})")
-        opt.step()
-        synchronize(device)
-        hist["step_seconds"].append(time.perf_counter() - t0)
         logged = loss.detach().clone()
-        if world > 1:  # report the global-batch loss, not rank 0's share
+        if world > 1:  # the global-batch loss, not rank 0's share: every rank then skips the same steps
             dist.all_reduce(logged)
             logged /= world
+        spike = is_spike(logged.item(), hist["loss"], cfg.skip_spikes)
+        if not spike:
+            opt.step()
+        synchronize(device)
+        hist["step_seconds"].append(time.perf_counter() - t0)
+        hist["skipped"].append(int(spike))
         hist["loss"].append(logged.item())
         hist["pde"].append(parts.pde.mean().item())
         hist["rows"].append(parts.rows.mean().item())
@@ -333,6 +348,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
             log(
                 f"step {step:5d} loss {hist['loss'][-1]:.4e} pde {hist['pde'][-1]:.3e} rows {hist['rows'][-1]:.3e} "
                 f"lm-iters {hist['lm_iters'][-1]:.1f} nonconv {hist['nonconverged'][-1]} "
+                f"skipped {sum(hist['skipped'])} "
                 f"{hist['step_seconds'][-1]:.3f}s"
             )
     if log and sum(hist["nonconverged"]):
@@ -340,6 +356,15 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
     if out is not None and rank == 0:
         save(model, cfg, hist, out)
     return model, hist
+
+
+def is_spike(loss: float, history: list[float], factor: float, window: int = 50, warmup: int = 20) -> bool:
+    """A loss spike: above ``factor`` times the median of the last ``window`` losses (after ``warmup`` steps;
+    never with factor 0). Skipping its update keeps one failed solve's gradient, taken at a point that is not
+    a minimiser, from throwing the basis into a worse basin (benchmarks/pde_moe.py, "Training stability")."""
+    if not factor or len(history) < warmup:
+        return False
+    return loss > factor * float(np.median(history[-window:]))
 
 
 def save(model: PDEModel, cfg: TrainConfig, hist: dict, out: Path) -> None:
@@ -402,6 +427,9 @@ def evaluate(cfg: TrainConfig, backbone: nn.Module, plots: Path | None = None) -
         ext = relative_l2(u[:, n_train:], ref[:, n_train:])
         res["extrap_rel_l2_pct"] = 100 * ext.mean().item()
         res["extrap_rel_l2_std_pct"] = 100 * ext.std().item() if ext.numel() > 1 else 0.0
+    block_of = _report_blocks(cfg, spec)
+    if block_of is not None:
+        res.update(error_breakdown(u, ref, block_of))
     if plots is not None:
         from physics.plots import save_field_plots
 
@@ -413,4 +441,16 @@ def evaluate(cfg: TrainConfig, backbone: nn.Module, plots: Path | None = None) -
         else:
             pred, true, ext, labels = u[:k], ref[:k], (0.0, 1.0, 0.0, spec.extent[0]), ("x", "t")
         res["plot"] = str(save_field_plots(pred.numpy(), true.numpy(), plots, title, extent=ext, labels=labels))
+        if block_of is not None and u.ndim == 3:
+            errors = plots.with_name("errors.png")
+            res["error_plot"] = str(save_error_map(u, ref, block_of, res, errors, title, t_max=spec.extent[0]))
     return res
+
+
+def _report_blocks(cfg: TrainConfig, spec: PDESpec) -> Tensor | None:
+    """Block of every grid point under ``cfg.experts`` (for every constraint, so that PI-SC / PI-HC errors can be
+    compared block by block with the experts'); None when the grid is too small for that partition."""
+    try:
+        return Router(spec.grid, normalise_experts(cfg.experts, len(spec.grid)), spec.collocation_mask()).block_of
+    except PhysicsError:
+        return None

@@ -10,7 +10,7 @@ import torch
 from physics.cli import add_parser, main
 from physics.errors import PhysicsError
 from physics.model import physics_loss
-from physics.train import TrainConfig, sample_fields, train, train_spec
+from physics.train import TrainConfig, is_spike, sample_fields, train, train_spec
 
 
 def small(**kw) -> TrainConfig:
@@ -128,6 +128,33 @@ def test_config_validation():
         TrainConfig(constraint="medium")
     with pytest.raises(PhysicsError, match="unknown placement"):
         TrainConfig(placement="pipeline")
+    for bad in (0.5, 1.0, -3.0, float("nan"), float("inf")):
+        with pytest.raises(PhysicsError, match="skip_spikes"):
+            TrainConfig(skip_spikes=bad)
+    assert TrainConfig(skip_spikes=0).skip_spikes == 0
+
+
+def test_a_loss_spike_is_a_loss_above_factor_times_the_recent_median():
+    history = [1.0, 2.0, 3.0] * 10  # median 2
+    assert not is_spike(5.9, history, 3.0) and is_spike(6.1, history, 3.0)
+    assert not is_spike(1e9, history, 0.0)  # off
+    assert not is_spike(1e9, history[:19], 3.0)  # before the warm-up steps
+    assert is_spike(6.1, [100.0] * 30 + [2.0] * 50, 3.0)  # only the last 50 losses count
+
+
+def test_skipped_steps_are_recorded_and_leave_the_weights_alone():
+    """With a factor just above 1 about half of the steps after the warm-up are skipped: the history says
+    which, and the weights differ from the run that took every step; with factor 0 nothing is skipped."""
+    cfg = small(constraint="hard", backbone="mlp", width=8, layers=2, steps=26, points=40, nt=7, nx=16)
+    eager, h0 = train(TrainConfig(**{**cfg.__dict__, "skip_spikes": 0.0}), log=None)
+    skipping, h1 = train(TrainConfig(**{**cfg.__dict__, "skip_spikes": 1.0001}), log=None)
+    assert sum(h0["skipped"]) == 0 and len(h1["skipped"]) == cfg.steps
+    assert sum(h1["skipped"][:20]) == 0 and sum(h1["skipped"]) >= 1
+    first = h1["skipped"].index(1)
+    assert h1["loss"][: first + 1] == h0["loss"][: first + 1]  # identical until the first skipped update
+    assert h1["loss"][first + 1] != h0["loss"][first + 1]
+    p0, p1 = (torch.cat([p.detach().flatten() for p in m.parameters()]) for m in (eager, skipping))
+    assert not torch.equal(p0, p1)
 
 
 @pytest.mark.slow
