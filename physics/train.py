@@ -2,7 +2,8 @@
 
 Adam on the physics loss (no interior solution data), global-norm clipping 1.0, learning rate halved every
 ``lr_halve_every`` steps down to ``lr_min`` (Chalapathi et al., ICLR 2024, App. D). Solver failures are counted
-per step; a non-finite loss or gradient stops training with a PhysicsError instead of being zeroed.
+per step; a non-finite loss or gradient stops training with a PhysicsError instead of being zeroed; a step whose
+loss exceeds ``skip_spikes`` times the median of the last 50 takes no update (counted in the history).
 """
 
 from __future__ import annotations
