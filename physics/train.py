@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from models.fno import FNO
 from models.mlp_basis import MLPBasis
 from physics.datasets import default_cache_dir, diffsorp_dataset, heat_dataset, navier_stokes_dataset
-from physics.diagnostics import error_breakdown, save_error_map
+from physics.diagnostics import error_breakdown
 from physics.errors import ConfigError, PhysicsError
 from physics.gen_navier_stokes import grf_2d
 from physics.implicit import SolverConfig
@@ -432,7 +432,7 @@ def evaluate(cfg: TrainConfig, backbone: nn.Module, plots: Path | None = None) -
     if block_of is not None:
         res.update(error_breakdown(u, ref, block_of))
     if plots is not None:
-        from physics.plots import save_field_plots
+        from physics.plots import save_error_map, save_field_plots
 
         k = min(3, ref.shape[0])
         title = f"{cfg.problem} {cfg.constraint}"
