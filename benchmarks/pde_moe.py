@@ -32,9 +32,13 @@ interface rows (not in the paper) come close to PI-HC. Why (``evaluate``'s per-b
   x = 0.25 is cheapest to remove by bending expert 1's front down to expert 2's u0, so block 1's error grows from
   ~20 % to 65-95 %, and 12 % of its LM solves end unconverged (PI-HC 8 %, expert loss 5 %).
 - Not too few points: every expert uses all 336 points of its block. Not the loss alone: both losses fail.
-- Not the small grid or budget: closer to the paper (41 x 256, N = 16, m = 1000, 2000 steps, seed 0; 6 min per
-  run) PI-HC 23.8 %, the paper's MoE 42.5 % with block 2 again at 72 % relative L2. And more steps make the
-  paper's MoE worse, not better: seeds 0 / 1 at 400 steps 33.0 / 41.5 %, at 1200 steps 70.1 / 82.5 %.
+- Not the small grid or budget: closer to the paper (``--problem diffusion-sorption-41x256 --steps 2000``: N = 16,
+  m = 1000, ~5 min per run on one core; 5 seeds) PI-SC 88.7 125.6 277.4 283.0 121.1 (mean 179.1, median 125.6),
+  PI-HC 23.8 59.0 27.1 49.8 36.5 (39.2, 36.5), the paper's MoE 42.5 40.4 53.2 43.1 42.6 (44.4, 42.6) with block 2
+  again at 63-86 % relative L2 and a third of the error. The MoE is steadier (std 5 vs 15) and lower on 2 of 5
+  paired seeds, but its mean and median stay above PI-HC's; at this size PI-HC's front also stalls on some seeds
+  (block 2 at 113-125 % on seeds 1 and 3). And more steps make the paper's MoE worse, not better on the small grid:
+  seeds 0 / 1 at 400 steps 33.0 / 41.5 %, at 1200 steps 70.1 / 82.5 %.
 - Row weighting. Our PDE rows are in units of the horizon (O(1), like the relative IC rows); the paper writes them
   in seconds (``--residual-units physical``: 500x smaller), so its solves are dominated by the global IC/BC rows,
   which tie every expert to the same fit (runs without the guard). That removes the artefact (400 steps, expert
