@@ -164,12 +164,13 @@ def agg(per_seed: list[dict], key: str, fn=statistics.mean) -> float | None:
 
 
 # CPU-sized configurations: the backbone, grid and batch of every model of the accuracy table.
+DS, NS = "diffusion-sorption", "navier-stokes"
 GRIDS = {
-    "diffusion-sorption": dict(basis=8, width=32, layers=3, modes=8, nt=21, nx=64, batch=4),
-    # Closer to the paper (N = 16, 4x the grid; 2000 steps take ~6 min per run on one core).
-    "diffusion-sorption-41x256": dict(basis=16, width=32, layers=3, modes=8, nt=41, nx=256, batch=4),
+    DS: dict(problem=DS, basis=8, width=32, layers=3, modes=8, nt=21, nx=64, batch=4),
+    # Closer to the paper (N = 16, 4x the grid; 2000 steps take ~5 min per run on one core).
+    f"{DS}-41x256": dict(problem=DS, basis=16, width=32, layers=3, modes=8, nt=41, nx=256, batch=4),
     # 16 x 16 periodic grid, 9 frames; experts 4 = a 2 x 2 spatial split (1, 2, 2) as the paper's.
-    "navier-stokes": dict(basis=16, width=16, layers=3, modes=4, nt=9, nx=16, batch=2),
+    NS: dict(problem=NS, basis=16, width=16, layers=3, modes=4, nt=9, nx=16, batch=2),
 }
 
 
@@ -216,7 +217,6 @@ def accuracy(
     seeds, and where the error lives (pooled relative L2 per block of four along x, share of the error)."""
     rows = []
     base = dict(
-        problem=problem.split("-41x")[0],
         steps=steps or (80 if quick else 1200),
         residual_units=residual_units,
         train_time_fraction=0.8,

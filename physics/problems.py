@@ -228,7 +228,7 @@ class DiffusionSorption(PDESpec):
     def features(self, b: Tensor) -> tuple[Tensor, Tensor]:
         bsz = b.shape[0]
         dx, dt = 1.0 / self.nx, self.t_max / (self.nt - 1)
-        ts = self.residual_unit or self.t_ref or self.t_max
+        ts = self._row_time_unit()
         # Laplacian on cell centres with ghost cells u_{-1} = 1 (its affine part is the offset) and
         # u_n = D (u_{n-2} - u_{n-1}) / dx, folded into the last row.
         c, r = ts / dx**2, self.constants.D / dx
@@ -238,8 +238,12 @@ class DiffusionSorption(PDESpec):
         off[:, 0, 2] = c  # the Dirichlet ghost value 1
         return phi, off.reshape(1, -1, 3).expand(bsz, -1, -1)
 
+    def _row_time_unit(self) -> float:
+        """Seconds per time unit of the PDE rows."""
+        return self.residual_unit or self.t_ref or self.t_max
+
     def loss_scale(self) -> float:
-        return (self.t_ref or self.t_max) / (self.residual_unit or self.t_ref or self.t_max)
+        return (self.t_ref or self.t_max) / self._row_time_unit()
 
     def pointwise(self, z: Tensor) -> Tensor:
         c = self.constants
