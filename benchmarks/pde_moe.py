@@ -132,7 +132,7 @@ from physics.dist_check import CheckConfig, single_process, worker  # noqa: E402
 from physics.errors import PhysicsError  # noqa: E402
 from physics.layer import HardConstraintMoE  # noqa: E402
 from physics.model import PDEModel, physics_loss  # noqa: E402
-from physics.problems import make_spec  # noqa: E402
+from physics.problems import RESIDUAL_UNITS, make_spec  # noqa: E402
 from physics.train import (  # noqa: E402
     TrainConfig,
     build_backbone,
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--residual-units",
         default="horizon",
-        choices=("horizon", "physical"),
+        choices=RESIDUAL_UNITS,
         help="unit of the solver's PDE rows for every hard model (physical: seconds, the paper's rows)",
     )
     ap.add_argument("--points", default="", help="comma-separated m values of the timing sweep (default all)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from physics.errors import PhysicsError
-from physics.model import CONSTRAINTS
+from physics.model import CONSTRAINTS, MOE_LOSSES
 from physics.parallel import PLACEMENTS
 from physics.problems import RESIDUAL_UNITS
 
@@ -133,7 +133,7 @@ def add_parser(subparsers) -> None:
     t.add_argument(
         "--moe-loss",
         default="expert",
-        choices=("expert", "stitched"),
+        choices=MOE_LOSSES,
         help="moe training loss: each point's residual under its own expert plus the interface mismatch "
         "(expert), or F(u) of the stitched field by finite differences across interfaces (stitched: the "
         "paper's code)",

@@ -17,6 +17,7 @@ from physics.layer import HardConstraint, HardConstraintMoE, SolveInfo
 from physics.problems import Fields, PDESpec
 
 CONSTRAINTS = ("soft", "hard", "moe")
+MOE_LOSSES = ("expert", "stitched")  # own-expert residual + interface mismatch, or F(u) of the stitched field
 
 
 class PDEModel(nn.Module):

@@ -30,7 +30,7 @@ from physics.gen_navier_stokes import grf_2d
 from physics.implicit import SolverConfig
 from physics.layer import HardConstraint, HardConstraintMoE
 from physics.lm import LMConfig
-from physics.model import CONSTRAINTS, PDEModel, physics_loss, relative_l2
+from physics.model import CONSTRAINTS, MOE_LOSSES, PDEModel, physics_loss, relative_l2
 from physics.parallel import PLACEMENTS, ExpertParallelSolve, shard
 from physics.problems import PROBLEMS, RESIDUAL_UNITS, Fields, PDESpec, make_spec, problem_dims
 from physics.router import Router, normalise_experts
@@ -86,8 +86,8 @@ class TrainConfig:
             raise PhysicsError(f"unknown constraint {self.constraint!r}; choose one of {', '.join(CONSTRAINTS)}")
         if self.backbone not in ("fno", "mlp"):
             raise PhysicsError(f"unknown backbone {self.backbone!r}; choose fno or mlp")
-        if self.moe_loss not in ("expert", "stitched"):
-            raise PhysicsError(f"unknown moe_loss {self.moe_loss!r}; choose expert or stitched")
+        if self.moe_loss not in MOE_LOSSES:
+            raise PhysicsError(f"unknown moe_loss {self.moe_loss!r}; choose {' or '.join(MOE_LOSSES)}")
         if self.residual_units not in RESIDUAL_UNITS:
             raise PhysicsError(
                 f"unknown residual_units {self.residual_units!r}; choose {' or '.join(RESIDUAL_UNITS)}"
