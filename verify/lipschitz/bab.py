@@ -7,6 +7,10 @@ fix their gates); a domain whose clamped bounds become empty is infeasible and d
 (every gate degenerate, the network affine on it) is settled by an LP over ``{x in X: s_i z_i(x) <= 0}``.
 BaB therefore converges to the max over feasible patterns = the LipMIP value. Best-first on the upper
 bound, batched, 'area' branching score ``|Lambda_y| * |u_g|u_g| - l_g|l_g||`` on unstable neurons.
+Splits that are jointly infeasible only in combination (no single bound empties) are pruned early when they
+sit on the first ReLU layer, whose inputs are affine in ``x``: a batched Farkas search
+(``verify.lipschitz.split_feasibility``) finds multipliers, certified like the leaves' below; without it the
+search enumerates infeasible high-bound patterns down to the leaves (one-hidden-layer nets: 300 s -> 10 s).
 
 Rigour: every domain bound is the rigorous Jacobian bound of ``verify.lipschitz.jacobian``; an LP optimum is
 no proof, so a leaf is dropped as infeasible only with a verified certificate: the LP's duals ``mu >= 0`` give
@@ -30,6 +34,7 @@ from torch import Tensor
 from verify.bounds.crown import RoundingCache, backward_pass, concretize_lower, intermediate_bounds
 from verify.graph import Graph
 from verify.lipschitz.jacobian import JacobianGraph, seed_tensor
+from verify.lipschitz.split_feasibility import FirstLayerSplits
 from verify.ops.activation import Relu
 from verify.rounding import F64, gamma
 
@@ -81,6 +86,8 @@ class _Evaluator:
         self.graph, self.jg, self.x_lo, self.x_hi, self.seeds_k, self.obj = graph, jg, x_lo, x_hi, seeds_k, obj
         self.relus = [n for n in graph.nodes if isinstance(n.op, Relu)]
         self.names = [n.inputs[0] for n in self.relus]
+        self.first = FirstLayerSplits.of(graph)
+        self.pruned = 0  # domains dropped by a certified first-layer Farkas certificate
 
     def __call__(self, seed_idx: Tensor, splits: dict[str, Tensor], ref: dict | None):
         m = seed_idx.shape[0]
@@ -92,6 +99,8 @@ class _Evaluator:
             # the bounds are rigorous on the domain, so empty bounds prove that no input realises its splits
             bad = (l > h) | torch.isnan(l) | torch.isnan(h)
             feasible &= ~bad.reshape(m, -1).any(-1)
+        if self.first is not None and self.first.name in splits:
+            feasible &= ~self._jointly_infeasible(splits[self.first.name], fb, feasible)
         seeds = self.seeds_k[seed_idx]
         gates = self.jg.gates(fb, splits)
         gb = self.jg.bounds(gates, seeds, True)
@@ -110,6 +119,22 @@ class _Evaluator:
             unstable_any |= unst.reshape(m, -1).any(-1)
         ref_out = {k: fb[k] for k in self.names}
         return up, feasible, torch.cat(scores, 1), ~unstable_any, ref_out, gates
+
+    def _jointly_infeasible(self, split: Tensor, fb: dict, feasible: Tensor) -> Tensor:
+        """``[m]``: domains whose first-layer splits no input of the box realises, each proved by
+        :func:`_certified_infeasible` from the multipliers of :meth:`FirstLayerSplits.candidates`."""
+        flag, mu = self.first.candidates(split, self.x_lo, self.x_hi)
+        out = torch.zeros_like(flag)
+        idx = (flag & feasible).nonzero().flatten()
+        if idx.numel():
+            shape = self.graph.shape_of(self.first.name)
+            coef = {self.first.name: (mu[idx] * split[idx].reshape(idx.numel(), -1).to(mu.dtype)).reshape(-1, *shape)}
+            dom = {a: (b[0][idx], b[1][idx]) for a, b in fb.items()}
+            dom[self.graph.input_name] = (self.x_lo.expand(idx.numel(), *self.x_lo.shape[1:]),
+                                          self.x_hi.expand(idx.numel(), *self.x_hi.shape[1:]))
+            out[idx] = _certified_infeasible(self.graph, coef, dom)
+        self.pruned += int(out.sum())
+        return out
 
 
 def _pattern_lp(graph: Graph, relus, gates_row: dict[str, Tensor], x_lo: Tensor, x_hi: Tensor
@@ -167,35 +192,37 @@ def _pattern_lp(graph: Graph, relus, gates_row: dict[str, Tensor], x_lo: Tensor,
 
 
 def _certified_infeasible(graph: Graph, coef: dict[str, Tensor], bounds: dict[str, tuple[Tensor, Tensor]]
-                          ) -> bool:
-    """True when ``sum_z <coef_z, z(x)> < 0`` for every ``x`` of the domain, proved by CROWN: each term is
-    back-substituted to ``<Lambda_z, x> + kappa_z`` (rigorous lower bounds of ``-<coef_z, z>``, ``bounds``: the
-    domain's box and ReLU-input bounds, splits applied), the linear functions are summed in float64 (their rounding
-    paid over the box) and concretised once. A point realising the pattern has ``coef_z z >= 0`` entrywise."""
-    if not coef:
-        return False
-    cache = RoundingCache()
+                          ) -> Tensor:
+    """``[B]`` bool: True where ``sum_z <coef_z, z(x)> < 0`` for every ``x`` of the domain, proved by CROWN: each
+    term is back-substituted to ``<Lambda_z, x> + kappa_z`` (rigorous lower bounds of ``-<coef_z, z>``; ``bounds``:
+    the ``B`` domains' boxes and ReLU-input bounds, splits applied, ``coef_z`` ``[B, *shape]``), the linear functions
+    are summed in float64 (their rounding paid over the box) and concretised once. A point realising the pattern
+    has ``coef_z z >= 0`` entrywise."""
     x_lo, x_hi = bounds[graph.input_name]
-    lam_sum = torch.zeros(1, 1, graph.input_numel, dtype=F64)
+    b = x_lo.shape[0]
+    if not coef:
+        return torch.zeros(b, dtype=torch.bool)
+    cache = RoundingCache()
+    lam_sum = torch.zeros(b, 1, graph.input_numel, dtype=F64)
     lam_mass = torch.zeros_like(lam_sum)
-    kappa = torch.zeros(1, 1, dtype=F64)
+    kappa = torch.zeros(b, 1, dtype=F64)
     kappa_mass = torch.zeros_like(kappa)
     for name, c in coef.items():
-        lam = (-c).to(x_lo.dtype).reshape(1, 1, *graph.shape_of(name))
+        lam = (-c).to(x_lo.dtype).reshape(b, 1, *graph.shape_of(name))
         lam_x, k = backward_pass(graph, name, lam, bounds, cache=cache)
         if lam_x is not None:
-            lam64 = lam_x.reshape(1, 1, -1).to(F64)
+            lam64 = lam_x.reshape(b, 1, -1).to(F64)
             lam_sum, lam_mass = lam_sum + lam64, lam_mass + lam64.abs()
         kappa, kappa_mass = kappa + k, kappa_mass + k.abs()
     n = len(coef) + 1
-    mag = torch.maximum(x_lo.abs(), x_hi.abs()).reshape(1, -1, 1).to(F64)
+    mag = torch.maximum(x_lo.abs(), x_hi.abs()).reshape(b, -1, 1).to(F64)
     slack = gamma(n, F64) * ((lam_mass @ mag).squeeze(-1) + kappa_mass)  # the float64 sums above
-    res = concretize_lower(lam_sum.reshape(1, 1, *graph.input_shape), kappa - slack, x_lo, x_hi)
-    return bool(torch.isfinite(res).all()) and bool(res[0, 0] > 0)
+    res = concretize_lower(lam_sum.reshape(b, 1, *graph.input_shape), kappa - slack, x_lo, x_hi)[:, 0]
+    return torch.isfinite(res) & (res > 0)
 
 
 def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: Objective,
-        timeout: float = 10.0, batch: int = 64, root_upper: Tensor | None = None,
+        timeout: float = 10.0, batch: int = 128, root_upper: Tensor | None = None,
         max_domains: int = 200_000, stop_below: float | None = None, known_lower: float | None = None,
         should_stop: Callable[[], bool] | None = None) -> BabResult:
     """Best-first BaB maximising the objective over the box for every selected output (one batch).
@@ -267,33 +294,38 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
             break
         if should_stop is not None and should_stop():
             break
-        # fully split domains at the top are settled by LP
-        top = int(q_up.argmax())
-        if bool(q_full[top]):
-            if exact_leaves:  # the net is affine on the domain: the LP decides whether the pattern is realised
-                row = {n.name: q_gates[o.name][0][top] for n, o in zip(lp_relus, relus, strict=True)}
-                ok, x, t, coef = _pattern_lp(lp_graph, lp_relus, row, x_lo.double(), x_hi.double())
-                if not ok:  # dropped only when the duals prove it; else kept, closed with its sound bound
-                    leaf = {a: (b[0][top:top + 1], b[1][top:top + 1]) for a, b in q_ref.items()}
-                    leaf[graph.input_name] = (x_lo, x_hi)
-                    ok = not _certified_infeasible(graph, coef, leaf)
-            else:  # other nonlinearities remain: no exact test, keep the domain's (sound) bound as settled
-                ok, x, t = True, None, -math.inf
-            j = int(q_seed[top])
-            val = q_up[top]
+        # fully split domains among the top batch are settled by LP, all at once (one queue filter per batch)
+        top_b = q_up.argsort(descending=True)[:batch]
+        leaves = top_b[q_full[top_b]]
+        if leaves.numel():
             mask = torch.ones(q_up.numel(), dtype=torch.bool)
-            mask[top] = False
-            if ok:
+            refuted = False
+            for top in leaves.tolist():
+                mask[top] = False
+                if exact_leaves:  # the net is affine on the domain: the LP decides whether the pattern is realised
+                    row = {n.name: q_gates[o.name][0][top] for n, o in zip(lp_relus, relus, strict=True)}
+                    ok, x, t, coef = _pattern_lp(lp_graph, lp_relus, row, x_lo.double(), x_hi.double())
+                    if not ok:  # dropped only when the duals prove it; else kept, closed with its sound bound
+                        leaf = {a: (b[0][top:top + 1], b[1][top:top + 1]) for a, b in q_ref.items()}
+                        leaf[graph.input_name] = (x_lo, x_hi)
+                        ok = not bool(_certified_infeasible(graph, coef, leaf)[0])
+                else:  # other nonlinearities remain: no exact test, keep the domain's (sound) bound as settled
+                    ok, x, t = True, None, -math.inf
+                if not ok:
+                    continue
+                j, val = int(q_seed[top]), q_up[top]
                 closed_upper[j] = torch.maximum(closed_upper[j], val)
                 if exact_leaves and t > 1e-9 and val > lower[j]:
                     lower[j], lower_x[j] = val, x
-                if stop_below is not None and float(val) > stop_below and t > 1e-9 and exact_leaves:
-                    filt(mask)
-                    status = "refuted"
-                    break
+                    if stop_below is not None and float(val) > stop_below:
+                        refuted = True
+                        break
             filt(mask)
-            if ok and exact_leaves and float(val) >= float(
-                    torch.maximum(_per_output(q_up, q_seed, k), closed_upper).max()):
+            if refuted:
+                status = "refuted"
+                break
+            glob = torch.maximum(_per_output(q_up, q_seed, k), closed_upper)
+            if exact_leaves and bool((lower >= glob).all()):  # a realised pattern attains every output's upper
                 status = "converged"
                 break
             continue
