@@ -128,3 +128,37 @@ def test_bab_on_one_hidden_layer_reaches_the_lipmip_value(seed):
     assert res.status == "converged"
     assert float(res.upper[0]) >= exact.value[0] - 1e-9 * (1 + exact.value[0])
     assert float(res.upper[0]) <= exact.upper[0] * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lp_reference_bounds_contain_sampled_preactivations_and_beat_crown(seed):
+    from verify.bounds.crown import intermediate_bounds
+    from verify.lipschitz.lipmip import lp_reference
+
+    d, h = 8, 16
+    net = _net(d, h, seed, depth=3)
+    graph, lo, hi, _ = _setup(net, d, 0.5, seed)
+    ref = lp_reference(graph, lo, hi, 30.0)
+    crown = intermediate_bounds(graph, lo, hi, "crown")
+    assert set(ref) == {n.inputs[0] for n in graph.nodes if n.op.__class__.__name__ == "Relu"}
+    g = torch.Generator().manual_seed(seed)
+    x = lo.reshape(-1) + (hi - lo).reshape(-1) * torch.rand(2000, d, generator=g, dtype=F64)
+    vals = {graph.input_name: x.reshape(2000, *graph.input_shape)}
+    for n in graph.nodes:
+        vals[n.name] = n.op.forward(*[vals[i] for i in n.inputs])
+    width_lp = width_crown = 0.0
+    for name, (rl, ru) in ref.items():
+        assert (vals[name] >= rl).all() and (vals[name] <= ru).all()
+        cl, cu = crown[name]
+        assert (rl >= cl).all() and (ru <= cu).all()
+        width_lp += float((ru - rl).sum())
+        width_crown += float((cu - cl).sum())
+    assert width_lp < width_crown  # deeper layers gain from the LP over the layers below
+
+
+def test_lp_reference_is_empty_beyond_affine_and_relu():
+    from verify.lipschitz.lipmip import lp_reference
+
+    lo, hi = -torch.ones(3, dtype=F64), torch.ones(3, dtype=F64)
+    graph, glo, ghi = _prepare(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double(), lo, hi, (3,))
+    assert lp_reference(graph, glo, ghi, 1.0) == {}

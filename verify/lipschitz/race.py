@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from verify.graph import Graph
-from verify.lipschitz.bab import BabResult, Objective, bab
+from verify.lipschitz.bab import BabResult, split_search
 from verify.ops.activation import Relu
 from verify.ops.base import LinearOp
 from verify.rounding import F64
@@ -60,7 +60,7 @@ def _mip_worker(conn, graph: Graph, lo: Tensor, hi: Tensor, outs: list[int], tim
 
 
 def race(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], timeout: float, root: Tensor,
-         known_lower: float | None = None) -> tuple[Tensor, BabResult, dict]:
+         known_lower: float | None = None, reference: dict | None = None) -> tuple[Tensor, BabResult, dict]:
     """``(upper [K], bab result, extra)``: the BaB over ``[lo, hi]`` raced against LipMIP in a forked worker.
     ``extra`` holds ``mip_status`` / ``mip_value`` / ``mip_x`` when the MIP answered, ``winner`` either way."""
     t0 = time.perf_counter()
@@ -81,8 +81,8 @@ def race(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], timeout: flo
                 answer.append(("error", "worker exited"))
         return bool(answer) and answer[0][0] == "ok" and all(s == "optimal" for s in answer[0][2])
 
-    res = bab(graph, lo, hi, outs, Objective("l1"), timeout=max(timeout - (time.perf_counter() - t0), 0.0),
-              root_upper=root, known_lower=known_lower, should_stop=mip_done)
+    res = split_search(graph, lo, hi, outs, max(timeout - (time.perf_counter() - t0), 0.0), root_upper=root,
+                       known_lower=known_lower, should_stop=mip_done, reference=reference)
     if not answer and res.status not in ("converged",):
         # the BaB used its budget without closing the gap: the MIP has the rest of its own time limit
         mip_done()

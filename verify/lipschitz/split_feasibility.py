@@ -46,8 +46,9 @@ class FirstLayerSplits:
         return cls(relu.inputs[0], (z[1:] - z[0]).T.contiguous(), z[0].clone())
 
     def candidates(self, split: Tensor, x_lo: Tensor, x_hi: Tensor, iters: int = 80) -> tuple[Tensor, Tensor]:
-        """``(flag [m], mu [m, h])``: domains (rows of ``split`` ``[m, *shape]`` in {-1, 0, 1}) where a ``mu`` on
-        the simplex of their split neurons gave ``F(mu) < 0`` in float64 (to be certified)."""
+        """``(flag [m], mu [m, h])``: domains (rows of ``split`` ``[m, *shape]`` in {-1, 0, 1}; boxes ``x_lo`` /
+        ``x_hi`` shared ``[1, ...]`` or ``[m, ...]``) where a ``mu`` on the simplex of their split neurons gave
+        ``F(mu) < 0`` in float64 (to be certified)."""
         m = split.shape[0]
         s = split.reshape(m, -1).to(F64)
         on = s != 0
@@ -58,8 +59,11 @@ class FirstLayerSplits:
             return flag, best_mu
         s, on = s[rows], on[rows]
         # each constraint scaled to unit mass so the subgradient entries are O(1)
-        lo, hi = x_lo.reshape(-1).to(F64), x_hi.reshape(-1).to(F64)
-        mag = torch.maximum(lo.abs(), hi.abs())
+        # the boxes: one for all domains or one per domain
+        lo, hi = x_lo.reshape(-1, self.a.shape[1]).to(F64), x_hi.reshape(-1, self.a.shape[1]).to(F64)
+        if lo.shape[0] > 1:
+            lo, hi = lo[rows], hi[rows]
+        mag = torch.maximum(lo.abs(), hi.abs()).amax(0)
         scale = self.a.abs() @ mag + self.b.abs() + 1e-300
         a, b = self.a / scale.unsqueeze(-1), self.b / scale
         mu = on.to(F64) / on.sum(1, keepdim=True)  # zero off the split neurons; the updates keep it so

@@ -1,0 +1,87 @@
+"""Lipschitz BaB with input-box bisection (``input_split_above``) and ``split_search``: sound against sampled and
+exact values, and converging to the LipMIP value on deep nets with few inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from verify.lipschitz.api import _prepare
+from verify.lipschitz.bab import Objective, bab, split_search
+from verify.lipschitz.lipmip import lipmip
+
+F64 = torch.float64
+
+
+def _deep(d: int, hidden: list[int], seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    sizes = [d, *hidden]
+    for a, b in zip(sizes, sizes[1:], strict=False):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-1], 1))
+    with torch.no_grad():
+        for m in layers:
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0, 1 / math.sqrt(m.in_features))
+                m.bias.normal_(0, 0.3)
+    return nn.Sequential(*layers).double()
+
+
+def _box(net, d, eps, seed):
+    g = torch.Generator().manual_seed(seed)
+    x0 = 2 * torch.rand(d, generator=g, dtype=F64) - 1
+    return _prepare(net, x0 - eps, x0 + eps, (d,))
+
+
+def _sampled_max(net, lo, hi, n=4000, seed=0) -> float:
+    g = torch.Generator().manual_seed(seed)
+    x = (lo.reshape(-1) + (hi - lo).reshape(-1) * torch.rand(n, lo.numel(), generator=g, dtype=F64))
+    x.requires_grad_(True)
+    net(x).sum().backward()
+    return float(x.grad.abs().sum(1).max())
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("above", [2, 8])
+def test_input_and_relu_splits_converge_to_the_exact_value(seed, above):
+    d = 3
+    net = _deep(d, [12, 10, 8], seed)
+    graph, lo, hi = _box(net, d, 0.4, seed)
+    res = bab(graph, lo, hi, [0], Objective("l1"), timeout=60, input_split_above=above)
+    exact = lipmip(graph, lo, hi, [0], timeout=120)
+    assert exact.status == ["optimal"]
+    assert res.status == "converged"
+    up = float(res.upper[0])
+    assert up >= exact.value[0] * (1 - 1e-9) and up >= _sampled_max(net, lo, hi)
+    assert up <= exact.upper[0] * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_stopped_search_stays_above_every_sampled_gradient(seed):
+    d = 6
+    net = _deep(d, [24, 24, 16], 10 + seed)
+    graph, lo, hi = _box(net, d, 0.5, seed)
+    res = split_search(graph, lo, hi, [0], timeout=1.0)
+    assert float(res.upper[0]) >= _sampled_max(net, lo, hi, seed=seed)
+    if math.isfinite(float(res.lower[0])):
+        assert float(res.lower[0]) <= float(res.upper[0])
+
+
+def test_split_search_bisects_only_deep_nets_on_few_inputs(monkeypatch):
+    from verify.lipschitz import bab as bab_module
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["input_split_above"])
+        return bab(*args, **kwargs)
+
+    monkeypatch.setattr(bab_module, "bab", spy)
+    for net, d in ((_deep(4, [8, 8], 0), 4), (_deep(4, [8], 0), 4), (_deep(16, [8, 8], 0), 16)):
+        graph, lo, hi = _box(net, d, 0.1, 0)
+        bab_module.split_search(graph, lo, hi, [0], timeout=0.5)
+    assert seen == [bab_module.INPUT_SPLIT_ABOVE, None, None]
