@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -20,6 +21,23 @@ class Residual(nn.Module):
         h = self.act1(self.fc1(x))
         h = self.act2(h + self.fc2(h))
         return self.fc3(h)
+
+
+def random_relu_mlp(d: int, hidden: list[int], seed: int) -> nn.Sequential:
+    """A float64 ReLU MLP ``d -> hidden -> 1`` with the issue-16 initialisation: weights N(0, 1/fan_in), biases
+    N(0, 0.3)."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    sizes = [d, *hidden]
+    for a, b in zip(sizes, sizes[1:], strict=False):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-1], 1))
+    with torch.no_grad():
+        for m in layers:
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0, 1 / math.sqrt(m.in_features))
+                m.bias.normal_(0, 0.3)
+    return nn.Sequential(*layers).double()
 
 
 def random_network(seed: int) -> tuple[nn.Module, tuple[int, ...], str]:

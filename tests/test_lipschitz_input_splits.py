@@ -7,28 +7,13 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
+from tests.helpers import random_relu_mlp
 from verify.lipschitz.api import _prepare
 from verify.lipschitz.bab import Objective, bab, split_search
 from verify.lipschitz.lipmip import lipmip
 
 F64 = torch.float64
-
-
-def _deep(d: int, hidden: list[int], seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    sizes = [d, *hidden]
-    for a, b in zip(sizes, sizes[1:], strict=False):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    layers.append(nn.Linear(sizes[-1], 1))
-    with torch.no_grad():
-        for m in layers:
-            if isinstance(m, nn.Linear):
-                m.weight.normal_(0, 1 / math.sqrt(m.in_features))
-                m.bias.normal_(0, 0.3)
-    return nn.Sequential(*layers).double()
 
 
 def _box(net, d, eps, seed):
@@ -49,7 +34,7 @@ def _sampled_max(net, lo, hi, n=4000, seed=0) -> float:
 @pytest.mark.parametrize("above", [2, 8])
 def test_input_and_relu_splits_converge_to_the_exact_value(seed, above):
     d = 3
-    net = _deep(d, [12, 10, 8], seed)
+    net = random_relu_mlp(d, [12, 10, 8], seed)
     graph, lo, hi = _box(net, d, 0.4, seed)
     res = bab(graph, lo, hi, [0], Objective("l1"), timeout=60, input_split_above=above)
     exact = lipmip(graph, lo, hi, [0], timeout=120)
@@ -63,7 +48,7 @@ def test_input_and_relu_splits_converge_to_the_exact_value(seed, above):
 @pytest.mark.parametrize("seed", range(3))
 def test_a_stopped_search_stays_above_every_sampled_gradient(seed):
     d = 6
-    net = _deep(d, [24, 24, 16], 10 + seed)
+    net = random_relu_mlp(d, [24, 24, 16], 10 + seed)
     graph, lo, hi = _box(net, d, 0.5, seed)
     res = split_search(graph, lo, hi, [0], timeout=1.0)
     assert float(res.upper[0]) >= _sampled_max(net, lo, hi, seed=seed)
@@ -81,7 +66,7 @@ def test_split_search_bisects_only_deep_nets_on_few_inputs(monkeypatch):
         return bab(*args, **kwargs)
 
     monkeypatch.setattr(bab_module, "bab", spy)
-    for net, d in ((_deep(4, [8, 8], 0), 4), (_deep(4, [8], 0), 4), (_deep(16, [8, 8], 0), 16)):
-        graph, lo, hi = _box(net, d, 0.1, 0)
+    for d, hidden in ((4, [8, 8]), (4, [8]), (16, [8, 8])):
+        graph, lo, hi = _box(random_relu_mlp(d, hidden, 0), d, 0.1, 0)
         bab_module.split_search(graph, lo, hi, [0], timeout=0.5)
     assert seen == [bab_module.INPUT_SPLIT_ABOVE, None, None]

@@ -7,14 +7,13 @@ BaB on one-hidden-layer networks reaches the exact LipMIP value.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 from scipy.optimize import linprog
 
+from tests.helpers import random_relu_mlp
 from verify.lipschitz.api import _prepare
 from verify.lipschitz.bab import Objective, _certified_infeasible, _Evaluator, bab
 from verify.lipschitz.jacobian import JacobianGraph, seed_tensor
@@ -22,21 +21,6 @@ from verify.lipschitz.lipmip import lipmip
 from verify.lipschitz.split_feasibility import FirstLayerSplits
 
 F64 = torch.float64
-
-
-def _net(d: int, h: int, seed: int, depth: int = 1) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    sizes = [d] + [h] * depth
-    for a, b in zip(sizes, sizes[1:], strict=False):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    layers.append(nn.Linear(sizes[-1], 1))
-    with torch.no_grad():
-        for m in layers:
-            if isinstance(m, nn.Linear):
-                m.weight.normal_(0, 1 / math.sqrt(m.in_features))
-                m.bias.normal_(0, 0.3)
-    return nn.Sequential(*layers).double()
 
 
 def _setup(net, d, eps, seed):
@@ -66,7 +50,7 @@ def _pruned(ev, lo, hi, split):
 @pytest.mark.parametrize("seed", range(4))
 def test_patterns_of_real_points_are_never_pruned(seed):
     d, h = 6, 24
-    net = _net(d, h, seed, depth=2)
+    net = random_relu_mlp(d, [h] * 2, seed)
     graph, lo, hi, ev = _setup(net, d, 0.4, seed)
     assert ev.first is not None
     g = torch.Generator().manual_seed(100 + seed)
@@ -82,7 +66,7 @@ def test_patterns_of_real_points_are_never_pruned(seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_most_jointly_infeasible_split_sets_are_pruned_and_no_feasible_one(seed):
     d, h = 5, 20
-    net = _net(d, h, seed)
+    net = random_relu_mlp(d, [h], seed)
     graph, lo, hi, ev = _setup(net, d, 0.5, seed)
     g = torch.Generator().manual_seed(7 + seed)
     split = torch.randint(-1, 2, (300, h), generator=g).to(torch.int8)
@@ -98,7 +82,7 @@ def test_most_jointly_infeasible_split_sets_are_pruned_and_no_feasible_one(seed)
 
 def test_certificate_rejects_a_multiplier_that_proves_nothing():
     d, h = 4, 8
-    net = _net(d, h, 0)
+    net = random_relu_mlp(d, [h], 0)
     graph, lo, hi, ev = _setup(net, d, 0.3, 0)
     x = ((lo + hi) / 2).reshape(1, -1)
     z = (x @ ev.first.a.T + ev.first.b)[0]
@@ -120,7 +104,7 @@ def test_first_layer_map_is_the_affine_prefix_or_none():
 @pytest.mark.parametrize("seed", [1, 2])
 def test_bab_on_one_hidden_layer_reaches_the_lipmip_value(seed):
     d, h = 10, 24
-    net = _net(d, h, seed)
+    net = random_relu_mlp(d, [h], seed)
     graph, lo, hi, _ = _setup(net, d, 0.45, seed)
     res = bab(graph, lo, hi, [0], Objective("l1"), timeout=60)
     exact = lipmip(graph.with_dtype(F64), lo, hi, [0], timeout=120)
@@ -129,36 +113,3 @@ def test_bab_on_one_hidden_layer_reaches_the_lipmip_value(seed):
     assert float(res.upper[0]) >= exact.value[0] - 1e-9 * (1 + exact.value[0])
     assert float(res.upper[0]) <= exact.upper[0] * (1 + 1e-6)
 
-
-@pytest.mark.parametrize("seed", range(3))
-def test_lp_reference_bounds_contain_sampled_preactivations_and_beat_crown(seed):
-    from verify.bounds.crown import intermediate_bounds
-    from verify.lipschitz.lipmip import lp_reference
-
-    d, h = 8, 16
-    net = _net(d, h, seed, depth=3)
-    graph, lo, hi, _ = _setup(net, d, 0.5, seed)
-    ref = lp_reference(graph, lo, hi, 30.0)
-    crown = intermediate_bounds(graph, lo, hi, "crown")
-    assert set(ref) == {n.inputs[0] for n in graph.nodes if n.op.__class__.__name__ == "Relu"}
-    g = torch.Generator().manual_seed(seed)
-    x = lo.reshape(-1) + (hi - lo).reshape(-1) * torch.rand(2000, d, generator=g, dtype=F64)
-    vals = {graph.input_name: x.reshape(2000, *graph.input_shape)}
-    for n in graph.nodes:
-        vals[n.name] = n.op.forward(*[vals[i] for i in n.inputs])
-    width_lp = width_crown = 0.0
-    for name, (rl, ru) in ref.items():
-        assert (vals[name] >= rl).all() and (vals[name] <= ru).all()
-        cl, cu = crown[name]
-        assert (rl >= cl).all() and (ru <= cu).all()
-        width_lp += float((ru - rl).sum())
-        width_crown += float((cu - cl).sum())
-    assert width_lp < width_crown  # deeper layers gain from the LP over the layers below
-
-
-def test_lp_reference_is_empty_beyond_affine_and_relu():
-    from verify.lipschitz.lipmip import lp_reference
-
-    lo, hi = -torch.ones(3, dtype=F64), torch.ones(3, dtype=F64)
-    graph, glo, ghi = _prepare(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double(), lo, hi, (3,))
-    assert lp_reference(graph, glo, ghi, 1.0) == {}

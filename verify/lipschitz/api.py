@@ -35,7 +35,6 @@ from verify.rounding import up as round_up
 log = logging.getLogger(__name__)
 METHODS = ("naive", "ibp", "crown", "alpha-crown", "bab", "mip", "lipsdp")
 SMALL_NET = 4096  # neurons; above it BaB starts from CROWN instead of alpha-CROWN
-LP_REFERENCE_NEURONS = 1000  # up to this many neurons BaB starts from LP-tightened forward bounds (2 LPs each)
 PRECISIONS = ("auto", "float32", "float64")
 
 
@@ -197,20 +196,16 @@ def _upper_bounds(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], met
             up, _ = jacobian_bounds(JacobianGraph(graph), fb, outs)
         return torch.minimum(up[0], crown), extra
     if method == "bab":
-        from verify.lipschitz.lipmip import lp_reference
         from verify.lipschitz.race import mip_fits, race
 
         t0 = time.perf_counter()
         root, _ = _upper_bounds(graph, lo, hi, outs, "alpha-crown" if _n_neurons(graph) <= SMALL_NET else "crown")
-        # LP-tightened forward bounds (a tenth of the budget at most) tighten every domain of the BaB
-        reference = lp_reference(graph, lo, hi, 0.1 * timeout) if _n_neurons(graph) <= LP_REFERENCE_NEURONS else {}
         left = max(timeout - (time.perf_counter() - t0), 0.0)
         if mip_fits(graph):  # the exact MIP in a worker beside the BaB: whichever closes the gap first wins
-            up, res, race_extra = race(graph, lo, hi, outs, left, root, known_lower, reference)
+            up, res, race_extra = race(graph, lo, hi, outs, left, root, known_lower)
             extra.update(race_extra)
         else:
-            res = split_search(graph, lo, hi, outs, left, root_upper=root, known_lower=known_lower,
-                               reference=reference)
+            res = split_search(graph, lo, hi, outs, left, root_upper=root, known_lower=known_lower)
             up = torch.minimum(res.upper, root)
         extra.update(domains=res.domains, bab_status=res.status, bab_lower=res.lower, bab_points=res.lower_x)
         return up, extra

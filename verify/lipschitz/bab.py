@@ -39,7 +39,7 @@ from verify.graph import Graph
 from verify.lipschitz.jacobian import JacobianGraph, seed_tensor
 from verify.lipschitz.split_feasibility import FirstLayerSplits
 from verify.ops.activation import Relu
-from verify.rounding import F64, cast_box, gamma
+from verify.rounding import F64, gamma
 
 log = logging.getLogger(__name__)
 
@@ -237,18 +237,14 @@ def _certified_infeasible(graph: Graph, coef: dict[str, Tensor], bounds: dict[st
 def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: Objective,
         timeout: float = 10.0, batch: int = 128, root_upper: Tensor | None = None,
         max_domains: int = 200_000, stop_below: float | None = None, known_lower: float | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        reference: dict[str, tuple[Tensor, Tensor]] | None = None, input_split_above: int | None = None
-        ) -> BabResult:
+        should_stop: Callable[[], bool] | None = None, input_split_above: int | None = None) -> BabResult:
     """Best-first BaB maximising the objective over the box for every selected output (one batch).
 
     ``graph``: any precision (its allowances are sized for it). ``root_upper`` [K]: sound bounds (e.g. CROWN)
-    children never exceed.
+    children never exceed. ``max_domains``: open domains kept at most (memory); the search stops beyond it.
     ``stop_below``: stop as soon as the global upper is <= it (monotonicity: 0). ``known_lower``: a value
     attained in the box (e.g. a sampled gradient norm); the search stops once the upper bound meets it.
     ``should_stop``: polled once per batch; True ends the search with the bounds so far (a racing method won).
-    ``reference``: rigorous bounds ``[1, *shape]`` of (some) ReLU inputs over the box, e.g. LP-tightened
-    (:func:`verify.lipschitz.lipmip.forward_encoding`); every domain's bounds are intersected with them.
     ``input_split_above``: a domain with more unstable ReLUs than this bisects its input box (along the largest
     ``width_i * |G:x_i|``) instead of splitting a ReLU; ``None``: ReLU splits only."""
     t0 = time.perf_counter()
@@ -262,11 +258,7 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
     seed_idx = torch.arange(k)
     splits = {nm: torch.zeros(k, *graph.shape_of(nm), dtype=torch.int8) for nm in names}
     t_root = time.perf_counter()
-    ref0 = None
-    if reference:
-        ref0 = {nm: tuple(b.expand(k, *b.shape[1:]) for b in cast_box(*reference[nm], x_lo.dtype))
-                for nm in names if nm in reference}
-    up, feas, scores, full, ref, gates = ev(seed_idx, splits, ref0)
+    up, feas, scores, full, ref, gates = ev(seed_idx, splits, None)
     # one batch of 2*batch children should take at most ~5% of the budget (large nets: CNNs)
     per_domain = (time.perf_counter() - t_root) / k
     batch = int(max(1, min(batch, 0.05 * timeout / (2 * per_domain + 1e-9))))
@@ -313,7 +305,7 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
         if known_lower is not None and float(glob.max()) <= known_lower + 1e-6 * max(1.0, abs(known_lower)):
             status = "converged"
             break
-        if time.perf_counter() - t0 > timeout or n_domains > max_domains:
+        if time.perf_counter() - t0 > timeout or q_up.numel() > max_domains:
             break
         if should_stop is not None and should_stop():
             break
@@ -422,7 +414,7 @@ MIN_INPUT_FRACTION = 2.0 ** -10
 
 def split_search(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], timeout: float,
                  root_upper: Tensor | None = None, known_lower: float | None = None,
-                 should_stop: Callable[[], bool] | None = None, reference: dict | None = None) -> BabResult:
+                 should_stop: Callable[[], bool] | None = None) -> BabResult:
     """The l1 Jacobian search of ``verify.lipschitz.bab``; on inputs of at most ``MAX_INPUTS`` dimensions and two
     or more ReLU layers a domain bisects its box while more than ``INPUT_SPLIT_ABOVE`` of its ReLUs are unstable,
     then splits ReLUs. (With one ReLU layer the first-layer Farkas pruning makes ReLU splits alone converge fast;
@@ -431,7 +423,7 @@ def split_search(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int
     layers = sum(isinstance(n.op, Relu) for n in graph.nodes)
     above = INPUT_SPLIT_ABOVE if graph.input_numel <= MAX_INPUTS and layers >= 2 else None
     return bab(graph, x_lo, x_hi, outputs, Objective("l1"), timeout=timeout, root_upper=root_upper,
-               known_lower=known_lower, should_stop=should_stop, reference=reference, input_split_above=above)
+               known_lower=known_lower, should_stop=should_stop, input_split_above=above)
 
 
 def _per_output(values: Tensor, seed_idx: Tensor, k: int) -> Tensor:

@@ -122,22 +122,6 @@ def forward_encoding(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, tighten: 
     return model, relu_info, fb_used
 
 
-def lp_reference(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, seconds: float) -> dict[str, tuple]:
-    """LP-tightened bounds of the ReLU inputs over the box (``{}`` unless the network is affine + ReLU and HiGHS is
-    installed), for :func:`verify.lipschitz.bab.bab`'s ``reference``: within ``seconds``, layer by layer."""
-    if not all(isinstance(n.op, LinearOp | Relu) for n in graph.nodes):
-        return {}
-    try:
-        import highspy  # noqa: F401
-    except ImportError:
-        return {}
-    g64 = graph.with_dtype(torch.float64)
-    lo64 = lo.to(torch.float64).reshape(1, *graph.input_shape)
-    hi64 = hi.to(torch.float64).reshape(1, *graph.input_shape)
-    _, _, bounds = forward_encoding(g64, lo64, hi64, True, time.perf_counter() + seconds)
-    return {n.inputs[0]: bounds[n.inputs[0]] for n in g64.nodes if isinstance(n.op, Relu)}
-
-
 def lipmip(graph: Graph, x_lo, x_hi, outputs: Sequence[int], timeout: float | None = None,
            backend: Backend = "auto", tighten: bool = True, crown_upper: Sequence[float] | None = None
            ) -> LipMipResult:

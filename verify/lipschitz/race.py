@@ -60,7 +60,7 @@ def _mip_worker(conn, graph: Graph, lo: Tensor, hi: Tensor, outs: list[int], tim
 
 
 def race(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], timeout: float, root: Tensor,
-         known_lower: float | None = None, reference: dict | None = None) -> tuple[Tensor, BabResult, dict]:
+         known_lower: float | None = None) -> tuple[Tensor, BabResult, dict]:
     """``(upper [K], bab result, extra)``: the BaB over ``[lo, hi]`` raced against LipMIP in a forked worker.
     ``extra`` holds ``mip_status`` / ``mip_value`` / ``mip_x`` when the MIP answered, ``winner`` either way."""
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def race(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], timeout: flo
         return bool(answer) and answer[0][0] == "ok" and all(s == "optimal" for s in answer[0][2])
 
     res = split_search(graph, lo, hi, outs, max(timeout - (time.perf_counter() - t0), 0.0), root_upper=root,
-                       known_lower=known_lower, should_stop=mip_done, reference=reference)
+                       known_lower=known_lower, should_stop=mip_done)
     if not answer and res.status not in ("converged",):
         # the BaB used its budget without closing the gap: the MIP has the rest of its own time limit
         mip_done()
