@@ -113,3 +113,10 @@ def test_bab_on_one_hidden_layer_reaches_the_lipmip_value(seed):
     assert float(res.upper[0]) >= exact.value[0] - 1e-9 * (1 + exact.value[0])
     assert float(res.upper[0]) <= exact.upper[0] * (1 + 1e-6)
 
+
+
+def test_bab_reports_the_domains_it_pruned():
+    d, h = 10, 24
+    graph, lo, hi, _ = _setup(random_relu_mlp(d, [h], 1), d, 0.45, 1)
+    res = bab(graph, lo, hi, [0], Objective("l1"), timeout=60)
+    assert res.extra["farkas_pruned"] > 0

@@ -90,7 +90,7 @@ class _Evaluator:
         self.relus = [n for n in graph.nodes if isinstance(n.op, Relu)]
         self.names = [n.inputs[0] for n in self.relus]
         self.first = FirstLayerSplits.of(graph)
-        self.pruned = 0  # domains dropped by a certified first-layer Farkas certificate
+        self.pruned = 0  # domains dropped by a certified first-layer Farkas certificate (BabResult.extra)
 
     def __call__(self, seed_idx: Tensor, splits: dict[str, Tensor], ref: dict | None):
         """Bounds of ``m`` domains: ReLU ``splits`` and ``ref`` (the parents' bounds; under the input's name,
@@ -401,7 +401,8 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
     upper = torch.maximum(_per_output(q_up, q_seed, k), closed_upper)
     if status == "converged" and q_up.numel() > 0:
         status = "converged"
-    return BabResult(upper, lower, lower_x, status, n_domains, time.perf_counter() - t0)
+    return BabResult(upper, lower, lower_x, status, n_domains, time.perf_counter() - t0,
+                     {"farkas_pruned": ev.pruned})
 
 
 MAX_INPUTS = 10

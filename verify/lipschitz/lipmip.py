@@ -87,12 +87,16 @@ def _adjoint_expr(op: LinearOp, e: _Expr, k: int, out_shape, col_mag: np.ndarray
                  (err.reshape(-1).numpy() * (1 + 1e-6))).pruned()
 
 
-def forward_encoding(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, tighten: bool, deadline: float | None
-                     ) -> tuple[_Model, dict, dict]:
-    """The big-M encoding of the forward network over the box (float64 ``graph`` of affine ops and ReLUs), each
-    ReLU layer's input bounds CROWN's, LP-tightened over the layers below when ``tighten`` (until ``deadline``).
-    Returns ``(model, relu_info, bounds)``: per ReLU ``(l, u, unstable, binary indices)`` and the CROWN bounds with
-    the ReLU inputs' replaced by the ones the encoding used (rigorous: see ``verify.mip.encoding._lp_tighten``)."""
+def lipmip(graph: Graph, x_lo, x_hi, outputs: Sequence[int], timeout: float | None = None,
+           backend: Backend = "auto", tighten: bool = True, crown_upper: Sequence[float] | None = None
+           ) -> LipMipResult:
+    """Exact ``max_{x in X} ||J_j(x)||_1`` per output (float64 ``graph`` of affine ops and ReLUs)."""
+    t0 = time.perf_counter()
+    for n in graph.nodes:
+        if not (isinstance(n.op, LinearOp) or isinstance(n.op, Relu)):
+            raise UnsupportedOperator(type(n.op).__name__, n.name, detail="LipMIP encodes affine ops and ReLU only")
+    lo = torch.as_tensor(x_lo, dtype=torch.float64).reshape(1, *graph.input_shape)
+    hi = torch.as_tensor(x_hi, dtype=torch.float64).reshape(1, *graph.input_shape)
     with torch.no_grad():
         fb = intermediate_bounds(graph, lo, hi, "crown")
     model = _Model()
@@ -100,6 +104,7 @@ def forward_encoding(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, tighten: 
     x_idx = model.add_vars(lo.reshape(-1).numpy(), hi.reshape(-1).numpy())
     exprs: dict[str, _Expr] = {graph.input_name: _Expr(x_idx, np.eye(n_in), np.zeros(n_in))}
     relu_info: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}  # l, u, unstable, a idx
+    deadline = None if timeout is None else t0 + timeout / 4
     for node in graph.nodes:
         ins = [exprs[i] for i in node.inputs]
         if isinstance(node.op, Relu):
@@ -113,27 +118,13 @@ def forward_encoding(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, tighten: 
             relu_info[node.name] = (l, u, unstable, np.arange(n0 + r, n0 + 2 * r))
         else:
             exprs[node.name] = _linear(node.op, ins, [graph.shape_of(i) for i in node.inputs], model=model)
+    # forward bounds for the Jacobian bounds: exactly the ones the encoding used
     fb_used = dict(fb)
     for node in graph.nodes:
         if isinstance(node.op, Relu):
             l, u = relu_info[node.name][:2]
             shape = graph.shape_of(node.inputs[0])
             fb_used[node.inputs[0]] = (torch.from_numpy(l).reshape(1, *shape), torch.from_numpy(u).reshape(1, *shape))
-    return model, relu_info, fb_used
-
-
-def lipmip(graph: Graph, x_lo, x_hi, outputs: Sequence[int], timeout: float | None = None,
-           backend: Backend = "auto", tighten: bool = True, crown_upper: Sequence[float] | None = None
-           ) -> LipMipResult:
-    """Exact ``max_{x in X} ||J_j(x)||_1`` per output (float64 ``graph`` of affine ops and ReLUs)."""
-    t0 = time.perf_counter()
-    for n in graph.nodes:
-        if not (isinstance(n.op, LinearOp) or isinstance(n.op, Relu)):
-            raise UnsupportedOperator(type(n.op).__name__, n.name, detail="LipMIP encodes affine ops and ReLU only")
-    lo = torch.as_tensor(x_lo, dtype=torch.float64).reshape(1, *graph.input_shape)
-    hi = torch.as_tensor(x_hi, dtype=torch.float64).reshape(1, *graph.input_shape)
-    n_in = graph.input_numel
-    model, relu_info, fb_used = forward_encoding(graph, lo, hi, tighten, None if timeout is None else t0 + timeout / 4)
     jg = JacobianGraph(graph)
     res = LipMipResult([], [], [], [], 0.0, 0)
     base = model
