@@ -58,11 +58,11 @@ class FirstLayerSplits:
         if not bool(rows.any()):
             return flag, best_mu
         s, on = s[rows], on[rows]
-        # each constraint scaled to unit mass so the subgradient entries are O(1)
         # the boxes: one for all domains or one per domain
         lo, hi = x_lo.reshape(-1, self.a.shape[1]).to(F64), x_hi.reshape(-1, self.a.shape[1]).to(F64)
         if lo.shape[0] > 1:
             lo, hi = lo[rows], hi[rows]
+        # each constraint scaled to unit mass over the boxes so the subgradient entries are O(1)
         mag = torch.maximum(lo.abs(), hi.abs()).amax(0)
         scale = self.a.abs() @ mag + self.b.abs() + 1e-300
         a, b = self.a / scale.unsqueeze(-1), self.b / scale
