@@ -90,12 +90,19 @@ class Patches:
         return pad_y, pad_x
 
     def windows(self, t: Tensor) -> Tensor:
-        """Each row's window of a map ``t [N, C, H, W]`` (zero outside the map): ``[N, S, C, ph, pw]``."""
+        """Each row's window of a map ``t [N, C, H, W]`` (zero outside the map): ``[N, S, C, ph, pw]``. Rows share
+        origins (both signs of a neuron, all channels at one position), so each distinct window is cut once and
+        then copied whole to its rows."""
         pad_y, pad_x = self._pads()
         padded = F.pad(t, (pad_x, pad_x, pad_y, pad_y)).flatten(-2)  # [N, C, Hp * Wp]
-        idx = self._flat_index(pad_y, pad_x)
-        out = padded[:, :, idx]  # [N, C, S, ph * pw]
-        return out.permute(0, 2, 1, 3).reshape(t.shape[0], len(self.oy), t.shape[1], *self.size)
+        key = self.oy * (self.width + 2 * pad_x + 1) + self.ox
+        _, first, inverse = _unique_first(key)
+        idx = self._flat_index(pad_y, pad_x)[first]  # [U, ph * pw]
+        out = padded[:, :, idx]  # [N, C, U, ph * pw]
+        n, u = t.shape[0], len(first)
+        out = out.permute(2, 0, 1, 3).reshape(u, -1)  # [U, N * C * ph * pw]: whole windows as rows
+        out = out.index_select(0, inverse)  # row copies (dim 0 is the fast path)
+        return out.reshape(len(inverse), n, t.shape[1], *self.size).transpose(0, 1)
 
     def valid(self) -> Tensor:
         """``[S, 1, ph, pw]``: True where the window lies inside the map."""
@@ -116,6 +123,15 @@ class Patches:
         flat = vals.new_zeros(b, s, c, hp * wp).scatter(-1, idx, vals)
         full = flat.reshape(b, s, c, hp, wp)[..., pad_y:pad_y + self.height, pad_x:pad_x + self.width]
         return full.reshape(b, s, *shape)
+
+
+def _unique_first(key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(values, first, inverse)``: the distinct values of ``key``, the index of one occurrence of each, and for
+    every entry the position of its value."""
+    values, inverse = torch.unique(key, return_inverse=True)
+    first = torch.empty(len(values), dtype=torch.long, device=key.device)
+    first.scatter_(0, inverse, torch.arange(len(key), device=key.device))  # any occurrence will do
+    return values, first, inverse
 
 
 def _map(t: Tensor, shape: tuple[int, ...]) -> Tensor:

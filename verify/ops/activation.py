@@ -97,8 +97,25 @@ class Relu(Activation):
     def apply_relaxation(self, lam, aL, cL, aU, cU):
         # Lambda+ takes the lower line, Lambda- the upper (lam aU + Lambda+ (aL - aU): exact where the neuron is
         # stable, a few roundings otherwise, within the allowance); the lower lines have no intercept
-        lam_in = torch.addcmul(lam * aU, lam.clamp(min=0), aL - aU)
-        return [lam_in], sparse_dot64(lam.clamp(max=0), cU)
+        cols = _differing_columns(aL, aU, lam)
+        if cols is None:
+            lam_in = torch.addcmul(lam * aU, lam.clamp(min=0), aL - aU)
+            return [lam_in], sparse_dot64(lam.clamp(max=0), cU)
+        # Only the columns where the lines differ (unstable neurons) need the sign split; elsewhere aL = aU and
+        # the same formula gives lam aU exactly. The intercepts are zero off those columns too.
+        sub = lam.reshape(*lam.shape[:2], -1)[..., cols]
+
+        def pick(t: Tensor) -> Tensor:
+            return t.expand(*t.shape[:2], *lam.shape[2:]).reshape(t.shape[0], t.shape[1], -1)[..., cols]
+
+        a_lo, a_up = pick(aL), pick(aU)
+        fixed = torch.addcmul(sub * a_up, sub.clamp(min=0), a_lo - a_up)
+        prod = lam * aU  # a fresh tensor: the in-place column update below is safe for autograd
+        flat = prod.reshape(*prod.shape[:2], -1)
+        flat.index_copy_(2, cols, fixed.expand(*flat.shape[:2], -1))
+        lam_in = flat.reshape(prod.shape)
+        kappa = (sub.clamp(max=0).to(F64) * pick(cU).to(F64)).sum(-1)
+        return [lam_in], kappa
 
     def init_alpha(self, lo, hi):
         return (hi >= -lo).to(hi.dtype).unsqueeze(0)
@@ -274,3 +291,16 @@ class LeakyRelu(Activation):
 
     def __repr__(self):
         return f"LeakyRelu({self.slope:g})"
+
+
+def _differing_columns(aL: Tensor, aU: Tensor, lam: Tensor) -> Tensor | None:
+    """Flat per-sample indices where some box or row has ``aL != aU`` (the unstable neurons), or None when they
+    are more than a third of the columns or the slopes do not have ``lam``'s rank (then the dense step is as cheap)."""
+    if aL.dim() != lam.dim() or aU.dim() != lam.dim():
+        return None
+    n = lam[0, 0].numel()
+    differ = (aL != aU).reshape(-1, aL[0, 0].numel())
+    if differ.shape[1] != n:
+        return None
+    cols = differ.any(0).nonzero().squeeze(1)
+    return cols if 3 * cols.numel() <= n else None
