@@ -18,9 +18,9 @@ points with ``robust_train.evaluate.evaluate``:
 - Columns are mean +- standard deviation over the seeds. The comparison lines give DONE - PGD-AT per training
   set (difference of the seed means), and DONE over the certified loss (done-ibp) - IBP on the Cert columns.
 
-The step-time table times one optimiser step on ``--step-model`` (default cnn-small, 1x28x28, batch 128, one
-thread): standard, IBP, CROWN-IBP (beta = 1: the CROWN pass is on), PGD-10 AT and DONE (PGD-10 inner), median of
-``--step-repeats`` steps after a warm-up, and each method's ratio to the standard step of this run.
+The step-time table (``benchmarks/training_steps.py``) times one optimiser step on ``--step-model`` (default
+cnn-small, 1x28x28, batch 128, one thread) per method, beside a plain-torch step and auto_LiRPA's IBP / CROWN-IBP
+steps (when importable; ``--no-peer`` skips them), median of ``--step-repeats`` steps after a warm-up.
 
 ``--quick`` (under 20 minutes on 2 cores): Fashion-MNIST 3000-example subset when the Debian package
 dataset-fashion-mnist is installed, else scikit-learn digits; 2 seeds, 8 epochs, 200 test points, mlp-small.
@@ -42,11 +42,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from training_steps import print_steps, step_times  # noqa: E402
 
 DEFAULT_METHODS = ("standard", "pgd-at", "trades", "mart", "gairat", "mail", "done", "ibp", "done-ibp", "crown-ibp")
 ATTACKS = ("pgd20", "apgd-ce", "apgd-t")
 COLUMNS = ("SA", "RA-PGD", "RA-APGD", "RA-Tail-30", "worst-Tail-30", "Cert", "Cert-Tail-30", "s/epoch")
-STEP_METHODS = ("standard", "ibp", "crown-ibp", "pgd-at", "done")
 
 
 def positive(kind):
@@ -92,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-model", default="cnn-small")
     p.add_argument("--step-repeats", type=positive(int), default=7)
     p.add_argument("--no-step-times", action="store_true")
+    p.add_argument("--no-peer", action="store_true", help="step times without auto_LiRPA's")
     p.add_argument("--no-table", action="store_true", help="only the step-time table")
     p.add_argument("--keep", default=None, help="keep the run directories under this folder")
     args = p.parse_args(argv)
@@ -173,50 +177,6 @@ def run_one(job: dict) -> dict:
                 rep["per_class"]["attack"]["pgd20"])[1]}
 
 
-# ------------------------------------------------------------------------------------------- step times
-
-
-def step_times(model_name: str, repeats: int, eps: float = 0.1, batch: int = 128) -> dict:
-    """Median milliseconds of one optimiser step per method (1 thread), and the ratio to the standard step."""
-    import torch
-
-    from models.zoo import build_model
-    from robust_train.config import TrainConfig
-    from robust_train.distributed import Collective
-    from robust_train.methods import Batch, build_method
-    torch.set_num_threads(1)
-    shape = (1, 28, 28)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand((batch, *shape), generator=gen)
-    y = torch.randint(0, 10, (batch,), generator=gen)
-    ms: dict[str, float] = {}
-    for method in STEP_METHODS:
-        cfg = TrainConfig(data="digits", model=model_name, method=method, eps=eps, epochs=1)
-        model = build_model(model_name, shape, 10, seed=0)
-        step = build_method(cfg, model, shape, Collective())
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-        def noise(kind: str) -> torch.Tensor:
-            return (2 * torch.rand(x.shape, generator=gen) - 1) * eps if kind == "uniform" \
-                else 0.001 * torch.randn(x.shape, generator=gen)
-
-        b = Batch(x, y, batch, eps, 0.5, 1.0, 0.5, noise)  # kappa 0.5, beta 1: both bound terms on
-        times = []
-        for _ in range(repeats + 1):
-            t = time.perf_counter()
-            res = step(b)
-            opt.zero_grad(set_to_none=True)
-            res.loss.backward()
-            opt.step()
-            times.append(time.perf_counter() - t)
-        ms[method] = 1000 * statistics.median(times[1:])
-    return {"model": model_name, "batch": batch, "threads": 1,
-            "rows": [{"method": m, "ms": v, "ratio": v / ms["standard"]} for m, v in ms.items()]}
-
-
-# ------------------------------------------------------------------------------------------- tables
-
-
 def set_name(rho: float) -> str:
     return "balanced" if rho == 1 else f"long-tailed rho={rho:g}"
 
@@ -278,19 +238,12 @@ def print_table(table: list[dict], args: argparse.Namespace) -> list[dict]:
     return comparisons
 
 
-def print_steps(steps: dict) -> None:
-    print(f"\nOne training step: {steps['model']}, 1x28x28, batch {steps['batch']}, {steps['threads']} thread "
-          "(median ms; ratio to the standard step of this run)")
-    for r in steps["rows"]:
-        print(f"{r['method']:>10} {r['ms']:9.1f} ms  {r['ratio']:5.2f}x")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     result: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("json",)}}
     if not args.no_step_times:
-        result["step_times"] = step_times(args.step_model, args.step_repeats)
+        result["step_times"] = step_times(args.step_model, args.step_repeats, peer=not args.no_peer)
         print_steps(result["step_times"])
     if not args.no_table:
         keep = Path(args.keep) if args.keep else None

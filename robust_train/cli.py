@@ -87,6 +87,9 @@ FIELD_HELP = {
     "ramp_epochs": "epochs over which eps grows to --eps (default: 50 %% of --epochs for certified methods, else 0)",
     "kappa_final": "final weight of the clean loss in IBP / CROWN-IBP (kappa ramps from 1)",
     "beta_final": "final CROWN weight of the CROWN-IBP bound (beta ramps from 1)",
+    "loss_fusion": "crown-ibp: bound the cross-entropy itself with one CROWN row per example (exp chords on "
+                   "the IBP margin ranges; auto_LiRPA's loss fusion) instead of K-1 margin rows: about 3.5x "
+                   "faster steps, a looser bound",
     "pgd_steps": "PGD steps of the training attack",
     "pgd_step_size": "PGD step size of the training attack (default: 2.5 eps / --pgd-steps)",
     "trades_beta": "TRADES trade-off beta",
@@ -182,6 +185,15 @@ class _Explicit(argparse.Action):
         namespace._explicit = given
 
 
+class _ExplicitFlag(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag``, remembered like :class:`_Explicit`."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        namespace._explicit = set(getattr(namespace, "_explicit", ())) | {self.dest}
+
+
 def _base_type(annotation: Any) -> tuple[type, bool]:
     """``(int | float | str | bool, optional)`` of a field annotation such as ``float | None``."""
     args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
@@ -206,9 +218,8 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                               "action": _Explicit, "dest": f.name}
         if f.name == "r":
             kw["type"] = positive_or_inf
-        elif kind is bool:  # none today; a new flag field still gets a working option
-            kw.pop("action")
-            kw["action"] = argparse.BooleanOptionalAction
+        elif kind is bool:
+            kw["action"] = _ExplicitFlag
         elif kind in (int, float):
             low, high, low_open = FIELD_RANGES.get(f.name, (None, None, False))
             if kind is int and high is None:

@@ -58,6 +58,7 @@ class TrainConfig:
     ramp_epochs: float | None = None
     kappa_final: float = 0.5
     beta_final: float = 0.0
+    loss_fusion: bool = False  # crown-ibp: one CROWN row per example (robust_train.certified)
     # attacks during training
     pgd_steps: int = 10
     pgd_step_size: float | None = None  # None: 2.5 eps / steps
@@ -183,8 +184,9 @@ class TrainConfig:
                     ("sigma", 0, math.inf, False, False)]
         for name, lo, hi, lo_in, hi_in in ranges + [o for o in optional if getattr(self, o[0]) is not None]:
             _check_float(name, getattr(self, name), lo, hi, lo_in, hi_in)
-        if not isinstance(self.csib_normalized_mi, bool):
-            raise ConfigError(f"csib_normalized_mi must be true or false, got {self.csib_normalized_mi!r}")
+        for flag in ("csib_normalized_mi", "loss_fusion"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         r = self.r
         if not _is_number(r) or math.isnan(r) or r <= 0:
             raise ConfigError(f"r must be a number > 0 or inf, got {r!r}")

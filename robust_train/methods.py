@@ -149,7 +149,7 @@ class Certified(Method):
     def __init__(self, cfg: TrainConfig, model: nn.Module, collective: Collective, input_shape: tuple[int, ...],
                  kind: str | None = None):
         super().__init__(cfg, model, collective)
-        self.bound = CertifiedLoss(model, input_shape, kind or cfg.method)
+        self.bound = CertifiedLoss(model, input_shape, kind or cfg.method, loss_fusion=cfg.loss_fusion)
 
     def per_example(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
         return self.bound(batch.x, batch.y, batch.eps, batch.kappa, batch.beta)

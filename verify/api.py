@@ -6,6 +6,7 @@ as stored, and its floating-point evaluation in its own precision, for every inp
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from verify.device import exact_float32, resolve_device
 from verify.errors import InputError, ShapeError
 from verify.graph import Graph
 from verify.ops.linear import Dense
-from verify.rounding import F64, bound_dtype, cast_box, cast_down, cast_up, down, gamma, magnitude, up
+from verify.rounding import F64, accounted, bound_dtype, cast_box, cast_down, cast_up, down, gamma, magnitude, up
 
 METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 """``crown-ibp``: interval intermediate bounds and one CROWN pass from the spec (Zhang et al., ICLR 2020)."""
@@ -278,6 +279,8 @@ def spec_interval(graph: Graph, bounds: dict, C: Tensor, dtype: torch.dtype) -> 
     cb = 0.0 if op.bias is None else C64 @ op.bias.to(F64)
     flo = (mp @ h_lo + mn @ h_hi).squeeze(-1) + cb
     fhi = (mp @ h_hi + mn @ h_lo).squeeze(-1) + cb
+    if not accounted():  # training losses (verify.rounding.training_losses)
+        return torch.maximum(lower, flo.to(dtype)), torch.minimum(upper, fhi.to(dtype))
     with torch.no_grad():
         mag = torch.maximum(h_lo.abs(), h_hi.abs())
         absC = C64.abs()
@@ -327,3 +330,31 @@ class BoundedModel:
         (``bound_upper=False``: ``(lower, None)`` at about half the cost of a CROWN pass)."""
         options.setdefault("precision", self.precision)
         return bound(self.graph, x_lo, x_hi, C=C, method=method, **options)
+
+    def interval_then_crown(self, x_lo, x_hi, C, rows: Callable[[Tensor, Tensor], Tensor]
+                            ) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`interval_then_crown` on the traced graph, in this model's precision."""
+        return interval_then_crown(self.graph, x_lo, x_hi, C, rows, precision=self.precision)
+
+
+def interval_then_crown(model: Any, x_lo, x_hi, C, rows: Callable[[Tensor, Tensor], Tensor], *,
+                        precision: str = "float64") -> tuple[Tensor, Tensor, Tensor]:
+    """Interval bounds ``ilo <= C f(x) <= ihi`` and a CROWN lower bound of ``D f(x)`` for the spec
+    ``D = rows(ilo, ihi)`` (``[B, S', K]``, may depend on the interval bounds, differentiably), both over one
+    interval pass: CROWN-IBP with a spec chosen from IBP, as loss fusion needs (a linear upper bound on
+    ``sum_j exp(z_j - z_y)`` through the chords of exp on the IBP margin ranges; Xu et al., NeurIPS 2020).
+    Returns ``(ilo, ihi, lower)``, each in the model's precision, rounded outward; all rigorous."""
+    graph = as_graph(model)
+    model_dtype = graph.dtype
+    graph = graph.with_dtype(bound_dtype(model_dtype, precision))
+    lo, hi = _box(graph, x_lo, x_hi)
+    graph = graph.to(lo.device)
+    C = _spec(graph, C, lo.shape[0], lo.dtype, lo.device)
+    with exact_float32(lo.device):
+        cache = RoundingCache()
+        bounds = intermediate_bounds(graph, lo, hi, "ibp", cache=cache)
+        ilo, ihi = spec_interval(graph, bounds, C, model_dtype)
+        D = _spec(graph, rows(ilo, ihi), lo.shape[0], lo.dtype, lo.device)
+        lam = D.reshape(D.shape[0], D.shape[1], *graph.output_shape)
+        res = lower_bound(graph, graph.output, lam, bounds, cache=cache)
+    return ilo, ihi, cast_down(res, model_dtype)

@@ -27,7 +27,7 @@ from verify.bounds.patches import concretize_patches, patch_chain, patch_pass, s
 from verify.graph import Graph
 from verify.ops.activation import Relu
 from verify.ops.base import Bounds
-from verify.rounding import F64, cast_down, cast_up, dot_error, down, gamma, magnitude, unit_roundoff
+from verify.rounding import F64, accounted, cast_down, cast_up, dot_error, down, gamma, magnitude, unit_roundoff
 
 MAX_ROWS = 2048  # spec rows per backward pass when bounding an intermediate node (memory cap)
 STOPPABLE_ROWS = 256  # the same with a stop() condition: checked often enough on networks with slow passes
@@ -74,6 +74,8 @@ def accumulated_error(graph: Graph, name: str, bounds: Mapping[str, Bounds], cac
     """``E_N = e_N + |op_N|(E_inputs)`` (module docstring): ``<|Lambda_N|, E_N>`` bounds the rounding allowances
     of ``N`` and every node upstream of it in a backward pass that reaches ``N`` with ``Lambda_N``. A node with
     several consumers also pays for the rounded sum of their contributions (``2 u a``)."""
+    if not accounted():  # training losses (verify.rounding.training_losses)
+        return None
     if cache.fan_out is None:
         cache.fan_out = {k for k, v in graph.consumers().items() if len(v) > 1}
     x_lo = bounds[graph.input_name][0]

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from verify.graph import Graph
 from verify.ops.base import Bounds, Op
-from verify.rounding import magnitude, widen
+from verify.rounding import accounted, magnitude, widen
 
 
 def allowance_args(op: Op, in_bounds: Sequence[Bounds]) -> list:
@@ -27,7 +27,7 @@ def allowance_args(op: Op, in_bounds: Sequence[Bounds]) -> list:
 def sound_interval(op: Op, in_bounds: Sequence[Bounds]) -> Bounds:
     """``op.interval`` widened by the op's rounding allowance (no-op for exact interval rules)."""
     lo, hi = op.interval(*in_bounds)
-    if op.interval_exact:
+    if op.interval_exact or not accounted():
         return lo, hi
     return widen(lo, hi, op.interval_radius(allowance_args(op, in_bounds)))
 
