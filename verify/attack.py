@@ -76,11 +76,12 @@ class AttackResult:
 class _Prop:
     """One property's box and stacked disjunct rows in the attack dtype."""
 
-    def __init__(self, index: int, prop: Property, n_in: int, n_out: int, dtype: torch.dtype):
+    def __init__(self, index: int, prop: Property, n_in: int, n_out: int, dtype: torch.dtype,
+                 device: torch.device):
         self.index, self.prop = index, prop
         self.lo_np, self.hi_np = prop.box.lo, prop.box.hi
-        self.lo = torch.tensor(prop.box.lo, dtype=dtype)
-        self.hi = torch.tensor(prop.box.hi, dtype=dtype)
+        self.lo = torch.tensor(prop.box.lo, dtype=dtype, device=device)
+        self.hi = torch.tensor(prop.box.hi, dtype=dtype, device=device)
         self.width = self.hi - self.lo
         self.n_disj = len(prop.disjuncts)
         ay, ax, b, owner = [], [], [], []
@@ -95,28 +96,28 @@ class _Prop:
                 ax.append(np.asarray(a_x, dtype=np.float64).reshape(-1, n_in))
                 b.append(np.asarray(bb, dtype=np.float64).reshape(-1))
                 owner.append(np.full(b[-1].shape[0], k, dtype=np.int64))
-        self.ay = torch.tensor(np.concatenate(ay), dtype=dtype)  # [R, n_out]
-        self.ax = torch.tensor(np.concatenate(ax), dtype=dtype) if has_mixed else None  # [R, n_in]
-        self.b = torch.tensor(np.concatenate(b), dtype=dtype)  # [R]
-        self.owner = torch.tensor(np.concatenate(owner))  # [R] disjunct of each row
+        self.ay = torch.tensor(np.concatenate(ay), dtype=dtype, device=device)  # [R, n_out]
+        self.ax = torch.tensor(np.concatenate(ax), dtype=dtype, device=device) if has_mixed else None  # [R, n_in]
+        self.b = torch.tensor(np.concatenate(b), dtype=dtype, device=device)  # [R]
+        self.owner = torch.tensor(np.concatenate(owner), device=device)  # [R] disjunct of each row
 
     def margins(self, x: Tensor, y: Tensor) -> Tensor:
         """``[B, K]``: ``m_k = max_i (A_k y - b_k)_i`` per disjunct (``-inf`` for a disjunct without rows)."""
         r = y @ self.ay.T - self.b
         if self.ax is not None:
             r = r + x @ self.ax.T
-        out = torch.full((x.shape[0], self.n_disj), -torch.inf, dtype=r.dtype)
+        out = torch.full((x.shape[0], self.n_disj), -torch.inf, dtype=r.dtype, device=r.device)
         return out.scatter_reduce(1, self.owner.expand(x.shape[0], -1), r, reduce="amax", include_self=True)
 
     def uniform(self, n: int, gen: torch.Generator) -> Tensor:
-        u = torch.rand(n, self.lo.shape[0], generator=gen, dtype=self.lo.dtype)
+        u = torch.rand(n, self.lo.shape[0], generator=gen, dtype=self.lo.dtype, device=self.lo.device)
         return self.lo + u * self.width
 
 
 class _Search:
     def __init__(self, graph: Graph, spec: VnnlibSpec, deadline: float, onnx_path: str | None, t0: float):
         self.graph, self.spec, self.deadline, self.onnx_path, self.t0 = graph, spec, deadline, onnx_path, t0
-        self.dtype = graph.dtype
+        self.dtype, self.device = graph.dtype, graph.device
         self.g64 = graph if self.dtype == torch.float64 else copy.deepcopy(graph).cast(torch.float64)
         self.fallback: AttackResult | None = None
         self.rejected = 0
@@ -130,9 +131,9 @@ class _Search:
     def confirm(self, p: _Prop, x: Tensor, phase: str) -> AttackResult | None:
         """Snap, re-check in float64 with the IR, then with onnxruntime. Returns an exact witness, stores a
         tolerance-only one in ``self.fallback``, returns ``None`` otherwise."""
-        xs = snap_into_box(x.detach().to(torch.float64).numpy(), p.lo_np, p.hi_np)
+        xs = snap_into_box(x.detach().to(torch.float64).cpu().numpy(), p.lo_np, p.hi_np)
         with torch.no_grad():
-            y64 = self.out(self.g64, torch.from_numpy(xs)[None]).reshape(-1).numpy()
+            y64 = self.out(self.g64, torch.from_numpy(xs)[None].to(self.device)).reshape(-1).cpu().numpy()
         if not any(d.holds(xs, y64) for d in p.prop.disjuncts) or not p.prop.box.contains(xs):
             self.rejected += 1
             return None
@@ -172,7 +173,8 @@ class _Search:
         pts = [((p.lo + p.hi) / 2)[None]]
         free = torch.nonzero(p.width > 0).reshape(-1).tolist()
         if special and 0 < len(free) <= _MAX_CORNER_DIMS:
-            bits = torch.tensor(list(itertools.product((0.0, 1.0), repeat=len(free))), dtype=self.dtype)
+            bits = torch.tensor(list(itertools.product((0.0, 1.0), repeat=len(free))), dtype=self.dtype,
+                                device=self.device)
             corners = p.lo.repeat(bits.shape[0], 1)
             corners[:, free] = p.lo[free] + bits * p.width[free]
             pts.append(corners)
@@ -206,12 +208,13 @@ class _Search:
         start's best point and union margin."""
         n = x0.shape[0]
         k = p.n_disj
-        target = torch.arange(n) % (k + 1) if k > 1 else torch.zeros(n, dtype=torch.long)
+        target = torch.arange(n, device=x0.device) % (k + 1) if k > 1 else torch.zeros(n, dtype=torch.long,
+                                                                                       device=x0.device)
         use_union = target == k
         tgt = target.clamp(max=k - 1)[:, None]
         decay = (1e-3) ** (1.0 / max(steps - 1, 1))
         x = x0.clone()
-        best_x, best_m = x0.clone(), torch.full((n,), torch.inf, dtype=x0.dtype)
+        best_x, best_m = x0.clone(), torch.full((n,), torch.inf, dtype=x0.dtype, device=x0.device)
         step = eta0.to(x0.dtype)[:, None] * p.width
         for _ in range(steps):
             if not self.time_left():
@@ -288,12 +291,12 @@ def _falsify(graph: Graph, spec: VnnlibSpec, t0: float, time_budget_s: float, re
              n_random: int | None) -> AttackResult | None:
     path = str(onnx_path) if onnx_path is not None else _default_onnx(graph)
     search = _Search(graph, spec, t0 + time_budget_s, path, t0)
-    props = [_Prop(i, pr, spec.n_inputs, spec.n_outputs, search.dtype)
+    props = [_Prop(i, pr, spec.n_inputs, spec.n_outputs, search.dtype, search.device)
              for i, pr in enumerate(spec.properties)]
     props = [p for p in props if p.n_disj > 0]
     if not props:
         return None
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=search.device).manual_seed(seed)  # on a GPU: another random stream
     n = max(spec.n_inputs, 1)
     n_random = int(min(16384, max(256, 4_000_000 // n))) if n_random is None else max(int(n_random), 0)
     # One screening round is a single forward pass with no time check: on large networks (a cGAN's 160k
@@ -318,14 +321,15 @@ def _falsify(graph: Graph, spec: VnnlibSpec, t0: float, time_budget_s: float, re
             # points (a different basin, often), and uniform random points
             starts = ex[:n_elite]
             if rnd > 0:
-                noise = torch.randn(starts.shape, generator=gen, dtype=starts.dtype)
+                noise = torch.randn(starts.shape, generator=gen, dtype=starts.dtype, device=starts.device)
                 starts = torch.minimum(torch.maximum(starts + 0.02 * p.width * noise, p.lo), p.hi)
                 starts = torch.cat([starts, sx[:n_elite]])
             n_rand = max(restarts - starts.shape[0], 0)
             x0 = torch.cat([starts, p.uniform(n_rand, gen)])
             # refine around good points with small first steps; explore from random ones with large steps
-            small = torch.tensor(_ELITE_STEPS, dtype=x0.dtype).repeat(starts.shape[0])[: starts.shape[0]]
-            eta0 = torch.cat([small, torch.full((n_rand,), _RANDOM_STEP, dtype=x0.dtype)])
+            small = torch.tensor(_ELITE_STEPS, dtype=x0.dtype, device=x0.device).repeat(starts.shape[0])
+            small = small[: starts.shape[0]]
+            eta0 = torch.cat([small, torch.full((n_rand,), _RANDOM_STEP, dtype=x0.dtype, device=x0.device)])
             res, bx, bm = search.pgd(p, x0, eta0, steps)
             if res is not None:
                 res.seconds = time.perf_counter() - t0

@@ -12,6 +12,7 @@ import torch
 from verify.errors import InputError
 
 DEVICE_HELP = "auto (a CUDA GPU when present, else the CPU; the default), cpu, cuda or cuda:N"
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -32,7 +33,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         if index and int(index) >= torch.cuda.device_count():
             raise InputError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) here")
         return torch.device(text)
-    raise InputError(f"unknown device {name!r}; choose {DEVICE_HELP}")
+    raise InputError(f"unknown device {name!r}; choose {DEVICE_CHOICES}")
 
 
 def device_arg(text: str) -> str:
@@ -40,7 +41,7 @@ def device_arg(text: str) -> str:
     t = text.strip().lower()
     if t in ("auto", "cpu", "cuda") or (t.startswith("cuda:") and t[5:].isdigit()):
         return t
-    raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose {DEVICE_HELP}")
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose {DEVICE_CHOICES}")
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ def difficulty(onnx_path: str | Path, vnnlib_path: str | Path, seed: int = 0, ca
         for prop in spec.properties:
             rows = RowSpec.from_property(prop, graph.input_numel, graph.output_numel)
             lo, hi = outward_box(prop.box.lo, prop.box.hi, F64)
-            x = lo + (hi - lo) * torch.rand(SAMPLES, lo.numel(), generator=gen, dtype=F64)
+            x = lo + (hi - lo) * torch.rand(SAMPLES, lo.numel(), generator=gen, dtype=F64, device=lo.device)
             y = g64(x.reshape(SAMPLES, *g64.input_shape)).reshape(SAMPLES, -1)
             if bool(rows.violated(x, y).any()):
                 return 0.0  # the attack phase ends it

@@ -39,7 +39,7 @@ def check_against_onnxruntime(graph: Graph, onnx_path: str | os.PathLike, points
     """Raise ``ModelError`` naming the largest deviation when the IR and onnxruntime disagree at ``points``
     (float64 ``[N, n]``, cast to the model's input precision first); returns the largest deviation seen."""
     dtype = graph.dtype
-    x = torch.as_tensor(points).to(dtype)  # the points the model really sees
+    x = torch.as_tensor(points, device=graph.device).to(dtype)  # the points the model really sees
     with torch.no_grad():
         ours = graph(x.reshape(-1, *graph.input_shape)).reshape(x.shape[0], -1).double()
         env = intermediate_bounds(graph, x.reshape(-1, *graph.input_shape), x.reshape(-1, *graph.input_shape),
@@ -47,7 +47,7 @@ def check_against_onnxruntime(graph: Graph, onnx_path: str | os.PathLike, points
         width = (env[1] - env[0]).reshape(x.shape[0], -1).double()
     worst = 0.0
     for k in range(x.shape[0]):
-        ref = torch.as_tensor(run_onnxruntime(onnx_path, x[k].double().numpy()))
+        ref = torch.as_tensor(run_onnxruntime(onnx_path, x[k].double().cpu().numpy()), device=x.device)
         if ref.numel() != ours.shape[1]:
             raise ModelError(f"{onnx_path}: onnxruntime gives {ref.numel()} outputs, the IR {ours.shape[1]}")
         if not bool(torch.isfinite(ref).all()):

@@ -29,6 +29,7 @@ from verify.bab.input_split import input_split_bab
 from verify.bounds.alpha import alpha_crown_lower
 from verify.bounds.crown import intermediate_bounds
 from verify.counterexample import snap_into_box, validate_counterexample
+from verify.device import exact_float32, resolve_device
 from verify.errors import ShapeError, UnboundedError
 from verify.frontends.onnx_frontend import load_onnx
 from verify.graph import Graph
@@ -63,13 +64,14 @@ class _CexChecker:
         self.found: tuple[np.ndarray, np.ndarray] | None = None
 
     def __call__(self, cands: torch.Tensor) -> np.ndarray | None:
+        cands = cands.to(self.graph.device)
         with torch.no_grad():
             y = self.graph(cands.to(self.graph.dtype).reshape(-1, *self.graph.input_shape))
             y = y.reshape(cands.shape[0], -1)
             margin = self.rows.group_max(self.rows.values(cands.reshape(cands.shape[0], -1), y)).min(1).values
         order = margin.argsort()[:8]
         for i in order[margin[order] <= 1e-4]:
-            x = snap_into_box(cands[i].double().numpy(), self.lo, self.hi)
+            x = snap_into_box(cands[i].double().cpu().numpy(), self.lo, self.hi)
             v = validate_counterexample(self.onnx_path, self.spec, x)
             if v.ok:
                 self.found = (x, v.y)
@@ -106,19 +108,23 @@ CROWN_SHARE = 0.25
 def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float = 60.0, seed: int = 0,
                     attack_budget: float | None = None, alpha_iterations: int = 20,
                     num_threads: int | None = None, workers: int | None = None,
-                    precision: str = "float64") -> VerifyResult:
+                    precision: str = "float64", device: str | torch.device | None = None) -> VerifyResult:
     """Decide one instance. Raises ``ClarkeError`` subclasses for bad input (the CLI maps them to ``error``).
 
     ``num_threads``: torch threads while verifying (restored after). Default: 1 for networks under a
     million weights, where intra-op threads cost more in synchronisation than they give (measured
     up to 30x slower input-split BaB with 2 threads on a busy 2-core machine), else torch's setting.
     ``workers``: processes for the MIP refinement of intermediate bounds (default: every core available).
-    ``precision``: arithmetic of the bound computations (``verify.rounding.PRECISIONS``); sound either way."""
+    ``precision``: arithmetic of the bound computations (``verify.rounding.PRECISIONS``); sound either way.
+    ``device`` (``auto``, ``cpu``, ``cuda[:N]``; ``verify.device``): where the attack, the bounds and the split
+    searches run (default: the CPU); the model check, onnxruntime and the MIP solvers stay on the CPU."""
     old = torch.get_num_threads()
     t0 = time.perf_counter()
     try:
-        return _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iterations, num_threads,
-                       workers or available_cores(), precision)
+        target = resolve_device(device) if device is not None else torch.device("cpu")
+        with exact_float32(target):
+            return _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iterations, num_threads,
+                           workers or available_cores(), precision, target)
     except UnboundedError as e:  # a quotient without bounds on this box: nothing can be proved about it
         log.info("unknown: %s", e)
         return VerifyResult("unknown", time.perf_counter() - t0, stage="bounds", message=str(e))
@@ -132,7 +138,7 @@ def available_cores() -> int:
 
 
 def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iterations, num_threads,
-            workers, precision) -> VerifyResult:
+            workers, precision, device: torch.device) -> VerifyResult:
     t0 = time.perf_counter()
     # Leave room to write the result: answer `timeout` before the limit, never after it.
     deadline = Deadline(max(0.0, 0.97 * timeout - 0.3))
@@ -143,7 +149,8 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
         raise ShapeError(f"{vnnlib_path}: {spec.n_inputs} inputs, model has {graph.input_numel}")
     check_against_onnxruntime(graph, onnx_path, sample_points([(p.box.lo, p.box.hi) for p in spec.properties],
                                                               seed=seed))
-    bgraph = graph.with_dtype(bound_dtype(graph.dtype, precision))  # bounds, rounding paid
+    bgraph = graph.with_dtype(bound_dtype(graph.dtype, precision)).to(device)  # bounds, rounding paid
+    graph = graph.to(device)
     if num_threads is None:
         n_params = sum(t.numel() for n in graph.nodes for t in n.op.tensors().values())
         num_threads = 1 if n_params < SMALL_NETWORK_PARAMS else torch.get_num_threads()
@@ -153,11 +160,11 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
         return VerifyResult(status, time.perf_counter() - t0, x, y, stage, validated=None if x is None else True,
                             stats=stats)
 
-    props = [(p, RowSpec.from_property(p, graph.input_numel, graph.output_numel)) for p in spec.properties]
+    props = [(p, RowSpec.from_property(p, graph.input_numel, graph.output_numel, device)) for p in spec.properties]
     log.info("phase crown: %d propert%s, timeout %.1f s", len(props), "y" if len(props) == 1 else "ies", timeout)
     open_props, stages = [], []
     for prop, rows in props:  # CROWN first: milliseconds, and it settles easy instances before any attack
-        lo, hi = outward_box(prop.box.lo, prop.box.hi, bgraph.dtype)
+        lo, hi = outward_box(prop.box.lo, prop.box.hi, bgraph.dtype, device)
         proved, stage = _root_verified(bgraph, rows, lo, hi, deadline, alpha_iterations=0)
         (stages.append(stage) if proved else open_props.append((prop, rows, lo, hi)))
     if not open_props:
@@ -237,14 +244,19 @@ def _relu_bab(graph, rows, lo, hi, deadline, checker, bab_first: float = BAB_FIR
         return res
     from verify.mip_refine import refine_bounds
     log.info("phase MIP refinement of intermediate bounds: %d workers, %.1f s", workers, REFINE_SHARE * deadline.left())
+    # the solvers (and the race's MIP processes) read numpy arrays: this part runs on the CPU
+    device, cpu = lo.device, torch.device("cpu")
+    graph, rows, lo, hi = graph.to(cpu), rows.to(cpu), lo.to(cpu), hi.to(cpu)
+    root_bounds, root_lower = _bounds_to(root_bounds, cpu), root_lower.to(cpu)
     ref = refine_bounds(graph, rows, lo, hi, root_bounds, Deadline(REFINE_SHARE * deadline.left()),
                         max_neurons=REFINE_NEURONS_PER_WORKER * workers, workers=workers, lower=root_lower)
     log.debug("MIP refinement: %s after %d solves in %.1f s, worst margin %.4f", ref.stopped, ref.solves,
               ref.seconds, float(rows.group_max(ref.lower).min()))
     if rows.proved(ref.lower):
         return BabResult("unsat", domains=res.domains, stats={"refined": ref.solves})
-    if ref.stopped == "too large":  # no exact MIP of the whole network either
-        res2 = relu_split_bab(graph, rows, lo, hi, deadline, checker, root_bounds=ref.bounds, root_lower=ref.lower)
+    if ref.stopped == "too large":  # no exact MIP of the whole network either: the split search, on the device
+        res2 = relu_split_bab(graph.to(device), rows.to(device), lo.to(device), hi.to(device), deadline, checker,
+                              root_bounds=_bounds_to(ref.bounds, device), root_lower=ref.lower.to(device))
     else:  # BaB from the refined root (easiest disjuncts first) races exact MIPs over the refined bounds (hardest)
         from verify.bab.race import race_disjuncts
         log.info("phase race: split search against exact MIPs of the open disjuncts, %.1f s left", deadline.left())
@@ -252,6 +264,10 @@ def _relu_bab(graph, rows, lo, hi, deadline, checker, bab_first: float = BAB_FIR
                               workers=max(1, workers - 1))
     return BabResult(res2.status, x=res2.x, domains=res.domains + res2.domains,
                      stats={**res2.stats, "refined": ref.solves})
+
+
+def _bounds_to(bounds: dict, device: torch.device) -> dict:
+    return {k: (v[0].to(device), v[1].to(device)) for k, v in bounds.items()}
 
 
 def _refinable(graph: Graph) -> bool:

@@ -128,12 +128,12 @@ def cast_box(lo: Tensor, hi: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor
     return cast_down(lo, dtype), cast_up(hi, dtype)
 
 
-def outward_box(lo, hi, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def outward_box(lo, hi, dtype: torch.dtype, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """A box in ``dtype`` containing the real box whose float64 reading is ``[lo, hi]``: each end widened by
     one float64 ulp (a decimal read to the nearest double, or ``x0 -+ eps`` rounded once, may lie on either
     side of it), then cast outward."""
-    lo64 = down(torch.as_tensor(lo, dtype=F64))
-    hi64 = up(torch.as_tensor(hi, dtype=F64))
+    lo64 = down(torch.as_tensor(lo, dtype=F64, device=device))
+    hi64 = up(torch.as_tensor(hi, dtype=F64, device=device))
     return cast_box(lo64, hi64, dtype)
 
 

@@ -31,8 +31,8 @@ class RowSpec:
     n_groups: int
 
     @classmethod
-    def from_property(cls, prop: Property, n_in: int, n_out: int) -> RowSpec:
-        """The property's rows, in float64 (module docstring)."""
+    def from_property(cls, prop: Property, n_in: int, n_out: int, device: torch.device | str = "cpu") -> RowSpec:
+        """The property's rows, in float64 (module docstring), on ``device``."""
         Cs, Axs, bs, groups = [], [], [], []
         any_mixed = False
         for d, dj in enumerate(prop.disjuncts):
@@ -47,15 +47,22 @@ class RowSpec:
                 bs.append(bm)
                 groups += [d] * ay.shape[0]
                 any_mixed = True
-        C = torch.tensor(np.concatenate(Cs).reshape(-1, n_out), dtype=F64)
-        Ax = torch.tensor(np.concatenate(Axs).reshape(-1, n_in), dtype=F64) if any_mixed else None
-        return cls(C, Ax, torch.tensor(np.concatenate(bs), dtype=F64), torch.tensor(groups), len(prop.disjuncts))
+        C = torch.tensor(np.concatenate(Cs).reshape(-1, n_out), dtype=F64, device=device)
+        Ax = torch.tensor(np.concatenate(Axs).reshape(-1, n_in), dtype=F64, device=device) if any_mixed else None
+        return cls(C, Ax, torch.tensor(np.concatenate(bs), dtype=F64, device=device),
+                   torch.tensor(groups, device=device), len(prop.disjuncts))
+
+    def to(self, device: torch.device | str) -> RowSpec:
+        """The same rows on ``device``."""
+        return RowSpec(self.C.to(device), None if self.Ax is None else self.Ax.to(device), self.b.to(device),
+                       self.group.to(device), self.n_groups)
 
     def subset(self, groups: list[int]) -> RowSpec:
         """The rows of the given disjuncts only, renumbered ``0..len(groups)-1`` in that order."""
         keep = torch.cat([(self.group == d).nonzero().flatten() for d in groups])
         new_id = {d: i for i, d in enumerate(groups)}
-        group = torch.tensor([new_id[int(d)] for d in self.group[keep]], dtype=self.group.dtype)
+        group = torch.tensor([new_id[int(d)] for d in self.group[keep]], dtype=self.group.dtype,
+                             device=self.group.device)
         return RowSpec(self.C[keep], None if self.Ax is None else self.Ax[keep], self.b[keep], group, len(groups))
 
     def values(self, x: Tensor, y: Tensor) -> Tensor:
@@ -72,7 +79,7 @@ class RowSpec:
 
     def group_max(self, rows: Tensor) -> Tensor:
         """Max over the rows of each disjunct: ``[N, R] -> [N, D]``."""
-        out = torch.full((rows.shape[0], self.n_groups), float("-inf"), dtype=rows.dtype)
+        out = torch.full((rows.shape[0], self.n_groups), float("-inf"), dtype=rows.dtype, device=rows.device)
         return out.scatter_reduce(1, self.group.expand(rows.shape[0], -1), rows, reduce="amax")
 
     def proved(self, lower: Tensor) -> bool:
@@ -119,7 +126,7 @@ def _project_simplex(v: Tensor) -> Tensor:
     """Euclidean projection of each row of ``v [N, k]`` onto the probability simplex (Duchi et al., 2008)."""
     u = v.sort(1, descending=True).values
     css = u.cumsum(1) - 1
-    k = torch.arange(1, v.shape[1] + 1, dtype=v.dtype)
+    k = torch.arange(1, v.shape[1] + 1, dtype=v.dtype, device=v.device)
     cond = u - css / k > 0
     rho = cond.to(v.dtype).cumsum(1).argmax(1, keepdim=True)
     theta = css.gather(1, rho) / (rho + 1).to(v.dtype)
@@ -150,7 +157,7 @@ def combined_margins(spec: RowSpec, lb: Tensor, lam_x: Tensor, x_lo: Tensor, x_h
         mass = lam.abs() @ a_x.unsqueeze(-1)  # [N, k, 1]
         c = down(lb[:, rows].double() - mins.sum(-1) - g * mass.squeeze(-1))  # [N, k], below the true constants
         mu = torch.nn.functional.one_hot(lb[:, rows].argmax(1), rows.numel()).double()
-        best = torch.full((lb.shape[0],), -torch.inf, dtype=torch.float64)
+        best = torch.full((lb.shape[0],), -torch.inf, dtype=torch.float64, device=lb.device)
         step = 0.5
         for _ in range(iterations):
             a = (mu.unsqueeze(-1) * lam).sum(1)  # [N, n]

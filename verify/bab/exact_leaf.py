@@ -23,12 +23,13 @@ from verify.spec import RowSpec
 
 def unstable_relus(graph: Graph, bounds: dict[str, tuple[Tensor, Tensor]], n_boxes: int) -> Tensor:
     """Number of ReLUs with ``l < 0 < u`` in each box: ``[N]``."""
-    count = torch.zeros(n_boxes, dtype=torch.long)
+    count = None
     for n in graph.nodes:
         if isinstance(n.op, Relu):
             lo, hi = bounds[n.inputs[0]]
-            count += ((lo < 0) & (hi > 0)).reshape(n_boxes, -1).sum(1)
-    return count
+            k = ((lo < 0) & (hi > 0)).reshape(n_boxes, -1).sum(1)
+            count = k if count is None else count + k
+    return count if count is not None else torch.zeros(n_boxes, dtype=torch.long)
 
 
 class ExactLeaves:
@@ -36,16 +37,16 @@ class ExactLeaves:
     matrices across boxes (thousands of leaves: set-up, not the solve, would dominate otherwise)."""
 
     def __init__(self, graph: Graph, spec: RowSpec, check: CexCheck):
-        self.graph, self.check = _float64_copy(graph), check
+        self.graph, self.check = _float64_copy(graph.to("cpu")), check  # the solvers read numpy arrays
         self.cache: dict = {}
         self.count = 0
         # Per disjunct, its rows as float64 arrays (A f(x) + A_x x <= b): the same for every box.
         self.disjuncts = []
         for d in range(spec.n_groups):
             rows = (spec.group == d).nonzero().flatten()
-            self.disjuncts.append((spec.C[rows].double().numpy(),
-                                   None if spec.Ax is None else spec.Ax[rows].double().numpy(),
-                                   spec.b[rows].double().numpy()))
+            self.disjuncts.append((spec.C[rows].double().cpu().numpy(),
+                                   None if spec.Ax is None else spec.Ax[rows].double().cpu().numpy(),
+                                   spec.b[rows].double().cpu().numpy()))
 
     def decide(self, lo: Tensor, hi: Tensor, open_groups: list[int], time_limit: float
                ) -> tuple[str, np.ndarray | None]:
@@ -53,13 +54,13 @@ class ExactLeaves:
         counterexample, else ``("open", None)`` (timeout, solver trouble, or an unconfirmed witness)."""
         self.count += 1
         try:
-            enc = encode(self.graph, lo.double().numpy(), hi.double().numpy(), linear_cache=self.cache)
+            enc = encode(self.graph, lo.double().cpu().numpy(), hi.double().cpu().numpy(), linear_cache=self.cache)
             for d in open_groups:
                 A, A_x, b = self.disjuncts[d]
                 v = mip_verify(self.graph, None, None, A, b, timeout=time_limit, A_x=A_x, crown_check=False,
                                encoding=enc, light=True)
                 if v.status == "sat" and v.x is not None:
-                    x = self.check(torch.as_tensor(v.x, dtype=torch.float32).reshape(1, -1))
+                    x = self.check(torch.as_tensor(v.x, dtype=torch.float32, device="cpu").reshape(1, -1))
                     return ("sat", x) if x is not None else ("open", None)
                 if v.status != "unsat":
                     return "open", None

@@ -46,7 +46,7 @@ def _split(lo: Tensor, hi: Tensor, lam_row: Tensor, root_width: Tensor, balance:
     score = lam_row.abs() * width
     score = torch.where(width > 0, score + 1e-12 * width, torch.full_like(score, -1.0))
     dim = score.argmax(1)
-    idx = torch.arange(lo.shape[0])
+    idx = torch.arange(lo.shape[0], device=lo.device)
     widest = rel.argmax(1)
     starved = rel[idx, dim] * balance < rel[idx, widest]
     dim = torch.where(starved, widest, dim)
@@ -63,10 +63,11 @@ def _dense_functions(graph: Graph, functions: dict, n_boxes: int) -> Functions:
     n = graph.input_numel
     for name, chunks in functions.items():
         numel = int(torch.Size(graph.shape_of(name)).numel())
-        dtype, kdtype = chunks[0][1].dtype, chunks[0][2].dtype
-        A_lo, A_up = torch.zeros(n_boxes, numel, n, dtype=dtype), torch.zeros(n_boxes, numel, n, dtype=dtype)
-        c_lo = torch.full((n_boxes, numel), float("-inf"), dtype=kdtype)
-        c_up = torch.full((n_boxes, numel), float("inf"), dtype=kdtype)
+        dtype, kdtype, dev = chunks[0][1].dtype, chunks[0][2].dtype, chunks[0][1].device
+        A_lo = torch.zeros(n_boxes, numel, n, dtype=dtype, device=dev)
+        A_up = torch.zeros(n_boxes, numel, n, dtype=dtype, device=dev)
+        c_lo = torch.full((n_boxes, numel), float("-inf"), dtype=kdtype, device=dev)
+        c_up = torch.full((n_boxes, numel), float("inf"), dtype=kdtype, device=dev)
         for rows, lam_x, kappa in chunks:
             r = rows.numel()
             A_lo[:, rows], c_lo[:, rows] = lam_x[:, :r], kappa[:, :r]
@@ -138,9 +139,9 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
         batch = int(max(32, min(batch_max, min(1.0, left / 4) / per_domain)))
         L, H, funcs, age = stack.pop()
         if L.shape[0] > batch:  # process the top part, keep the rest
-            stack.append((L[batch:], H[batch:], _take(funcs, torch.arange(batch, L.shape[0])), age))
+            stack.append((L[batch:], H[batch:], _take(funcs, torch.arange(batch, L.shape[0], device=L.device)), age))
             L, H = L[:batch], H[:batch]
-            funcs = _take(funcs, torch.arange(batch))
+            funcs = _take(funcs, torch.arange(batch, device=L.device))
         visited += L.shape[0]
         t0 = time.perf_counter()
         fresh = funcs is None or age % refresh == 0
@@ -162,14 +163,14 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
         worst = margins.argmin(1)
         in_worst = spec.group.unsqueeze(0) == worst.unsqueeze(1)
         row = torch.where(in_worst, lb, torch.full_like(lb, -torch.inf)).argmax(1)
-        idx = torch.arange(L.shape[0])
+        idx = torch.arange(L.shape[0], device=L.device)
         corner = minimizers(lam_x, L, H)[idx, row]
         x = check(torch.cat([(L + H) / 2, corner]))
         if x is not None:
             return BabResult("sat", x=x, domains=visited)
         if leaves is not None and time.perf_counter() - t_start >= leaf_patience:
             few = unstable_relus(graph, bounds, open_.numel())[keep] <= exact_leaves
-            undecided = torch.ones(L.shape[0], dtype=torch.bool)
+            undecided = torch.ones(L.shape[0], dtype=torch.bool, device=L.device)
             for i in few.nonzero().flatten().tolist():
                 if deadline.left() < leaf_time:
                     break
@@ -182,7 +183,7 @@ def input_split_bab(graph: Graph, spec: RowSpec, lo: Tensor, hi: Tensor, deadlin
                 keep2 = undecided.nonzero().flatten()
                 L, H, lb, lam_x, margins, row = L[keep2], H[keep2], lb[keep2], lam_x[keep2], margins[keep2], row[keep2]
                 funcs = _take(funcs, keep2)
-                idx = torch.arange(L.shape[0])
+                idx = torch.arange(L.shape[0], device=L.device)
                 if not L.shape[0]:
                     continue
         if visited > max_domains:

@@ -125,7 +125,7 @@ def race_disjuncts(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: 
 def _confirmed_witness(witnesses, check: CexCheck) -> np.ndarray | None:
     """The first MIP witness that ``check`` (onnxruntime) confirms, if any arrived."""
     while not witnesses.empty():
-        x = check(torch.as_tensor(witnesses.get(), dtype=torch.float32).reshape(1, -1))
+        x = check(torch.as_tensor(witnesses.get(), dtype=torch.float32, device="cpu").reshape(1, -1))
         if x is not None:
             return x
     return None

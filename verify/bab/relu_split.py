@@ -60,7 +60,8 @@ class ReluBab:
         self.x_hi = hi.reshape(1, *graph.input_shape)
         self.relus = [n for n in graph.nodes if isinstance(n.op, Relu)]
         self.pre = [n.inputs[0] for n in self.relus]  # split nodes (ReLU inputs)
-        self.layer_sizes = torch.tensor([int(torch.Size(graph.shape_of(n)).numel()) for n in self.pre])
+        self.layer_sizes = torch.tensor([int(torch.Size(graph.shape_of(n)).numel()) for n in self.pre],
+                                        device=lo.device)
         self.layer_ends = self.layer_sizes.cumsum(0)
         self.keep = graph.bounded_nodes()  # per-domain bounds; the input box is shared, not stored per domain
         self.iterations, self.lr_alpha, self.lr_beta = iterations, lr_alpha, lr_beta
@@ -75,7 +76,8 @@ class ReluBab:
         g, rows = self.graph, self.rows
         b = splits[self.pre[0]].shape[0] if self.pre else bounds[g.input_name][0].shape[0]
         bounds = dict(bounds)
-        feasible = torch.ones(b, dtype=torch.bool)
+        dev = bounds[g.input_name][0].device
+        feasible = torch.ones(b, dtype=torch.bool, device=dev)
         for name in self.pre:
             lo, hi = apply_splits(*bounds[name], splits[name])
             gap = (lo - hi).reshape(b, -1)
@@ -96,12 +98,12 @@ class ReluBab:
             if bool(splits[name].any()):
                 key = "beta:" + name
                 v = warm[key].clone() if warm is not None and key in warm else torch.zeros(
-                    b, r, *bounds[name][0].shape[1:], dtype=bounds[name][0].dtype)
+                    b, r, *bounds[name][0].shape[1:], dtype=bounds[name][0].dtype, device=dev)
                 betas[name] = v.requires_grad_(True)
         params = list(alphas.values()) + list(betas.values())
         opt_a = _Adam(list(alphas.values()), self.lr_alpha, 0.98)
         opt_b = _Adam(list(betas.values()), self.lr_beta, 0.98) if betas else None
-        best = torch.full((b, r), float("-inf"))
+        best = torch.full((b, r), float("-inf"), device=dev)
         best_lam_x = None
         record = {n.name: None for n in self.relus}
         for it in range(self.iterations + 1):
@@ -131,13 +133,13 @@ class ReluBab:
         for name in self.pre:  # every key always present: pools of different batches concatenate
             v = betas.get(name)
             state["beta:" + name] = v.detach() if v is not None else torch.zeros(
-                b, r, *bounds[name][0].shape[1:], dtype=bounds[name][0].dtype)
+                b, r, *bounds[name][0].shape[1:], dtype=bounds[name][0].dtype, device=dev)
         return best, best_lam_x, feasible, {"lam_h": lam_h, "bounds": bounds, "warm": state}
 
     def babsr_scores(self, bounds: dict, splits: dict[str, Tensor], lam_h: dict, row: Tensor) -> Tensor:
         """BaBSR scores of every ReLU, layers concatenated: ``[B, total]``, -1 where not splittable."""
         b = row.shape[0]
-        ar = torch.arange(b)
+        ar = torch.arange(b, device=row.device)
         out = []
         for relu, name in zip(self.relus, self.pre, strict=True):
             lo, hi = bounds[name]
@@ -196,7 +198,8 @@ def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Dead
     bab = ReluBab(graph, rows, lo, hi, iterations=iterations)
     x_lo, x_hi = bab.x_lo, bab.x_hi
     root_bounds = {k: root_bounds[k] for k in bab.keep}
-    splits = {name: torch.zeros(1, *graph.shape_of(name), dtype=torch.int8) for name in bab.pre}
+    dev = lo.device
+    splits = {name: torch.zeros(1, *graph.shape_of(name), dtype=torch.int8, device=dev) for name in bab.pre}
     visited = 0
     found: list = []
 
@@ -211,13 +214,13 @@ def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Dead
         if not open_.any():
             return _Domains({k: (v[0][:0], v[1][:0]) for k, v in bounds.items()},
                             {k: v[:0] for k, v in splits.items()}, margins.min(1).values[:0],
-                            torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                            torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.long, device=dev),
                             {k: v[:0] for k, v in extra["warm"].items()})
         keep = open_.nonzero().flatten()
         worst = margins[keep].argmin(1)
         in_worst = rows.group.unsqueeze(0) == worst.unsqueeze(1)
         row = torch.where(in_worst, lb[keep], torch.full_like(lb[keep], -torch.inf)).argmax(1)
-        ar = torch.arange(keep.numel())
+        ar = torch.arange(keep.numel(), device=dev)
         corner = minimizers(lam_x[keep], x_lo.reshape(1, -1).expand(keep.numel(), -1),
                             x_hi.reshape(1, -1).expand(keep.numel(), -1))[ar, row]
         x = check(corner)
@@ -271,7 +274,7 @@ def _bab_one(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, deadline: Dead
             flat = s.reshape(2 * k, -1)
             mask = torch.cat([parents.branch_node, parents.branch_node]) == j
             idx = torch.cat([parents.branch_idx, parents.branch_idx])
-            val = torch.cat([torch.ones(k, dtype=torch.int8), -torch.ones(k, dtype=torch.int8)])
+            val = torch.cat([torch.ones(k, dtype=torch.int8, device=dev), -torch.ones(k, dtype=torch.int8, device=dev)])
             rows_ = mask.nonzero().flatten()
             flat[rows_, idx[rows_]] = val[rows_]
             child_splits[name] = flat.reshape(s.shape)

@@ -22,6 +22,7 @@ from verify.cli.common import (
     region_from_args,
 )
 from verify.cluster import CLUSTER_HELP, DEFAULT_RETRIES, cluster_arg
+from verify.device import device_arg, resolve_device
 
 log = logging.getLogger("verify.cli.lipschitz")
 
@@ -53,6 +54,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box", nargs=2, metavar=("LO.npy", "HI.npy"), help="explicit input box")
     p.add_argument("--timeout", type=positive_float, default=10.0, help="seconds for bab / mip, > 0 (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="where the attack, the bounds and the split search run: cpu (the default), auto (a CUDA GPU "
+                        "when present), cuda or cuda:N; MIP, LipSDP and LP steps use the CPU")
     add_verbosity(p)
 
 
@@ -104,12 +108,13 @@ def run_lipschitz(args: argparse.Namespace) -> int:
     elif args.retries is not None and args.cluster is None:
         raise CliError("--retries goes with --cluster")
     graph = load_onnx(args.model)
+    resolve_device(args.device)  # a missing GPU is one line, before any work
     if args.centers is not None:
         return _run_batch(args, graph)
     lo, hi = _box(args, graph.input_numel)
     log.info("%s bound over the box (timeout %g s)", args.method, args.timeout)
     res = lipschitz(graph, lo, hi, outputs=args.output, method=args.method, timeout=args.timeout,
-                    attack=not args.no_attack)
+                    attack=not args.no_attack, device=args.device)
     if args.no_attack:  # no attained value: the trivial lower bound of a norm (-inf is not a number to print)
         res.lower = max(res.lower, 0.0)
         for p in res.per_output:
@@ -159,11 +164,15 @@ def _run_batch(args: argparse.Namespace, graph) -> int:
     if args.cluster is not None:
         from verify.lipschitz.cluster import lipschitz_batch_cluster
 
+        if args.device != "cpu":
+            raise CliError("--device goes without --cluster (the cluster's workers compute on their CPUs)")
+
         res = lipschitz_batch_cluster(args.model, lo, hi, args.cluster, outputs=args.output, method=args.method,
                                       timeout=args.timeout,
                                       retries=DEFAULT_RETRIES if args.retries is None else args.retries)
     else:
-        res = lipschitz_batch(graph, lo, hi, outputs=args.output, method=args.method, timeout=args.timeout)
+        res = lipschitz_batch(graph, lo, hi, outputs=args.output, method=args.method, timeout=args.timeout,
+                              device=args.device)
     check_finite("Lipschitz upper bound", res.per_output.numpy())
     if args.json:
         out = res.to_json()
@@ -181,10 +190,11 @@ def run_monotonicity(args: argparse.Namespace) -> int:
     from verify.lipschitz.api import monotonicity
 
     graph = load_onnx(args.model)
+    resolve_device(args.device)
     lo, hi = _box(args, graph.input_numel)
     log.info("sign of d f_%d / d x_%d over the box (timeout %g s)", args.output, args.feature, args.timeout)
     res = monotonicity(graph, lo, hi, feature=args.feature, output=args.output, direction=args.direction,
-                       timeout=args.timeout)
+                       timeout=args.timeout, device=args.device)
     check_finite("derivative bound", [res.lower, res.upper])
     if res.counterexample is not None:
         check_finite("counterexample", [*res.counterexample, res.gradient])

@@ -26,6 +26,7 @@ from verify.cli.common import (
     write_atomic,
 )
 from verify.cluster import CLUSTER_HELP, DEFAULT_RETRIES, cluster_arg
+from verify.device import device_arg
 
 log = logging.getLogger("verify.cli.verify")
 MAX_PROCESSES = 512  # --jobs / --workers: beyond any machine we run on; a typo must not fork thousands
@@ -66,6 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help="after the status line, print one JSON object: status, seconds, stage, counterexample")
     p.add_argument("--seed", type=seed_int, default=0, help="random seed of the attacks (default 0)")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="where the attack, the bounds and the split searches run: cpu (the default), auto (a CUDA "
+                        "GPU when present), cuda or cuda:N; the model check, onnxruntime and MIP solvers use the CPU")
     p.add_argument("--workers", type=number(int, 0, MAX_PROCESSES), default=0,
                    help="processes for the MIP refinement of intermediate bounds on hard ReLU networks "
                         "(default 0: every core; with --instances, the cores divided among the --jobs)")
@@ -110,7 +114,7 @@ def run_single(args: argparse.Namespace) -> int:
         if not args.model or not args.spec:
             raise CliError("give MODEL.onnx and SPEC.vnnlib, or --instances CSV")
         res = verify_instance(args.model, args.spec, timeout=args.timeout, seed=args.seed,
-                              workers=args.workers or None)
+                              workers=args.workers or None, device=args.device)
         text = format_result(res.status, res.x, res.y)
         if args.result_file:
             write_atomic(args.result_file, text)
@@ -131,13 +135,13 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _one(job: tuple[str, str, float, int, int]) -> dict:
-    onnx, vnnlib, timeout, seed, workers = job
+def _one(job: tuple[str, str, float, int, int, str]) -> dict:
+    onnx, vnnlib, timeout, seed, workers, device = job
     from verify.errors import ClarkeError
     from verify.pipeline import verify_instance
     t0 = time.perf_counter()
     try:
-        res = verify_instance(onnx, vnnlib, timeout=timeout, seed=seed, workers=workers)
+        res = verify_instance(onnx, vnnlib, timeout=timeout, seed=seed, workers=workers, device=device)
         d = _result_dict(res)
         d["validated"] = "" if res.x is None else "yes"
     except (ClarkeError, ValueError) as e:
@@ -151,13 +155,13 @@ def _one(job: tuple[str, str, float, int, int]) -> dict:
 
 
 def verify_task(onnx: str, onnx_data: bytes, vnnlib: str, vnnlib_data: bytes, timeout: float, seed: int,
-                workers: int) -> dict:
+                workers: int, device: str = "cpu") -> dict:
     """One instance on a cluster worker: the shipped files on local disk, then :func:`_one`; messages name the
     user's paths."""
     from verify.cluster import materialized, restore_paths
 
     with materialized({onnx: onnx_data, vnnlib: vnnlib_data}) as local:
-        d = _one((local[onnx], local[vnnlib], timeout, seed, workers))
+        d = _one((local[onnx], local[vnnlib], timeout, seed, workers, device))
     if d.get("message"):
         d["message"] = restore_paths(d["message"], local)
     return d
@@ -180,9 +184,9 @@ def _run_on_cluster(ray, args: argparse.Namespace, jobs: dict[int, tuple], names
     jobs = {i: j for i, j in jobs.items() if i not in missing}
     files = ship(ray, [p for j in jobs.values() for p in j[:2]])
     scores = _probe(jobs) if (args.order or "probe") == "probe" else {}
-    tasks = [Job(i, verify_task, (o, files[o], v, files[v], t, seed, cpus), expected_seconds=t,
+    tasks = [Job(i, verify_task, (o, files[o], v, files[v], t, seed, cpus, device), expected_seconds=t,
                  tiebreak=scores.get(i, 0.0), num_cpus=cpus, deadline=hard_deadline(t), name=names[i])
-             for i, (o, v, t, seed, _) in jobs.items()]
+             for i, (o, v, t, seed, _, device) in jobs.items()]
 
     def done(job: Job, res) -> None:
         if isinstance(res, Failure):
@@ -376,7 +380,7 @@ def run_instances(args: argparse.Namespace) -> int:
     todo = [i for i, (o, v, _) in enumerate(rows) if (o, v) not in done]
     if done:
         log.info("resuming: %d of %d instances already in %s", len(done), len(rows), args.report)
-    jobs = {i: (str(base / rows[i][0]), str(base / rows[i][1]), rows[i][2] * scale, args.seed, workers)
+    jobs = {i: (str(base / rows[i][0]), str(base / rows[i][1]), rows[i][2] * scale, args.seed, workers, args.device)
             for i in todo}
     with contextlib.ExitStack() as stack:
         # connected before anything is written: a missing Ray or an unreachable cluster leaves the report as it was
@@ -469,6 +473,9 @@ def _summary(rows: list[dict], have_expected: bool, args) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_instance_options(args)
+    if not getattr(args, "cluster", None):  # on a cluster each worker resolves it
+        from verify.device import resolve_device
+        resolve_device(args.device)  # a missing GPU is one line, before any instance runs
     if args.instances:
         return run_instances(args)
     return run_single(args)

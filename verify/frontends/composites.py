@@ -58,6 +58,6 @@ def minimum(b: GraphBuilder, name: str, x: str, c: np.ndarray, const: Constant) 
 
 def absolute(b: GraphBuilder, name: str, x: str, dtype: torch.dtype) -> str:
     """``|x| = relu(x) + relu(-x)``."""
-    neg = b.add(b.fresh(f"{name}_neg"), Scale(torch.tensor(-1.0, dtype=dtype)), [x])
+    neg = b.add(b.fresh(f"{name}_neg"), Scale(torch.tensor(-1.0, dtype=dtype, device="cpu")), [x])
     parts = [b.add(b.fresh(f"{name}_pos_relu"), Relu(), [x]), b.add(b.fresh(f"{name}_neg_relu"), Relu(), [neg])]
     return b.add(b.fresh(name), AddVars([1.0, 1.0]), parts)

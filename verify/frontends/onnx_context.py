@@ -21,7 +21,7 @@ class Ctx:
         self.errs = K.Errors()
 
     def t(self, a: np.ndarray) -> torch.Tensor:
-        return torch.tensor(np.array(a, dtype=np.float64), dtype=self.dtype)
+        return torch.tensor(np.array(a, dtype=np.float64), dtype=self.dtype, device="cpu")
 
     def err(self, a: np.ndarray | None) -> np.ndarray | None:
         """Error bound of a folded constant (``None``: exact as stored)."""
@@ -37,8 +37,8 @@ class Ctx:
         if not np.any(e > 0):
             return t, None
         # the error bound is rounded up to the model's precision
-        et = torch.tensor(e, dtype=torch.float64)
-        return t, torch.nextafter(et.to(self.dtype), torch.tensor(float("inf"), dtype=self.dtype))
+        et = torch.tensor(e, dtype=torch.float64, device="cpu")
+        return t, torch.nextafter(et.to(self.dtype), torch.tensor(float("inf"), dtype=self.dtype, device="cpu"))
 
     def shape(self, v: Value) -> tuple[int, ...]:
         return tuple(v.shape) if isinstance(v, np.ndarray) else self.b.shapes[v]

@@ -295,7 +295,7 @@ def _gather(ctx: Ctx, node: onnx.NodeProto, x: Value, indices: Value) -> Value:
         raise ShapeError(f"Gather node '{node.name}': index out of range for an axis of {shape[axis]}")
     if len(np.unique(idx)) != idx.size:
         raise UnsupportedOperator("Gather", node.name, ctx.opset, "repeated indices into a variable")
-    return ctx.b.add(node.name or node.output[0], Gather(axis, torch.as_tensor(idx)), [x])
+    return ctx.b.add(node.name or node.output[0], Gather(axis, torch.as_tensor(idx, device="cpu")), [x])
 
 
 _NEAREST_COORDS = (b"half_pixel", b"asymmetric", b"pytorch_half_pixel")
@@ -381,7 +381,7 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
             raise UnsupportedOperator(op, node.name, ctx.opset, f"slope {slope:g} outside [0, 1]")
         return ctx.b.add(name, LeakyRelu(slope), [x])
     if op == "Neg":
-        return ctx.b.add(name, Scale(torch.tensor(-1.0, dtype=ctx.dtype)), [x])
+        return ctx.b.add(name, Scale(torch.tensor(-1.0, dtype=ctx.dtype, device="cpu")), [x])
     if op == "Sign":
         return ctx.b.add(name, Sign(), [x])
     if op in ("Clip", "Abs", "Max", "Min"):

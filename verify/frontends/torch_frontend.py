@@ -96,11 +96,12 @@ class BatchNormScale(Scale):
 
 def _constant(value: np.ndarray, err: np.ndarray, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A Python/float64 constant in the model's precision, with the bound on its distance to the exact value."""
-    t = torch.as_tensor(value, dtype=dtype)
+    t = torch.as_tensor(value, dtype=dtype, device="cpu")
     e = K.cast_error(value, t.double().numpy()) + err
     if not np.any(e > 0):
         return t, None
-    return t, torch.nextafter(torch.as_tensor(e).to(dtype), torch.tensor(float("inf"), dtype=dtype))
+    up = torch.tensor(float("inf"), dtype=dtype, device="cpu")
+    return t, torch.nextafter(torch.as_tensor(e, device="cpu").to(dtype), up)
 
 
 def _bn_scale(m: nn.modules.batchnorm._BatchNorm, rank: int) -> Scale:
@@ -214,7 +215,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
                 env[n] = b.add(n.name, Scale(None, c, bias_err=c_err), [x])
             else:
                 c, c_err = _constant(np.asarray(x, dtype=np.float64), np.zeros(()), dtype)
-                env[n] = b.add(n.name, Scale(torch.tensor(sign, dtype=dtype), c, bias_err=c_err), [y])
+                env[n] = b.add(n.name, Scale(torch.tensor(sign, dtype=dtype, device="cpu"), c, bias_err=c_err), [y])
         elif n.op == "call_function" and n.target in (operator.mul, torch.mul, operator.truediv):
             x, y = args
             if n.target is operator.truediv and isinstance(y, str):  # x / y = x * (1 / y)
@@ -280,7 +281,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             slope = args[1] if len(args) > 1 else n.kwargs.get("negative_slope", 0.01)
             env[n] = b.add(n.name, _leaky(slope, n.name), [args[0]])
         elif n.op == "call_function" and n.target in (operator.neg, torch.neg):
-            env[n] = b.add(n.name, Scale(torch.tensor(-1.0, dtype=dtype), None), [args[0]])
+            env[n] = b.add(n.name, Scale(torch.tensor(-1.0, dtype=dtype, device="cpu"), None), [args[0]])
         elif n.op == "call_function" and n.target in (torch.clamp, torch.clip, F.hardtanh, F.relu6):
             lo_c, hi_c = _clamp_limits(n.target, args, n.kwargs)
             env[n] = _clip(b, n.name, args[0], lo_c, hi_c, dtype)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from verify.api import as_graph
+from verify.device import exact_float32, resolve_device
 from verify.errors import InputError, ModelError, ShapeError
 from verify.graph import Graph, Node
 from verify.lipschitz.attack import certified_l1, gradients, kink_free, point_gradient_bounds
@@ -80,16 +81,17 @@ class MonotonicityResult:
         return asdict(self)
 
 
-def _prepare(model: Any, x_lo, x_hi, input_shape=None, precision: str = "auto") -> tuple[Graph, Tensor, Tensor]:
+def _prepare(model: Any, x_lo, x_hi, input_shape=None, precision: str = "auto",
+             device: torch.device | None = None) -> tuple[Graph, Tensor, Tensor]:
     """A detached graph in the working precision and the box ``[1, *input_shape]`` (rounded outward).
 
     ``precision``: "float64" (any model, widened exactly), "float32" (float32 models only: narrowing would round
     the weights, i.e. bound another network) or "auto" (float64, except float32 models with convolutions, whose
-    float64 CPU kernels are ~10x slower: those stay in float32 with float32-sized rounding allowances)."""
+    float64 CPU kernels are ~10x slower: those stay in float32 with float32-sized rounding allowances).
+    ``device``: where the graph and the box go (default: the CPU)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
-    lo_t = torch.as_tensor(np.asarray(x_lo) if not isinstance(x_lo, Tensor) else x_lo).detach()
-    hi_t = torch.as_tensor(np.asarray(x_hi) if not isinstance(x_hi, Tensor) else x_hi).detach()
+    lo_t, hi_t = _host(x_lo), _host(x_hi)
     if isinstance(model, torch.nn.Module):
         shape = tuple(input_shape) if input_shape is not None else tuple(lo_t.shape)
         graph = as_graph(model, shape)
@@ -104,13 +106,19 @@ def _prepare(model: Any, x_lo, x_hi, input_shape=None, precision: str = "auto") 
     graph = _detached(graph.with_dtype(model_dtype if keep else F64))
     lo, hi = _box64(graph, lo_t, hi_t)
     lo, hi = cast_box(lo, hi, graph.dtype)  # a float32 box containing the float64 one
-    return graph, lo, hi
+    device = torch.device("cpu") if device is None else device
+    return graph.to(device), lo.to(device), hi.to(device)
+
+
+def _host(x) -> Tensor:
+    """A user's array or tensor, detached, on the CPU (the default device may be another one)."""
+    return x.detach().cpu() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x), device="cpu")
 
 
 def _box64(graph: Graph, x_lo, x_hi) -> tuple[Tensor, Tensor]:
     """The user's box in float64 ``[1, *input_shape]`` (exact: witnesses and counterexamples must lie in it)."""
-    lo = torch.as_tensor(np.asarray(x_lo) if not isinstance(x_lo, Tensor) else x_lo).detach().to(F64).reshape(-1)
-    hi = torch.as_tensor(np.asarray(x_hi) if not isinstance(x_hi, Tensor) else x_hi).detach().to(F64).reshape(-1)
+    lo = _host(x_lo).to(F64).reshape(-1)
+    hi = _host(x_hi).to(F64).reshape(-1)
     if lo.numel() != graph.input_numel or hi.numel() != graph.input_numel:
         raise ShapeError(f"box has {lo.numel()}/{hi.numel()} values but the model input has {graph.input_numel} "
                          f"({graph.input_shape})")
@@ -118,7 +126,7 @@ def _box64(graph: Graph, x_lo, x_hi) -> tuple[Tensor, Tensor]:
         raise ShapeError("box bounds must be finite")
     if bool((lo > hi).any()):
         raise ShapeError(f"empty input box: lower > upper at input index {int((lo > hi).nonzero()[0])}")
-    return lo.reshape(1, *graph.input_shape), hi.reshape(1, *graph.input_shape)
+    return lo.reshape(1, *graph.input_shape).to(graph.device), hi.reshape(1, *graph.input_shape).to(graph.device)
 
 
 def _detached(graph: Graph) -> Graph:
@@ -213,25 +221,26 @@ def _upper_bounds(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], met
         from verify.lipschitz.lipmip import lipmip
 
         crown, _ = _upper_bounds(graph, lo, hi, outs, "crown")
-        if graph.dtype != torch.float64:  # the MILP is encoded in float64 (widening is exact)
-            graph, lo, hi = graph.with_dtype(F64), lo.to(F64), hi.to(F64)
+        # the MILP is encoded in float64 (widening is exact), on the CPU (the solvers read numpy arrays)
+        graph, lo, hi = graph.with_dtype(F64).to("cpu"), lo.to(F64).cpu(), hi.to(F64).cpu()
         res = lipmip(graph, lo, hi, outs, timeout=timeout, crown_upper=crown.tolist())
         extra.update(mip_status=res.status, mip_value=res.value, mip_x=res.x)
-        return torch.minimum(torch.tensor(res.upper, dtype=torch.float64), naive), extra
+        return torch.minimum(torch.tensor(res.upper, dtype=torch.float64, device=naive.device), naive), extra
     if method == "lipsdp":
         from verify.lipschitz.sdp import lipsdp_l2
 
-        l2 = lipsdp_l2(graph, outs)  # certified (inf when no certificate was found)
+        l2 = lipsdp_l2(graph.to("cpu"), outs)  # certified (inf when no certificate was found); cvxpy on the CPU
         extra["l2"] = l2
         # ||g||_1 <= sqrt(d) ||g||_2; both factors and the product rounded up
-        sqrt_d = round_up(torch.tensor(math.sqrt(graph.input_numel), dtype=F64))
-        return torch.minimum(round_up(torch.tensor(l2, dtype=F64) * sqrt_d), naive), extra
+        sqrt_d = round_up(torch.tensor(math.sqrt(graph.input_numel), dtype=F64, device=naive.device))
+        return torch.minimum(round_up(torch.tensor(l2, dtype=F64, device=naive.device) * sqrt_d), naive), extra
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
 def lipschitz(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None = None, method: str = "crown",
               timeout: float = 10.0, *, input_shape: Sequence[int] | None = None, attack: bool = True,
-              samples: int = 2000, precision: str = "auto", threads: int | None = 1) -> LipschitzResult:
+              samples: int = 2000, precision: str = "auto", threads: int | None = 1,
+              device: str | torch.device | None = None) -> LipschitzResult:
     """Certified upper bound (and an attained lower bound) on the local l_inf Lipschitz constant
     ``max_j sup_{x in [x_lo, x_hi]} ||J_j(x)||_1`` over the selected outputs (default: all).
 
@@ -239,22 +248,26 @@ def lipschitz(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None = None
     ``method``: naive, ibp, crown, alpha-crown, bab (``timeout`` seconds; on affine + ReLU networks of at most
     ``verify.lipschitz.race.MAX_RELUS`` neurons raced against the exact MIP in a worker process), mip (exact
     LipMIP, dual bound on timeout), lipsdp (global l2 bound times sqrt(d)). ``precision``: see :func:`_prepare`;
-    ``threads``: torch intra-op threads during the call (None: leave as is)."""
+    ``threads``: torch intra-op threads during the call (None: leave as is). ``device`` (``auto``, ``cpu``,
+    ``cuda[:N]``; default the CPU): where the attack, the bounds and the split search run; the MIP, LipSDP and the
+    LPs of fully split BaB domains use the CPU, and the race against the MIP is CPU-only (a fork)."""
     method = str(method).lower()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     _check_options(timeout=timeout, samples=samples)
-    with torch_threads(threads):
-        return _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack, samples, precision)
+    target = resolve_device(device) if device is not None else torch.device("cpu")
+    with torch_threads(threads), exact_float32(target):
+        return _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack, samples, precision,
+                          target)
 
 
-def _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack, samples, precision
+def _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack, samples, precision, device
                ) -> LipschitzResult:
     t0 = time.perf_counter()
-    graph, lo, hi = _prepare(model, x_lo, x_hi, input_shape, precision)
+    graph, lo, hi = _prepare(model, x_lo, x_hi, input_shape, precision, device)
     box = _box64(graph, x_lo, x_hi)
     outs = _outputs(graph, outputs)
-    low = torch.full((len(outs),), -math.inf, dtype=F64)
+    low = torch.full((len(outs),), -math.inf, dtype=F64, device=graph.device)
     witness: list = [None] * len(outs)  # per output: the point where ``lower`` is certified
     if attack:  # first, so that BaB can stop as soon as its bound meets an attained value
         log.info("phase attack: %d sampled gradients + PGD (lower bound)", samples)
@@ -266,7 +279,8 @@ def _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack,
     up, extra = upper_bounds(graph, lo, hi, outs, method, max(timeout - (time.perf_counter() - t0), 0.0), known)
     leaves = [(k, x) for k, x in enumerate(extra.get("bab_points", [])) if x is not None]
     if leaves:  # interior points of feasible BaB leaves (MIP optima sit on kinks): certified there too
-        xs = torch.stack([_clamp(torch.as_tensor(x, dtype=F64).reshape(1, *graph.input_shape), box)[0]
+        xs = torch.stack([_clamp(torch.as_tensor(x, dtype=F64, device=graph.device).reshape(1, *graph.input_shape),
+                                 box)[0]
                           for _, x in leaves])
         vals = certified_l1(graph, xs, [outs[k] for k, _ in leaves])
         for (k, _), v, x in zip(leaves, vals, xs, strict=True):
@@ -283,14 +297,16 @@ def _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack,
 
 def monotonicity(model: Any, x_lo, x_hi, feature: int, output: int = 0, direction: str | None = None,
                  timeout: float = 10.0, *, input_shape: Sequence[int] | None = None, precision: str = "auto",
-                 threads: int | None = 1) -> MonotonicityResult:
+                 threads: int | None = 1, device: str | torch.device | None = None) -> MonotonicityResult:
     """Certify the sign of ``d f_output / d x_feature`` over the box, or find a point with the wrong sign.
 
     ``direction``: "increasing" / "decreasing" / None (prove whichever the box allows; if neither is proved,
     the sign at the centre is taken as the expected one and BaB looks for the opposite)."""
     _check_options(timeout=timeout)
-    with torch_threads(threads):
-        return _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_shape, precision)
+    target = resolve_device(device) if device is not None else torch.device("cpu")
+    with torch_threads(threads), exact_float32(target):
+        return _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_shape, precision,
+                             target)
 
 
 def _check_options(**options: float) -> None:
@@ -300,10 +316,10 @@ def _check_options(**options: float) -> None:
             raise InputError(f"{name} must be a finite non-negative number, got {v!r}")
 
 
-def _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_shape, precision
+def _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_shape, precision, device
                   ) -> MonotonicityResult:
     t0 = time.perf_counter()
-    graph, lo, hi = _prepare(model, x_lo, x_hi, input_shape, precision)
+    graph, lo, hi = _prepare(model, x_lo, x_hi, input_shape, precision, device)
     box = _box64(graph, x_lo, x_hi)
     outs = _outputs(graph, output)
     if not 0 <= feature < graph.input_numel:
@@ -332,7 +348,7 @@ def _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_
     val, pts = attack_lower(graph, lo, hi, outs, samples=1000, objective="neg" if sign < 0 else "pos",
                             feature=feature, exact_box=box)
     if float(val[0]) > 0:  # certified at the point: every Clarke derivative there has the wrong sign
-        return done("not_monotone", pts[0].numpy(), _grad64(graph, pts[:1], outs, feature))
+        return done("not_monotone", pts[0].cpu().numpy(), _grad64(graph, pts[:1], outs, feature))
     res = bab(graph, lo, hi, outs, Objective("entry", feature, sign), timeout=timeout - (time.perf_counter() - t0),
               stop_below=0.0)
     if sign < 0:
@@ -343,9 +359,10 @@ def _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_
         dlo, dhi = (max(dlo, 0.0), dhi) if sign < 0 else (dlo, min(dhi, 0.0))
         return done(direction)
     if res.status == "refuted" and res.lower_x[0] is not None:
-        x = _clamp(torch.as_tensor(res.lower_x[0], dtype=F64).reshape(1, *graph.input_shape), box)
+        x = _clamp(torch.as_tensor(res.lower_x[0], dtype=F64, device=graph.device).reshape(1, *graph.input_shape),
+                   box)
         if bool(_wrong_sign(graph, x, outs, feature, sign)[0]):
-            return done("not_monotone", x.numpy(), _grad64(graph, x, outs, feature))
+            return done("not_monotone", x.cpu().numpy(), _grad64(graph, x, outs, feature))
     # smooth activations (nothing to split in ReLU BaB) or an undecided ReLU BaB: bisect the input box
     verdict, x, g = _input_split_sign(graph, jg, lo, hi, outs, feature, sign, t0 + timeout, box)
     if verdict == "proved":  # the sign is certified on every sub-box: the derivative bound follows
@@ -380,7 +397,7 @@ def _input_split_sign(graph: Graph, jg: JacobianGraph, lo: Tensor, hi: Tensor, o
             ok = _wrong_sign(graph, centres[bad], outs, feature, sign).nonzero().flatten()
             if ok.numel():
                 x = centres[bad[ok[0]]].unsqueeze(0)
-                return "refuted", x.reshape(-1).numpy(), _grad64(graph, x, outs, feature)
+                return "refuted", x.reshape(-1).cpu().numpy(), _grad64(graph, x, outs, feature)
         order = worst.argsort(descending=True)[: max_boxes // 2]
         boxes_lo, boxes_hi = boxes_lo[order], boxes_hi[order]
         m = boxes_lo.shape[0]
@@ -389,7 +406,7 @@ def _input_split_sign(graph: Graph, jg: JacobianGraph, lo: Tensor, hi: Tensor, o
         mid = ((boxes_lo + boxes_hi) / 2).reshape(m, -1)
         lo_a, hi_a = boxes_lo.reshape(m, -1).clone(), boxes_hi.reshape(m, -1).clone()
         lo_b, hi_b = lo_a.clone(), hi_a.clone()
-        rows = torch.arange(m)
+        rows = torch.arange(m, device=dim.device)
         hi_a[rows, dim] = mid[rows, dim]
         lo_b[rows, dim] = mid[rows, dim]
         shape = boxes_lo.shape[1:]

@@ -47,8 +47,8 @@ def point_gradient_bounds(graph: Graph, x: Tensor, outputs: Sequence[int]) -> tu
     jg = JacobianGraph(g64)
     with torch.no_grad():
         fb = intermediate_bounds(g64, x64, x64, "ibp")
-        seeds = torch.zeros(p, g64.output_numel, dtype=F64)
-        seeds[torch.arange(p), torch.as_tensor(list(outputs))] = 1.0
+        seeds = torch.zeros(p, g64.output_numel, dtype=F64, device=x64.device)
+        seeds[torch.arange(p, device=x64.device), torch.as_tensor(list(outputs), device=x64.device)] = 1.0
         seeds = seeds.reshape(p, *g64.output_shape)
         gb = jg.bounds(jg.gates(fb), seeds, crown=False)
     lo, hi = gb[g64.input_name]
@@ -74,7 +74,7 @@ def kink_free(graph: Graph, x: Tensor, rel: float = 1e-9) -> Tensor:
 
     with torch.no_grad():
         vals = graph.forward_all(x)
-        ok = torch.ones(x.shape[0], dtype=torch.bool)
+        ok = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         for n in graph.nodes:
             z = vals[n.inputs[0]] if n.inputs else None
             if isinstance(n.op, Relu):
@@ -123,7 +123,7 @@ def lower_bound(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int]
     them: at most the objective for every Clarke Jacobian at the point. ``x_lo``/``x_hi``: ``[1, *input_shape]``;
     ``exact_box``: the float64 box the points must lie in when ``[x_lo, x_hi]`` is its outward-rounded float32
     enclosure (the points are clamped into it, exactly, before they are certified). Points are float64."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=x_lo.device).manual_seed(seed)  # on a GPU: another random stream
     dtype = x_lo.dtype
     shape = x_lo.shape[1:]
 
@@ -134,11 +134,11 @@ def lower_bound(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int]
             val = (-1.0 if objective == "neg" else 1.0) * grad_rows[:, feature]
         return torch.where(kink_free(graph, pts), val, torch.full_like(val, -math.inf))
 
-    u = torch.rand(samples, *shape, generator=gen, dtype=dtype)
+    u = torch.rand(samples, *shape, generator=gen, dtype=dtype, device=x_lo.device)
     pts = torch.cat([(x_lo + x_hi) / 2, x_lo + (x_hi - x_lo) * u])
     grads = gradients(graph, pts, outputs)  # [P, K, n]
-    best_val = torch.empty(len(outputs), dtype=dtype)
-    best_x = torch.empty(len(outputs), *shape, dtype=dtype)
+    best_val = torch.empty(len(outputs), dtype=dtype, device=x_lo.device)
+    best_x = torch.empty(len(outputs), *shape, dtype=dtype, device=x_lo.device)
     for k in range(len(outputs)):
         sc = score(grads[:, k], pts)
         i = int(sc.argmax())

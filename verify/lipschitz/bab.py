@@ -72,7 +72,7 @@ def _objective(jg: JacobianGraph, gates, gb, seeds, obj: Objective, record: dict
         return jg.l1_upper(gates, gb, seeds, True, record)
     x = jg.graph.input_name
     shape = jg.graph.input_shape
-    e = torch.zeros(int(torch.Size(shape).numel()), dtype=seeds.dtype)
+    e = torch.zeros(int(torch.Size(shape).numel()), dtype=seeds.dtype, device=seeds.device)
     e[obj.feature] = -obj.sign
     lam = e.reshape(1, 1, *shape)
     # upper of sign*G = -lower(-sign*G); also intersected with the interval bound of G:x
@@ -103,7 +103,7 @@ class _Evaluator:
             lo, hi = self.x_lo.expand(m, *self.x_lo.shape[1:]), self.x_hi.expand(m, *self.x_hi.shape[1:])
         with torch.no_grad():
             fb = intermediate_bounds(self.graph, lo, hi, "crown", splits=splits, reference=ref)
-        feasible = torch.ones(m, dtype=torch.bool)
+        feasible = torch.ones(m, dtype=torch.bool, device=lo.device)
         for l, h in fb.values():
             # the bounds are rigorous on the domain, so empty bounds prove that no input realises its splits
             bad = (l > h) | torch.isnan(l) | torch.isnan(h)
@@ -115,7 +115,9 @@ class _Evaluator:
         gb = self.jg.bounds(gates, seeds, True)
         record = {n.name: None for n in self.relus}
         up = _objective(self.jg, gates, gb, seeds, self.obj, record)
-        scores, unstable_any = [torch.zeros(m, 0, dtype=self.x_lo.dtype)], torch.zeros(m, dtype=torch.bool)
+        dev = self.x_lo.device
+        scores = [torch.zeros(m, 0, dtype=self.x_lo.dtype, device=dev)]
+        unstable_any = torch.zeros(m, dtype=torch.bool, device=dev)
         for n in self.relus:
             dl, du = gates[n.name]
             lg, ug = gb[n.name]
@@ -160,7 +162,8 @@ def _pattern_lp(graph: Graph, relus, gates_row: dict[str, Tensor], x_lo: Tensor,
 
     n = graph.input_numel
     shape = graph.input_shape
-    pts = torch.cat([torch.zeros(1, n, dtype=x_lo.dtype), torch.eye(n, dtype=x_lo.dtype)]).reshape(n + 1, *shape)
+    eye = torch.eye(n, dtype=x_lo.dtype, device=x_lo.device)
+    pts = torch.cat([torch.zeros(1, n, dtype=x_lo.dtype, device=x_lo.device), eye]).reshape(n + 1, *shape)
     vals = {graph.input_name: pts}
     rows_a, rows_c, signs = [], [], []
     for node in graph.nodes:
@@ -214,11 +217,11 @@ def _certified_infeasible(graph: Graph, coef: dict[str, Tensor], bounds: dict[st
     x_lo, x_hi = bounds[graph.input_name]
     b = x_lo.shape[0]
     if not coef:
-        return torch.zeros(b, dtype=torch.bool)
+        return torch.zeros(b, dtype=torch.bool, device=x_lo.device)
     cache = RoundingCache()
-    lam_sum = torch.zeros(b, 1, graph.input_numel, dtype=F64)
+    lam_sum = torch.zeros(b, 1, graph.input_numel, dtype=F64, device=x_lo.device)
     lam_mass = torch.zeros_like(lam_sum)
-    kappa = torch.zeros(b, 1, dtype=F64)
+    kappa = torch.zeros(b, 1, dtype=F64, device=x_lo.device)
     kappa_mass = torch.zeros_like(kappa)
     for name, c in coef.items():
         lam = (-c).to(x_lo.dtype).reshape(b, 1, *graph.shape_of(name))
@@ -255,8 +258,9 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
     names, relus = ev.names, ev.relus
     sizes = [int(torch.Size(graph.shape_of(nm)).numel()) for nm in names]
     offsets = np.cumsum([0] + sizes)
-    seed_idx = torch.arange(k)
-    splits = {nm: torch.zeros(k, *graph.shape_of(nm), dtype=torch.int8) for nm in names}
+    dev = x_lo.device
+    seed_idx = torch.arange(k, device=dev)
+    splits = {nm: torch.zeros(k, *graph.shape_of(nm), dtype=torch.int8, device=dev) for nm in names}
     t_root = time.perf_counter()
     up, feas, scores, full, ref, gates = ev(seed_idx, splits, None)
     # one batch of 2*batch children should take at most ~5% of the budget (large nets: CNNs)
@@ -264,16 +268,17 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
     batch = int(max(1, min(batch, 0.05 * timeout / (2 * per_domain + 1e-9))))
     if root_upper is not None:
         up = torch.minimum(up, root_upper.to(up.dtype))
-    lower = torch.full((k,), -math.inf, dtype=F64)
+    lower = torch.full((k,), -math.inf, dtype=F64, device=dev)
     lower_x: list = [None] * k
     if not relus:  # nothing to branch on (smooth activations only): the root bound is the answer
         return BabResult(up, lower, lower_x, "bounded", k, time.perf_counter() - t0)
     # with smooth activations a fully split domain is still relaxed: its bound is not an attained value
     exact_leaves = len(relus) == len(jg.activations) and not jg.pools
-    # the LP of a fully split domain is built in float64 (a heuristic: infeasibility is certified separately)
-    lp_graph = graph.with_dtype(F64)
+    # the LP of a fully split domain is built in float64 on the CPU (a heuristic: infeasibility is certified
+    # separately, on the search's device)
+    lp_graph = graph.with_dtype(F64).to("cpu")
     lp_relus = [n for n in lp_graph.nodes if isinstance(n.op, Relu)]
-    closed_upper = torch.full((k,), -math.inf, dtype=F64)  # bounds of settled (feasible) domains
+    closed_upper = torch.full((k,), -math.inf, dtype=F64, device=dev)  # bounds of settled (feasible) domains
     q_seed, q_up, q_scores, q_full = seed_idx, up, scores, full
     q_splits, q_ref = splits, ref
     q_gates = gates
@@ -313,14 +318,15 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
         top_b = q_up.argsort(descending=True)[:batch]
         leaves = top_b[q_full[top_b]]
         if leaves.numel():
-            mask = torch.ones(q_up.numel(), dtype=torch.bool)
+            mask = torch.ones(q_up.numel(), dtype=torch.bool, device=dev)
             refuted = False
             for top in leaves.tolist():
                 mask[top] = False
                 if exact_leaves:  # the net is affine on the domain: the LP decides whether the pattern is realised
-                    row = {n.name: q_gates[o.name][0][top] for n, o in zip(lp_relus, relus, strict=True)}
-                    b_lo, b_hi = (b[top:top + 1] for b in q_ref[graph.input_name])
+                    row = {n.name: q_gates[o.name][0][top].cpu() for n, o in zip(lp_relus, relus, strict=True)}
+                    b_lo, b_hi = (b[top:top + 1].cpu() for b in q_ref[graph.input_name])
                     ok, x, t, coef = _pattern_lp(lp_graph, lp_relus, row, b_lo.double(), b_hi.double())
+                    coef = {a: c.to(dev) for a, c in coef.items()}
                     if not ok:  # dropped only when the duals prove it; else kept, closed with its sound bound
                         leaf = {a: (b[0][top:top + 1], b[1][top:top + 1]) for a, b in q_ref.items()}
                         ok = not bool(_certified_infeasible(graph, coef, leaf)[0])
@@ -348,7 +354,7 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
         cand = (~q_full).nonzero().flatten()
         order = q_up[cand].argsort(descending=True)[:batch]
         pick = cand[order]
-        rest = torch.ones(q_up.numel(), dtype=torch.bool)
+        rest = torch.ones(q_up.numel(), dtype=torch.bool, device=dev)
         rest[pick] = False
         p_seed, p_up, p_scores = q_seed[pick], q_up[pick], q_scores[pick]
         p_splits = {a: b[pick] for a, b in q_splits.items()}
@@ -358,7 +364,7 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
         neuron_scores = p_scores[:, :offsets[-1]]
         # low-dimensional inputs: bisect the box while many ReLUs are unstable, then split ReLUs (the leaves' LPs
         # settle the last patterns exactly, which bisection alone approaches only in the limit)
-        by_input = torch.zeros(m, dtype=torch.bool)
+        by_input = torch.zeros(m, dtype=torch.bool, device=dev)
         if input_split_above is not None:
             # ... but never below 1/1024 of the box per input: where more than that many kinks meet, ReLU splits
             # still end the search
@@ -429,7 +435,7 @@ def split_search(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int
 
 def _per_output(values: Tensor, seed_idx: Tensor, k: int) -> Tensor:
     """Max of domain values per output index (``-inf`` where none)."""
-    out = torch.full((k,), -math.inf, dtype=values.dtype)
+    out = torch.full((k,), -math.inf, dtype=values.dtype, device=values.device)
     if values.numel():
         out = out.scatter_reduce(0, seed_idx, values, reduce="amax")
     return out

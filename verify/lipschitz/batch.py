@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from verify.device import exact_float32, resolve_device
 from verify.errors import ShapeError
 from verify.lipschitz.api import (
     METHODS,
@@ -49,15 +50,15 @@ class BatchLipschitzResult:
 
 
 def _as64(x) -> Tensor:
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).detach().to(F64)
+    return (x.detach().cpu() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x), device="cpu")).to(F64)
 
 
 def lipschitz_batch(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None = None, method: str = "crown", *,
                     input_shape: Sequence[int] | None = None, precision: str = "auto", timeout: float = 10.0,
-                    threads: int | None = 1) -> BatchLipschitzResult:
+                    threads: int | None = 1, device: str | torch.device | None = None) -> BatchLipschitzResult:
     """Upper bounds on the local l_inf Lipschitz constant over each box ``[x_lo[b], x_hi[b]]`` (``[B, *shape]`` or
     ``[B, n]``). ``model``, ``outputs``, ``precision``: as :func:`verify.lipschitz.api.lipschitz`; ``timeout``:
-    per box, for the methods that take one."""
+    per box, for the methods that take one; ``device``: as :func:`verify.lipschitz.api.lipschitz`."""
     method = str(method).lower()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -67,18 +68,19 @@ def lipschitz_batch(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None 
         raise ShapeError(f"boxes must be [B, ...] with B >= 1 and equal shapes, got {tuple(lo64.shape)} and "
                          f"{tuple(hi64.shape)}")
     t0 = time.perf_counter()
-    with torch_threads(threads):
+    target = resolve_device(device) if device is not None else torch.device("cpu")
+    with torch_threads(threads), exact_float32(target):
         # the first box fixes the graph and its precision (and checks shape and finiteness like a single call)
-        graph, _, _ = _prepare(model, lo64[0], hi64[0], input_shape, precision)
+        graph, _, _ = _prepare(model, lo64[0], hi64[0], input_shape, precision, target)
         outs = _outputs(graph, outputs)
         b = lo64.shape[0]
         if method not in BATCHED:
             ups = [lipschitz(graph, lo64[i], hi64[i], outputs=outs, method=method, timeout=timeout, attack=False,
-                             threads=None) for i in range(b)]
-            per = torch.tensor([[p["upper"] for p in r.per_output] for r in ups], dtype=F64)
+                             threads=None, device=target) for i in range(b)]
+            per = torch.tensor([[p["upper"] for p in r.per_output] for r in ups], dtype=F64, device="cpu")
         else:
-            lo = lo64.reshape(b, *graph.input_shape)
-            hi = hi64.reshape(b, *graph.input_shape)
+            lo = lo64.reshape(b, *graph.input_shape).to(target)
+            hi = hi64.reshape(b, *graph.input_shape).to(target)
             if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
                 raise ShapeError("box bounds must be finite")
             if bool((lo > hi).any()):
@@ -87,4 +89,5 @@ def lipschitz_batch(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None 
             naive = naive_bound(graph, outs)
             per = (naive.expand(b, -1).clone() if method == "naive"
                    else box_bounds(graph, lo, hi, outs, method, naive).to(F64))
+    per = per.cpu()
     return BatchLipschitzResult(per.max(1).values, per, list(outs), method, time.perf_counter() - t0)

@@ -75,7 +75,7 @@ def jacobian_bounds(jg: JacobianGraph, fb: Mapping[str, Bounds], outputs: Sequen
     g = jg.graph
     x_lo = fb[g.input_name][0]
     b, k = x_lo.shape[0], len(outputs)
-    index = torch.arange(b).repeat_interleave(k)
+    index = torch.arange(b, device=x_lo.device).repeat_interleave(k)
     names = [n.inputs[0] for n in jg.activations + jg.pools]
     fbn = expand_bounds(fb, index, names)
     spl = None if splits is None else {kk: v[index] for kk, v in splits.items()}
@@ -104,7 +104,7 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
     if chain:
         # the last linear map is applied to the seed exactly (||W_L[j,:]||_1), the rest by operator norms
         lam = seeds.unsqueeze(0)  # [1, K, *out]
-        factor = torch.ones(k, dtype=F64)
+        factor = torch.ones(k, dtype=F64, device=seeds.device)
         first = True
         for n in reversed(g64.nodes):
             if isinstance(n.op, LinearOp):
@@ -162,17 +162,17 @@ def _inf_norm(op: LinearOp) -> Tensor | None:
     if isinstance(op, Dense):
         w = op.weight.abs() if op.weight_err is None else op.weight.abs() + op.weight_err
         return up(w.sum(1).max() * (1 + 2 * gamma(w.shape[1], F64)))
-    ones = torch.ones(1, *op.in_shapes[0], dtype=op.dtype())
+    ones = torch.ones(1, *op.in_shapes[0], dtype=op.dtype(), device=op.device())
     if isinstance(op, Conv2d):
         w = op.weight.abs() if op.weight_err is None else op.weight.abs() + op.weight_err
         return up(op._conv(ones, w, None).max() * (1 + 2 * step_gamma(op, F64)))
     if isinstance(op, Scale):
         if op.weight is None:
-            return torch.ones((), dtype=F64)
+            return torch.ones((), dtype=F64, device=op.device())
         w = op.weight.abs() if op.weight_err is None else up(op.weight.abs() + op.weight_err)
         return w.max().to(F64)
     if isinstance(op, Reshape | Transpose | Pad):
-        return torch.ones((), dtype=F64)
+        return torch.ones((), dtype=F64, device=op.device())
     if isinstance(op, AvgPool2d):
         return up(op.forward(ones).max() * (1 + 2 * step_gamma(op, F64)))
     return None

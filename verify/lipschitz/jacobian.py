@@ -102,7 +102,7 @@ def forward_linear(op: LinearOp, k: int, lam: Tensor) -> Tensor:
     if isinstance(op, AvgPool2d):
         return op.forward(lam)  # no offset; merges the leading axes itself
     flat, lead = merge_leading(lam, len(op.in_shapes[k]))
-    primals = tuple(torch.zeros(flat.shape[0], *sh, dtype=lam.dtype) for sh in op.in_shapes)
+    primals = tuple(torch.zeros(flat.shape[0], *sh, dtype=lam.dtype, device=lam.device) for sh in op.in_shapes)
     tangents = tuple(flat if i == k else torch.zeros_like(p) for i, p in enumerate(primals))
     _, dy = torch.func.jvp(op.forward, primals, tangents)
     return dy.reshape(*lead, *out_shape)
@@ -256,8 +256,9 @@ class JacobianGraph:
         else:
             lams = dict(init)
             err = sum(_bdot64(v.abs(), gb.err[k]) for k, v in init.items())
-        s = next(iter(lams.values())).shape[1]
-        kappa = torch.zeros(n_batch, s, dtype=F64)
+        first = next(iter(lams.values()))
+        s = first.shape[1]
+        kappa = torch.zeros(n_batch, s, dtype=F64, device=first.device)
         kappa_abs = torch.zeros_like(kappa)
         n_terms = 0
         out = self.graph.output
@@ -375,7 +376,7 @@ class JacobianGraph:
             his.append(chi)
             errs.append(err)
         if not los:  # no consumer depends on v: its gradient is zero
-            zero = torch.zeros(seeds.shape[0], *self.graph.shape_of(v), dtype=dtype)
+            zero = torch.zeros(seeds.shape[0], *self.graph.shape_of(v), dtype=dtype, device=seeds.device)
             return zero, zero, zero
         lo, hi, err = los[0], his[0], errs[0]
         if len(los) > 1:
@@ -433,8 +434,8 @@ class JacobianGraph:
                     init[c.name] = init[c.name] + lc if c.name in init else lc
                 res = self.lower(v, None, gates, gb, seeds, init=init)
             else:
-                eye = torch.zeros(r.numel(), numel, dtype=lo.dtype)
-                eye[torch.arange(r.numel()), r] = 1.0
+                eye = torch.zeros(r.numel(), numel, dtype=lo.dtype, device=lo.device)
+                eye[torch.arange(r.numel(), device=lo.device), r] = 1.0
                 lam = torch.cat([eye, -eye]).reshape(1, 2 * r.numel(), *shape)
                 res = self.lower(v, lam, gates, gb, seeds)
             lo_f[:, r] = torch.maximum(lo_f[:, r], cast_down(res[:, : r.numel()], lo.dtype))
@@ -465,7 +466,7 @@ class JacobianGraph:
         if crown:
             shape = self.graph.input_shape
             numel = int(torch.Size(shape).numel())
-            e = torch.zeros(2, numel, dtype=seeds.dtype)
+            e = torch.zeros(2, numel, dtype=seeds.dtype, device=seeds.device)
             e[0, index], e[1, index] = 1.0, -1.0
             res = self.lower(x, e.reshape(1, 2, *shape), gates, gb, seeds)
             lo, hi = torch.maximum(lo, res[:, 0]), torch.minimum(hi, -res[:, 1])
@@ -475,6 +476,6 @@ class JacobianGraph:
 def seed_tensor(graph: Graph, outputs: Sequence[int], dtype: torch.dtype) -> Tensor:
     """Rows ``e_j`` (``[K, *out_shape]``) for the selected flat output indices."""
     k = graph.output_numel
-    eye = torch.zeros(len(outputs), k, dtype=dtype)
-    eye[torch.arange(len(outputs)), torch.as_tensor(list(outputs))] = 1.0
+    eye = torch.zeros(len(outputs), k, dtype=dtype, device=graph.device)
+    eye[torch.arange(len(outputs), device=eye.device), torch.as_tensor(list(outputs), device=eye.device)] = 1.0
     return eye.reshape(len(outputs), *graph.output_shape)

@@ -30,7 +30,10 @@ MAX_RELUS = 1000  # the MIP has at most one binary per ReLU (plus input-sign bin
 
 def mip_fits(graph: Graph) -> bool:
     """True when the network is affine + ReLU with at most ``MAX_RELUS`` ReLU neurons, a MIP solver is installed
-    and this process may start a worker (a daemonic pool worker may not)."""
+    and this process may start a worker (a daemonic pool worker may not). CPU graphs only: forking a process
+    that has initialised CUDA is not safe."""
+    if graph.device.type != "cpu":
+        return False
     if multiprocessing.current_process().daemon or "fork" not in multiprocessing.get_all_start_methods():
         return False
     relus = 0
@@ -97,7 +100,7 @@ def race(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], timeout: flo
     extra: dict = {"winner": "bab"}
     if answer and answer[0][0] == "ok":
         _, mip_up, status, value, xs = answer[0]
-        upper = torch.minimum(upper, torch.tensor(mip_up, dtype=F64))
+        upper = torch.minimum(upper, torch.tensor(mip_up, dtype=F64, device=upper.device))
         extra.update(mip_status=status, mip_value=value, mip_x=xs)
         if all(s == "optimal" for s in status):
             extra["winner"] = "mip"

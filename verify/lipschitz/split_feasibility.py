@@ -34,7 +34,9 @@ class FirstLayerSplits:
             return None
         g64 = graph.with_dtype(F64)
         n = g64.input_numel
-        pts = torch.cat([torch.zeros(1, n, dtype=F64), torch.eye(n, dtype=F64)]).reshape(n + 1, *g64.input_shape)
+        dev = g64.device
+        pts = torch.cat([torch.zeros(1, n, dtype=F64, device=dev), torch.eye(n, dtype=F64, device=dev)])
+        pts = pts.reshape(n + 1, *g64.input_shape)
         vals = {g64.input_name: pts}
         for node in g64.nodes:
             if node.name == relu.name:
@@ -52,7 +54,7 @@ class FirstLayerSplits:
         m = split.shape[0]
         s = split.reshape(m, -1).to(F64)
         on = s != 0
-        flag = torch.zeros(m, dtype=torch.bool)
+        flag = torch.zeros(m, dtype=torch.bool, device=split.device)
         best_mu = torch.zeros_like(s)
         rows = on.sum(1) >= 2  # one split alone is settled by the interval clamp of the bounds
         if not bool(rows.any()):
@@ -67,7 +69,7 @@ class FirstLayerSplits:
         scale = self.a.abs() @ mag + self.b.abs() + 1e-300
         a, b = self.a / scale.unsqueeze(-1), self.b / scale
         mu = on.to(F64) / on.sum(1, keepdim=True)  # zero off the split neurons; the updates keep it so
-        best = torch.full((s.shape[0],), torch.inf, dtype=F64)
+        best = torch.full((s.shape[0],), torch.inf, dtype=F64, device=s.device)
         best_mu_r = mu.clone()
         for it in range(iters):
             xs = torch.where((mu * s) @ a > 0, hi, lo)  # the box maximiser of sum_i mu_i h_i

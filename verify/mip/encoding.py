@@ -63,7 +63,7 @@ class MipEncoding:
 
     def evaluate(self, x: np.ndarray) -> np.ndarray:
         """``f(x)`` flattened, in float64."""
-        xt = torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(1, *self.graph.input_shape)
+        xt = torch.as_tensor(np.asarray(x, dtype=np.float64), device="cpu").reshape(1, *self.graph.input_shape)
         with torch.no_grad():
             return self.graph(xt).reshape(-1).numpy().astype(np.float64)
 
@@ -317,7 +317,7 @@ def _maxpool(model: _Model, op: MaxPool2d, x: _Expr, shape: tuple[int, ...], l: 
     relaxed by the candidates' errors; slacks at an exact execution: ``x_k <= y`` at most ``u_max - l_k + 2E_k``,
     ``y <= x_k + big (1 - d_k)`` at most ``big + 2E_k``."""
     lead = int(np.prod(shape[:-3], dtype=np.int64))
-    idx = torch.arange(x.M.shape[0], dtype=torch.float64).reshape(lead, *shape[-3:])
+    idx = torch.arange(x.M.shape[0], dtype=torch.float64, device="cpu").reshape(lead, *shape[-3:])
     windows = op._windows(idx)  # [lead, C, K, L], -inf at padding
     windows = windows.permute(0, 1, 3, 2).reshape(-1, windows.shape[2]).numpy()
     n_out = windows.shape[0]

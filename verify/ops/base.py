@@ -61,7 +61,7 @@ class Op:
         """Record input shapes and infer the output shape by evaluating on zeros."""
         self.in_shapes = tuple(tuple(int(d) for d in s) for s in in_shapes)
         with torch.no_grad():
-            xs = [torch.zeros(1, *s, dtype=self.dtype()) for s in self.in_shapes]
+            xs = [torch.zeros(1, *s, dtype=self.dtype(), device=self.device()) for s in self.in_shapes]
             self.out_shape = tuple(self.forward(*xs).shape[1:])
         return self.out_shape
 
