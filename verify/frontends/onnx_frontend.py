@@ -61,6 +61,7 @@ from verify.ops import (
     UpsampleNearest,
 )
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
+from verify.ops.exp_log import Exp, Log, Sqrt
 from verify.ops.periodic import Cos, Sin
 from verify.ops.shape import Expand
 
@@ -388,6 +389,8 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
         return _piecewise(ctx, node, name, ins, attrs)
     if op in ("Sin", "Cos"):
         return ctx.b.add(name, Sin() if op == "Sin" else Cos(), [x])
+    if op in ("Exp", "Log", "Sqrt"):
+        return ctx.b.add(name, {"Exp": Exp, "Log": Log, "Sqrt": Sqrt}[op](), [x])
     if op == "Expand":
         target = const_input(ctx, node, 1, "Expand shape")
         return ctx.b.add(name, Expand(np.broadcast_shapes(ctx.shape(x), tuple(int(d) for d in target))), [x])

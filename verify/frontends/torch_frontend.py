@@ -24,6 +24,7 @@ from verify.graph import Graph, GraphBuilder
 from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
 from verify.ops.activation import LeakyRelu
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
+from verify.ops.exp_log import Exp, Log, Sqrt
 from verify.ops.periodic import Cos, Sin
 from verify.ops.shape import Concat
 from verify.rounding import unit_roundoff
@@ -31,6 +32,7 @@ from verify.rounding import unit_roundoff
 _ACT_MODULES = {nn.ReLU: Relu, nn.Sigmoid: Sigmoid, nn.Tanh: Tanh}
 _ACT_FUNCS = {torch.relu: Relu, F.relu: Relu, torch.sigmoid: Sigmoid, F.sigmoid: Sigmoid,
               torch.tanh: Tanh, F.tanh: Tanh}
+_MONOTONE = {torch.exp: Exp, torch.log: Log, torch.sqrt: Sqrt, "exp": Exp, "log": Log, "sqrt": Sqrt}  # fn or method
 
 
 def _pair(v) -> tuple[int, int]:
@@ -269,6 +271,8 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = tuple(b.shapes[args[0]])  # x.shape: the batch axis reads 1, which view/reshape keep
         elif n.op == "call_function" and n.target in (torch.sin, torch.cos):
             env[n] = b.add(n.name, Sin() if n.target is torch.sin else Cos(), [args[0]])
+        elif (n.op == "call_function" and n.target in _MONOTONE) or (n.op == "call_method" and n.target in _MONOTONE):
+            env[n] = b.add(n.name, _MONOTONE[n.target](), [args[0]])
         elif n.op == "call_function" and n.target is torch.reciprocal:
             env[n] = b.add(n.name, Reciprocal(), [args[0]])
         elif n.op == "call_function" and n.target in (torch.cat, torch.concat):

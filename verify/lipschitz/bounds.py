@@ -10,6 +10,7 @@ every returned upper bound is float64 and holds for the exact network as stored 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor
 from verify.bounds.crown import AlphaStore, intermediate_bounds
 from verify.errors import UnsupportedOperator
 from verify.graph import Graph
+from verify.lipschitz.gates import has_derivative_rule
 from verify.lipschitz.jacobian import JacobianGraph, abs_adjoint, err_adjoint, seed_tensor, step_gamma
 from verify.ops.activation import LeakyRelu, Relu, Sigmoid, Tanh
 from verify.ops.affine import Scale
@@ -115,6 +117,8 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
                     factor = up(factor * _inf_norm(n.op))
             elif type(n.op) in _ACT_LIP:
                 factor = up(factor * _ACT_LIP[type(n.op)])
+            elif has_derivative_rule(n.op):  # inf where f' is unbounded (exp, powers, ...): no global constant
+                factor = up(factor * getattr(n.op, "global_lipschitz", math.inf))
             else:
                 raise UnsupportedOperator(type(n.op).__name__, n.name, detail="Lipschitz bounds: no Jacobian rule")
         return up(factor * sum_up(lam.reshape(k, -1).abs()))
@@ -128,6 +132,8 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
             ins = [_abs_step(n.op, i, lam) for i in range(len(n.inputs))]
         elif isinstance(n.op, Relu | LeakyRelu | Sigmoid | Tanh):
             ins = [lam * _ACT_LIP[type(n.op)]]
+        elif has_derivative_rule(n.op):
+            ins = [lam * getattr(n.op, "global_lipschitz", math.inf)]
         else:
             raise UnsupportedOperator(type(n.op).__name__, n.name, detail="naive Lipschitz bound of a non-chain graph")
         for i, li in zip(n.inputs, ins, strict=True):

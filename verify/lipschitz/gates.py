@@ -48,7 +48,7 @@ def _vertex_min(dl: Tensor, du: Tensor, lg: Tensor, ug: Tensor, a: Tensor, da: T
 
 
 def gate_lines(dl: Tensor, du: Tensor, lg: Tensor, ug: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Lines ``aL g + cL <= d g <= aU g + cU`` for all ``d in [dl, du]`` (``0 <= dl <= du``), ``g in [lg, ug]``,
+    """Lines ``aL g + cL <= d g <= aU g + cU`` for all ``d in [dl, du]`` (``dl <= du``, either sign), ``g in [lg, ug]``,
     valid in exact arithmetic for the returned floats.
 
     Sign-stable ``g``: exact (``[dl g, du g]`` or ``[du g, dl g]``, intercepts 0). Straddling: chords of
@@ -119,7 +119,10 @@ def activation_gate(op: Activation, lo: Tensor, hi: Tensor, split: Tensor | None
     """``[dl, du]`` containing every Clarke derivative of the activation on ``[lo, hi]`` (exact arithmetic).
 
     ReLU splits override the bounds: an active split (``z >= 0``) uses derivative 1, an inactive one 0.
-    On ``z = 0`` exactly this drops the Clarke interval's other end, which the sibling domain covers."""
+    On ``z = 0`` exactly this drops the Clarke interval's other end, which the sibling domain covers. Other
+    element-wise ops (sin, cos, powers, reciprocal, exp, log, sqrt) state their own rule (``derivative_interval``)."""
+    if has_derivative_rule(op):
+        return op.derivative_interval(lo, hi)
     if isinstance(op, Relu):
         dl = (lo > 0).to(lo.dtype)
         du = (hi >= 0).to(lo.dtype)
@@ -141,6 +144,16 @@ def activation_gate(op: Activation, lo: Tensor, hi: Tensor, split: Tensor | None
         margin = 64 * unit_roundoff(F64) * (1 + du)
         return cast_down((dl - margin).clamp(min=0), lo.dtype), cast_up(du + margin, lo.dtype)
     raise UnsupportedOperator(type(op).__name__, detail="Lipschitz bounds: no Clarke derivative rule")
+
+
+def has_derivative_rule(op) -> bool:
+    """An element-wise op of one input whose derivative range on an interval is its own rule (its Jacobian gate)."""
+    return callable(getattr(op, "derivative_interval", None))
+
+
+def is_gated(op) -> bool:
+    """Ops whose Jacobian is a diagonal gate ``d`` in ``[dl, du]`` (activations and the element-wise ops above)."""
+    return isinstance(op, Activation) or has_derivative_rule(op)
 
 
 def _window_view(op: MaxPool2d, t: Tensor) -> Tensor:

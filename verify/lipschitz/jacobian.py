@@ -49,9 +49,11 @@ from verify.lipschitz.gates import (
     abs_chord,
     activation_gate,
     gate_interval,
+    has_derivative_rule,
+    is_gated,
     maxpool_gate,
 )
-from verify.ops.activation import Activation, LeakyRelu, Relu, Sigmoid, Tanh
+from verify.ops.activation import LeakyRelu, Relu, Sigmoid, Tanh
 from verify.ops.affine import AddVars, Scale
 from verify.ops.base import Bounds, LinearOp, merge_leading, unbroadcast
 from verify.ops.linear import Conv2d, ConvTranspose2d, Dense
@@ -194,10 +196,13 @@ class JacobianGraph:
 
     def __init__(self, graph: Graph):
         for n in graph.nodes:
-            if not (isinstance(n.op, LinearOp) or isinstance(n.op, Relu | LeakyRelu | Sigmoid | Tanh | MaxPool2d)):
+            supported = isinstance(n.op, LinearOp | Relu | LeakyRelu | Sigmoid | Tanh | MaxPool2d) or \
+                (has_derivative_rule(n.op) and len(n.inputs) == 1)
+            if not supported:
                 raise UnsupportedOperator(
                     type(n.op).__name__, n.name,
-                    detail="Lipschitz bounds support affine ops, ReLU/LeakyReLU/Sigmoid/Tanh and MaxPool")
+                    detail="Lipschitz bounds support affine ops, ReLU/LeakyReLU/Sigmoid/Tanh, MaxPool and the "
+                           "element-wise sin/cos/pow/reciprocal/exp/log/sqrt")
             if isinstance(n.op, LinearOp):
                 step_gamma(n.op, graph.dtype)  # refuses ops without a rounding rule, before any work
         self.graph = graph
@@ -207,7 +212,7 @@ class JacobianGraph:
         for n in graph.nodes:
             for k, i in enumerate(n.inputs):
                 self.cons[i].append((n, k))
-        self.activations = [n for n in graph.nodes if isinstance(n.op, Activation)]
+        self.activations = [n for n in graph.nodes if is_gated(n.op)]
         self.pools = [n for n in graph.nodes if isinstance(n.op, MaxPool2d)]
         self.gated = {n.name for n in self.activations} | {n.name for n in self.pools}
         self.relu_inputs = [n.inputs[0] for n in graph.nodes if isinstance(n.op, Relu)]
@@ -270,7 +275,7 @@ class JacobianGraph:
             if v == out:
                 terms.append(_bdot64(lv, seeds))
             for c, k in self.cons[v]:
-                if isinstance(c.op, Activation):
+                if is_gated(c.op):
                     ln = self._gate_lines(c, gates, gb)
                     if record is not None and c.name in record:
                         record[c.name] = lv
@@ -326,7 +331,7 @@ class JacobianGraph:
         for c, k in self.cons[v]:
             glo, ghi = gb[c.name]
             a_c, e_c = magnitude(glo, ghi), gb.err[c.name]
-            if isinstance(c.op, Activation):
+            if is_gated(c.op):
                 clo, chi = gate_interval(*gates[c.name], glo, ghi)
                 ln = self._gate_lines(c, gates, gb)
                 g64 = gamma(a_c[0].numel(), F64)

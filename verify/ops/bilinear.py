@@ -223,6 +223,13 @@ class Power(_OddConvex):
         a = magnitude(lo, hi).detach()
         return self.n * a ** (self.n - 1), a ** self.n, a  # every slope used is at most f' at the magnitude
 
+    def derivative_interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Jacobian rule: ``[dl, du]`` containing ``n x^(n-1)`` on ``[lo, hi]`` (exact arithmetic): ``n`` times the
+        interval of ``x^(n-1)`` (``2 x`` for squares), products rounded outward."""
+        p_lo, p_hi = (lo, hi) if self.n == 2 else Power(self.n - 1).interval((lo, hi))
+        n = torch.tensor(float(self.n), dtype=lo.dtype, device=lo.device)
+        return mul_down(n, p_lo), mul_up(n, p_hi)
+
     def __repr__(self):
         return f"Power({self.n})"
 
@@ -253,6 +260,16 @@ class Reciprocal(_OddConvex):
                                  f"{float(hi.reshape(-1)[i]):.6g}]): the quotient has no bound")
         (fl, el), (fh, eh) = self._f(lo), self._f(hi)
         return cast_down(down(fh - eh), lo.dtype), cast_up(up(fl + el), lo.dtype)  # decreasing on each side of 0
+
+    def derivative_interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Jacobian rule: ``[dl, du]`` containing ``-1 / x^2`` on ``[lo, hi]`` away from 0 (exact arithmetic): from the
+        smallest and largest ``|x|``, in float64 with a relative margin, rounded outward."""
+        self.interval((lo, hi))  # raises UnboundedError where the range holds 0
+        l64, h64 = lo.to(F64), hi.to(F64)
+        near, far = torch.minimum(l64.abs(), h64.abs()), torch.maximum(l64.abs(), h64.abs())
+        steep, flat = -1.0 / (near * near), -1.0 / (far * far)
+        rel = 8 * unit_roundoff(F64)
+        return cast_down(down(steep * (1 + rel)), lo.dtype), cast_up(up(flat * (1 - rel)), lo.dtype)
 
     def _slope_value_bounds(self, lo, hi):
         lo, hi = lo.detach(), hi.detach()

@@ -90,6 +90,17 @@ class _Periodic(Op):
         return (1 + 16 * unit_roundoff(ts[0].dtype)) * ts[0]  # slopes in [-1, 1]
 
 
+    def derivative_interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Jacobian rule: ``[dl, du]`` containing ``f'`` on ``[lo, hi]`` (``sin' = cos``, ``cos' = -sin``): the
+        derivative's own interval rule (exact arithmetic, rounded outward)."""
+        if isinstance(self, Sin):
+            return Cos().interval((lo, hi))
+        s_lo, s_hi = Sin().interval((lo, hi))
+        return -s_hi, -s_lo  # negation is exact
+
+    global_lipschitz = 1.0  # |f'| <= 1 everywhere (the naive bound)
+
+
 class Sin(_Periodic):
     kind = "sin"
 
