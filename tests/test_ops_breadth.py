@@ -168,6 +168,12 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
                   helper.make_node("Sigmoid", ["r"], ["s"]), helper.make_node("Add", ["s", "tenth"], ["s1"]),
                   helper.make_node("Log", ["s1"], ["lg"]), helper.make_node("Sqrt", ["s"], ["sq"]),
                   helper.make_node("Add", ["e", "lg"], ["a1"]), helper.make_node("Add", ["a1", "sq"], ["o"])]
+    elif op == "Gelu":  # torch's ONNX export of GELU: x * (erf(x / sqrt 2) + 1) * 0.5
+        inits += [_init("sqrt2", np.array(1.4142135623730951)), _init("one", np.array(1.0)),
+                  _init("half", np.array(0.5))]
+        nodes += [helper.make_node("Div", ["r", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                  helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["r", "e1"], ["m"]),
+                  helper.make_node("Mul", ["m", "half"], ["o"])]
     else:
         raise ValueError(op)
     nodes.append(helper.make_node("Flatten", ["o"], ["f"], axis=1))
@@ -183,12 +189,12 @@ def _width(op: str, seed: int) -> int:
             "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24, "ConvTranspose": 3 * 6 * 8, "Resize": 2 * 6 * 12,
             "Sign": 24, "Softmax": 24, "Clip": 24, "Abs": 24, "Max": 24, "Min": 24, "MulVars": 24, "Pow": 24,
             "DivVars": 24, "SinCos": 24, "MatMulVars": 18, "ConcatInexact": 30, "ExpandVar": 24,
-            "ConvTransposeGrouped": 2 * 6 * 8, "ExpLogSqrt": 24}[op]
+            "ConvTransposeGrouped": 2 * 6 * 8, "ExpLogSqrt": 24, "Gelu": 24}[op]
 
 
 OPS = ["Slice", "Split", "Gather", "GatherScalar", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
        "ConvTransposeGrouped", "Resize", "Sign", "Softmax", "Clip", "Abs", "Max", "Min", "MulVars", "Pow",
-       "DivVars", "SinCos", "MatMulVars", "ConcatInexact", "ExpandVar", "ExpLogSqrt"]
+       "DivVars", "SinCos", "MatMulVars", "ConcatInexact", "ExpandVar", "ExpLogSqrt", "Gelu"]
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -267,12 +273,12 @@ def test_op_lipschitz_bound_holds_at_sampled_gradients(op):
     assert res.upper < float("inf")
 
 
-@pytest.mark.parametrize("op", ["Sign", "Softmax", "MulVars"])
+@pytest.mark.parametrize("op", ["Sign", "Softmax", "MulVars", "Gelu"])
 def test_lipschitz_refuses_ops_without_a_jacobian_rule(op):
     from verify.lipschitz import lipschitz
 
     graph = from_onnx_model(_net(op, 13))
-    names = {"MulVars": "Mul"}
+    names = {"MulVars": "Mul", "Gelu": "Mul"}
     with pytest.raises(UnsupportedOperator, match=names.get(op, op)):
         lipschitz(graph, np.zeros(6) - 0.1, np.zeros(6) + 0.1, method="crown", attack=False)
 

@@ -3,7 +3,8 @@
 
 Each identity is exact in real arithmetic, and the model's own float evaluation of clamp / max / min / abs rounds
 nothing, so bounds of the composition (whose Scale and sum nodes carry their rounding allowances) hold for the model.
-Their CROWN relaxations are ReLU triangles."""
+Their CROWN relaxations are ReLU triangles. GELU (``gelu``) is written with Erf or Tanh and a product of two
+variables, as torch evaluates it."""
 
 from __future__ import annotations
 
@@ -61,3 +62,39 @@ def absolute(b: GraphBuilder, name: str, x: str, dtype: torch.dtype) -> str:
     neg = b.add(b.fresh(f"{name}_neg"), Scale(torch.tensor(-1.0, dtype=dtype, device="cpu")), [x])
     parts = [b.add(b.fresh(f"{name}_pos_relu"), Relu(), [x]), b.add(b.fresh(f"{name}_neg_relu"), Relu(), [neg])]
     return b.add(b.fresh(name), AddVars([1.0, 1.0]), parts)
+
+
+SQRT1_2 = 0.7071067811865476  # the double nearest 1 / sqrt(2)
+SQRT_2_OVER_PI = 0.7978845608028654  # the double nearest sqrt(2 / pi)
+GELU_CUBIC = 0.044715
+
+ConstantWithError = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor | None]]
+"""A float64 constant and a bound on its distance to the exact value -> the constant in the model's precision and the
+bound on its distance to the exact value (or None)."""
+
+
+def gelu(b: GraphBuilder, name: str, x: str, const: ConstantWithError, approximate: str = "none") -> str:
+    """``GELU(x) = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2`` (``approximate="none"``) or
+    ``x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) / 2`` (``"tanh"``), in torch's order of evaluation. The irrational
+    constants carry their distance to the exact value, so the bounds hold for the mathematical GELU and for its float
+    evaluation."""
+    from verify.ops import Mul, Tanh
+    from verify.ops.activation import Erf
+    from verify.ops.bilinear import Power
+
+    def scale(tag: str, v: str, value: float, exact: bool) -> str:
+        err = np.zeros(()) if exact else np.asarray(abs(value) * np.finfo(np.float64).eps)  # the double's own error
+        w, w_err = const(np.asarray(value), err)
+        return b.add(b.fresh(f"{name}_{tag}"), Scale(w, None, weight_err=w_err), [v])
+
+    if approximate == "none":
+        gate = b.add(b.fresh(f"{name}_erf"), Erf(), [scale("scaled", x, SQRT1_2, False)])
+    elif approximate == "tanh":
+        cube = scale("cubic", b.add(b.fresh(f"{name}_cube"), Power(3), [x]), GELU_CUBIC, True)
+        inner = b.add(b.fresh(f"{name}_inner"), AddVars([1.0, 1.0]), [x, cube])
+        gate = b.add(b.fresh(f"{name}_tanh"), Tanh(), [scale("scaled", inner, SQRT_2_OVER_PI, False)])
+    else:
+        raise UnsupportedOperator("gelu", name, None, f"approximate={approximate!r} (none or tanh)")
+    one, _ = const(np.asarray(1.0), np.zeros(()))
+    one_plus = b.add(b.fresh(f"{name}_one_plus"), Scale(None, one), [gate])
+    return b.add(name, Mul(), [scale("half", x, 0.5, True), one_plus])

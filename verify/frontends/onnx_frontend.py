@@ -60,6 +60,7 @@ from verify.ops import (
     Transpose,
     UpsampleNearest,
 )
+from verify.ops.activation import Erf
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 from verify.ops.exp_log import Exp, Log, Sqrt
 from verify.ops.periodic import Cos, Sin
@@ -389,6 +390,8 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
         return _piecewise(ctx, node, name, ins, attrs)
     if op in ("Sin", "Cos"):
         return ctx.b.add(name, Sin() if op == "Sin" else Cos(), [x])
+    if op == "Erf":
+        return ctx.b.add(name, Erf(), [x])
     if op in ("Exp", "Log", "Sqrt"):
         return ctx.b.add(name, {"Exp": Exp, "Log": Log, "Sqrt": Sqrt}[op](), [x])
     if op == "Expand":

@@ -22,7 +22,7 @@ from verify.frontends import composites
 from verify.frontends import constants as K
 from verify.graph import Graph, GraphBuilder
 from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
-from verify.ops.activation import LeakyRelu
+from verify.ops.activation import Erf, LeakyRelu
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 from verify.ops.exp_log import Exp, Log, Sqrt
 from verify.ops.periodic import Cos, Sin
@@ -172,6 +172,13 @@ def _clip(b: GraphBuilder, name: str, x: str, lo: float | None, hi: float | None
                             const)
 
 
+def _gelu(b: GraphBuilder, name: str, x: str, dtype: torch.dtype, approximate: str) -> str:
+    """GELU through Erf (or Tanh) and a product (``verify.frontends.composites.gelu``)."""
+    def const(v, err):
+        return _constant(v, err, dtype)
+    return composites.gelu(b, name, x, const, approximate)
+
+
 def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
     """Trace ``module`` for inputs of per-sample shape ``input_shape`` (without the batch axis)."""
     if not any(True for _ in module.children()):
@@ -202,6 +209,12 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         if n.op == "call_module" and isinstance(mods[n.target], nn.Hardtanh):  # also ReLU6
             m = mods[n.target]
             env[n] = _clip(b, n.target.replace(".", "_"), args[0], float(m.min_val), float(m.max_val), dtype)
+        elif n.op == "call_module" and isinstance(mods[n.target], nn.GELU):
+            env[n] = _gelu(b, n.target.replace(".", "_"), args[0], dtype, mods[n.target].approximate)
+        elif n.op == "call_function" and n.target is F.gelu:
+            env[n] = _gelu(b, n.name, args[0], dtype, n.kwargs.get("approximate", "none"))
+        elif n.op == "call_function" and n.target in (torch.erf, torch.special.erf):
+            env[n] = b.add(n.name, Erf(), [args[0]])
         elif n.op == "call_module":
             op = _module_op(mods[n.target], b.shapes[args[0]], n.target)
             env[n] = args[0] if op is None else b.add(n.target.replace(".", "_"), op, [args[0]])

@@ -1,6 +1,6 @@
 """Operator families of the graph IR (one module per family: forward, interval and CROWN rules)."""
 
-from verify.ops.activation import Activation, LeakyRelu, Relu, Sigmoid, Tanh
+from verify.ops.activation import Activation, Erf, LeakyRelu, Relu, Sigmoid, Tanh
 from verify.ops.affine import AddVars, Scale
 from verify.ops.base import LinearOp, Op
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
@@ -13,7 +13,7 @@ from verify.ops.reduce import ReduceSum
 from verify.ops.shape import Concat, Gather, Pad, Reshape, Slice, Transpose, UpsampleNearest
 
 __all__ = [
-    "Activation", "AddVars", "AvgPool2d", "Concat", "Conv2d", "Cos", "ConvTranspose2d", "Dense", "Exp", "Gather",
+    "Activation", "AddVars", "AvgPool2d", "Concat", "Conv2d", "Cos", "ConvTranspose2d", "Dense", "Erf", "Exp", "Gather",
     "LeakyRelu", "LinearOp", "Log", "MaxPool2d", "Mul", "Op", "Pad", "Power", "Reciprocal", "ReduceSum", "Relu",
     "Reshape", "Scale", "Sigmoid", "Sign", "Sin", "Slice", "Softmax", "Sqrt", "Square", "Tanh",
     "Transpose", "UpsampleNearest",

@@ -14,6 +14,8 @@ error radius ``16 u a + 8 u + 3 gamma_n (1 + 2a)`` (slopes in [0, 1], ``|c| <= 1
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -240,6 +242,44 @@ class Tanh(_SShaped):
     def stationary(self, a):
         t = (1 - a).clamp(min=0, max=1).sqrt()
         return torch.atanh(-t), torch.atanh(t)
+
+
+class Erf(_SShaped):
+    """``erf(z)`` (ONNX Erf; GELU is ``x (1 + erf(x / sqrt 2)) / 2``, a product the frontends build from it). Its
+    slopes reach ``2 / sqrt(pi) ~ 1.128``, so the allowances of the other S-shaped functions (slopes in [0, 1]) are
+    scaled by that bound."""
+
+    kind = "erf"
+    MAX_SLOPE = 1.1283791670955126 * (1 + 1e-12)  # 2 / sqrt(pi), rounded up
+    global_lipschitz = MAX_SLOPE
+
+    def f(self, z):
+        return torch.erf(z)
+
+    def df(self, z):
+        return (2 / math.sqrt(math.pi)) * torch.exp(-z * z)
+
+    def stationary(self, a):
+        # erf'(z) = a  <=>  z^2 = -log(a sqrt(pi) / 2); no solution for a <= 0 (z -> +-inf) or a > 2 / sqrt(pi) (0)
+        r = (a * (math.sqrt(math.pi) / 2)).clamp(min=1e-300)
+        z = torch.sqrt((-torch.log(r)).clamp(min=0))
+        z = torch.where(a > 0, z, torch.full_like(z, float("inf")))
+        return -z, z
+
+    def error_radius(self, mags):
+        return self.MAX_SLOPE * super().error_radius(mags)
+
+    def abs_forward(self, ts):
+        return self.MAX_SLOPE * super().abs_forward(ts)
+
+    def derivative_interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Jacobian rule: ``erf'`` is even and decreasing in ``|z|``: its maximum on ``[lo, hi]`` is at the point
+        nearest 0, its minimum at an end (float64, a margin, rounded outward)."""
+        lo64, hi64 = lo.to(F64), hi.to(F64)
+        near = torch.minimum(torch.maximum(torch.zeros_like(lo64), lo64), hi64)
+        du, dl = self.df(near), torch.minimum(self.df(lo64), self.df(hi64))
+        margin = 64 * unit_roundoff(F64) * (1 + du)
+        return cast_down((dl - margin).clamp(min=0), lo.dtype), cast_up(du + margin, lo.dtype)
 
 
 class LeakyRelu(Activation):

@@ -1,6 +1,6 @@
-"""Exp, Log, Sqrt (``verify.ops.exp_log``) and the derivative intervals (Jacobian rules) of every element-wise op that
-states one (also Sin, Cos, Power, Reciprocal): lines, intervals and derivative ranges hold at 50 digits (mpmath) at
-many points of random intervals, in float64 and float32; domains are refused by name."""
+"""Exp, Log, Sqrt (``verify.ops.exp_log``), Erf and GELU, and the derivative intervals (Jacobian rules) of every
+element-wise op that states one (also Sin, Cos, Power, Reciprocal): lines, intervals and derivative ranges hold at 50
+digits (mpmath) at many points of random intervals, in float64 and float32; domains are refused by name."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from verify.bounds.ibp import sound_interval
 from verify.errors import UnboundedError
+from verify.ops.activation import Erf
 from verify.ops.bilinear import Power, Reciprocal
 from verify.ops.exp_log import Exp, Log, Sqrt
 from verify.ops.periodic import Cos, Sin
@@ -20,6 +22,8 @@ FUNCS = {  # op factory, f, f', interval sampler
     "exp": (Exp, mpmath.exp, mpmath.exp, lambda rng, n: rng.normal(0, 4, n)),
     "log": (Log, mpmath.log, lambda x: 1 / x, lambda rng, n: np.exp(rng.normal(0, 3, n))),
     "sqrt": (Sqrt, mpmath.sqrt, lambda x: 1 / (2 * mpmath.sqrt(x)), lambda rng, n: np.abs(rng.normal(0, 5, n))),
+    "erf": (Erf, mpmath.erf, lambda x: 2 / mpmath.sqrt(mpmath.pi) * mpmath.exp(-x * x),
+            lambda rng, n: rng.normal(0, 2, n)),
 }
 
 
@@ -42,7 +46,7 @@ def test_lines_intervals_and_derivatives_hold_at_fifty_digits(name, dtype):
         lo[10:20] = 0.0  # ranges that reach the kink of sqrt at 0
     op = make()
     a_lo, c_lo, a_up, c_up = op.relax(lo, hi)
-    ilo, ihi = op.interval((lo, hi))
+    ilo, ihi = sound_interval(op, [(lo, hi)])  # the interval rule with its rounding allowance
     dl, du = op.derivative_interval(lo, hi)
     for i in range(lo.numel()):
         l_, u_ = mpmath.mpf(float(lo[i])), mpmath.mpf(float(hi[i]))
@@ -155,3 +159,25 @@ def test_lipschitz_bounds_with_every_element_wise_rule_hold_at_sampled_gradients
     for method in ("ibp", "crown", "alpha-crown", "bab"):
         res = lipschitz(net, lo, hi, method=method, timeout=3)
         assert res.lower <= res.upper and worst <= res.upper, (seed, method, worst, res.upper)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_graphs_match_torch_and_their_bounds_hold(approximate):
+    import verify
+    from verify import from_torch
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(approximate=approximate), torch.nn.Linear(8, 6),
+                              torch.nn.GELU(approximate=approximate), torch.nn.Linear(6, 2))
+    for dtype in (torch.float64, torch.float32):
+        m = net.to(dtype)
+        x = torch.rand(1, 4, dtype=dtype) * 2 - 1
+        graph = from_torch(m, (4,))
+        torch.testing.assert_close(graph(x).reshape(1, -1), m(x), rtol=1e-6, atol=1e-6)
+        pts = x - 0.5 + torch.rand(3000, 4, dtype=dtype)
+        ys = m(pts).detach()
+        for method in ("ibp", "crown", "alpha-crown"):
+            lo, hi = verify.bound(m, x - 0.5, x + 0.5, method=method)
+            assert (ys >= lo).all() and (ys <= hi).all(), (approximate, dtype, method)
+    with pytest.raises(Exception, match="approximate"):
+        from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.GELU(approximate="bogus")), (2,))
