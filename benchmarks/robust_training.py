@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the tables as one JSON object on the last line")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help="comma-separated training methods; done-INNER is DONE with --inner INNER (e.g. done-ibp: "
-                        "instances reweighted by their IBP certified loss)")
+                        "instances reweighted by their IBP certified loss); METHOD:FIELD=VALUE:... overrides "
+                        "TrainConfig fields for that row (e.g. done:r=1:reweight_start=0.5)")
     p.add_argument("--seeds", type=positive(int), default=None, help="seeds per method (default 3; quick 2)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
@@ -121,14 +122,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--imbalance: ratios must be finite numbers >= 1")
     from robust_train.config import INNERS, METHODS
     known = (*METHODS, *(f"done-{inner}" for inner in INNERS if inner != "pgd"))
-    unknown = [m for m in args.methods if m not in known]
+    unknown = [m for m in args.methods if m.split(":")[0] not in known]
     if unknown:
         p.error(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+    for m in args.methods:
+        try:
+            method_overrides(m)
+        except ValueError as e:
+            p.error(f"--methods: {m}: {e}")
     args.certify = [] if args.certify == "none" else [args.certify]
     return args
 
 
 # ------------------------------------------------------------------------------------------- one run
+
+
+def method_overrides(token: str) -> dict[str, float]:
+    """``{field: value}`` of a method token's ``:FIELD=VALUE`` parts (numeric TrainConfig fields)."""
+    from dataclasses import fields
+
+    from robust_train.config import TrainConfig
+    names = {f.name for f in fields(TrainConfig)}
+    out = {}
+    for part in token.split(":")[1:]:
+        key, eq, value = part.partition("=")
+        if not eq or key not in names:
+            raise ValueError(f"{part!r} is not FIELD=VALUE of a TrainConfig field")
+        out[key] = float(value)
+    return out
 
 
 def run_one(job: dict) -> dict:
@@ -144,11 +165,13 @@ def run_one(job: dict) -> dict:
 
     a = job["args"]
     out = Path(job["out"])
-    method, _, inner = job["method"].partition("-") if job["method"].startswith("done-") else (job["method"], "", "")
+    base = job["method"].split(":")[0]
+    method, _, inner = base.partition("-") if base.startswith("done-") else (base, "", "")
+    settings = {"r": a["r"], "tau": a["tau"], **method_overrides(job["method"])}
     cfg = TrainConfig(data=a["data"], data_dir=a["data_dir"], subset=a["subset"], imbalance=job["imbalance"],
                       model=a["model"], method=method, inner=inner or "pgd", eps=a["eps"], epochs=a["epochs"],
-                      batch_size=a["batch_size"], lr=a["lr"], r=a["r"], tau=a["tau"], seed=job["seed"],
-                      device="cpu", out=str(out), val_points=500)
+                      batch_size=a["batch_size"], lr=a["lr"], seed=job["seed"], device="cpu", out=str(out),
+                      val_points=500, **settings)
     splits = load_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction,
                           subset=cfg.subset, imbalance=cfg.imbalance)
     t0 = time.perf_counter()

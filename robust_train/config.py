@@ -67,7 +67,7 @@ class TrainConfig:
     gairat_lambda: float = -1.0
     mail_bias: float = -1.5
     mail_slope: float = 1.0
-    reweight_start: float | None = None  # fraction of training before GAIRAT / MAIL reweighting starts
+    reweight_start: float | None = None  # fraction of training before GAIRAT / MAIL / DONE reweighting starts
     # DONE
     r: float = 1.0
     tau: float = 0.5

@@ -191,8 +191,8 @@ class DONE(Method):
             logits = self.model(x_adv)
             per = L.ce(logits, batch.y)
             clean, robust = self.clean_logits(batch), logits.detach().argmax(1) == batch.y
-        self.normaliser.update(per.detach(), self.collective)
-        w = self.normaliser.weights(per)
+        self.normaliser.update(per.detach(), self.collective)  # also during a burn-in: warm when reweighting starts
+        w = self.normaliser.weights(per) if batch.progress >= cfg.reweight_start else torch.ones_like(per)
         if extra is not None:  # the hypergradient term has value 0; weighted like its loss
             per = per + extra
         return StepResult((w * per).sum() / batch.n_global, clean, robust)

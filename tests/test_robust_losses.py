@@ -146,6 +146,27 @@ def test_done_with_r_inf_is_exactly_the_base_loss(inner):
         assert torch.equal(ga, gb)
 
 
+def test_done_burn_in_is_pgd_at_until_reweighting_starts_and_keeps_the_normaliser_warm():
+    """``reweight_start``: before it DONE's step equals PGD-AT's bit for bit while its normaliser tracks the losses;
+    from it on the weights are the usual ones."""
+    x = torch.rand(20, 1, 2, 3, dtype=D)
+    y = torch.randint(0, 4, (20,))
+    losses = {}
+    for method, start in (("done", 0.5), ("pgd-at", None), ("done", 0.0)):
+        model = _tiny()
+        cfg = TrainConfig(method=method, r=0.5, model="mlp-small", pgd_steps=3, reweight_start=start)
+        m = build_method(cfg, model, (1, 2, 3), Collective())
+        before = m(_batch(x, y, 0.1, progress=0.25)).loss.detach()
+        losses[(method, start)] = (before, m)
+    assert torch.equal(losses[("done", 0.5)][0], losses[("pgd-at", None)][0])
+    assert not torch.equal(losses[("done", 0.0)][0], losses[("pgd-at", None)][0])
+    burned, fresh = losses[("done", 0.5)][1], losses[("done", 0.0)][1]
+    assert burned.normaliser.state_dict() == fresh.normaliser.state_dict()  # both saw the same losses
+    after = burned(_batch(x, y, 0.1, progress=0.75)).loss.detach()
+    again = fresh(_batch(x, y, 0.1, progress=0.75)).loss.detach()
+    assert torch.equal(after, again)
+
+
 def test_done_loss_is_the_weighted_mean():
     l = _losses(5).requires_grad_(True)
     norm = DoneNormaliser(0.5, 1.0)
