@@ -181,3 +181,36 @@ def test_gelu_graphs_match_torch_and_their_bounds_hold(approximate):
             assert (ys >= lo).all() and (ys <= hi).all(), (approximate, dtype, method)
     with pytest.raises(Exception, match="approximate"):
         from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.GELU(approximate="bogus")), (2,))
+
+
+def test_torch_softmax_forms_are_taken_and_their_bounds_hold():
+    import torch.nn.functional as F
+
+    import verify
+    from verify import from_torch
+    from verify.errors import UnsupportedOperator
+    from verify.lipschitz import lipschitz
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.o, self.sm = torch.nn.Linear(4, 12), torch.nn.Linear(12, 3), torch.nn.Softmax(dim=-1)
+
+        def forward(self, x):
+            h = self.q(x).view(x.shape[0], 3, 4)
+            a = self.sm(h) + F.softmax(h, dim=2) + h.softmax(-1) + torch.softmax(h, 1)
+            return self.o(a.reshape(x.shape[0], 12))
+
+    torch.manual_seed(0)
+    net = Attention().double()
+    graph = from_torch(net, (4,))
+    assert sum(getattr(n.op, "kind", "") == "softmax" for n in graph.nodes) == 4
+    x = torch.rand(1, 4, dtype=torch.float64)
+    torch.testing.assert_close(graph(x).reshape(1, -1), net(x), rtol=1e-12, atol=1e-12)
+    pts = x - 0.3 + 0.6 * torch.rand(4000, 4, dtype=torch.float64)
+    ys = net(pts).detach()
+    for method in ("ibp", "crown", "alpha-crown"):
+        lo, hi = verify.bound(net, x - 0.3, x + 0.3, method=method)
+        assert (ys >= lo).all() and (ys <= hi).all(), method
+    with pytest.raises(UnsupportedOperator, match="Softmax"):
+        lipschitz(net, (x - 0.3).reshape(-1), (x + 0.3).reshape(-1), method="crown")

@@ -385,3 +385,4 @@ def test_vnncomp_ops_instances_verify_with_no_error_and_none_wrong(folder, net, 
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["instances"] == len(rows) and summary["error"] == 0 and summary["wrong"] == 0
     assert summary["correct"] == len(rows), summary
+

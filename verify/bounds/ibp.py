@@ -27,7 +27,7 @@ def allowance_args(op: Op, in_bounds: Sequence[Bounds]) -> list:
 def sound_interval(op: Op, in_bounds: Sequence[Bounds]) -> Bounds:
     """``op.interval`` widened by the op's rounding allowance (no-op for exact interval rules)."""
     lo, hi = op.interval(*in_bounds)
-    if op.interval_exact or not accounted():
+    if op.interval_exact or op.interval_rigorous or not accounted():
         return lo, hi
     return widen(lo, hi, op.interval_radius(allowance_args(op, in_bounds)))
 

@@ -25,6 +25,7 @@ from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Resha
 from verify.ops.activation import Erf, LeakyRelu
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 from verify.ops.exp_log import Exp, Log, Sqrt
+from verify.ops.interval_relaxed import Softmax
 from verify.ops.periodic import Cos, Sin
 from verify.ops.shape import Concat
 from verify.rounding import unit_roundoff
@@ -209,6 +210,18 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         if n.op == "call_module" and isinstance(mods[n.target], nn.Hardtanh):  # also ReLU6
             m = mods[n.target]
             env[n] = _clip(b, n.target.replace(".", "_"), args[0], float(m.min_val), float(m.max_val), dtype)
+        elif (n.op == "call_module" and isinstance(mods[n.target], nn.Softmax)) or \
+                (n.op == "call_function" and n.target in (F.softmax, torch.softmax)) or \
+                (n.op == "call_method" and n.target == "softmax"):
+            if n.op == "call_module":
+                dim = mods[n.target].dim
+            else:
+                dim = args[1] if len(args) > 1 else n.kwargs.get("dim")
+            if dim is None:
+                raise UnsupportedOperator("softmax", n.name, None, "an implicit dim (give dim=)")
+            rank = len(b.shapes[args[0]])
+            axis = dim if dim >= 0 else rank + dim  # the graph's shapes keep the batch axis as a leading 1
+            env[n] = b.add(n.name.replace(".", "_"), Softmax(axis), [args[0]])
         elif n.op == "call_module" and isinstance(mods[n.target], nn.GELU):
             env[n] = _gelu(b, n.target.replace(".", "_"), args[0], dtype, mods[n.target].approximate)
         elif n.op == "call_function" and n.target is F.gelu:

@@ -99,6 +99,9 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
     (``1^T |L_1^T| ... |L^T| |c_j|``), which is a valid, tighter product bound. Rigorous for the exact weights:
     norms of ``|W| + weight_err`` in float64, each rounded sum and product rounded up (``gamma_n`` then ``up``)."""
     g64 = graph.with_dtype(F64)
+    if any(has_derivative_rule(n.op) and not math.isfinite(getattr(n.op, "global_lipschitz", math.inf))
+           for n in g64.nodes):  # exp, powers, ...: no global constant (and inf times a zero weight is no bound)
+        return torch.full((len(outputs),), math.inf, dtype=F64, device=g64.device)
     chain = all(len(n.inputs) == 1 for n in g64.nodes) and _single_use(g64) and all(
         _inf_norm(n.op) is not None for n in g64.nodes if isinstance(n.op, LinearOp))
     seeds = seed_tensor(g64, outputs, F64)
@@ -117,8 +120,8 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
                     factor = up(factor * _inf_norm(n.op))
             elif type(n.op) in _ACT_LIP:
                 factor = up(factor * _ACT_LIP[type(n.op)])
-            elif has_derivative_rule(n.op):  # inf where f' is unbounded (exp, powers, ...): no global constant
-                factor = up(factor * getattr(n.op, "global_lipschitz", math.inf))
+            elif has_derivative_rule(n.op):
+                factor = up(factor * n.op.global_lipschitz)
             else:
                 raise UnsupportedOperator(type(n.op).__name__, n.name, detail="Lipschitz bounds: no Jacobian rule")
         return up(factor * sum_up(lam.reshape(k, -1).abs()))
@@ -133,7 +136,7 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
         elif isinstance(n.op, Relu | LeakyRelu | Sigmoid | Tanh):
             ins = [lam * _ACT_LIP[type(n.op)]]
         elif has_derivative_rule(n.op):
-            ins = [lam * getattr(n.op, "global_lipschitz", math.inf)]
+            ins = [lam * n.op.global_lipschitz]
         else:
             raise UnsupportedOperator(type(n.op).__name__, n.name, detail="naive Lipschitz bound of a non-chain graph")
         for i, li in zip(n.inputs, ins, strict=True):

@@ -54,6 +54,7 @@ class Op:
     linear: bool = False  # affine in (all of) its inputs jointly
     needs_input_bounds: bool = False  # its relaxation needs [l, u] of its input(s)
     interval_exact: bool = False  # interval() rounds nothing (data movement, max, ReLU)
+    interval_rigorous: bool = False  # interval() is already an outward-rounded enclosure, evaluation error included
     in_shapes: tuple[tuple[int, ...], ...] = ()
     out_shape: tuple[int, ...] = ()
 

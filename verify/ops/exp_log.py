@@ -10,6 +10,8 @@ end points, evaluated in float64 with a relative margin and rounded outward.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,10 +22,11 @@ from verify.rounding import F64, cast_down, cast_up, down, magnitude, tiny, unit
 _REL = 8 * unit_roundoff(F64)  # float64 exp / log / sqrt and one division: within a few ulps
 
 
-def _outward(lo64: Tensor, hi64: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``[lo, hi]`` widened by the relative margin, rounded outward into ``dtype``."""
-    lo64 = lo64 - _REL * lo64.abs() - tiny(F64)
-    hi64 = hi64 + _REL * hi64.abs() + tiny(F64)
+def _outward(lo64: Tensor, hi64: Tensor, dtype: torch.dtype, rel: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``[lo, hi]`` widened by the relative margin (plus ``rel``, each end relative to itself), rounded outward into
+    ``dtype``."""
+    lo64 = lo64 - (_REL + rel) * lo64.abs() - tiny(F64)
+    hi64 = hi64 + (_REL + rel) * hi64.abs() + tiny(F64)
     return cast_down(down(lo64), dtype), cast_up(up(hi64), dtype)
 
 
@@ -32,6 +35,8 @@ class _Monotone(_OddConvex):
 
     concave = False
     eval_ulps = 8
+    interval_rigorous = True  # interval() carries the evaluation allowance per end
+    nonnegative = False  # f >= 0, and so is any float evaluation of it (exp, sqrt)
 
     def f64(self, x64: Tensor) -> Tensor:
         raise NotImplementedError
@@ -60,10 +65,13 @@ class _Monotone(_OddConvex):
         return -a_up, -c_up, -a_lo, -c_lo  # lines of -g, exact negations
 
     def interval(self, bounds):
+        """The end points' values, each widened by the model's own evaluation (``eval_ulps`` of itself: a relative
+        allowance per end, so a huge upper end does not drag a small lower one below 0), rounded outward."""
         lo, hi = bounds
         self._check_domain(lo)
         v_lo, v_hi = self.f64(lo.to(F64)), self.f64(hi.to(F64))
-        return _outward(v_lo, v_hi, lo.dtype)
+        low, high = _outward(v_lo, v_hi, lo.dtype, self.eval_ulps * unit_roundoff(lo.dtype))
+        return (low.clamp(min=0) if self.nonnegative else low), high
 
     def derivative_interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """``[dl, du]`` containing ``f'`` on ``[lo, hi]`` (exact arithmetic): its end-point values (``f'`` is monotone
@@ -87,6 +95,7 @@ class Exp(_Monotone):
     """``z = exp(x)``."""
 
     kind = "exp"
+    nonnegative = True
 
     def forward(self, x):
         return torch.exp(x)
@@ -95,7 +104,7 @@ class Exp(_Monotone):
         pass
 
     def _check_range(self, hi: Tensor) -> None:
-        top = float(torch.log(torch.tensor(torch.finfo(hi.dtype).max, dtype=F64)))
+        top = math.log(torch.finfo(hi.dtype).max)
         bad = hi >= top
         if bool(bad.any()):
             v = float(hi.reshape(-1)[int(bad.reshape(-1).nonzero()[0])])
@@ -149,6 +158,7 @@ class Sqrt(_Monotone):
     reaches 0 are correspondingly loose)."""
 
     kind = "sqrt"
+    nonnegative = True
     concave = True
     eval_ulps = 2  # IEEE square roots are correctly rounded
 

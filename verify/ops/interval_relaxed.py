@@ -88,10 +88,18 @@ class Softmax(IntervalRelaxed):
         s_lo, r_lo = others(l64, u64)
         # exp of a rounded difference is within (|diff| + 2) u of exact, the sum adds n u; an error of rel * s in s
         # moves 1 / (1 + s) by at most rel / 4 (overflow to inf gives the bound 0, sound)
-        low = 1 / (1 + s_hi) - (64 + n + r_hi) * unit_roundoff(F64)
-        up = 1 / (1 + s_lo) + (64 + n + r_lo) * unit_roundoff(F64)
+        # and the model's own float softmax in its precision: a sum of n exponentials and a division, (n + 8) u
+        model = (n + 8) * unit_roundoff(lo.dtype)
+        low = 1 / (1 + s_hi) - (64 + n + r_hi) * unit_roundoff(F64) - model
+        up = 1 / (1 + s_lo) + (64 + n + r_lo) * unit_roundoff(F64) + model
         low, up = low.clamp(0.0, 1.0).movedim(-1, d), up.clamp(0.0, 1.0).movedim(-1, d)
         return cast_down(low, lo.dtype), cast_up(up, lo.dtype)
+
+    def error_radius(self, mags):
+        a = mags[0].detach()
+        n = self.in_shapes[0][self.axis]
+        # the model's float softmax ((n + 8) u of |y| <= 1) and the float64 dots of kappa
+        return torch.full_like(a, (n + 8) * unit_roundoff(a.dtype) + 3 * gamma(self.out_numel(), F64)) + tiny(a.dtype)
 
     def __repr__(self):
         return f"Softmax(axis={self.axis})"

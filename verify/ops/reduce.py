@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from verify.ops.base import LinearOp
-from verify.rounding import gamma
+from verify.rounding import down, gamma, magnitude, tiny, up
 
 
 class ReduceSum(LinearOp):
@@ -20,6 +20,7 @@ class ReduceSum(LinearOp):
 
     kind = "reducesum"
     monotone = True
+    interval_rigorous = True  # interval() below
 
     def __init__(self, axes: Sequence[int], keepdims: bool = True, mean: bool = False):
         self.axes, self.keepdims, self.mean = tuple(sorted(int(a) for a in axes)), bool(keepdims), bool(mean)
@@ -44,6 +45,18 @@ class ReduceSum(LinearOp):
 
     def _gamma(self, dtype: torch.dtype) -> float:
         return gamma(self.count() + (1 if self.mean else 0), dtype)
+
+    def interval(self, bounds):
+        """The sums of the ends, widened by ``2 gamma`` of the terms' magnitudes (the model's float sum and this one);
+        a lower end whose terms are all >= 0 only by ``2 gamma`` of itself (a float sum of non-negative terms is within
+        ``gamma`` of it, relatively), so sums of exponentials keep a positive lower bound next to huge upper ones."""
+        lo, hi = bounds
+        g = 2 * self._gamma(lo.dtype)
+        s_lo, s_hi = self.forward(lo), self.forward(hi)
+        mag = self.forward(magnitude(lo, hi))
+        nonneg = self.forward((lo < 0).to(lo.dtype)) == 0
+        rad_lo = torch.where(nonneg, g * s_lo.abs(), g * mag) + tiny(lo.dtype)
+        return down(s_lo - rad_lo), up(s_hi + g * mag + tiny(lo.dtype))
 
     def error_radius(self, mags):
         # the float evaluation, the interval rule (the op on l and u) and the adjoint's division (mean)
