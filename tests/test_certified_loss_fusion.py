@@ -17,6 +17,7 @@ from robust_train.apgd import threat_box
 from robust_train.attacks import pgd
 from robust_train.certified import CertifiedLoss, exp_chords, margin_spec
 from robust_train.config import ConfigError, TrainConfig
+from tests.helpers import directional_derivatives
 from verify.rounding import accounted, training_losses
 
 D = torch.float64
@@ -96,30 +97,17 @@ def test_fused_loss_is_tighter_than_ibp_somewhere_and_faster_rows():
 def test_fused_loss_gradients_reach_every_parameter_and_match_finite_differences(beta):
     model = _cnn()
     x, y = _data(6)
-    gen = torch.Generator().manual_seed(5)
     loss_fn = CertifiedLoss(model, (1, 5, 5), "crown-ibp", loss_fusion=True)
 
     def total():
         return loss_fn(x, y, 0.05, 0.3, beta)[0].mean()
 
     params = list(model.parameters())
-    grads = torch.autograd.grad(total(), params)
-    for g in grads:
+    for g in torch.autograd.grad(total(), params):
         assert g.abs().sum() > 0, "a parameter gets no gradient"
-    h = 1e-6
-    for k in range(3):
-        dirs = [torch.randn(p.shape, generator=gen, dtype=D) for p in params]
-        with torch.no_grad():
-            for p, d in zip(params, dirs, strict=True):
-                p.add_(h * d)
-            up = float(total())
-            for p, d in zip(params, dirs, strict=True):
-                p.sub_(2 * h * d)
-            down = float(total())
-            for p, d in zip(params, dirs, strict=True):
-                p.add_(h * d)
-        fd = (up - down) / (2 * h)
-        an = float(sum((g * d).sum() for g, d in zip(grads, dirs, strict=True)))
+    torch.manual_seed(5)
+    for k in range(3):  # central differences along random directions of all parameters at once
+        an, fd = directional_derivatives(total(), total, params)
         assert abs(fd - an) <= 1e-6 * max(1.0, abs(an)), (k, fd, an)
 
 

@@ -30,6 +30,12 @@ def _outward(lo64: Tensor, hi64: Tensor, dtype: torch.dtype, rel: float = 0.0) -
     return cast_down(down(lo64), dtype), cast_up(up(hi64), dtype)
 
 
+def _refuse(t: Tensor, bad: Tensor, message: str) -> None:
+    """``UnboundedError(message)`` naming the first value of ``t`` where ``bad`` holds (``{v}`` in the message)."""
+    if bool(bad.any()):
+        raise UnboundedError(message.format(v=float(t.reshape(-1)[int(bad.reshape(-1).nonzero()[0])])))
+
+
 class _Monotone(_OddConvex):
     """An increasing element-wise function, convex (``concave = False``) or concave, with a closed-form ``f'``."""
 
@@ -104,11 +110,8 @@ class Exp(_Monotone):
         pass
 
     def _check_range(self, hi: Tensor) -> None:
-        top = math.log(torch.finfo(hi.dtype).max)
-        bad = hi >= top
-        if bool(bad.any()):
-            v = float(hi.reshape(-1)[int(bad.reshape(-1).nonzero()[0])])
-            raise UnboundedError(f"the input of Exp may reach {v:.6g} on this input box: exp overflows there")
+        _refuse(hi, hi >= math.log(torch.finfo(hi.dtype).max), "the input of Exp may reach {v:.6g} on this input box: "
+                "exp overflows there")
 
     def relax(self, lo, hi):
         self._check_range(hi)
@@ -138,10 +141,7 @@ class Log(_Monotone):
         return torch.log(x)
 
     def _check_domain(self, lo):
-        bad = lo <= 0
-        if bool(bad.any()):
-            v = float(lo.reshape(-1)[int(bad.reshape(-1).nonzero()[0])])
-            raise UnboundedError(f"the input of Log may be {v:.6g} <= 0 on this input box: log has no bound there")
+        _refuse(lo, lo <= 0, "the input of Log may be {v:.6g} <= 0 on this input box: log has no bound there")
 
     def f64(self, x64):
         return torch.log(x64.clamp(min=tiny(F64)))
@@ -166,10 +166,7 @@ class Sqrt(_Monotone):
         return torch.sqrt(x)
 
     def _check_domain(self, lo):
-        bad = lo < 0
-        if bool(bad.any()):
-            v = float(lo.reshape(-1)[int(bad.reshape(-1).nonzero()[0])])
-            raise UnboundedError(f"the input of Sqrt may be {v:.6g} < 0 on this input box: sqrt is undefined there")
+        _refuse(lo, lo < 0, "the input of Sqrt may be {v:.6g} < 0 on this input box: sqrt is undefined there")
 
     def f64(self, x64):
         return torch.sqrt(x64.clamp(min=0))
