@@ -7,7 +7,8 @@ median of ``--repeats`` steps after a warm-up:
 
 - Clarke (``robust_train.methods``, kappa 0.5: the clean and the bound term are both on; beta 1: the CROWN pass is
   on): standard, IBP, CROWN-IBP (K-1 margin rows), CROWN-IBP with loss fusion (one row), PGD-10 AT, DONE.
-- plain torch: forward, cross-entropy, backward, Adam on the bare module: the cheapest standard step.
+- plain torch: forward, cross-entropy, backward, Adam on the bare module: the cheapest standard step; and the least
+  an IBP step can cost, textbook centre / radius IBP in plain torch with the same kappa-0.5 loss (no engine).
 - auto_LiRPA (when importable: ``pip install -e ".[bench]"`` and ``../shared/peers/auto_LiRPA``, see
   ``bounds_speed.py``), ``conv_mode="patches"``: IBP and CROWN-IBP (``compute_bounds(IBP=True, C=margins,
   method=None | "backward", bound_upper=False)``) with the same kappa-0.5 loss, and CROWN-IBP with its loss
@@ -102,6 +103,46 @@ def plain_step(model_name: str, repeats: int, batch: int) -> float:
     return _median_ms(one, repeats)
 
 
+def _interval_logits(model: nn.Sequential, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Textbook IBP in centre / radius form (Gowal et al., 2018) through Conv2d / Linear / ReLU / Flatten layers."""
+    c, r = (hi + lo) / 2, (hi - lo) / 2
+    for m in model:
+        if isinstance(m, nn.Conv2d):
+            c = F.conv2d(c, m.weight, m.bias, m.stride, m.padding)
+            r = F.conv2d(r, m.weight.abs(), None, m.stride, m.padding)
+        elif isinstance(m, nn.Linear):
+            c, r = F.linear(c, m.weight, m.bias), F.linear(r, m.weight.abs())
+        elif isinstance(m, nn.ReLU):
+            low, high = (c - r).relu(), (c + r).relu()
+            c, r = (high + low) / 2, (high - low) / 2
+        elif isinstance(m, nn.Flatten):
+            c, r = c.flatten(1), r.flatten(1)
+        else:
+            raise TypeError(f"no IBP rule here for {type(m).__name__}")
+    return c - r, c + r
+
+
+def minimal_ibp_step(model_name: str, repeats: int, eps: float, batch: int) -> float:
+    """The least an IBP step costs: clean and interval passes in plain torch, no rounding allowances, no engine;
+    the same kappa-0.5 loss (worst-case logits: the true class's lower end, the others' upper ends)."""
+    from models.zoo import build_model
+    x, y, _ = _data(batch)
+    model = build_model(model_name, SHAPE, 10, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    onehot = F.one_hot(y, 10).bool()
+
+    def one() -> None:
+        z_lo, z_hi = _interval_logits(model, lo, hi)
+        worst = torch.where(onehot, z_lo, z_hi)
+        loss = 0.5 * F.cross_entropy(model(x), y) + 0.5 * F.cross_entropy(worst, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return _median_ms(one, repeats)
+
+
 class _ExpSumLoss(nn.Module):
     """``sum_k exp(z_k - z_y)`` (its log is the cross-entropy): what auto_LiRPA's loss fusion bounds above."""
 
@@ -158,7 +199,8 @@ def step_times(model_name: str = "cnn-small", repeats: int = 7, eps: float = 0.1
     torch.set_num_threads(1)
     plain = plain_step(model_name, repeats, batch)
     clarke = clarke_steps(model_name, repeats, eps, batch)
-    rows = [{"tool": "torch", "method": "standard", "ms": plain}]
+    rows = [{"tool": "torch", "method": "standard", "ms": plain},
+            {"tool": "torch", "method": "ibp (minimal)", "ms": minimal_ibp_step(model_name, repeats, eps, batch)}]
     rows += [{"tool": "clarke", "method": m, "ms": v} for m, v in clarke.items()]
     note = ""
     if peer:

@@ -162,7 +162,7 @@ def test_training_steps_benchmark_prints_every_method_as_json():
                          text=True, timeout=300, check=True).stdout
     steps = json.loads(out.strip().splitlines()[-1])
     rows = {(r["tool"], r["method"]): r for r in steps["rows"]}
-    assert set(rows) == {("torch", "standard")} | {("clarke", m) for m in
+    assert set(rows) == {("torch", "standard"), ("torch", "ibp (minimal)")} | {("clarke", m) for m in
                                                     ("standard", "ibp", "crown-ibp", "crown-ibp+fusion", "pgd-at",
                                                      "done")}
     assert all(r["ms"] > 0 and r["x_plain"] > 0 for r in rows.values())

@@ -31,8 +31,12 @@ def test_lipschitz_methods_follow_the_requested_device(method):
     want = lipschitz(net, lo, hi, method=method, timeout=20, device="cpu")
     with torch.device("meta"):
         got = lipschitz(net, lo, hi, method=method, timeout=20, device="cpu")
+    if method == "bab":  # raced against the MIP: either may finish first, both within 1e-6 of the exact value
+        assert want.status == got.status == "exact"
+        assert got.upper == pytest.approx(want.upper, rel=1e-6) and got.lower == pytest.approx(want.lower, rel=1e-6)
+        return
     _same(want, got)
-    if method in ("bab", "mip"):
+    if method == "mip":
         assert want.status == "exact"
 
 
