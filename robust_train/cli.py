@@ -98,7 +98,7 @@ FIELD_HELP = {
     "mail_bias": "MAIL margin bias",
     "mail_slope": "MAIL margin slope",
     "reweight_start": "fraction of training before GAIRAT / MAIL / DONE reweighting starts (DONE: PGD-AT before) "
-                      "(default: 0.5 for gairat, 0.625 for mail, 0 for done)",
+                      "(default: 0.5 for gairat, 0.625 for mail, 0.7 for done)",
     "r": "DONE: radius of the distributional ball over example weights, > 0 or inf",
     "tau": "DONE: temperature of the example weights, in (0, 1]",
     "inner": "DONE: inner maximisation (attack or bound) giving each example's robust loss",

@@ -97,7 +97,7 @@ def test_schedules():
 # ------------------------------------------------------------------------------------------- data parallel
 
 DDP_METHODS = {
-    "done": {"r": 0.5, "tau": 0.5, "pgd_steps": 2},
+    "done": {"r": 0.5, "tau": 0.5, "pgd_steps": 2, "reweight_start": 0.0},  # weighted from the first step
     "gairat": {"reweight_start": 0.0, "pgd_steps": 3},
     "crown-ibp": {"warmup_epochs": 0.0, "ramp_epochs": 1.0, "kappa_final": 0.2, "beta_final": 0.3},
 }
@@ -153,7 +153,7 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(tmp_path, mon
     resumed ends with bit-identical weights and metrics."""
     def cfg(out):
         return TrainConfig(data="digits", model="mlp-small", method="done", eps=0.05, epochs=4, batch_size=64,
-                           lr=3e-3, pgd_steps=3, r=0.7, tau=0.3, val_points=50, out=str(out))
+                           lr=3e-3, pgd_steps=3, r=0.7, tau=0.3, reweight_start=0.0, val_points=50, out=str(out))
 
     full = train(cfg(tmp_path / "full"), digits(256, 50), progress=False, model_fn=mlp)
     original = run_io.save_checkpoint
