@@ -145,3 +145,27 @@ def test_mnist_fc_instance_needing_mip_refinement():
     res = verify_instance(onnx, vnnlib, timeout=timeout)
     check_answer(res, onnx, vnnlib, expected)
     assert res.stage == "relu-bab"
+
+
+def test_a_box_without_bounds_still_gets_the_attack(tmp_path):
+    """y = 1 / x on [-1, 1]: no bound exists (the divisor may vanish), so the CROWN phase cannot answer; the attack
+    still finds and validates a point with y <= -5 (sat), and a property no point violates stays unknown."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Reciprocal", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
+    model = tmp_path / "recip.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    spec = tmp_path / "low.vnnlib"
+    spec.write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 -1.0))\n"
+                    "(assert (<= X_0 1.0))\n(assert (<= Y_0 -5.0))\n")
+    res = verify_instance(model, spec, timeout=20)
+    assert res.status == "sat" and res.x is not None and -0.2 <= res.x[0] < 0
+    check_answer(res, model, spec, "sat")
+    never = tmp_path / "never.vnnlib"
+    never.write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 -1.0))\n"
+                     "(assert (<= X_0 1.0))\n(assert (<= Y_0 -1000000000000.0))\n(assert (>= Y_0 1000000000000.0))\n")
+    res = verify_instance(model, never, timeout=5)
+    assert res.status in ("unknown", "timeout")

@@ -17,7 +17,7 @@ import torch
 
 from verify.bounds.crown import intermediate_bounds
 from verify.counterexample import run_onnxruntime
-from verify.errors import ModelError
+from verify.errors import ModelError, UnboundedError
 from verify.graph import Graph
 
 REL_FLOOR = {torch.float32: 1e-5, torch.float64: 1e-12}
@@ -35,6 +35,13 @@ def sample_points(boxes: list[tuple[np.ndarray, np.ndarray]], per_box: int = 2, 
     return np.stack(pts[:limit])
 
 
+def _point_widths(graph: Graph, x: torch.Tensor) -> torch.Tensor:
+    """Widths ``[N, K]`` of the output's rigorous interval at the points ``x`` (the rounding the IR may differ by)."""
+    pts = x.reshape(-1, *graph.input_shape)
+    lo, hi = intermediate_bounds(graph, pts, pts, "ibp")[graph.output]
+    return (hi - lo).reshape(x.shape[0], -1).double()
+
+
 def check_against_onnxruntime(graph: Graph, onnx_path: str | os.PathLike, points: np.ndarray) -> float:
     """Raise ``ModelError`` naming the largest deviation when the IR and onnxruntime disagree at ``points``
     (float64 ``[N, n]``, cast to the model's input precision first); returns the largest deviation seen."""
@@ -42,16 +49,23 @@ def check_against_onnxruntime(graph: Graph, onnx_path: str | os.PathLike, points
     x = torch.as_tensor(points, device=graph.device).to(dtype)  # the points the model really sees
     with torch.no_grad():
         ours = graph(x.reshape(-1, *graph.input_shape)).reshape(x.shape[0], -1).double()
-        env = intermediate_bounds(graph, x.reshape(-1, *graph.input_shape), x.reshape(-1, *graph.input_shape),
-                                  "ibp")[graph.output]
-        width = (env[1] - env[0]).reshape(x.shape[0], -1).double()
+        try:
+            width = _point_widths(graph, x)
+        except UnboundedError:  # some point has no bound (e.g. a divisor of exactly 0): one at a time, those skipped
+            rows = []
+            for k in range(x.shape[0]):
+                try:
+                    rows.append(_point_widths(graph, x[k:k + 1]))
+                except UnboundedError:
+                    rows.append(torch.full((1, ours.shape[1]), float("nan"), dtype=torch.float64, device=x.device))
+            width = torch.cat(rows)
     worst = 0.0
     for k in range(x.shape[0]):
         ref = torch.as_tensor(run_onnxruntime(onnx_path, x[k].double().cpu().numpy()), device=x.device)
         if ref.numel() != ours.shape[1]:
             raise ModelError(f"{onnx_path}: onnxruntime gives {ref.numel()} outputs, the IR {ours.shape[1]}")
-        if not bool(torch.isfinite(ref).all()):
-            continue  # the model itself overflows at this point: nothing to compare
+        if not bool(torch.isfinite(ref).all()) or not bool(torch.isfinite(width[k]).all()):
+            continue  # the model itself overflows at this point, or has no bound there: nothing to compare
         dev = (ours[k] - ref).abs()
         tol = 2 * width[k] + REL_FLOOR.get(dtype, 1e-5) * (1 + ref.abs().max())
         bad = ~(dev <= tol)  # NaN counts as a mismatch

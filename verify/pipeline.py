@@ -165,7 +165,10 @@ def _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iteratio
     open_props, stages = [], []
     for prop, rows in props:  # CROWN first: milliseconds, and it settles easy instances before any attack
         lo, hi = outward_box(prop.box.lo, prop.box.hi, bgraph.dtype, device)
-        proved, stage = _root_verified(bgraph, rows, lo, hi, deadline, alpha_iterations=0)
+        try:
+            proved, stage = _root_verified(bgraph, rows, lo, hi, deadline, alpha_iterations=0)
+        except UnboundedError:  # no bound on this box (a divisor may vanish): the attack may still find a witness
+            proved, stage = False, "crown"
         (stages.append(stage) if proved else open_props.append((prop, rows, lo, hi)))
     if not open_props:
         return done("unsat", "crown")
