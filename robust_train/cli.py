@@ -34,6 +34,7 @@ from verify.cli.common import (
     write_atomic,
 )
 from verify.cluster import CLUSTER_HELP, cluster_arg
+from verify.device import device_arg, resolve_device
 
 EXIT_STATUS = """Exit status: 0 for an answer; 2 with one line 'clarke: error: ...' on stderr for a bad option,
 a missing data set or run file, or a failed check (nothing is overwritten then)."""
@@ -291,6 +292,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--cluster", type=cluster_arg, metavar="ray[:ADDRESS]",
                    help="attack and certify on Ray, in shards of whole batches (the answers of a local run; "
                    "--bab runs here after them); " + CLUSTER_HELP)
+    e.add_argument("--device", type=device_arg, default="cpu",
+                   help="where the attacks and the bounds run: cpu (the default), auto (a CUDA GPU when present), cuda "
+                        "or cuda:N")
     e.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     add_verbosity(e)
@@ -482,7 +486,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``clarke evaluate RUN``: attack and certify the run's model on its data; write the report (and plot)."""
     from robust_train import evaluate as ev
 
+    if args.cluster is not None and args.device != "cpu":
+        raise CliError("--device goes without --cluster (the cluster's workers compute on their CPUs)")
+    device = resolve_device(args.device)  # a missing GPU is one line, before any work
     cfg, model, _, splits, (x, y) = load_run(args.run, args.data_dir, args.split)
+    model = model.to(device)
     x, y = x[:args.points], y[:args.points]
     if x.shape[0] == 0:
         raise CliError(f"{args.run}: the {args.split} split of this run is empty")

@@ -202,7 +202,7 @@ def test_evaluate_table_and_options(trained, tmp_path, capsys):
     report = tmp_path / "sub" / "report.json"
     report.parent.mkdir()
     code, out, err = run(capsys, "evaluate", trained, *QUICK_EVAL, "--eps", "0", "--certify", "ibp,crown",
-                         "--split", "val", "--out", report, "--no-plots")
+                         "--split", "val", "--out", report, "--no-plots", "--device", "cpu")
     assert code == 0, err
     for needle in ("clean", "attack pgd20", "certified ibp", "RA-Tail-30", "certified tail-30", str(report)):
         assert needle in out, needle
@@ -220,6 +220,9 @@ def test_evaluate_refusals(trained, tmp_path, capsys):
     one_line(*run(capsys, "evaluate", tmp_path / "missing")[::2], "no such run directory")
     one_line(*run(capsys, "evaluate", trained, "--attacks", "fgsm")[::2], "--attacks", "fgsm")
     one_line(*run(capsys, "evaluate", trained, "--eps", "nan")[::2], "--eps")
+    one_line(*run(capsys, "evaluate", trained, "--device", "tpu")[::2], "--device", "tpu")
+    if not torch.cuda.is_available():
+        one_line(*run(capsys, "evaluate", trained, *QUICK_EVAL, "--device", "cuda")[::2], "no CUDA GPU")
     broken = tmp_path / "broken"
     shutil.copytree(trained, broken, ignore=shutil.ignore_patterns("checkpoints"))
     (broken / "model" / "weights.safetensors").write_bytes(b"\0garbage")
