@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--imbalance", default="1,10", help="comma-separated imbalance ratios rho (1 = balanced)")
     p.add_argument("--points", type=positive(int), default=None,
                    help="test points evaluated per run (default 1000; quick 200)")
+    p.add_argument("--points-offset", type=int, default=0,
+                   help="evaluate test points OFFSET .. OFFSET + points - 1 (held-out points after a selection)")
     p.add_argument("--attacks", default=",".join(ATTACKS),
                    help="evaluation attacks: pgd20 first, then APGD attacks (RA-APGD = robust to all of them)")
     p.add_argument("--certify", default="crown-ibp",
@@ -120,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.imbalance = [float(r) for r in args.imbalance.split(",") if r]
     if any(not (math.isfinite(r) and r >= 1) for r in args.imbalance):
         p.error("--imbalance: ratios must be finite numbers >= 1")
+    if args.points_offset < 0:
+        p.error(f"--points-offset must be >= 0, got {args.points_offset}")
     from robust_train.config import INNERS, METHODS
     known = (*METHODS, *(f"done-{inner}" for inner in INNERS if inner != "pgd"))
     unknown = [m for m in args.methods if m.split(":")[0] not in known]
@@ -180,7 +184,8 @@ def run_one(job: dict) -> dict:
     epoch_seconds = [float(r["seconds"]) for r in read_metrics(out)]
     model, _ = load_model(out / "model")
     x, y = splits.test.tensors
-    x, y = x[:a["points"]], y[:a["points"]]
+    start = a.get("points_offset", 0)
+    x, y = x[start:start + a["points"]], y[start:start + a["points"]]
     rep = evaluate(model, (x, y), a["eps"], attacks=a["attacks"], certify=a["certify"], classes=splits.classes,
                    seed=job["seed"], per_point=True)
     pts = rep["points"]
@@ -231,7 +236,8 @@ def fmt(v, sd=None, pct=True) -> str:
 
 def print_table(table: list[dict], args: argparse.Namespace) -> list[dict]:
     print(f"\n{args.data}{f' (subset {args.subset})' if args.subset else ''}, {args.model}, eps {args.eps:g}, "
-          f"{args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr:g} cosine, {args.points} test points, "
+          f"{args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr:g} cosine, {args.points} test points "
+          f"from {args.points_offset}, "
           f"{args.seeds} seeds (mean±sd, %); attacks {','.join(args.attacks)}; DONE r={args.r:g} tau={args.tau:g}")
     head = ["set", "method", *COLUMNS]
     print(" | ".join(f"{h:>14}" for h in head))
@@ -273,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = None if keep else tempfile.TemporaryDirectory(prefix="clarke-bench-")
         root = keep or Path(tmp.name)
         shared = {k: getattr(args, k) for k in ("data", "data_dir", "subset", "model", "eps", "epochs", "batch_size",
-                                                 "lr", "r", "tau", "points", "certify", "attacks")}
+                                                 "lr", "r", "tau", "points", "points_offset", "certify", "attacks")}
         jobs = [{"args": shared, "set": set_name(rho), "imbalance": rho, "method": m, "seed": s,
                  "out": str(root / f"rho{rho:g}" / m / f"seed{s}")}
                 for rho in args.imbalance for s in range(args.seeds) for m in args.methods]
