@@ -36,6 +36,11 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     raise InputError(f"unknown device {name!r}; choose {DEVICE_CHOICES}")
 
 
+def device_or_cpu(name: str | torch.device | None) -> torch.device:
+    """:func:`resolve_device` for an optional argument whose default is the CPU (``verify``, ``lipschitz``)."""
+    return torch.device("cpu") if name is None else resolve_device(name)
+
+
 def device_arg(text: str) -> str:
     """argparse ``type=`` for ``--device``: the name's form is checked here, its availability when the command runs."""
     t = text.strip().lower()

@@ -29,7 +29,7 @@ from verify.bab.input_split import input_split_bab
 from verify.bounds.alpha import alpha_crown_lower
 from verify.bounds.crown import intermediate_bounds
 from verify.counterexample import snap_into_box, validate_counterexample
-from verify.device import exact_float32, resolve_device
+from verify.device import device_or_cpu, exact_float32
 from verify.errors import ShapeError, UnboundedError
 from verify.frontends.onnx_frontend import load_onnx
 from verify.graph import Graph
@@ -121,7 +121,7 @@ def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: flo
     old = torch.get_num_threads()
     t0 = time.perf_counter()
     try:
-        target = resolve_device(device) if device is not None else torch.device("cpu")
+        target = device_or_cpu(device)
         with exact_float32(target):
             return _verify(onnx_path, vnnlib_path, timeout, seed, attack_budget, alpha_iterations, num_threads,
                            workers or available_cores(), precision, target)

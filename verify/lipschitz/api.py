@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from verify.api import as_graph
-from verify.device import exact_float32, resolve_device
+from verify.device import device_or_cpu, exact_float32
 from verify.errors import InputError, ModelError, ShapeError, UnsupportedOperator
 from verify.graph import Graph, Node
 from verify.lipschitz.attack import certified_l1, gradients, kink_free, point_gradient_bounds
@@ -261,7 +261,7 @@ def lipschitz(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None = None
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     _check_options(timeout=timeout, samples=samples)
-    target = resolve_device(device) if device is not None else torch.device("cpu")
+    target = device_or_cpu(device)
     with torch_threads(threads), exact_float32(target):
         return _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack, samples, precision,
                           target)
@@ -309,7 +309,7 @@ def monotonicity(model: Any, x_lo, x_hi, feature: int, output: int = 0, directio
     ``direction``: "increasing" / "decreasing" / None (prove whichever the box allows; if neither is proved,
     the sign at the centre is taken as the expected one and BaB looks for the opposite)."""
     _check_options(timeout=timeout)
-    target = resolve_device(device) if device is not None else torch.device("cpu")
+    target = device_or_cpu(device)
     with torch_threads(threads), exact_float32(target):
         return _monotonicity(model, x_lo, x_hi, feature, output, direction, timeout, input_shape, precision,
                              target)

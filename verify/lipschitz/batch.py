@@ -13,15 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from verify.device import exact_float32, resolve_device
+from verify.device import device_or_cpu, exact_float32
 from verify.errors import ShapeError
 from verify.lipschitz.api import (
     METHODS,
     _check_options,
+    _host,
     _outputs,
     _prepare,
     box_bounds,
@@ -50,7 +50,7 @@ class BatchLipschitzResult:
 
 
 def _as64(x) -> Tensor:
-    return (x.detach().cpu() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x), device="cpu")).to(F64)
+    return _host(x).to(F64)
 
 
 def lipschitz_batch(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None = None, method: str = "crown", *,
@@ -68,7 +68,7 @@ def lipschitz_batch(model: Any, x_lo, x_hi, outputs: int | Sequence[int] | None 
         raise ShapeError(f"boxes must be [B, ...] with B >= 1 and equal shapes, got {tuple(lo64.shape)} and "
                          f"{tuple(hi64.shape)}")
     t0 = time.perf_counter()
-    target = resolve_device(device) if device is not None else torch.device("cpu")
+    target = device_or_cpu(device)
     with torch_threads(threads), exact_float32(target):
         # the first box fixes the graph and its precision (and checks shape and finiteness like a single call)
         graph, _, _ = _prepare(model, lo64[0], hi64[0], input_shape, precision, target)
