@@ -28,7 +28,7 @@ from verify.lipschitz.attack import certified_l1, gradients, kink_free, point_gr
 from verify.lipschitz.attack import lower_bound as attack_lower
 from verify.lipschitz.bab import Objective, bab, split_search
 from verify.lipschitz.bounds import forward_bounds, jacobian_bounds, naive_bound
-from verify.lipschitz.gates import has_derivative_rule
+from verify.lipschitz.gates import unbounded_derivative
 from verify.lipschitz.jacobian import JacobianGraph
 from verify.ops.linear import Conv2d
 from verify.rounding import F64, cast_box
@@ -196,8 +196,7 @@ def _upper_bounds(graph: Graph, lo: Tensor, hi: Tensor, outs: Sequence[int], met
     naive = naive_bound(graph, outs)
     if method == "naive":
         if not bool(torch.isfinite(naive).all()):
-            op = next(n for n in graph.nodes
-                      if has_derivative_rule(n.op) and not math.isfinite(getattr(n.op, "global_lipschitz", math.inf)))
+            op = next(n for n in graph.nodes if unbounded_derivative(n.op))
             raise UnsupportedOperator(type(op.op).__name__, op.name,
                                       detail="its derivative has no global bound: use a local method (crown)")
         return naive, extra

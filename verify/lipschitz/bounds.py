@@ -19,9 +19,9 @@ from torch import Tensor
 from verify.bounds.crown import AlphaStore, intermediate_bounds
 from verify.errors import UnsupportedOperator
 from verify.graph import Graph
-from verify.lipschitz.gates import has_derivative_rule
+from verify.lipschitz.gates import has_derivative_rule, unbounded_derivative
 from verify.lipschitz.jacobian import JacobianGraph, abs_adjoint, err_adjoint, seed_tensor, step_gamma
-from verify.ops.activation import LeakyRelu, Relu, Sigmoid, Tanh
+from verify.ops.activation import LeakyRelu, Relu
 from verify.ops.affine import Scale
 from verify.ops.base import Bounds, LinearOp
 from verify.ops.linear import Conv2d, Dense
@@ -89,7 +89,7 @@ def jacobian_bounds(jg: JacobianGraph, fb: Mapping[str, Bounds], outputs: Sequen
 
 
 # l_inf -> l_inf Lipschitz constants (exact; LeakyRelu's slope is in [0, 1])
-_ACT_LIP = {Relu: 1.0, LeakyRelu: 1.0, Sigmoid: 0.25, Tanh: 1.0, MaxPool2d: 1.0}
+_ACT_LIP = {Relu: 1.0, LeakyRelu: 1.0, MaxPool2d: 1.0}  # the other activations state ``global_lipschitz``
 
 
 def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
@@ -99,8 +99,7 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
     (``1^T |L_1^T| ... |L^T| |c_j|``), which is a valid, tighter product bound. Rigorous for the exact weights:
     norms of ``|W| + weight_err`` in float64, each rounded sum and product rounded up (``gamma_n`` then ``up``)."""
     g64 = graph.with_dtype(F64)
-    if any(has_derivative_rule(n.op) and not math.isfinite(getattr(n.op, "global_lipschitz", math.inf))
-           for n in g64.nodes):  # exp, powers, ...: no global constant (and inf times a zero weight is no bound)
+    if any(unbounded_derivative(n.op) for n in g64.nodes):  # no global constant (inf times a zero weight: NaN)
         return torch.full((len(outputs),), math.inf, dtype=F64, device=g64.device)
     chain = all(len(n.inputs) == 1 for n in g64.nodes) and _single_use(g64) and all(
         _inf_norm(n.op) is not None for n in g64.nodes if isinstance(n.op, LinearOp))
@@ -133,7 +132,7 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
             continue
         if isinstance(n.op, LinearOp):
             ins = [_abs_step(n.op, i, lam) for i in range(len(n.inputs))]
-        elif isinstance(n.op, Relu | LeakyRelu | Sigmoid | Tanh):
+        elif isinstance(n.op, Relu | LeakyRelu):
             ins = [lam * _ACT_LIP[type(n.op)]]
         elif has_derivative_rule(n.op):
             ins = [lam * n.op.global_lipschitz]

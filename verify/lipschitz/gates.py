@@ -7,15 +7,17 @@ intercepts are the vertex extrema of ``g (d - a)``, computed with directed round
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from verify.errors import UnsupportedOperator
-from verify.ops.activation import Activation, LeakyRelu, Relu, Sigmoid, Tanh
+from verify.ops.activation import Activation, LeakyRelu, Relu
 from verify.ops.base import Bounds, merge_leading
 from verify.ops.pooling import MaxPool2d
-from verify.rounding import F64, cast_down, cast_up, down, mul_down, mul_up, sub_enclose, unit_roundoff, up
+from verify.rounding import F64, cast_down, cast_up, down, mul_down, mul_up, sub_enclose, up
 
 
 def _diff_enclose(d: Tensor, a: Tensor, da: Tensor | None) -> Bounds:
@@ -120,7 +122,8 @@ def activation_gate(op: Activation, lo: Tensor, hi: Tensor, split: Tensor | None
 
     ReLU splits override the bounds: an active split (``z >= 0``) uses derivative 1, an inactive one 0.
     On ``z = 0`` exactly this drops the Clarke interval's other end, which the sibling domain covers. Other
-    element-wise ops (sin, cos, powers, reciprocal, exp, log, sqrt) state their own rule (``derivative_interval``)."""
+    element-wise ops (sigmoid, tanh, erf, sin, cos, powers, reciprocal, exp, log, sqrt) state their own rule
+    (``derivative_interval``)."""
     if has_derivative_rule(op):
         return op.derivative_interval(lo, hi)
     if isinstance(op, Relu):
@@ -134,21 +137,17 @@ def activation_gate(op: Activation, lo: Tensor, hi: Tensor, split: Tensor | None
         s = torch.full_like(lo, op.slope)
         one = torch.ones_like(lo)
         return torch.where(lo > 0, one, s), torch.where(hi >= 0, one, s)
-    if isinstance(op, Sigmoid | Tanh):
-        # sigma' is even and decreasing in |z|: max at the point of [lo, hi] nearest 0, min at an end. Evaluated
-        # in float64, whose sigmoid/tanh are within a few ulps: values in [0, 1], so 64 u64 absolute covers it.
-        lo64, hi64 = lo.to(F64), hi.to(F64)
-        near = torch.minimum(torch.maximum(torch.zeros_like(lo64), lo64), hi64)
-        du = op.df(near)
-        dl = torch.minimum(op.df(lo64), op.df(hi64))
-        margin = 64 * unit_roundoff(F64) * (1 + du)
-        return cast_down((dl - margin).clamp(min=0), lo.dtype), cast_up(du + margin, lo.dtype)
     raise UnsupportedOperator(type(op).__name__, detail="Lipschitz bounds: no Clarke derivative rule")
 
 
 def has_derivative_rule(op) -> bool:
     """An element-wise op of one input whose derivative range on an interval is its own rule (its Jacobian gate)."""
     return callable(getattr(op, "derivative_interval", None))
+
+
+def unbounded_derivative(op) -> bool:
+    """An op with a derivative rule but no global bound on its derivative (exp, powers, ...): no naive bound."""
+    return has_derivative_rule(op) and not math.isfinite(getattr(op, "global_lipschitz", math.inf))
 
 
 def is_gated(op) -> bool:

@@ -182,6 +182,16 @@ class _SShaped(Activation):
         a_lo = torch.where(lo >= 0, chord, torch.where(hi <= 0, tangent, torch.minimum(lo_straddle, chord)))
         return torch.stack([a_lo, a_up])
 
+    def derivative_interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Jacobian rule: ``f'`` is even and decreasing in ``|z|``: its maximum on ``[lo, hi]`` is at the point
+        nearest 0, its minimum at an end. Evaluated in float64, whose sigmoid / tanh / erf are within a few ulps:
+        values of at most ``2 / sqrt(pi)``, so ``64 u64 (1 + du)`` absolute covers it; rounded outward."""
+        lo64, hi64 = lo.to(F64), hi.to(F64)
+        near = torch.minimum(torch.maximum(torch.zeros_like(lo64), lo64), hi64)
+        du, dl = self.df(near), torch.minimum(self.df(lo64), self.df(hi64))
+        margin = 64 * unit_roundoff(F64) * (1 + du)
+        return cast_down((dl - margin).clamp(min=0), lo.dtype), cast_up(du + margin, lo.dtype)
+
     def project_alpha(self, alpha, lo, hi):
         # Slopes outside [0, max f' on [l, u]] are sound but never useful.
         peak = self.df(torch.minimum(torch.maximum(torch.zeros_like(lo), lo), hi))
@@ -216,6 +226,7 @@ class _SShaped(Activation):
 
 class Sigmoid(_SShaped):
     kind = "sigmoid"
+    global_lipschitz = 0.25  # max sigma' (the naive Lipschitz bound)
 
     def f(self, z):
         return torch.sigmoid(z)
@@ -232,6 +243,7 @@ class Sigmoid(_SShaped):
 
 class Tanh(_SShaped):
     kind = "tanh"
+    global_lipschitz = 1.0
 
     def f(self, z):
         return torch.tanh(z)
@@ -271,15 +283,6 @@ class Erf(_SShaped):
 
     def abs_forward(self, ts):
         return self.MAX_SLOPE * super().abs_forward(ts)
-
-    def derivative_interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        """Jacobian rule: ``erf'`` is even and decreasing in ``|z|``: its maximum on ``[lo, hi]`` is at the point
-        nearest 0, its minimum at an end (float64, a margin, rounded outward)."""
-        lo64, hi64 = lo.to(F64), hi.to(F64)
-        near = torch.minimum(torch.maximum(torch.zeros_like(lo64), lo64), hi64)
-        du, dl = self.df(near), torch.minimum(self.df(lo64), self.df(hi64))
-        margin = 64 * unit_roundoff(F64) * (1 + du)
-        return cast_down((dl - margin).clamp(min=0), lo.dtype), cast_up(du + margin, lo.dtype)
 
 
 class LeakyRelu(Activation):
