@@ -50,8 +50,8 @@ class _Monotone(_OddConvex):
     def df64(self, x64: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _check_domain(self, lo: Tensor) -> None:
-        """Raise ``UnboundedError`` where the input may leave the function's domain."""
+    def _check_domain(self, lo: Tensor, hi: Tensor) -> None:
+        """Raise ``UnboundedError`` where the input may leave the function's domain (or its value overflow)."""
 
     # -- the convex-piece rule works on g = f (convex) or g = -f (concave) -----------------------------------------
     def _f(self, x):
@@ -64,7 +64,7 @@ class _Monotone(_OddConvex):
         return -d if self.concave else d
 
     def relax(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        self._check_domain(lo)
+        self._check_domain(lo, hi)
         a_lo, c_lo, a_up, c_up = self._convex_lines(lo, hi)
         if not self.concave:
             return a_lo, c_lo, a_up, c_up
@@ -74,7 +74,7 @@ class _Monotone(_OddConvex):
         """The end points' values, each widened by the model's own evaluation (``eval_ulps`` of itself: a relative
         allowance per end, so a huge upper end does not drag a small lower one below 0), rounded outward."""
         lo, hi = bounds
-        self._check_domain(lo)
+        self._check_domain(lo, hi)
         v_lo, v_hi = self.f64(lo.to(F64)), self.f64(hi.to(F64))
         low, high = _outward(v_lo, v_hi, lo.dtype, self.eval_ulps * unit_roundoff(lo.dtype))
         return (low.clamp(min=0) if self.nonnegative else low), high
@@ -82,7 +82,7 @@ class _Monotone(_OddConvex):
     def derivative_interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """``[dl, du]`` containing ``f'`` on ``[lo, hi]`` (exact arithmetic): its end-point values (``f'`` is monotone
         here: increasing for convex ``f``, decreasing for concave), in ``lo``'s dtype."""
-        self._check_domain(lo)
+        self._check_domain(lo, hi)
         d_lo, d_hi = self.df64(lo.to(F64)), self.df64(hi.to(F64))
         if self.concave:
             d_lo, d_hi = d_hi, d_lo
@@ -106,20 +106,9 @@ class Exp(_Monotone):
     def forward(self, x):
         return torch.exp(x)
 
-    def _check_domain(self, lo):
-        pass
-
-    def _check_range(self, hi: Tensor) -> None:
+    def _check_domain(self, lo, hi):
         _refuse(hi, hi >= math.log(torch.finfo(hi.dtype).max), "the input of Exp may reach {v:.6g} on this input box: "
                 "exp overflows there")
-
-    def relax(self, lo, hi):
-        self._check_range(hi)
-        return super().relax(lo, hi)
-
-    def interval(self, bounds):
-        self._check_range(bounds[1])
-        return super().interval(bounds)
 
     def f64(self, x64):
         return torch.exp(x64)
@@ -140,7 +129,7 @@ class Log(_Monotone):
     def forward(self, x):
         return torch.log(x)
 
-    def _check_domain(self, lo):
+    def _check_domain(self, lo, hi):
         _refuse(lo, lo <= 0, "the input of Log may be {v:.6g} <= 0 on this input box: log has no bound there")
 
     def f64(self, x64):
@@ -165,7 +154,7 @@ class Sqrt(_Monotone):
     def forward(self, x):
         return torch.sqrt(x)
 
-    def _check_domain(self, lo):
+    def _check_domain(self, lo, hi):
         _refuse(lo, lo < 0, "the input of Sqrt may be {v:.6g} < 0 on this input box: sqrt is undefined there")
 
     def f64(self, x64):
@@ -183,7 +172,7 @@ class Sqrt(_Monotone):
         return _capped(cast_up(up(bound * (1 + _REL)), lo.dtype)), value, a
 
     def relax(self, lo, hi):
-        self._check_domain(lo)
+        self._check_domain(lo, hi)
         # a range [0, 0] has no tangent (f'(0) is infinite): its constant lines are exact
         point0 = hi <= 0
         safe_hi = torch.where(point0, torch.ones_like(hi), hi)
