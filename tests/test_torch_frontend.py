@@ -252,3 +252,37 @@ def test_functional_cat_shape_views_and_clamps_trace_and_bound_soundly(net_cls, 
     for method in ("ibp", "crown", "alpha-crown"):
         lo, hi = bound(graph, x - 0.3, x + 0.3, method=method)
         assert (ys >= lo.double()).all() and (ys <= hi.double()).all(), method
+
+
+class _Reductions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 12)
+
+    def forward(self, x):
+        h = self.fc(x).view(x.shape[0], 3, 4)
+        return torch.cat([h.sum(-1), torch.mean(h, dim=1), h.mean((1, 2), keepdim=True).view(x.shape[0], 1)], dim=1)
+
+
+def test_sums_and_means_over_sample_axes_trace_and_bound_soundly():
+    torch.manual_seed(0)
+    net = _Reductions().double()
+    graph = from_torch(net, (6,))
+    x = torch.rand(5, 6, dtype=torch.float64)
+    torch.testing.assert_close(graph(x).reshape(5, -1), net(x), rtol=1e-12, atol=1e-12)
+    c = torch.rand(1, 6, dtype=torch.float64)
+    pts = c - 0.2 + 0.4 * torch.rand(3000, 6, dtype=torch.float64)
+    ys = net(pts).detach()
+    for method in ("ibp", "crown"):
+        lo, hi = bound(net, c - 0.2, c + 0.2, method=method)
+        assert (ys >= lo).all() and (ys <= hi).all(), method
+
+
+@pytest.mark.parametrize("reduce", [lambda x: x.sum(), lambda x: torch.mean(x), lambda x: x.sum(0)])
+def test_reductions_over_the_batch_axis_are_refused(reduce):
+    class Net(nn.Module):
+        def forward(self, x):
+            return reduce(x)
+
+    with pytest.raises(UnsupportedOperator, match="batch axis"):
+        from_torch(Net(), (4,))

@@ -279,7 +279,7 @@ def bab(graph: Graph, x_lo: Tensor, x_hi: Tensor, outputs: Sequence[int], obj: O
     if not relus:  # nothing to branch on (smooth activations only): the root bound is the answer
         return BabResult(up, lower, lower_x, "bounded", k, time.perf_counter() - t0)
     # with smooth activations a fully split domain is still relaxed: its bound is not an attained value
-    exact_leaves = len(relus) == len(jg.activations) and not jg.pools
+    exact_leaves = len(relus) == len(jg.activations) and not jg.pools and not jg.products
     # the LP of a fully split domain is built in float64 on the CPU (a heuristic: infeasibility is certified
     # separately, on the search's device)
     lp_graph = graph.with_dtype(F64).to("cpu")

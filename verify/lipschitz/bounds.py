@@ -78,8 +78,7 @@ def jacobian_bounds(jg: JacobianGraph, fb: Mapping[str, Bounds], outputs: Sequen
     x_lo = fb[g.input_name][0]
     b, k = x_lo.shape[0], len(outputs)
     index = torch.arange(b, device=x_lo.device).repeat_interleave(k)
-    names = [n.inputs[0] for n in jg.activations + jg.pools]
-    fbn = expand_bounds(fb, index, names)
+    fbn = expand_bounds(fb, index, jg.gate_inputs)
     spl = None if splits is None else {kk: v[index] for kk, v in splits.items()}
     seeds = seed_tensor(g, outputs, x_lo.dtype).repeat(b, *([1] * len(g.output_shape)))
     gates = jg.gates(fbn, spl)

@@ -16,6 +16,7 @@ from torch import Tensor
 from verify.errors import UnsupportedOperator
 from verify.ops.activation import Activation, LeakyRelu, Relu
 from verify.ops.base import Bounds, merge_leading
+from verify.ops.bilinear import Mul
 from verify.ops.pooling import MaxPool2d
 from verify.rounding import F64, cast_down, cast_up, down, mul_down, mul_up, sub_enclose, up
 
@@ -146,7 +147,10 @@ def has_derivative_rule(op) -> bool:
 
 
 def unbounded_derivative(op) -> bool:
-    """An op with a derivative rule but no global bound on its derivative (exp, powers, ...): no naive bound."""
+    """An op with a Jacobian rule but no global bound on its derivative (exp, powers, products of two variables):
+    no naive bound."""
+    if isinstance(op, Mul):
+        return True
     return has_derivative_rule(op) and not math.isfinite(getattr(op, "global_lipschitz", math.inf))
 
 

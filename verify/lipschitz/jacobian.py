@@ -6,6 +6,8 @@ The backward (gradient) graph has one value ``G:v = d f_j / d v`` per forward va
 * linear op ``y = L(x_1..x_n) + b``: ``G:x_k += L_k^T G:y`` (the op's ``adjoint``);
 * activation ``h = sigma(z)``: ``G:z += D (.) G:h`` with ``D in [dl, du]`` from the forward bounds of ``z``
   (ReLU: Clarke derivative 1 / 0 / [0, 1]; smooth: ``[min sigma', max sigma']`` on ``[l_z, u_z]``);
+* product of two variables ``h = a (.) b`` (same shapes; GELU's ``x Phi(x)``): the product rule ``G:a += b (.) G:h``,
+  ``G:b += a (.) G:h``, two gates whose ``D`` is the other factor's forward interval (either sign);
 * objective ``sum_i |G:x_i|`` (local l_inf Lipschitz constant of ``f_j``) or ``G:x_i`` (monotonicity).
 
 The gate ``y = d g`` with ``d in [dl, du]`` (``dl >= 0``) and ``g in [lg, ug]`` is relaxed by the convex hull
@@ -56,6 +58,7 @@ from verify.lipschitz.gates import (
 from verify.ops.activation import LeakyRelu, Relu, Sigmoid, Tanh
 from verify.ops.affine import AddVars, Scale
 from verify.ops.base import Bounds, LinearOp, merge_leading, unbroadcast
+from verify.ops.bilinear import Mul
 from verify.ops.linear import Conv2d, ConvTranspose2d, Dense
 from verify.ops.pooling import AvgPool2d, MaxPool2d
 from verify.ops.reduce import ReduceSum
@@ -197,12 +200,13 @@ class JacobianGraph:
     def __init__(self, graph: Graph):
         for n in graph.nodes:
             supported = isinstance(n.op, LinearOp | Relu | LeakyRelu | Sigmoid | Tanh | MaxPool2d) or \
-                (has_derivative_rule(n.op) and len(n.inputs) == 1)
+                (has_derivative_rule(n.op) and len(n.inputs) == 1) or _elementwise_product(n)
             if not supported:
                 raise UnsupportedOperator(
                     type(n.op).__name__, n.name,
-                    detail="Lipschitz bounds support affine ops, ReLU/LeakyReLU/Sigmoid/Tanh, MaxPool and the "
-                           "element-wise sin/cos/pow/reciprocal/exp/log/sqrt")
+                    detail="Lipschitz bounds support affine ops, ReLU/LeakyReLU/Sigmoid/Tanh, MaxPool, the "
+                           "element-wise sin/cos/pow/reciprocal/exp/log/sqrt/erf and products of two variables of "
+                           "one shape")
             if isinstance(n.op, LinearOp):
                 step_gamma(n.op, graph.dtype)  # refuses ops without a rounding rule, before any work
         self.graph = graph
@@ -214,7 +218,12 @@ class JacobianGraph:
                 self.cons[i].append((n, k))
         self.activations = [n for n in graph.nodes if is_gated(n.op)]
         self.pools = [n for n in graph.nodes if isinstance(n.op, MaxPool2d)]
-        self.gated = {n.name for n in self.activations} | {n.name for n in self.pools}
+        self.products = [n for n in graph.nodes if isinstance(n.op, Mul)]
+        self.product_names = {n.name for n in self.products}
+        self.gated = {n.name for n in self.activations} | {n.name for n in self.pools} | self.product_names
+        # forward nodes whose bounds decide the gates
+        self.gate_inputs = list(dict.fromkeys([n.inputs[0] for n in self.activations + self.pools] +
+                                              [i for n in self.products for i in n.inputs]))
         self.relu_inputs = [n.inputs[0] for n in graph.nodes if isinstance(n.op, Relu)]
         # a node fed by several inputs sums their Lambdas in a pass (rounded)
         self.fan_in = {n.name for n in graph.nodes if len(n.inputs) > 1}
@@ -230,11 +239,19 @@ class JacobianGraph:
             out[n.name] = activation_gate(n.op, lo, hi, split)
         for n in self.pools:
             out[n.name] = maxpool_gate(n.op, *fb[n.inputs[0]])
+        for n in self.products:  # the derivative along one factor is the other factor (exact bounds of it)
+            a, b = fb[n.inputs[0]], fb[n.inputs[1]]
+            out[product_gate(n.name, 0)], out[product_gate(n.name, 1)] = b, a
         return out
 
-    def _gate_lines(self, c: Node, gates, gb) -> StepLines:
-        gate, gbc = gates[c.name], gb[c.name]
-        hit = self._lines.get(c.name)
+    def gate_key(self, c: Node, k: int) -> str:
+        """Name of the gate on the path from input ``k`` of the gated node ``c``."""
+        return product_gate(c.name, k) if c.name in self.product_names else c.name
+
+    def _gate_lines(self, c: Node, gates, gb, k: int = 0) -> StepLines:
+        key = self.gate_key(c, k)
+        gate, gbc = gates[key], gb[c.name]
+        hit = self._lines.get(key)
         # lines depend only on the gate and its g bounds: reuse them while those are the same tensor objects
         # (the cache holds references, so identity cannot be recycled)
         if hit is None or hit[0] is not gate or hit[1] is not gbc:
@@ -243,7 +260,7 @@ class JacobianGraph:
                 hit = (gate, gbc, StepLines(*gate, lg, ug))
             else:
                 hit = (gate, gbc, StepLines(*gate, *gbc))
-            self._lines[c.name] = hit
+            self._lines[key] = hit
         return hit[2]
 
     # -- CROWN pass on the gradient graph --------------------------------------------------------
@@ -275,8 +292,8 @@ class JacobianGraph:
             if v == out:
                 terms.append(_bdot64(lv, seeds))
             for c, k in self.cons[v]:
-                if is_gated(c.op):
-                    ln = self._gate_lines(c, gates, gb)
+                if is_gated(c.op) or c.name in self.product_names:
+                    ln = self._gate_lines(c, gates, gb, k)
                     if record is not None and c.name in record:
                         record[c.name] = lv
                     # Lambda+ takes the lower line, Lambda- the upper: lv a_up + Lambda+ da (StepLines)
@@ -331,9 +348,9 @@ class JacobianGraph:
         for c, k in self.cons[v]:
             glo, ghi = gb[c.name]
             a_c, e_c = magnitude(glo, ghi), gb.err[c.name]
-            if is_gated(c.op):
-                clo, chi = gate_interval(*gates[c.name], glo, ghi)
-                ln = self._gate_lines(c, gates, gb)
+            if is_gated(c.op) or c.name in self.product_names:
+                clo, chi = gate_interval(*gates[self.gate_key(c, k)], glo, ghi)
+                ln = self._gate_lines(c, gates, gb, k)
                 g64 = gamma(a_c[0].numel(), F64)
                 # three roundings per entry of lv a_up + Lambda+ da; the two float64 dots and the rounded c_diff;
                 # underflow: a few smallest normals per product that is not an exact zero
@@ -405,7 +422,8 @@ class JacobianGraph:
             gb.err[v] = err
             if crown and (v in act_names or v == self.graph.input_name):
                 mask = (lo < 0) & (hi > 0) & (hi - lo > floor)
-                if v in act_names and v not in pool_names:  # activations: only non-degenerate gates
+                if v in act_names and v not in pool_names and v not in self.product_names:
+                    # activations: only non-degenerate gates
                     dl, du = gates[v]
                     mask = mask & (du > dl)
                 lo, hi = self._refine(v, lo, hi, mask, gates, gb, seeds)
@@ -476,6 +494,19 @@ class JacobianGraph:
             res = self.lower(x, e.reshape(1, 2, *shape), gates, gb, seeds)
             lo, hi = torch.maximum(lo, res[:, 0]), torch.minimum(hi, -res[:, 1])
         return lo, hi
+
+
+def product_gate(name: str, k: int) -> str:
+    """Key of the gate on the path from input ``k`` of the product node ``name``."""
+    return f"{name}#d{k}"
+
+
+def _elementwise_product(n: Node) -> bool:
+    """A product of two variables without broadcasting (the product rule's gates are element-wise)."""
+    if not isinstance(n.op, Mul):
+        return False
+    out = tuple(n.op.out_shape)
+    return all(tuple(s) == out for s in n.op.in_shapes)
 
 
 def seed_tensor(graph: Graph, outputs: Sequence[int], dtype: torch.dtype) -> Tensor:
