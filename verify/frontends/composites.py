@@ -1,10 +1,11 @@
 """Piecewise-linear ops written with ReLUs, for both frontends: ``clamp(x, lo, hi) = lo + relu(x - lo) - relu(x - hi)``,
-``max(x, c) = c + relu(x - c)``, ``min(x, c) = x - relu(x - c)``, ``|x| = relu(x) + relu(-x)``.
+``max(x, c) = c + relu(x - c)``, ``min(x, c) = x - relu(x - c)``, ``|x| = relu(x) + relu(-x)``, and for two variables
+``max(x, y) = y + relu(x - y)``, ``min(x, y) = y - relu(y - x)``.
 
 Each identity is exact in real arithmetic, and the model's own float evaluation of clamp / max / min / abs rounds
 nothing, so bounds of the composition (whose Scale and sum nodes carry their rounding allowances) hold for the model.
 Their CROWN relaxations are ReLU triangles. GELU (``gelu``) is written with Erf or Tanh and a product of two
-variables, as torch evaluates it."""
+variables, as torch evaluates it; ``matmul_vars`` writes ``A @ B`` of two variables as products and a sum."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from verify.errors import UnsupportedOperator
+from verify.errors import ShapeError, UnsupportedOperator
 from verify.graph import GraphBuilder
-from verify.ops import AddVars, Relu, Scale
+from verify.ops import AddVars, Mul, ReduceSum, Relu, Reshape, Scale
 
 Constant = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None]]
 """A float64 constant -> (the constant in the model's precision, the bound on its cast error or None)."""
@@ -55,6 +56,28 @@ def maximum(b: GraphBuilder, name: str, x: str, c: np.ndarray, const: Constant) 
 def minimum(b: GraphBuilder, name: str, x: str, c: np.ndarray, const: Constant) -> str:
     """``min(x, c) = x - relu(x - c)``."""
     return b.add(b.fresh(name), AddVars([1.0, -1.0]), [x, _relu_minus(b, name, x, c, const)])
+
+
+def max_of_two(b: GraphBuilder, name: str, x: str, y: str, largest: bool = True) -> str:
+    """``max(x, y) = y + relu(x - y)`` (``largest``) or ``min(x, y) = y - relu(y - x)`` of two variables of one
+    shape."""
+    if b.shapes[x] != b.shapes[y]:
+        raise UnsupportedOperator("max" if largest else "min", name, None, "variables of different shapes")
+    diff = b.add(b.fresh(f"{name}_diff"), AddVars([1.0, -1.0]), [x, y] if largest else [y, x])
+    r = b.add(b.fresh(f"{name}_relu"), Relu(), [diff])
+    return b.add(b.fresh(name), AddVars([1.0, 1.0 if largest else -1.0]), [y, r])
+
+
+def matmul_vars(b: GraphBuilder, name: str, a: str, c: str) -> str:
+    """``A @ C = sum_k A[..., n, k, 1] * C[..., 1, k, m]`` for two variables of rank >= 2: products of variables
+    (McCormick planes), then the sum over ``k``."""
+    sa, sc = b.shapes[a], b.shapes[c]
+    if len(sa) < 2 or len(sc) < 2 or sa[-1] != sc[-2]:
+        raise ShapeError(f"node '{name}': MatMul of shapes {sa} and {sc}")
+    left = b.add(b.fresh(f"{name}_left"), Reshape((*sa, 1)), [a])
+    right = b.add(b.fresh(f"{name}_right"), Reshape((*sc[:-2], 1, *sc[-2:])), [c])
+    prod = b.add(b.fresh(f"{name}_products"), Mul(), [left, right])
+    return b.add(b.fresh(name), ReduceSum([len(b.shapes[prod]) - 2], keepdims=False), [prod])
 
 
 def absolute(b: GraphBuilder, name: str, x: str, dtype: torch.dtype) -> str:

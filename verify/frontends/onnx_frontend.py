@@ -170,8 +170,13 @@ def _piecewise(ctx: Ctx, node: onnx.NodeProto, name: str, ins: list, attrs: dict
         return composites.clamp(ctx.b, name, ins[0], lo, hi, const)
     variables = [v for v in ins if isinstance(v, str)]
     consts = [v for v in ins if isinstance(v, np.ndarray)]
+    if len(variables) == len(ins) and len({ctx.shape(v) for v in variables}) == 1:  # max(x, y) = y + relu(x - y)
+        out = variables[0]
+        for k, v in enumerate(variables[1:]):
+            out = composites.max_of_two(ctx.b, name if k == len(variables) - 2 else f"{name}_{k}", out, v, op == "Max")
+        return out
     if len(variables) != 1 or len(consts) != len(ins) - 1:
-        raise UnsupportedOperator(op, node.name, ctx.opset, "the max / min of several variables")
+        raise UnsupportedOperator(op, node.name, ctx.opset, "the max / min of variables with constants or broadcasting")
     if any(ctx.err(v) is not None and np.any(ctx.err(v) > 0) for v in consts):
         raise UnsupportedOperator(op, node.name, ctx.opset, "a computed (inexact) constant")
     c = consts[0]

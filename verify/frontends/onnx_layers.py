@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from verify.errors import ModelError, ShapeError, UnsupportedOperator
+from verify.errors import ModelError, UnsupportedOperator
+from verify.frontends import composites
 from verify.frontends import constants as K
 from verify.frontends.onnx_context import (
     Ctx,
@@ -21,7 +22,6 @@ from verify.ops import (
     Dense,
     MaxPool2d,
     Pad,
-    ReduceSum,
     Reshape,
     Scale,
     Transpose,
@@ -125,14 +125,7 @@ def _matmul(ctx, node, a: Value, b: Value) -> Value:
             d = ctx.b.add(name, dense(a, ctx.err(a)), [t1])
             return ctx.b.add(f"{name}_Tback", Transpose(perm), [d])
     if isinstance(a, str) and isinstance(b, str) and len(ctx.shape(a)) >= 2 and len(ctx.shape(b)) >= 2:
-        # A @ B = sum_k A[..., n, k, 1] * B[..., 1, k, m]: products of variables (McCormick), then the sum over k
-        sa, sb = ctx.shape(a), ctx.shape(b)
-        if sa[-1] != sb[-2]:
-            raise ShapeError(f"node '{node.name}': MatMul of shapes {sa} and {sb}")
-        left = ctx.b.add(f"{name}_left", Reshape((*sa, 1)), [a])
-        right = ctx.b.add(f"{name}_right", Reshape((*sb[:-2], 1, *sb[-2:])), [b])
-        prod = ctx.b.add(f"{name}_products", Mul(), [left, right])
-        return ctx.b.add(name, ReduceSum([len(ctx.shape(prod)) - 2], keepdims=False), [prod])
+        return composites.matmul_vars(ctx.b, name, a, b)
     raise UnsupportedOperator(node.op_type, node.name, ctx.opset,
                               f"MatMul of shapes {ctx.shape(a)} and {ctx.shape(b)}")
 

@@ -8,6 +8,7 @@ The per-sample shape carries a leading 1 (the module's own batch axis), as in ON
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Sequence
 
@@ -18,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from verify.errors import UnsupportedOperator
-from verify.frontends import composites
+from verify.frontends import composites, torch_layers
 from verify.frontends import constants as K
 from verify.graph import Graph, GraphBuilder
 from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
@@ -144,7 +145,10 @@ def _module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
         return MaxPool2d(k, _pair(m.stride or k), _pair(m.padding))
     if isinstance(m, nn.Dropout | nn.Identity):
         return None
-    raise UnsupportedOperator(type(m).__name__, name, None)
+    op = torch_layers.module_op(m, in_shape, name)
+    if op is torch_layers.UNHANDLED:
+        raise UnsupportedOperator(type(m).__name__, name, None)
+    return op
 
 
 def _leaky(slope: float, name: str) -> LeakyRelu:
@@ -221,6 +225,13 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         if n.op == "output":
             output = var(n.args[0])
             break
+        if n.op == "get_attr":  # a constant tensor of the trace (torch.tensor(...) in forward, a buffer)
+            value = functools.reduce(getattr, n.target.split("."), traced)
+            if isinstance(value, nn.Parameter) and value.requires_grad:
+                raise UnsupportedOperator("parameter", n.name, None, "a trainable parameter read outside a layer "
+                                          "(its bounds would not follow training): freeze it or use a layer")
+            env[n] = value.detach()
+            continue
         args = [var(a) for a in n.args]
         if n.op == "call_module" and isinstance(mods[n.target], nn.Hardtanh):  # also ReLU6
             m = mods[n.target]
@@ -335,7 +346,11 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             lo_c, hi_c = _clamp_limits(n.target, args, n.kwargs)
             env[n] = _clip(b, n.name, args[0], lo_c, hi_c, dtype)
         else:
-            raise UnsupportedOperator(str(getattr(n.target, "__name__", n.target)), n.name, None)
+            nested = [type(a)(var(v) for v in a) if isinstance(a, list | tuple) else a for a in args]  # stack
+            value = torch_layers.function_rule(b, n, nested, lambda v: _constant(v, np.zeros(()), dtype))
+            if value is torch_layers.UNHANDLED:
+                raise UnsupportedOperator(str(getattr(n.target, "__name__", n.target)), n.name, None)
+            env[n] = value
     if not isinstance(output, str):
         raise UnsupportedOperator("output", "", None, "the module must return one tensor")
     graph = b.build(output)

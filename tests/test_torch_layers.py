@@ -1,0 +1,142 @@
+"""The torch frontend's extra rules (``verify.frontends.torch_layers``): each traced net matches the module and its
+IBP / CROWN / alpha-CROWN bounds hold at sampled points; the batch axis and unsupported forms are refused by name.
+Also ONNX Max / Min of two variables (the same ReLU composite)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from onnx import helper
+
+from verify import bound, from_torch
+from verify.errors import UnsupportedOperator
+from verify.frontends.onnx_frontend import from_onnx_model
+
+F64 = torch.float64
+
+
+class Fn(nn.Module):
+    """``head(f(pre(x)))``: a linear layer before and after the rule under test, so bounds are non-trivial."""
+
+    def __init__(self, f, d_in: int, mid: tuple[int, ...], d_out: int):
+        super().__init__()
+        self.mid = mid
+        self.pre = nn.Linear(d_in, int(np.prod(mid)))
+        self.f = f
+        self.head = nn.LazyLinear(3)
+        self.d_out = d_out
+
+    def forward(self, x):
+        h = self.pre(x).view(x.shape[0], *self.mid)
+        return self.head(self.f(h).reshape(x.shape[0], self.d_out))
+
+
+CASES = {
+    "slice": (lambda h: h[:, 1:3] * 2.0, (4,), 2),
+    "index_int": (lambda h: h[:, 1, :], (3, 4), 4),
+    "index_none_ellipsis": (lambda h: h[:, None, ..., ::2], (3, 4), 6),
+    "abs": (lambda h: torch.abs(h) + h.abs(), (6,), 6),
+    "max_const": (lambda h: torch.maximum(h, torch.tensor(0.3, dtype=F64)), (6,), 6),
+    "min_const": (lambda h: torch.minimum(h, torch.tensor(-0.2, dtype=F64)), (6,), 6),
+    "max_vars": (lambda h: torch.max(h[:, :3], h[:, 3:]), (6,), 3),
+    "min_vars": (lambda h: torch.minimum(h[:, :3], 2.0 * h[:, 3:]), (6,), 3),
+    "permute": (lambda h: h.permute(0, 2, 1), (2, 3), 6),
+    "transpose": (lambda h: torch.transpose(h, 1, 2), (2, 3), 6),
+    "unsqueeze_squeeze": (lambda h: h.unsqueeze(1).squeeze(1).unsqueeze(-1), (6,), 6),
+    "matmul_vars": (lambda h: h @ h.transpose(1, 2), (2, 3), 4),
+    "bmm": (lambda h: torch.bmm(h, h.transpose(1, 2)), (2, 3), 4),
+    "split_chunk": (lambda h: torch.split(h, 2, dim=1)[0] + h.chunk(3, dim=1)[2], (6,), 2),
+    "stack": (lambda h: torch.stack([h, 2.0 * h], dim=1), (6,), 12),
+    "interpolate": (lambda h: F.interpolate(h, scale_factor=2, mode="nearest"), (1, 2, 2), 16),
+    "pools": (lambda h: F.max_pool2d(h, 2) + F.avg_pool2d(h, 2, stride=2), (1, 4, 4), 4),
+    "conv_transpose": (nn.ConvTranspose2d(1, 2, 3, stride=2, padding=1, output_padding=1), (1, 2, 2), 32),
+    "upsample": (nn.Upsample(scale_factor=2), (1, 2, 2), 16),
+    "prelu": (nn.PReLU(init=0.2), (6,), 6),
+    "adaptive_avg": (nn.AdaptiveAvgPool2d((1, 2)), (2, 4, 4), 4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rule_matches_the_module_and_its_bounds_hold(case):
+    f, mid, d_out = CASES[case]
+    torch.manual_seed(0)
+    net = Fn(f, 5, mid, d_out).double()
+    x = torch.rand(4, 5, dtype=F64)
+    net(x)  # materialise the lazy head
+    graph = from_torch(net, (5,))
+    torch.testing.assert_close(graph(x).reshape(4, -1), net(x), rtol=1e-12, atol=1e-12)
+    c = torch.rand(1, 5, dtype=F64)
+    pts = c - 0.2 + 0.4 * torch.rand(4000, 5, dtype=F64)
+    corners = torch.where(torch.rand(1000, 5) < 0.5, c - 0.2, c + 0.2)
+    ys = net(torch.cat([pts, corners])).detach()
+    for method in ("ibp", "crown", "alpha-crown"):
+        lo, hi = bound(net, c - 0.2, c + 0.2, method=method)
+        assert (ys >= lo).all() and (ys <= hi).all(), method
+        assert torch.isfinite(hi - lo).all()
+
+
+@pytest.mark.parametrize("f", [lambda h: h[0], lambda h: h.permute(1, 0), lambda h: h.unsqueeze(0),
+                               lambda h: torch.split(h, 1, dim=0)[0], lambda h: torch.stack([h, h], dim=0)])
+def test_the_batch_axis_is_refused_by_name(f):
+    with pytest.raises(UnsupportedOperator, match="batch axis"):
+        from_torch(Fn(f, 5, (6,), 6).double(), (5,))
+
+
+@pytest.mark.parametrize("module", [nn.PReLU(6), nn.Upsample(scale_factor=1.5), nn.AdaptiveAvgPool2d(3)])
+def test_unsupported_module_forms_are_refused_by_name(module):
+    with pytest.raises(UnsupportedOperator, match=type(module).__name__):
+        from_torch(Fn(module, 5, (6,) if isinstance(module, nn.PReLU) else (1, 4, 4), 6).double(), (5,))
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_onnx_max_and_min_of_variables_match_onnxruntime_and_bound_soundly(op):
+    rng = np.random.default_rng(3)
+    inits = [helper.make_tensor(n, onnx.TensorProto.FLOAT, v.shape, v.astype(np.float32).ravel())
+             for n, v in (("W1", rng.normal(size=(4, 6))), ("W2", rng.normal(size=(4, 6))),
+                          ("W3", rng.normal(size=(4, 6))))]
+    nodes = [helper.make_node("MatMul", ["x", w], [h]) for w, h in (("W1", "a"), ("W2", "b"), ("W3", "c"))]
+    nodes.append(helper.make_node(op, ["a", "b", "c"], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    graph = from_onnx_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    xs = rng.uniform(-1, 1, size=(300, 4)).astype(np.float32)
+    ref = np.stack([sess.run(None, {"x": xi[None]})[0][0] for xi in xs])
+    ours = graph(torch.from_numpy(xs).reshape(300, 1, 4)).reshape(300, 6).numpy()
+    # the model's max / min rounds nothing; the composite y + relu(x - y) rounds (its bounds hold for the exact value)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    c = np.zeros((1, 4), dtype=np.float32)
+    for method in ("ibp", "crown"):
+        lo, hi = bound(graph, torch.from_numpy(c - 1), torch.from_numpy(c + 1), method=method)
+        assert (torch.from_numpy(ref) >= lo.reshape(1, 6)).all() and (torch.from_numpy(ref) <= hi.reshape(1, 6)).all()
+
+
+def test_constant_tensors_of_the_trace_are_taken_and_trainable_ones_refused():
+    class Const(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.register_buffer("floor", torch.full((4,), 0.1))
+            self.w = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return torch.maximum(self.fc(x), self.floor) * torch.tensor(2.0)
+
+    net = Const().double()
+    net.w.requires_grad_(False)
+    graph = from_torch(net, (4,))
+    x = torch.rand(3, 4, dtype=F64)
+    torch.testing.assert_close(graph(x).reshape(3, 4), net(x))
+
+    class Trainable(Const):
+        def forward(self, x):
+            return self.fc(x) * self.w
+
+    with pytest.raises(UnsupportedOperator, match="trainable parameter"):
+        from_torch(Trainable().double(), (4,))
