@@ -140,3 +140,65 @@ def test_constant_tensors_of_the_trace_are_taken_and_trainable_ones_refused():
 
     with pytest.raises(UnsupportedOperator, match="trainable parameter"):
         from_torch(Trainable().double(), (4,))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_matches_torch_and_bounds_hold(affine):
+    torch.manual_seed(1)
+    ln = nn.LayerNorm((2, 3), elementwise_affine=affine)
+    if affine:
+        with torch.no_grad():
+            ln.weight.normal_()
+            ln.bias.normal_()
+    net = Fn(ln, 5, (2, 3), 6).double()
+    x = torch.rand(4, 5, dtype=F64)
+    net(x)
+    graph = from_torch(net, (5,))
+    torch.testing.assert_close(graph(x).reshape(4, -1), net(x), rtol=1e-10, atol=1e-10)
+    c = torch.rand(1, 5, dtype=F64)
+    pts = torch.cat([c - 0.1 + 0.2 * torch.rand(4000, 5, dtype=F64),
+                     torch.where(torch.rand(500, 5) < 0.5, c - 0.1, c + 0.1)])
+    ys = net(pts).detach()
+    for method in ("ibp", "crown"):
+        lo, hi = bound(net, c - 0.1, c + 0.1, method=method)
+        assert (ys >= lo).all() and (ys <= hi).all(), method
+
+
+def test_onnx_layer_normalization_matches_onnxruntime_and_bounds_hold():
+    rng = np.random.default_rng(5)
+
+    def t(name, v):
+        return helper.make_tensor(name, onnx.TensorProto.FLOAT, v.shape, v.astype(np.float32).ravel())
+
+    inits = [t("W", rng.normal(size=(4, 6))), t("g", rng.normal(size=6)), t("b", rng.normal(size=6))]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("LayerNormalization", ["h", "g", "b"], ["y"], axis=-1, epsilon=1e-3)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    graph = from_onnx_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    c = rng.uniform(-1, 1, size=(1, 4)).astype(np.float32)
+    xs = np.clip(c + rng.uniform(-0.05, 0.05, size=(300, 4)), c - 0.05, c + 0.05).astype(np.float32)
+    ref = np.stack([sess.run(None, {"x": xi[None]})[0][0] for xi in xs])
+    ours = graph(torch.from_numpy(xs).reshape(300, 1, 4)).reshape(300, 6).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+    for method in ("ibp", "crown"):
+        lo, hi = bound(graph, torch.from_numpy(c - 0.05), torch.from_numpy(c + 0.05), method=method)
+        r = torch.from_numpy(ref)
+        assert (r >= lo.reshape(1, 6)).all() and (r <= hi.reshape(1, 6)).all(), method
+
+
+def test_layer_norm_lipschitz_bound_holds_at_sampled_gradients():
+    from verify.lipschitz import lipschitz
+
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.ReLU(), nn.Linear(6, 2)).double()
+    x0 = torch.rand(4, dtype=F64)
+    lo, hi = x0 - 0.05, x0 + 0.05
+    res = lipschitz(net, lo, hi, method="crown", attack=False)
+    x = (lo + (hi - lo) * torch.rand(2000, 4, dtype=F64)).requires_grad_(True)
+    y = net(x)
+    worst = max(float(torch.autograd.grad(y[:, j].sum(), x, retain_graph=True)[0].abs().sum(1).max())
+                for j in range(2))
+    assert worst <= res.upper < float("inf")

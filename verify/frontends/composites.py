@@ -5,7 +5,8 @@
 Each identity is exact in real arithmetic, and the model's own float evaluation of clamp / max / min / abs rounds
 nothing, so bounds of the composition (whose Scale and sum nodes carry their rounding allowances) hold for the model.
 Their CROWN relaxations are ReLU triangles. GELU (``gelu``) is written with Erf or Tanh and a product of two
-variables, as torch evaluates it; ``matmul_vars`` writes ``A @ B`` of two variables as products and a sum."""
+variables, as torch evaluates it; ``matmul_vars`` writes ``A @ B`` of two variables as products and a sum, and
+``layer_norm`` LayerNorm as means, a square, a square root, a reciprocal and a product."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch
 
 from verify.errors import ShapeError, UnsupportedOperator
 from verify.graph import GraphBuilder
-from verify.ops import AddVars, Mul, ReduceSum, Relu, Reshape, Scale
+from verify.ops import AddVars, Mul, Reciprocal, ReduceSum, Relu, Reshape, Scale, Sqrt, Square
+from verify.ops.shape import Expand
 
 Constant = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None]]
 """A float64 constant -> (the constant in the model's precision, the bound on its cast error or None)."""
@@ -121,3 +123,30 @@ def gelu(b: GraphBuilder, name: str, x: str, const: ConstantWithError, approxima
     one, _ = const(np.asarray(1.0), np.zeros(()))
     one_plus = b.add(b.fresh(f"{name}_one_plus"), Scale(None, one), [gate])
     return b.add(name, Mul(), [scale("half", x, 0.5, True), one_plus])
+
+
+def layer_norm(b: GraphBuilder, name: str, x: str, n_axes: int, eps: tuple[torch.Tensor, torch.Tensor | None],
+               weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               weight_err: torch.Tensor | None = None, bias_err: torch.Tensor | None = None) -> str:
+    """LayerNorm over the last ``n_axes`` axes (Ba et al., 2016; torch and ONNX LayerNormalization):
+    ``(x - m) / sqrt(v + eps) * weight + bias`` with ``m`` the mean and ``v`` the mean of ``(x - m)^2`` (biased)."""
+    shape = b.shapes[x]
+    axes = list(range(len(shape) - n_axes, len(shape)))
+    if not axes or axes[0] < 1:
+        raise UnsupportedOperator("LayerNorm", name, None, "normalising over the batch axis")
+
+    def spread(v: str, tag: str) -> str:  # [.., 1, 1] -> the input's shape (copies: no rounding)
+        return b.add(b.fresh(f"{name}_{tag}_expand"), Expand(shape), [v])
+
+    mean = b.add(b.fresh(f"{name}_mean"), ReduceSum(axes, keepdims=True, mean=True), [x])
+    centred = b.add(b.fresh(f"{name}_centred"), AddVars([1.0, -1.0]), [x, spread(mean, "mean")])
+    var = b.add(b.fresh(f"{name}_var"), ReduceSum(axes, keepdims=True, mean=True),
+                [b.add(b.fresh(f"{name}_square"), Square(), [centred])])
+    eps_t, eps_err = eps
+    std = b.add(b.fresh(f"{name}_std"), Sqrt(), [b.add(b.fresh(f"{name}_eps"), Scale(None, eps_t, bias_err=eps_err),
+                                                        [var])])
+    inv = b.add(b.fresh(f"{name}_inv"), Reciprocal(), [std])
+    out = b.add(b.fresh(f"{name}_normed"), Mul(), [centred, spread(inv, "inv")])
+    if weight is None and bias is None:
+        return out
+    return b.add(b.fresh(name), Scale(weight, bias, weight_err, bias_err), [out])

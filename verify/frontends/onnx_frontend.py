@@ -312,6 +312,20 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
                 if err is not None:
                     errs[i] = err
         return ctx.b.add(name, Concat(axis, len(var_names), consts, errs), var_names)
+    if op == "LayerNormalization":
+        shape = ctx.shape(x)
+        axis = int(attrs.get("axis", -1)) % len(shape)
+        if len(node.output) > 1 and any(node.output[1:]):
+            raise UnsupportedOperator(op, node.name, ctx.opset, "the Mean / InvStdDev outputs")
+        if attrs.get("stash_type", 1) != 1:
+            raise UnsupportedOperator(op, node.name, ctx.opset, "stash_type other than float")
+        eps = np.float64(np.float32(attrs.get("epsilon", 1e-5)))  # a float32 attribute
+        scale, bias = (const_input(ctx, node, i, "LayerNormalization parameter") if len(node.input) > i and
+                       node.input[i] else None for i in (1, 2))
+        w, w_err = (None, None) if scale is None else ctx.param(scale, ctx.err(scale))
+        b_t, b_err = (None, None) if bias is None else ctx.param(bias, ctx.err(bias))
+        return composites.layer_norm(ctx.b, name, x, len(shape) - axis, ctx.param(np.asarray(eps), None),
+                                     w, b_t, w_err, b_err)
     if op == "BatchNormalization":
         scale, bias, mean, var = (const_input(ctx, node, i, "BatchNorm parameter") for i in range(1, 5))
         # the attribute is a float32; the model divides by sqrt(var + eps) with that value

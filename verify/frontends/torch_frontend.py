@@ -254,6 +254,9 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = _gelu(b, n.name, args[0], dtype, n.kwargs.get("approximate", "none"))
         elif n.op == "call_function" and n.target in (torch.erf, torch.special.erf):
             env[n] = b.add(n.name, Erf(), [args[0]])
+        elif n.op == "call_module" and torch_layers.is_composite(mods[n.target]):
+            env[n] = torch_layers.module_composite(b, n.target.replace(".", "_"), mods[n.target], args[0],
+                                                   lambda v: _constant(v, np.zeros(()), dtype))
         elif n.op == "call_module":
             op = _module_op(mods[n.target], b.shapes[args[0]], n.target)
             env[n] = args[0] if op is None else b.add(n.target.replace(".", "_"), op, [args[0]])

@@ -3,7 +3,7 @@ tensor indexing (Slice, Reshape), ``permute`` / ``transpose`` (Transpose), ``uns
 ``abs`` and the max / min of a variable and a constant or of two variables (ReLU composites), ``matmul`` / ``bmm``
 of two variables (products and a sum), ``split`` / ``chunk`` (Slices), ``stack`` (Reshapes and a Concat),
 ``avg_pool2d`` / ``max_pool2d``, nearest ``interpolate``; modules ConvTranspose2d, Upsample, one-slope PReLU,
-AdaptiveAvgPool2d to a divisor of the input.
+AdaptiveAvgPool2d to a divisor of the input, LayerNorm (``verify.frontends.composites.layer_norm``).
 
 Per-sample shapes keep the batch axis as a leading 1, so a torch dim ``d`` is the same per-sample axis; an index or
 a dim on the batch axis itself is refused by name."""
@@ -245,4 +245,18 @@ def module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
             raise UnsupportedOperator("AdaptiveAvgPool2d", name, None, "an output size that does not divide the input")
         k = (h // oh, w // ow)
         return AvgPool2d(k, k, (0, 0), True)
+    return UNHANDLED
+
+
+def is_composite(m: nn.Module) -> bool:
+    return isinstance(m, nn.LayerNorm)
+
+
+def module_composite(b: GraphBuilder, name: str, m: nn.Module, x: str, const: composites.Constant):
+    """Modules written as several graph nodes (LayerNorm), or ``UNHANDLED``."""
+    if isinstance(m, nn.LayerNorm):
+        if getattr(m, "bias", None) is not None and m.weight is None:
+            raise UnsupportedOperator("LayerNorm", name, None, "a bias without a weight")
+        return composites.layer_norm(b, name, x, len(m.normalized_shape), const(np.asarray(m.eps, dtype=np.float64)),
+                                     m.weight, getattr(m, "bias", None))
     return UNHANDLED
