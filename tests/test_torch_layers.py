@@ -93,6 +93,15 @@ def test_unsupported_module_forms_are_refused_by_name(module):
         from_torch(Fn(module, 5, (6,) if isinstance(module, nn.PReLU) else (1, 4, 4), 6).double(), (5,))
 
 
+def _onnx_4_to_6(nodes, inits, opset: int):
+    """The graph of an ONNX model ``x [1, 4] -> y [1, 6]`` and its onnxruntime evaluation on points ``[n, 4]``."""
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return from_onnx_model(model), lambda xs: np.stack([sess.run(None, {"x": xi[None]})[0][0] for xi in xs])
+
+
 @pytest.mark.parametrize("op", ["Max", "Min"])
 def test_onnx_max_and_min_of_variables_match_onnxruntime_and_bound_soundly(op):
     rng = np.random.default_rng(3)
@@ -101,13 +110,9 @@ def test_onnx_max_and_min_of_variables_match_onnxruntime_and_bound_soundly(op):
                           ("W3", rng.normal(size=(4, 6))))]
     nodes = [helper.make_node("MatMul", ["x", w], [h]) for w, h in (("W1", "a"), ("W2", "b"), ("W3", "c"))]
     nodes.append(helper.make_node(op, ["a", "b", "c"], ["y"]))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6])], inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    graph = from_onnx_model(model)
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    graph, ort_run = _onnx_4_to_6(nodes, inits, 13)
     xs = rng.uniform(-1, 1, size=(300, 4)).astype(np.float32)
-    ref = np.stack([sess.run(None, {"x": xi[None]})[0][0] for xi in xs])
+    ref = ort_run(xs)
     ours = graph(torch.from_numpy(xs).reshape(300, 1, 4)).reshape(300, 6).numpy()
     # the model's max / min rounds nothing; the composite y + relu(x - y) rounds (its bounds hold for the exact value)
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
@@ -173,14 +178,10 @@ def test_onnx_layer_normalization_matches_onnxruntime_and_bounds_hold():
     inits = [t("W", rng.normal(size=(4, 6))), t("g", rng.normal(size=6)), t("b", rng.normal(size=6))]
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
              helper.make_node("LayerNormalization", ["h", "g", "b"], ["y"], axis=-1, epsilon=1e-3)]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6])], inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    graph = from_onnx_model(model)
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    graph, ort_run = _onnx_4_to_6(nodes, inits, 17)
     c = rng.uniform(-1, 1, size=(1, 4)).astype(np.float32)
     xs = np.clip(c + rng.uniform(-0.05, 0.05, size=(300, 4)), c - 0.05, c + 0.05).astype(np.float32)
-    ref = np.stack([sess.run(None, {"x": xi[None]})[0][0] for xi in xs])
+    ref = ort_run(xs)
     ours = graph(torch.from_numpy(xs).reshape(300, 1, 4)).reshape(300, 6).numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
     for method in ("ibp", "crown"):
