@@ -45,6 +45,8 @@ CASES = {
     "min_const": (lambda h: torch.minimum(h, torch.tensor(-0.2, dtype=F64)), (6,), 6),
     "max_vars": (lambda h: torch.max(h[:, :3], h[:, 3:]), (6,), 3),
     "min_vars": (lambda h: torch.minimum(h[:, :3], 2.0 * h[:, 3:]), (6,), 3),
+    "amax": (lambda h: torch.amax(h, dim=1), (5, 3), 3),
+    "amin_keepdim": (lambda h: h.amin((1, 2), keepdim=True), (3, 7), 1),
     "permute": (lambda h: h.permute(0, 2, 1), (2, 3), 6),
     "transpose": (lambda h: torch.transpose(h, 1, 2), (2, 3), 6),
     "unsqueeze_squeeze": (lambda h: h.unsqueeze(1).squeeze(1).unsqueeze(-1), (6,), 6),
@@ -203,3 +205,28 @@ def test_layer_norm_lipschitz_bound_holds_at_sampled_gradients():
     worst = max(float(torch.autograd.grad(y[:, j].sum(), x, retain_graph=True)[0].abs().sum(1).max())
                 for j in range(2))
     assert worst <= res.upper < float("inf")
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+@pytest.mark.parametrize("opset", [13, 18])
+def test_onnx_reduce_max_and_min_match_onnxruntime_and_bound_soundly(op, opset):
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(4, 18)).astype(np.float32)
+    inits = [helper.make_tensor("W", onnx.TensorProto.FLOAT, w.shape, w.ravel()),
+             helper.make_tensor("shape", onnx.TensorProto.INT64, [3], [1, 6, 3])]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["r"])]
+    if opset >= 18:
+        inits.append(helper.make_tensor("axes", onnx.TensorProto.INT64, [1], [2]))
+        nodes.append(helper.make_node(op, ["r", "axes"], ["y"], keepdims=0))
+    else:
+        nodes.append(helper.make_node(op, ["r"], ["y"], axes=[2], keepdims=0))
+    graph, ort_run = _onnx_4_to_6(nodes, inits, opset)
+    xs = rng.uniform(-1, 1, size=(300, 4)).astype(np.float32)
+    ref = ort_run(xs)
+    ours = graph(torch.from_numpy(xs).reshape(300, 1, 4)).reshape(300, 6).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    c = np.zeros((1, 4), dtype=np.float32)
+    for method in ("ibp", "crown"):
+        lo, hi = bound(graph, torch.from_numpy(c - 1), torch.from_numpy(c + 1), method=method)
+        r = torch.from_numpy(ref)
+        assert (r >= lo.reshape(1, 6)).all() and (r <= hi.reshape(1, 6)).all(), method

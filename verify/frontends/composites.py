@@ -1,6 +1,7 @@
 """Piecewise-linear ops written with ReLUs, for both frontends: ``clamp(x, lo, hi) = lo + relu(x - lo) - relu(x - hi)``,
 ``max(x, c) = c + relu(x - c)``, ``min(x, c) = x - relu(x - c)``, ``|x| = relu(x) + relu(-x)``, and for two variables
-``max(x, y) = y + relu(x - y)``, ``min(x, y) = y - relu(y - x)``.
+``max(x, y) = y + relu(x - y)``, ``min(x, y) = y - relu(y - x)``, and reductions by max / min as halving trees of
+those.
 
 Each identity is exact in real arithmetic, and the model's own float evaluation of clamp / max / min / abs rounds
 nothing, so bounds of the composition (whose Scale and sum nodes carry their rounding allowances) hold for the model.
@@ -18,7 +19,7 @@ import torch
 from verify.errors import ShapeError, UnsupportedOperator
 from verify.graph import GraphBuilder
 from verify.ops import AddVars, Mul, Reciprocal, ReduceSum, Relu, Reshape, Scale, Sqrt, Square
-from verify.ops.shape import Expand
+from verify.ops.shape import Concat, Expand, Slice
 
 Constant = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None]]
 """A float64 constant -> (the constant in the model's precision, the bound on its cast error or None)."""
@@ -68,6 +69,32 @@ def max_of_two(b: GraphBuilder, name: str, x: str, y: str, largest: bool = True)
     diff = b.add(b.fresh(f"{name}_diff"), AddVars([1.0, -1.0]), [x, y] if largest else [y, x])
     r = b.add(b.fresh(f"{name}_relu"), Relu(), [diff])
     return b.add(b.fresh(name), AddVars([1.0, 1.0 if largest else -1.0]), [y, r])
+
+
+def reduce_max(b: GraphBuilder, name: str, x: str, axes: list[int], keepdims: bool, largest: bool = True) -> str:
+    """``max`` (``largest``) or ``min`` over per-sample ``axes``: per axis a halving tree, each level the element-wise
+    max of the first and second halves (an odd element carried on by a Concat), ``ceil(log2 k)`` levels."""
+    if any(a < 1 for a in axes):
+        raise UnsupportedOperator("ReduceMax" if largest else "ReduceMin", name, None,
+                                  "a reduction over the batch axis")
+    for axis in sorted(axes):
+        while b.shapes[x][axis] > 1:
+            shape = b.shapes[x]
+            k, h = shape[axis], shape[axis] // 2
+
+            def part(start: int, stop: int, tag: str, src: str = x, rank: int = len(shape), ax: int = axis) -> str:
+                sl = [slice(None)] * rank
+                sl[ax] = slice(start, stop, 1)
+                return b.add(b.fresh(f"{name}_{tag}"), Slice(sl), [src])
+
+            m = max_of_two(b, f"{name}_level", part(0, h, "lo"), part(h, 2 * h, "hi"), largest)
+            if k % 2:
+                m = b.add(b.fresh(f"{name}_carry"), Concat(axis, 2), [m, part(2 * h, k, "odd")])
+            x = m
+    if keepdims:
+        return x
+    shape = b.shapes[x]
+    return b.add(b.fresh(name), Reshape(tuple(d for i, d in enumerate(shape) if i not in axes)), [x])
 
 
 def matmul_vars(b: GraphBuilder, name: str, a: str, c: str) -> str:

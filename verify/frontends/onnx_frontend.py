@@ -238,6 +238,15 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
         return _gather(ctx, node, ins[0], ins[1])
     if op in ("ReduceSum", "ReduceMean"):
         return _reduce(ctx, node, x, op == "ReduceMean")
+    if op in ("ReduceMax", "ReduceMin"):
+        shape = ctx.shape(x)
+        axes = axes_of(ctx, node, {} if ctx.opset >= 18 else attrs, 1) if ctx.opset >= 18 else attrs.get("axes")
+        if axes is None or len(axes) == 0:
+            if attrs.get("noop_with_empty_axes", 0):
+                return x
+            axes = list(range(len(shape)))
+        return composites.reduce_max(ctx.b, name, x, [int(a) % len(shape) for a in axes],
+                                     bool(attrs.get("keepdims", 1)), op == "ReduceMax")
     if op in ("Add", "Sub", "Mul", "Div"):
         return _elementwise(ctx, node, ins[0], ins[1], op)
     if op == "MatMul":

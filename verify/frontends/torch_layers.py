@@ -1,9 +1,9 @@
 """torch.fx rules beyond the core layers of ``verify.frontends.torch_frontend``, each mapped onto an existing op:
 tensor indexing (Slice, Reshape), ``permute`` / ``transpose`` (Transpose), ``unsqueeze`` / ``squeeze`` (Reshape),
-``abs`` and the max / min of a variable and a constant or of two variables (ReLU composites), ``matmul`` / ``bmm``
-of two variables (products and a sum), ``split`` / ``chunk`` (Slices), ``stack`` (Reshapes and a Concat),
-``avg_pool2d`` / ``max_pool2d``, nearest ``interpolate``; modules ConvTranspose2d, Upsample, one-slope PReLU,
-AdaptiveAvgPool2d to a divisor of the input, LayerNorm (``verify.frontends.composites.layer_norm``).
+``abs``, the max / min of a variable and a constant or of two variables and ``amax`` / ``amin`` (ReLU composites),
+``matmul`` / ``bmm`` of two variables (products and a sum), ``split`` / ``chunk`` (Slices), ``stack`` (Reshapes and
+a Concat), ``avg_pool2d`` / ``max_pool2d``, nearest ``interpolate``; modules ConvTranspose2d, Upsample, one-slope
+PReLU, AdaptiveAvgPool2d to a divisor of the input, LayerNorm (``verify.frontends.composites.layer_norm``).
 
 Per-sample shapes keep the batch axis as a leading 1, so a torch dim ``d`` is the same per-sample axis; an index or
 a dim on the batch axis itself is refused by name."""
@@ -181,6 +181,17 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const: composites.Con
             c = np.asarray(y.detach().cpu().double() if isinstance(y, torch.Tensor) else y, dtype=np.float64)
             return (composites.maximum if largest else composites.minimum)(b, name, x, c, const)
         return UNHANDLED
+    if _is(n, (torch.amax, torch.amin), ("amax", "amin")):
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        keep = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+        rank = len(b.shapes[x])
+        dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, tuple | list) and dim else None
+        if dims is None:
+            raise UnsupportedOperator(str(n.target), name, None, "give dim: a reduction over the batch axis mixes "
+                                      "samples")
+        dims = [d % rank for d in dims]
+        _batch_safe(str(n.target), name, dims)
+        return composites.reduce_max(b, name, x, dims, keep, n.target in (torch.amax, "amax"))
     if _is(n, (torch.permute,), ("permute",)):
         return _permute(b, name, x, _dims(args, kwargs))
     if _is(n, (torch.transpose,), ("transpose",)):
