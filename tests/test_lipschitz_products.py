@@ -125,3 +125,14 @@ def test_the_product_rule_pairs_each_path_with_the_other_factor(method):
     exact = 10 * 5.1 + 10 * 0.01  # at the corner x = (0.01, 0.1)
     res = lipschitz(Lopsided().double(), lo, hi, method=method, input_shape=(2,))
     assert exact * (1 - 1e-12) <= res.upper <= exact * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("act", [nn.SiLU, lambda: nn.ELU(0.8)])
+@pytest.mark.parametrize("method", ["crown", "bab"])
+def test_silu_and_elu_lipschitz_bounds_hold_at_sampled_gradients(act, method):
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(4, 10), act(), nn.Linear(10, 8), act(), nn.Linear(8, 2)).double()
+    x0 = torch.randn(4, dtype=F64)
+    lo, hi = x0 - 0.3, x0 + 0.3
+    res = lipschitz(net, lo, hi, method=method, timeout=3, samples=500)
+    assert _sampled(net, lo, hi) <= res.upper < float("inf")

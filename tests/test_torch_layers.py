@@ -59,6 +59,9 @@ CASES = {
     "conv_transpose": (nn.ConvTranspose2d(1, 2, 3, stride=2, padding=1, output_padding=1), (1, 2, 2), 32),
     "upsample": (nn.Upsample(scale_factor=2), (1, 2, 2), 16),
     "prelu": (nn.PReLU(init=0.2), (6,), 6),
+    "silu": (nn.SiLU(), (6,), 6),
+    "elu": (nn.ELU(0.7), (6,), 6),
+    "functional_silu_elu": (lambda h: F.silu(h) + F.elu(h, alpha=1.3), (6,), 6),
     "adaptive_avg": (nn.AdaptiveAvgPool2d((1, 2)), (2, 4, 4), 4),
 }
 
@@ -225,6 +228,23 @@ def test_onnx_reduce_max_and_min_match_onnxruntime_and_bound_soundly(op, opset):
     ref = ort_run(xs)
     ours = graph(torch.from_numpy(xs).reshape(300, 1, 4)).reshape(300, 6).numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    c = np.zeros((1, 4), dtype=np.float32)
+    for method in ("ibp", "crown"):
+        lo, hi = bound(graph, torch.from_numpy(c - 1), torch.from_numpy(c + 1), method=method)
+        r = torch.from_numpy(ref)
+        assert (r >= lo.reshape(1, 6)).all() and (r <= hi.reshape(1, 6)).all(), method
+
+
+def test_onnx_elu_matches_onnxruntime_and_bounds_hold():
+    rng = np.random.default_rng(9)
+    w = rng.normal(size=(4, 6)).astype(np.float32)
+    inits = [helper.make_tensor("W", onnx.TensorProto.FLOAT, w.shape, w.ravel())]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Elu", ["h"], ["y"], alpha=0.6)]
+    graph, ort_run = _onnx_4_to_6(nodes, inits, 13)
+    xs = rng.uniform(-1, 1, size=(300, 4)).astype(np.float32)
+    ref = ort_run(xs)
+    np.testing.assert_allclose(graph(torch.from_numpy(xs).reshape(300, 1, 4)).reshape(300, 6).numpy(), ref,
+                               rtol=1e-6, atol=1e-6)
     c = np.zeros((1, 4), dtype=np.float32)
     for method in ("ibp", "crown"):
         lo, hi = bound(graph, torch.from_numpy(c - 1), torch.from_numpy(c + 1), method=method)

@@ -6,8 +6,9 @@ those.
 Each identity is exact in real arithmetic, and the model's own float evaluation of clamp / max / min / abs rounds
 nothing, so bounds of the composition (whose Scale and sum nodes carry their rounding allowances) hold for the model.
 Their CROWN relaxations are ReLU triangles. GELU (``gelu``) is written with Erf or Tanh and a product of two
-variables, as torch evaluates it; ``matmul_vars`` writes ``A @ B`` of two variables as products and a sum, and
-``layer_norm`` LayerNorm as means, a square, a square root, a reciprocal and a product."""
+variables, as torch evaluates it; ``matmul_vars`` writes ``A @ B`` of two variables as products and a sum,
+``layer_norm`` LayerNorm as means, a square, a square root, a reciprocal and a product, ``silu`` as ``x sigmoid(x)``
+and ``elu`` with a ReLU and an exp."""
 
 from __future__ import annotations
 
@@ -150,6 +151,29 @@ def gelu(b: GraphBuilder, name: str, x: str, const: ConstantWithError, approxima
     one, _ = const(np.asarray(1.0), np.zeros(()))
     one_plus = b.add(b.fresh(f"{name}_one_plus"), Scale(None, one), [gate])
     return b.add(name, Mul(), [scale("half", x, 0.5, True), one_plus])
+
+
+def silu(b: GraphBuilder, name: str, x: str) -> str:
+    """SiLU (swish) ``x sigmoid(x)``: a sigmoid and a product of two variables."""
+    from verify.ops import Sigmoid
+
+    return b.add(b.fresh(name), Mul(), [x, b.add(b.fresh(f"{name}_sigmoid"), Sigmoid(), [x])])
+
+
+def elu(b: GraphBuilder, name: str, x: str, alpha: float, const: Constant) -> str:
+    """ELU ``x`` for ``x > 0``, ``alpha (e^x - 1)`` below, as ``relu(x) + alpha (exp(-relu(-x)) - 1)`` (the same
+    function in real arithmetic; exp of a non-positive value cannot overflow)."""
+    from verify.ops import Exp
+
+    minus, minus_err = const(np.asarray(-1.0))
+    neg = b.add(b.fresh(f"{name}_neg"), Scale(minus, None, weight_err=minus_err), [x])
+    below = b.add(b.fresh(f"{name}_below"), Relu(), [neg])  # max(-x, 0)
+    e = b.add(b.fresh(f"{name}_exp"), Exp(), [b.add(b.fresh(f"{name}_min"), Scale(minus, None, weight_err=minus_err),
+                                                   [below])])
+    a, a_err = const(np.asarray(alpha, dtype=np.float64))
+    c, c_err = const(-np.asarray(alpha, dtype=np.float64))
+    tail = b.add(b.fresh(f"{name}_tail"), Scale(a, c, weight_err=a_err, bias_err=c_err), [e])
+    return b.add(b.fresh(name), AddVars([1.0, 1.0]), [b.add(b.fresh(f"{name}_relu"), Relu(), [x]), tail])
 
 
 def layer_norm(b: GraphBuilder, name: str, x: str, n_axes: int, eps: tuple[torch.Tensor, torch.Tensor | None],

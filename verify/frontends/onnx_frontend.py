@@ -196,6 +196,8 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
     name = node.name or node.output[0]
     if op in ("Relu", "Sigmoid", "Tanh"):
         return ctx.b.add(name, {"Relu": Relu, "Sigmoid": Sigmoid, "Tanh": Tanh}[op](), [x])
+    if op == "Elu":
+        return composites.elu(ctx.b, name, x, float(np.float32(attrs.get("alpha", 1.0))), ctx.param)
     if op == "LeakyRelu":
         slope = float(np.float32(attrs.get("alpha", 0.01)))  # the attribute is a float32
         if not 0.0 <= slope <= 1.0:

@@ -3,7 +3,7 @@ tensor indexing (Slice, Reshape), ``permute`` / ``transpose`` (Transpose), ``uns
 ``abs``, the max / min of a variable and a constant or of two variables and ``amax`` / ``amin`` (ReLU composites),
 ``matmul`` / ``bmm`` of two variables (products and a sum), ``split`` / ``chunk`` (Slices), ``stack`` (Reshapes and
 a Concat), ``avg_pool2d`` / ``max_pool2d``, nearest ``interpolate``; modules ConvTranspose2d, Upsample, one-slope
-PReLU, AdaptiveAvgPool2d to a divisor of the input, LayerNorm (``verify.frontends.composites.layer_norm``).
+PReLU, AdaptiveAvgPool2d to a divisor of the input, LayerNorm, SiLU and ELU (``verify.frontends.composites``).
 
 Per-sample shapes keep the batch axis as a leading 1, so a torch dim ``d`` is the same per-sample axis; an index or
 a dim on the batch axis itself is refused by name."""
@@ -170,6 +170,10 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const: composites.Con
     name = n.name
     if n.op == "call_function" and n.target is operator.getitem:
         return _index(b, name, x, args[1])
+    if n.op == "call_function" and n.target is F.silu:
+        return composites.silu(b, name, x)
+    if n.op == "call_function" and n.target is F.elu:
+        return composites.elu(b, name, x, float(args[1] if len(args) > 1 else kwargs.get("alpha", 1.0)), const)
     if _is(n, (torch.abs,), ("abs",)):
         return composites.absolute(b, name, x, const(np.zeros(()))[0].dtype)
     if _is(n, (torch.maximum, torch.minimum, torch.max, torch.min), ("maximum", "minimum")) and len(args) == 2:
@@ -260,7 +264,7 @@ def module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
 
 
 def is_composite(m: nn.Module) -> bool:
-    return isinstance(m, nn.LayerNorm)
+    return isinstance(m, nn.LayerNorm | nn.SiLU | nn.ELU)
 
 
 def module_composite(b: GraphBuilder, name: str, m: nn.Module, x: str, const: composites.Constant):
@@ -270,4 +274,8 @@ def module_composite(b: GraphBuilder, name: str, m: nn.Module, x: str, const: co
             raise UnsupportedOperator("LayerNorm", name, None, "a bias without a weight")
         return composites.layer_norm(b, name, x, len(m.normalized_shape), const(np.asarray(m.eps, dtype=np.float64)),
                                      m.weight, getattr(m, "bias", None))
+    if isinstance(m, nn.SiLU):
+        return composites.silu(b, name, x)
+    if isinstance(m, nn.ELU):
+        return composites.elu(b, name, x, float(m.alpha), const)
     return UNHANDLED
