@@ -282,8 +282,10 @@ def _lipschitz(model, x_lo, x_hi, outputs, method, timeout, input_shape, attack,
     known = float(low.max()) if attack else None
     log.info("phase %s upper bound: %d output(s), %d inputs", method, len(outs), graph.input_numel)
     up, extra = upper_bounds(graph, lo, hi, outs, method, max(timeout - (time.perf_counter() - t0), 0.0), known)
-    leaves = [(k, x) for k, x in enumerate(extra.get("bab_points", [])) if x is not None]
-    if leaves:  # interior points of feasible BaB leaves (MIP optima sit on kinks): certified there too
+    # interior points of feasible BaB leaves and the MIP's incumbents (its optima may sit on kinks, where the
+    # certificate is the smaller one-sided value): certified there too
+    leaves = [(k, x) for key in ("bab_points", "mip_x") for k, x in enumerate(extra.get(key) or []) if x is not None]
+    if leaves:
         xs = torch.stack([_clamp(torch.as_tensor(x, dtype=F64, device=graph.device).reshape(1, *graph.input_shape),
                                  box)[0]
                           for _, x in leaves])
