@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from models.zoo import mlp
-from tests.helpers import random_network
+from tests.helpers import random_network, random_relu_mlp
 from verify.errors import ModelError, UnsupportedOperator
 from verify.lipschitz import lipschitz, monotonicity
 from verify.lipschitz.api import _prepare, upper_bounds
@@ -530,3 +530,13 @@ def test_python_api_refuses_non_finite_or_negative_timeouts(bad):
         lipschitz(net, torch.zeros(3), torch.ones(3), method="bab", timeout=bad)
     with pytest.raises(ValueError, match="timeout"):
         monotonicity(net, torch.zeros(3), torch.ones(3), feature=0, timeout=bad)
+
+
+def test_mip_incumbents_certify_a_lower_bound_without_the_attack():
+    net = random_relu_mlp(5, [12, 8], 3)
+    g = torch.Generator().manual_seed(3)
+    x0 = 2 * torch.rand(5, generator=g, dtype=torch.float64) - 1
+    res = lipschitz(net, x0 - 0.3, x0 + 0.3, method="mip", attack=False, input_shape=(5,))
+    assert 0 < res.lower <= res.upper
+    w = torch.tensor(res.extra["witness"][0], dtype=torch.float64)
+    assert bool(((w >= x0 - 0.3) & (w <= x0 + 0.3)).all())

@@ -124,14 +124,3 @@ def test_split_search_refines_only_deep_nets_without_input_splits(monkeypatch):
         split_search(graph, lo, hi, [0], timeout=1.0)
     assert calls == [12]  # deep and more than MAX_INPUTS inputs; not one hidden layer, not 4 inputs
 
-
-def test_mip_incumbents_certify_a_lower_bound_without_the_attack():
-    from verify.lipschitz import lipschitz
-
-    net = random_relu_mlp(5, [12, 8], 3)
-    g = torch.Generator().manual_seed(3)
-    x0 = 2 * torch.rand(5, generator=g, dtype=F64) - 1
-    res = lipschitz(net, x0 - 0.3, x0 + 0.3, method="mip", attack=False, input_shape=(5,))
-    assert 0 < res.lower <= res.upper
-    w = torch.tensor(res.extra["witness"][0], dtype=F64)
-    assert bool(((w >= x0 - 0.3) & (w <= x0 + 0.3)).all())
