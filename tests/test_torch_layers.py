@@ -85,7 +85,7 @@ def test_rule_matches_the_module_and_its_bounds_hold(case):
         assert torch.isfinite(hi - lo).all()
 
 
-@pytest.mark.parametrize("f", [lambda h: h[0], lambda h: h.permute(1, 0), lambda h: h.unsqueeze(0),
+@pytest.mark.parametrize("f", [lambda h: h[0], lambda h: h[None], lambda h: h.permute(1, 0), lambda h: h.unsqueeze(0),
                                lambda h: torch.split(h, 1, dim=0)[0], lambda h: torch.stack([h, h], dim=0)])
 def test_the_batch_axis_is_refused_by_name(f):
     with pytest.raises(UnsupportedOperator, match="batch axis"):

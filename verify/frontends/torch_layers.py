@@ -51,6 +51,8 @@ def _index(b: GraphBuilder, name: str, x: str, idx) -> str:
     idx = idx if isinstance(idx, tuple) else (idx,)
     if any(not (isinstance(i, slice | int) or i is None or i is Ellipsis) for i in idx):
         raise UnsupportedOperator("getitem", name, None, "tensor (advanced) indices")
+    if idx and idx[0] is None:  # a new axis in front of the batch axis
+        raise UnsupportedOperator("getitem", name, None, "an index or dim on the batch axis")
     real = [i for i in idx if i is not None and i is not Ellipsis]
     if Ellipsis in idx:
         at = idx.index(Ellipsis)
