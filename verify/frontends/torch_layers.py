@@ -94,10 +94,10 @@ def _permute(b: GraphBuilder, name: str, x: str, perm: list[int]) -> str:
     return b.add(name, Transpose(perm), [x])
 
 
-def _reshaped(b: GraphBuilder, name: str, x: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
+def _reshaped(b: GraphBuilder, what: str, name: str, x: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
     target = tuple(fn(_meta(b.shapes[x])).shape)
     if not target or target[0] != 1:
-        raise UnsupportedOperator(name, name, None, "a reshape of the batch axis")
+        raise UnsupportedOperator(what, name, None, "an index or dim on the batch axis")
     return x if target == b.shapes[x] else b.add(name, Reshape(target), [x])
 
 
@@ -209,14 +209,14 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const: composites.Con
     if _is(n, (torch.unsqueeze,), ("unsqueeze",)):
         d = args[1] if len(args) > 1 else kwargs["dim"]
         _batch_safe("unsqueeze", name, [d % (len(b.shapes[x]) + 1)])
-        return _reshaped(b, name, x, lambda t: t.unsqueeze(d))
+        return _reshaped(b, "unsqueeze", name, x, lambda t: t.unsqueeze(d))
     if _is(n, (torch.squeeze,), ("squeeze",)):
         d = args[1] if len(args) > 1 else kwargs.get("dim")
         shape = b.shapes[x]
         dims = [i for i, s in enumerate(shape) if s == 1 and i > 0] if d is None else \
             [v % len(shape) for v in (d if isinstance(d, tuple | list) else (d,))]
         _batch_safe("squeeze", name, dims)
-        return _reshaped(b, name, x, lambda t: t.squeeze(tuple(dims)) if dims else t)
+        return _reshaped(b, "squeeze", name, x, lambda t: t.squeeze(tuple(dims)) if dims else t)
     if _is(n, (torch.matmul, operator.matmul, torch.bmm), ("matmul", "bmm")) and isinstance(args[1], str):
         return composites.matmul_vars(b, name, x, args[1])
     if _is(n, (torch.split,), ("split",)) or _is(n, (torch.chunk,), ("chunk",)):
