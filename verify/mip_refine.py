@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ from verify import mip
 from verify.bab.common import Deadline
 from verify.bounds.alpha import alpha_crown_lower
 from verify.bounds.crown import lower_bound
-from verify.graph import Graph
+from verify.graph import Graph, Node
 from verify.ops.activation import Relu
 from verify.rounding import cast_box
 from verify.spec import RowSpec
@@ -117,25 +118,13 @@ def refine_bounds(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: d
     if not mip.mip_supported(graph):
         res.stopped = "no solver"
         return res
-    g64 = mip._float64_copy(graph)
-    model = mip._Model()
-    xl, xh = x_lo.reshape(-1).double().numpy(), x_hi.reshape(-1).double().numpy()
-    exprs = {g64.input_name: mip._Expr(model.add_vars(xl, xh), np.eye(xl.size), np.zeros(xl.size))}
-    last = [n.name for n in g64.nodes if isinstance(n.op, Relu)][-1:]
-    for node in g64.nodes:
+    last = [n.name for n in graph.nodes if isinstance(n.op, Relu)][-1:]
+    for model, node, z in relu_inputs_encoded(graph, x_lo, x_hi, res.bounds):
+        name = node.inputs[0]
         if node.name in last:
             # The last ReLU layer is left alone: its MIPs are the largest, and the split search after refinement
             # handles it well (mnist 256x4 prop_9 eps 0.05: 63 s of solves moved the margin from -1.64 to -1.56).
             break
-        ins = [exprs[i] for i in node.inputs]
-        if getattr(node.op, "linear", False):
-            exprs[node.name] = mip._linear(node.op, ins, [g64.shape_of(i) for i in node.inputs], model=model)
-            continue
-        if not isinstance(node.op, Relu):  # e.g. MaxPool: encoded, never refined
-            exprs[node.name] = mip._maxpool(model, node.op, ins[0], g64.shape_of(node.inputs[0]),
-                                            *mip._widened(*res.bounds[node.inputs[0]]))
-            continue
-        name, z = node.inputs[0], ins[0]
         l, u = mip._widened(*res.bounds[name])
         todo = np.nonzero((l < 0) & (u > 0))[0]
         if model.m and todo.size:  # the first ReLU layer's bounds over a box are exact already
@@ -152,8 +141,8 @@ def refine_bounds(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: d
             lower, new = alpha_crown_lower(graph, x_lo, x_hi, lam, iterations=alpha_iterations,
                                            optimize_intermediate=True, bounds=res.bounds, return_bounds=True,
                                            time_limit=max(0.0, deadline.left()))
-            res.bounds = {k: (torch.maximum(v[0], new[k][0]), torch.minimum(v[1], new[k][1]))
-                          for k, v in res.bounds.items()}
+            res.bounds.update({k: (torch.maximum(v[0], new[k][0]), torch.minimum(v[1], new[k][1]))
+                               for k, v in res.bounds.items()})
             lower = rows.finish(lower, graph, res.bounds)
             res.lower = torch.maximum(res.lower, lower)  # each pass is sound; keep the best per row
             log.debug("refined %s: %d solves in all, worst margin %.4f, %.1f s", name, res.solves,
@@ -164,10 +153,31 @@ def refine_bounds(graph: Graph, rows: RowSpec, lo: Tensor, hi: Tensor, bounds: d
             if deadline.passed():
                 res.stopped = "deadline"
                 break
-            l, u = mip._widened(*res.bounds[name])
-        exprs[node.name] = mip._relu(model, z, l, u)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def relu_inputs_encoded(graph: Graph, x_lo: Tensor, x_hi: Tensor, bounds: Mapping[str, tuple[Tensor, Tensor]]
+                        ) -> Iterator[tuple[mip._Model, Node, mip._Expr]]:
+    """Encode a float64 copy of ``graph`` over the box ``[x_lo, x_hi]`` node by node (the big-M form of
+    ``verify.mip``); at each ReLU yield ``(model, the ReLU node, its input's expression)`` - the model then holds the
+    layers below it - and encode the ReLU with ``bounds`` as they are when the caller resumes (it may tighten them
+    in place meanwhile). MaxPool is encoded with the bounds of its input, never yielded."""
+    g64 = mip._float64_copy(graph)
+    model = mip._Model()
+    xl, xh = x_lo.reshape(-1).double().cpu().numpy(), x_hi.reshape(-1).double().cpu().numpy()
+    exprs = {g64.input_name: mip._Expr(model.add_vars(xl, xh), np.eye(xl.size), np.zeros(xl.size))}
+    for node in g64.nodes:
+        ins = [exprs[i] for i in node.inputs]
+        if getattr(node.op, "linear", False):
+            exprs[node.name] = mip._linear(node.op, ins, [g64.shape_of(i) for i in node.inputs], model=model)
+            continue
+        if not isinstance(node.op, Relu):  # e.g. MaxPool: encoded, never refined
+            exprs[node.name] = mip._maxpool(model, node.op, ins[0], g64.shape_of(node.inputs[0]),
+                                            *mip._widened(*bounds[node.inputs[0]]))
+            continue
+        yield model, node, ins[0]
+        exprs[node.name] = mip._relu(model, ins[0], *mip._widened(*bounds[node.inputs[0]]))
 
 
 def _scores(graph: Graph, rows: RowSpec, x_lo: Tensor, x_hi: Tensor, bounds: dict, relu: str, l: np.ndarray,

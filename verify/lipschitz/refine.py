@@ -20,7 +20,7 @@ from verify import mip
 from verify.bab.common import Deadline
 from verify.bounds.crown import intermediate_bounds
 from verify.graph import Graph
-from verify.mip_refine import RefineResult, _refine_layer
+from verify.mip_refine import RefineResult, _refine_layer, relu_inputs_encoded
 from verify.ops.activation import Relu
 from verify.ops.base import Bounds
 from verify.rounding import cast_box
@@ -59,21 +59,9 @@ def mip_refined_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, seconds: float,
         out.stopped = "no solver"
         out.unstable_after = out.unstable_before
         return out
-    g64 = mip._float64_copy(graph)
-    model = mip._Model()
-    xl, xh = x_lo.reshape(-1).double().cpu().numpy(), x_hi.reshape(-1).double().cpu().numpy()
-    exprs = {g64.input_name: mip._Expr(model.add_vars(xl, xh), np.eye(xl.size), np.zeros(xl.size))}
     tally = RefineResult(cur, torch.zeros(1, 0, device=x_lo.device))  # counts the solves
-    for node in g64.nodes:
-        ins = [exprs[i] for i in node.inputs]
-        if getattr(node.op, "linear", False):
-            exprs[node.name] = mip._linear(node.op, ins, [g64.shape_of(i) for i in node.inputs], model=model)
-            continue
-        if not isinstance(node.op, Relu):  # MaxPool: encoded, never refined
-            exprs[node.name] = mip._maxpool(model, node.op, ins[0], g64.shape_of(node.inputs[0]),
-                                            *mip._widened(*cur[node.inputs[0]]))
-            continue
-        name, z = node.inputs[0], ins[0]
+    for model, node, z in relu_inputs_encoded(graph, x_lo, x_hi, cur):
+        name = node.inputs[0]
         l, u = mip._widened(*cur[name])
         todo = np.nonzero((l < 0) & (u > 0))[0]
         if model.m and todo.size and not deadline.passed():  # the first layer's bounds over a box are exact
@@ -88,10 +76,8 @@ def mip_refined_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, seconds: float,
             cur[name] = (torch.maximum(old_lo, new_lo.to(old_lo.device).reshape(old_lo.shape)),
                          torch.minimum(old_hi, new_hi.to(old_hi.device).reshape(old_hi.shape)))
             with torch.no_grad():  # carry the tighter layer to the later ones
-                cur = intermediate_bounds(graph, x_lo, x_hi, "crown", reference=cur)
+                cur.update(intermediate_bounds(graph, x_lo, x_hi, "crown", reference=cur))
             out.layers.append(name)
-            l, u = mip._widened(*cur[name])
-        exprs[node.name] = mip._relu(model, z, l, u)
         if deadline.passed() and out.stopped == "done":
             out.stopped = "deadline"
     out.bounds, out.solves = cur, tally.solves
