@@ -107,6 +107,19 @@ def _onnx_4_to_6(nodes, inits, opset: int):
     return from_onnx_model(model), lambda xs: np.stack([sess.run(None, {"x": xi[None]})[0][0] for xi in xs])
 
 
+def _agrees_and_bounds_hold(graph, ort_run, xs: np.ndarray, lo: np.ndarray, hi: np.ndarray, rtol: float = 1e-6,
+                            atol: float = 1e-6) -> None:
+    """The graph matches onnxruntime at the points ``xs`` (``[n, 4]`` in the box ``[lo, hi]``), and its IBP and
+    CROWN bounds over the box contain onnxruntime's outputs."""
+    ref = ort_run(xs)
+    ours = graph(torch.from_numpy(xs).reshape(len(xs), 1, 4)).reshape(len(xs), 6).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=atol)
+    r = torch.from_numpy(ref)
+    for method in ("ibp", "crown"):
+        b_lo, b_hi = bound(graph, torch.from_numpy(lo), torch.from_numpy(hi), method=method)
+        assert (r >= b_lo.reshape(1, 6)).all() and (r <= b_hi.reshape(1, 6)).all(), method
+
+
 @pytest.mark.parametrize("op", ["Max", "Min"])
 def test_onnx_max_and_min_of_variables_match_onnxruntime_and_bound_soundly(op):
     rng = np.random.default_rng(3)
@@ -117,14 +130,9 @@ def test_onnx_max_and_min_of_variables_match_onnxruntime_and_bound_soundly(op):
     nodes.append(helper.make_node(op, ["a", "b", "c"], ["y"]))
     graph, ort_run = _onnx_4_to_6(nodes, inits, 13)
     xs = rng.uniform(-1, 1, size=(300, 4)).astype(np.float32)
-    ref = ort_run(xs)
-    ours = graph(torch.from_numpy(xs).reshape(300, 1, 4)).reshape(300, 6).numpy()
-    # the model's max / min rounds nothing; the composite y + relu(x - y) rounds (its bounds hold for the exact value)
-    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
     c = np.zeros((1, 4), dtype=np.float32)
-    for method in ("ibp", "crown"):
-        lo, hi = bound(graph, torch.from_numpy(c - 1), torch.from_numpy(c + 1), method=method)
-        assert (torch.from_numpy(ref) >= lo.reshape(1, 6)).all() and (torch.from_numpy(ref) <= hi.reshape(1, 6)).all()
+    # the model's max / min rounds nothing; the composite y + relu(x - y) rounds (its bounds hold for the exact value)
+    _agrees_and_bounds_hold(graph, ort_run, xs, c - 1, c + 1)
 
 
 def test_constant_tensors_of_the_trace_are_taken_and_trainable_ones_refused():
@@ -186,13 +194,7 @@ def test_onnx_layer_normalization_matches_onnxruntime_and_bounds_hold():
     graph, ort_run = _onnx_4_to_6(nodes, inits, 17)
     c = rng.uniform(-1, 1, size=(1, 4)).astype(np.float32)
     xs = np.clip(c + rng.uniform(-0.05, 0.05, size=(300, 4)), c - 0.05, c + 0.05).astype(np.float32)
-    ref = ort_run(xs)
-    ours = graph(torch.from_numpy(xs).reshape(300, 1, 4)).reshape(300, 6).numpy()
-    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
-    for method in ("ibp", "crown"):
-        lo, hi = bound(graph, torch.from_numpy(c - 0.05), torch.from_numpy(c + 0.05), method=method)
-        r = torch.from_numpy(ref)
-        assert (r >= lo.reshape(1, 6)).all() and (r <= hi.reshape(1, 6)).all(), method
+    _agrees_and_bounds_hold(graph, ort_run, xs, c - 0.05, c + 0.05, rtol=1e-4, atol=1e-5)
 
 
 def test_layer_norm_lipschitz_bound_holds_at_sampled_gradients():
@@ -225,14 +227,8 @@ def test_onnx_reduce_max_and_min_match_onnxruntime_and_bound_soundly(op, opset):
         nodes.append(helper.make_node(op, ["r"], ["y"], axes=[2], keepdims=0))
     graph, ort_run = _onnx_4_to_6(nodes, inits, opset)
     xs = rng.uniform(-1, 1, size=(300, 4)).astype(np.float32)
-    ref = ort_run(xs)
-    ours = graph(torch.from_numpy(xs).reshape(300, 1, 4)).reshape(300, 6).numpy()
-    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
     c = np.zeros((1, 4), dtype=np.float32)
-    for method in ("ibp", "crown"):
-        lo, hi = bound(graph, torch.from_numpy(c - 1), torch.from_numpy(c + 1), method=method)
-        r = torch.from_numpy(ref)
-        assert (r >= lo.reshape(1, 6)).all() and (r <= hi.reshape(1, 6)).all(), method
+    _agrees_and_bounds_hold(graph, ort_run, xs, c - 1, c + 1)
 
 
 def test_onnx_elu_matches_onnxruntime_and_bounds_hold():
@@ -242,11 +238,5 @@ def test_onnx_elu_matches_onnxruntime_and_bounds_hold():
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Elu", ["h"], ["y"], alpha=0.6)]
     graph, ort_run = _onnx_4_to_6(nodes, inits, 13)
     xs = rng.uniform(-1, 1, size=(300, 4)).astype(np.float32)
-    ref = ort_run(xs)
-    np.testing.assert_allclose(graph(torch.from_numpy(xs).reshape(300, 1, 4)).reshape(300, 6).numpy(), ref,
-                               rtol=1e-6, atol=1e-6)
     c = np.zeros((1, 4), dtype=np.float32)
-    for method in ("ibp", "crown"):
-        lo, hi = bound(graph, torch.from_numpy(c - 1), torch.from_numpy(c + 1), method=method)
-        r = torch.from_numpy(ref)
-        assert (r >= lo.reshape(1, 6)).all() and (r <= hi.reshape(1, 6)).all(), method
+    _agrees_and_bounds_hold(graph, ort_run, xs, c - 1, c + 1)
