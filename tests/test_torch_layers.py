@@ -240,3 +240,16 @@ def test_onnx_elu_matches_onnxruntime_and_bounds_hold():
     xs = rng.uniform(-1, 1, size=(300, 4)).astype(np.float32)
     c = np.zeros((1, 4), dtype=np.float32)
     _agrees_and_bounds_hold(graph, ort_run, xs, c - 1, c + 1)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_onnx_gelu_op_matches_onnxruntime_and_bounds_hold(approximate):
+    rng = np.random.default_rng(13)
+    w = rng.normal(size=(4, 6)).astype(np.float32)
+    inits = [helper.make_tensor("W", onnx.TensorProto.FLOAT, w.shape, w.ravel())]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("Gelu", ["h"], ["y"], approximate=approximate)]
+    graph, ort_run = _onnx_4_to_6(nodes, inits, 20)
+    xs = rng.uniform(-1, 1, size=(300, 4)).astype(np.float32)
+    c = np.zeros((1, 4), dtype=np.float32)
+    _agrees_and_bounds_hold(graph, ort_run, xs, c - 1, c + 1, rtol=1e-5, atol=1e-6)

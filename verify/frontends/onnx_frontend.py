@@ -196,6 +196,10 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
     name = node.name or node.output[0]
     if op in ("Relu", "Sigmoid", "Tanh"):
         return ctx.b.add(name, {"Relu": Relu, "Sigmoid": Sigmoid, "Tanh": Tanh}[op](), [x])
+    if op == "Gelu":  # opset 20
+        approximate = attrs.get("approximate", b"none")
+        approximate = approximate.decode() if isinstance(approximate, bytes) else str(approximate)
+        return composites.gelu(ctx.b, name, x, ctx.param, approximate)
     if op == "Elu":
         return composites.elu(ctx.b, name, x, float(np.float32(attrs.get("alpha", 1.0))), ctx.param)
     if op == "LeakyRelu":
