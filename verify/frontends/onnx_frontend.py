@@ -87,17 +87,25 @@ def _split(ctx: Ctx, node: onnx.NodeProto) -> list[Value]:
     return outs
 
 
-def _reduce(ctx: Ctx, node: onnx.NodeProto, x: str, mean: bool) -> Value:
+def _reduce_axes(ctx: Ctx, node: onnx.NodeProto, x: str, axes_input_since: int) -> list[int] | None:
+    """The axes of an ONNX Reduce* node (an input from opset ``axes_input_since``, an attribute before; none means
+    all), or None for a no-op (``noop_with_empty_axes``)."""
     attrs = attrs_of(node)
     shape = ctx.shape(x)
-    axes_from_input = ctx.opset >= (18 if mean else 13)
-    axes = axes_of(ctx, node, {} if axes_from_input else attrs, 1) if axes_from_input else attrs.get("axes")
+    axes = axes_of(ctx, node, {}, 1) if ctx.opset >= axes_input_since else attrs.get("axes")
     if axes is None or len(axes) == 0:
         if attrs.get("noop_with_empty_axes", 0):
-            return x
+            return None
         axes = list(range(len(shape)))
+    return [int(a) % len(shape) for a in axes]
+
+
+def _reduce(ctx: Ctx, node: onnx.NodeProto, x: str, mean: bool) -> Value:
+    axes = _reduce_axes(ctx, node, x, 18 if mean else 13)
+    if axes is None:
+        return x
     return ctx.b.add(node.name or node.output[0],
-                     ReduceSum([int(a) % len(shape) for a in axes], bool(attrs.get("keepdims", 1)), mean), [x])
+                     ReduceSum(axes, bool(attrs_of(node).get("keepdims", 1)), mean), [x])
 
 
 def _gather(ctx: Ctx, node: onnx.NodeProto, x: Value, indices: Value) -> Value:
@@ -245,14 +253,10 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
     if op in ("ReduceSum", "ReduceMean"):
         return _reduce(ctx, node, x, op == "ReduceMean")
     if op in ("ReduceMax", "ReduceMin"):
-        shape = ctx.shape(x)
-        axes = axes_of(ctx, node, {} if ctx.opset >= 18 else attrs, 1) if ctx.opset >= 18 else attrs.get("axes")
-        if axes is None or len(axes) == 0:
-            if attrs.get("noop_with_empty_axes", 0):
-                return x
-            axes = list(range(len(shape)))
-        return composites.reduce_max(ctx.b, name, x, [int(a) % len(shape) for a in axes],
-                                     bool(attrs.get("keepdims", 1)), op == "ReduceMax")
+        axes = _reduce_axes(ctx, node, x, 18)
+        if axes is None:
+            return x
+        return composites.reduce_max(ctx.b, name, x, axes, bool(attrs.get("keepdims", 1)), op == "ReduceMax")
     if op in ("Add", "Sub", "Mul", "Div"):
         return _elementwise(ctx, node, ins[0], ins[1], op)
     if op == "MatMul":

@@ -28,7 +28,6 @@ from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 from verify.ops.exp_log import Exp, Log, Sqrt
 from verify.ops.interval_relaxed import Softmax
 from verify.ops.periodic import Cos, Sin
-from verify.ops.reduce import ReduceSum
 from verify.ops.shape import Concat
 from verify.rounding import unit_roundoff
 
@@ -178,20 +177,6 @@ def _clip(b: GraphBuilder, name: str, x: str, lo: float | None, hi: float | None
                             const)
 
 
-def _reduction(b: GraphBuilder, name: str, x: str, args: list, kwargs: dict, mean: bool) -> str:
-    """``x.sum(dim, keepdim)`` / ``x.mean(...)`` over per-sample axes (the shape's leading 1 is the batch axis)."""
-    what = "mean" if mean else "sum"
-    dim = args[1] if len(args) > 1 else kwargs.get("dim")
-    keepdim = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
-    if kwargs.get("dtype") is not None:
-        raise UnsupportedOperator(what, name, None, "a dtype argument")
-    rank = len(b.shapes[x])
-    dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, tuple | list) else None
-    if not dims or any(not isinstance(d, int) for d in dims) or any(d % rank == 0 for d in dims):
-        raise UnsupportedOperator(what, name, None, "give dim: a reduction over the batch axis mixes samples")
-    return b.add(name, ReduceSum([d % rank for d in dims], keepdim, mean), [x])
-
-
 def _gelu(b: GraphBuilder, name: str, x: str, dtype: torch.dtype, approximate: str) -> str:
     """GELU through Erf (or Tanh) and a product (``verify.frontends.composites.gelu``)."""
     def const(v, err):
@@ -339,10 +324,6 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         elif n.op == "call_function" and n.target in (F.leaky_relu, torch.nn.functional.leaky_relu):
             slope = args[1] if len(args) > 1 else n.kwargs.get("negative_slope", 0.01)
             env[n] = b.add(n.name, _leaky(slope, n.name), [args[0]])
-        elif (n.op == "call_function" and n.target in (torch.sum, torch.mean)) or \
-                (n.op == "call_method" and n.target in ("sum", "mean")):
-            mean = n.target in (torch.mean, "mean")
-            env[n] = _reduction(b, n.name, args[0], args, dict(n.kwargs), mean)
         elif n.op == "call_function" and n.target in (operator.neg, torch.neg):
             env[n] = b.add(n.name, Scale(torch.tensor(-1.0, dtype=dtype, device="cpu"), None), [args[0]])
         elif n.op == "call_function" and n.target in (torch.clamp, torch.clip, F.hardtanh, F.relu6):

@@ -1,6 +1,7 @@
 """torch.fx rules beyond the core layers of ``verify.frontends.torch_frontend``, each mapped onto an existing op:
 tensor indexing (Slice, Reshape), ``permute`` / ``transpose`` (Transpose), ``unsqueeze`` / ``squeeze`` (Reshape),
 ``abs``, the max / min of a variable and a constant or of two variables and ``amax`` / ``amin`` (ReLU composites),
+``sum`` / ``mean`` over sample axes (ReduceSum),
 ``matmul`` / ``bmm`` of two variables (products and a sum), ``split`` / ``chunk`` (Slices), ``stack`` (Reshapes and
 a Concat), ``avg_pool2d`` / ``max_pool2d``, nearest ``interpolate``; modules ConvTranspose2d, Upsample, one-slope
 PReLU, AdaptiveAvgPool2d to a divisor of the input, LayerNorm, SiLU and ELU (``verify.frontends.composites``).
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from verify.errors import UnsupportedOperator
 from verify.frontends import composites
 from verify.graph import GraphBuilder
-from verify.ops import AvgPool2d, Concat, LeakyRelu, MaxPool2d, Reshape, Slice, Transpose, UpsampleNearest
+from verify.ops import AvgPool2d, Concat, LeakyRelu, MaxPool2d, ReduceSum, Reshape, Slice, Transpose, UpsampleNearest
 from verify.ops.base import Op
 from verify.ops.linear import ConvTranspose2d
 
@@ -159,6 +160,26 @@ def _pool(kind: str, name: str, args: list, kwargs: dict) -> Op:
     return AvgPool2d(k, stride, pad, bool(arg(5, "count_include_pad", True)))
 
 
+_REDUCTIONS = {"sum": (torch.sum,), "mean": (torch.mean,), "amax": (torch.amax,), "amin": (torch.amin,)}
+
+
+def _reduction(b: GraphBuilder, what: str, name: str, x: str, args: list, kwargs: dict) -> str:
+    """``x.sum / mean / amax / amin(dim, keepdim)`` over per-sample axes: ReduceSum, or a max / min tree."""
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    keep = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+    if kwargs.get("dtype") is not None:
+        raise UnsupportedOperator(what, name, None, "a dtype argument")
+    rank = len(b.shapes[x])
+    dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, tuple | list) else None
+    if not dims or any(not isinstance(d, int) for d in dims):
+        raise UnsupportedOperator(what, name, None, "give dim: a reduction over the batch axis mixes samples")
+    dims = [d % rank for d in dims]
+    _batch_safe(what, name, dims)
+    if what in ("sum", "mean"):
+        return b.add(name, ReduceSum(dims, keep, what == "mean"), [x])
+    return composites.reduce_max(b, name, x, dims, keep, what == "amax")
+
+
 def _is(n: fx.Node, funcs=(), methods=()) -> bool:
     return (n.op == "call_function" and n.target in funcs) or (n.op == "call_method" and n.target in methods)
 
@@ -187,17 +208,9 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const: composites.Con
             c = np.asarray(y.detach().cpu().double() if isinstance(y, torch.Tensor) else y, dtype=np.float64)
             return (composites.maximum if largest else composites.minimum)(b, name, x, c, const)
         return UNHANDLED
-    if _is(n, (torch.amax, torch.amin), ("amax", "amin")):
-        dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        keep = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
-        rank = len(b.shapes[x])
-        dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, tuple | list) and dim else None
-        if dims is None:
-            raise UnsupportedOperator(str(n.target), name, None, "give dim: a reduction over the batch axis mixes "
-                                      "samples")
-        dims = [d % rank for d in dims]
-        _batch_safe(str(n.target), name, dims)
-        return composites.reduce_max(b, name, x, dims, keep, n.target in (torch.amax, "amax"))
+    for what, funcs in _REDUCTIONS.items():
+        if _is(n, funcs, (what,)):
+            return _reduction(b, what, name, x, args, kwargs)
     if _is(n, (torch.permute,), ("permute",)):
         return _permute(b, name, x, _dims(args, kwargs))
     if _is(n, (torch.transpose,), ("transpose",)):
