@@ -211,6 +211,7 @@ def accuracy(
     steps: int = 0,
     residual_units: str = "horizon",
     problem: str = "diffusion-sorption",
+    eval_every: int = 0,
 ) -> list[dict]:
     """Train PI-SC, PI-HC and PI-HC-MoE with the same backbone and budget for several seeds (initialisation,
     points and test set); report the mean and median over seeds of the per-seed mean relative L2, its std over
@@ -221,6 +222,7 @@ def accuracy(
         residual_units=residual_units,
         train_time_fraction=0.8,
         n_test=4 if quick else 16,
+        eval_every=eval_every,
         cache_dir=cache,
         device=device,
         **GRIDS[problem],
@@ -239,6 +241,7 @@ def accuracy(
                 infer_ms=1e3 * res["infer_seconds"],
                 train_s=time.perf_counter() - t0,
                 nonconverged=sum(hist["nonconverged"]),
+                curve=[(e["step"], e["test_rel_l2_pct"]) for e in hist["eval"]],
             )
             per_seed.append(res)
             log(
@@ -266,6 +269,8 @@ def accuracy(
                 "infer_ms": agg(per_seed, "infer_ms"),
                 "train_s": agg(per_seed, "train_s"),
                 "nonconverged": sum(r["nonconverged"] for r in per_seed),
+                "curve_steps": [s for s, _ in per_seed[0]["curve"]],
+                "curve_rel_l2_pct_per_seed": [[e for _, e in r["curve"]] for r in per_seed],
             }
         )
     return rows
@@ -462,6 +467,17 @@ def print_table(rows: list[dict]) -> None:
         r = {**r, "W": r.get("processes"), "block2_share": share[1] if share else None}
         t.add_row(*[fmt(r.get(k), f) for k, _, f in cols])
     Console(width=200).print(t)
+    curves = [r for r in rows if r.get("curve_steps")]
+    if curves:
+        c = Table(title="Learning curves: test rel L2 % after each number of steps (mean over seeds; median)")
+        c.add_column("model")
+        for step in curves[0]["curve_steps"]:
+            c.add_column(str(step))
+        for r in curves:
+            per_step = zip(*r["curve_rel_l2_pct_per_seed"], strict=True)
+            cells = [f"{statistics.mean(v):.1f}; {statistics.median(v):.1f}" for v in per_step]
+            c.add_row(r["model"], *cells)
+        Console(width=200).print(c)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=RESIDUAL_UNITS,
         help="unit of the solver's PDE rows for every hard model (physical: seconds, the paper's rows)",
     )
+    ap.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="accuracy models: also evaluate every this many steps and print the learning curves (0: off)",
+    )
     ap.add_argument("--points", default="", help="comma-separated m values of the timing sweep (default all)")
     ap.add_argument(
         "--experts",
@@ -500,8 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         "always runs gloo CPU processes)",
     )
     args = ap.parse_args(argv)
-    if min(args.steps, args.seeds) < 0 or args.threads < 1:
-        ap.error("--steps and --seeds must be >= 0, --threads >= 1")
+    if min(args.steps, args.seeds, args.eval_every) < 0 or args.threads < 1:
+        ap.error("--steps, --seeds and --eval-every must be >= 0, --threads >= 1")
     torch.set_num_threads(args.threads)
     try:
         resolve_device(args.device)  # fail before any work if the device is not there
@@ -522,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         seeds = args.seeds or (1 if args.quick else 5)
         rows += accuracy(
-            args.quick, args.cache, seeds, log, models, args.device, args.steps, args.residual_units, args.problem
+            args.quick, args.cache, seeds, log, models, args.device, args.steps, args.residual_units, args.problem,
+            args.eval_every,
         )
     if "timing" in sections:
         grid = tuple(int(v) for v in args.grid.lower().split("x"))

@@ -179,6 +179,9 @@ def add_parser(subparsers) -> None:
         help="train on t <= fraction*T and report extrapolation error beyond it (paper: 0.8)",
     )
     t.add_argument("--n-test", type=count, default=8, help="held-out reference solutions for the final evaluation")
+    t.add_argument("--eval-every", type=number(int, 0, COUNT_MAX), default=0,
+                   help="also report the held-out error every this many steps (a learning curve in "
+                   "history.json's 'eval'; 0: only at the end)")
     t.add_argument(
         "--placement",
         default="local",

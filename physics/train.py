@@ -71,6 +71,7 @@ class TrainConfig:
     hessian: str = "exact"
     drop_nonconverged: bool = False
     skip_spikes: float = 3.0  # > 1: no update on a step whose loss exceeds this times the recent median (0: off)
+    eval_every: int = 0  # > 0: test error on the held-out set every this many steps, into the history (0: never)
     dtype: str = "float32"
     placement: str = "local"  # local | data | expert (torch.distributed; launch with torchrun)
     device: str = "auto"  # auto (this rank's GPU if CUDA is available, else CPU) | cpu | cuda | cuda:N
@@ -105,7 +106,7 @@ class TrainConfig:
         if not experts or not all(_is_int(k) and k >= 1 for k in experts):
             raise ConfigError(f"experts must be positive integers, got {self.experts!r}")
         counts = {"points": 1, "basis": 1, "width": 1, "modes": 1, "layers": 1, "nt": 3, "nx": 4, "steps": 0,
-                  "batch": 1, "lr_halve_every": 0, "n_test": 1, "seed": 0, "max_iter": 1}
+                  "batch": 1, "lr_halve_every": 0, "n_test": 1, "seed": 0, "max_iter": 1, "eval_every": 0}
         for name, low in counts.items():
             v = getattr(self, name)
             if not _is_int(v) or v < low:
@@ -314,6 +315,7 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
         "nonconverged": [],
         "lm_iters": [],
         "skipped": [],
+        "eval": [],
     }
     for step in range(cfg.steps):
         for g in opt.param_groups:
@@ -352,11 +354,25 @@ def train(cfg: TrainConfig, out: Path | None = None, log=print) -> tuple[PDEMode
                 f"skipped {sum(hist['skipped'])} "
                 f"{hist['step_seconds'][-1]:.3f}s"
             )
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and rank == 0:
+            hist["eval"].append(learning_curve_point(cfg, model, step + 1))
+            if log:
+                log(f"step {step + 1:5d} test {hist['eval'][-1]['test_rel_l2_pct']:.2f}%")
     if log and sum(hist["nonconverged"]):
         log(f"warning: {sum(hist['nonconverged'])} solves did not converge during training")
     if out is not None and rank == 0:
         save(model, cfg, hist, out)
     return model, hist
+
+
+def learning_curve_point(cfg: TrainConfig, model: PDEModel, step: int) -> dict:
+    """The held-out errors after ``step`` steps (a point of the learning curve). Evaluation draws its points from
+    its own seeded generators and leaves the backbone in training mode, so training goes on exactly as without it."""
+    was_training = model.backbone.training
+    res = evaluate(cfg, model.backbone)
+    model.backbone.train(was_training)
+    keys = ("test_rel_l2_pct", "extrap_rel_l2_pct", "block_rel_l2_pct")
+    return {"step": step, **{k: res[k] for k in keys if k in res}}
 
 
 def is_spike(loss: float, history: list[float], factor: float, window: int = 50, warmup: int = 20) -> bool:

@@ -181,3 +181,23 @@ def test_hard_constraint_is_far_more_accurate_than_soft_constraint():
         model, _ = train(cfg, log=None)
         errs[constraint] = evaluate(cfg, model.backbone)["test_rel_l2_pct"]
     assert errs["hard"] < 0.5 * errs["soft"], errs
+
+
+def test_learning_curve_points_leave_training_unchanged_and_end_at_the_final_evaluation(tmp_path):
+    """eval_every records the held-out error every k steps; the losses equal a run without it (evaluation must
+    not consume the training's random state or leave the backbone in eval mode), and the last point is the
+    final model's evaluation."""
+    from physics.train import evaluate
+
+    cfg = small(constraint="moe", steps=6, nt=7, nx=16, points=30, cache_dir=str(tmp_path))
+    plain, h0 = train(cfg, log=None)
+    curved, h1 = train(TrainConfig(**{**cfg.__dict__, "eval_every": 3}), log=None)
+    assert h0["eval"] == [] and [e["step"] for e in h1["eval"]] == [3, 6]
+    assert h1["loss"] == h0["loss"]
+    assert curved.backbone.training
+    final = evaluate(cfg, curved.backbone)
+    assert h1["eval"][-1]["test_rel_l2_pct"] == pytest.approx(final["test_rel_l2_pct"], rel=1e-12)
+    assert h1["eval"][-1]["block_rel_l2_pct"] == pytest.approx(final["block_rel_l2_pct"], rel=1e-12)
+    assert h1["eval"][0]["test_rel_l2_pct"] != h1["eval"][1]["test_rel_l2_pct"]
+    with pytest.raises(PhysicsError, match="eval_every"):
+        TrainConfig(eval_every=-1)
