@@ -74,13 +74,13 @@ def test_malformed_onnx(capsys, tmp_path):
 
 
 def test_unknown_operator(capsys, tmp_path):
-    g = helper.make_graph([helper.make_node("Selu", ["x"], ["y"], name="selu_node")], "g",
+    g = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"], name="hardmax_node")], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
-    path = tmp_path / "selu.onnx"
+    path = tmp_path / "hardmax.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     _one_line_error(*_run(capsys, "bounds", str(path), "--center", str(EXAMPLES / "x0.npy"), "--eps", "0.1"),
-                    "Selu", "selu_node")
+                    "Hardmax", "hardmax_node")
 
 
 def test_shape_mismatch_between_center_and_model(capsys, tmp_path):

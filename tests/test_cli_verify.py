@@ -165,9 +165,9 @@ def test_real_instances_through_the_cli(capsys, tmp_path, bench, onnx_name, vnnl
 # ------------------------------------------------------------------------------------------ bad input
 
 
-def selu_model(path: Path) -> Path:
-    """A 1x8 -> 1x8 model whose only node (Selu) has no sound bound rule in Clarke."""
-    g = helper.make_graph([helper.make_node("Selu", ["x"], ["y"], name="selu_node")], "g",
+def unsupported_op_model(path: Path) -> Path:
+    """A 1x8 -> 1x8 model whose only node (Hardmax) has no sound bound rule in Clarke."""
+    g = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"], name="hardmax_node")], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
@@ -198,9 +198,9 @@ def bad_case(tmp_path: Path, case: str) -> tuple[Path, Path, tuple[str, ...]]:
         bad.write_bytes(b"this is not a protobuf \x00\x01\x02\xff")
         return bad, good_spec, ("garbage.onnx",)
     if case == "unsupported-op":
-        spec = tmp_path / "selu.vnnlib"
+        spec = tmp_path / "hardmax.vnnlib"
         spec.write_text(box_vnnlib([0.0] * 8, [0.1] * 8, 8))
-        return selu_model(tmp_path / "selu.onnx"), spec, ("Selu",)
+        return unsupported_op_model(tmp_path / "hardmax.onnx"), spec, ("Hardmax",)
     if case == "input-dimension-mismatch":
         spec = tmp_path / "seven.vnnlib"
         spec.write_text(box_vnnlib([0.0] * 7, [0.1] * 7, 3))

@@ -63,6 +63,14 @@ CASES = {
     "elu": (nn.ELU(0.7), (6,), 6),
     "functional_silu_elu": (lambda h: F.silu(h) + F.elu(h, alpha=1.3), (6,), 6),
     "adaptive_avg": (nn.AdaptiveAvgPool2d((1, 2)), (2, 4, 4), 4),
+    "selu": (nn.SELU(), (6,), 6),
+    "hardsigmoid": (nn.Sequential(nn.Hardtanh(-9.0, 9.0), nn.Hardsigmoid()), (6,), 6),
+    "hardswish": (nn.Hardswish(), (6,), 6),
+    "softplus": (nn.Softplus(), (6,), 6),
+    "softplus_threshold": (nn.Softplus(threshold=0.5), (6,), 6),  # returns x above 0.5: the gap is allowed for
+    "functional_selu_hard_softplus": (lambda h: F.selu(h) + F.hardsigmoid(5 * h) + F.hardswish(5 * h)
+                                      + F.softplus(40 * h), (6,), 6),
+    "floor_ceil": (lambda h: torch.floor(3 * h) + (2 * h).ceil(), (6,), 6),
 }
 
 
@@ -92,7 +100,8 @@ def test_the_batch_axis_is_refused_by_name(f):
         from_torch(Fn(f, 5, (6,), 6).double(), (5,))
 
 
-@pytest.mark.parametrize("module", [nn.PReLU(6), nn.Upsample(scale_factor=1.5), nn.AdaptiveAvgPool2d(3)])
+@pytest.mark.parametrize("module", [nn.PReLU(6), nn.Upsample(scale_factor=1.5), nn.AdaptiveAvgPool2d(3),
+                                    nn.Softplus(beta=2.0)])
 def test_unsupported_module_forms_are_refused_by_name(module):
     with pytest.raises(UnsupportedOperator, match=type(module).__name__):
         from_torch(Fn(module, 5, (6,) if isinstance(module, nn.PReLU) else (1, 4, 4), 6).double(), (5,))

@@ -7,8 +7,9 @@ Each identity is exact in real arithmetic, and the model's own float evaluation 
 nothing, so bounds of the composition (whose Scale and sum nodes carry their rounding allowances) hold for the model.
 Their CROWN relaxations are ReLU triangles. GELU (``gelu``) is written with Erf or Tanh and a product of two
 variables, as torch evaluates it; ``matmul_vars`` writes ``A @ B`` of two variables as products and a sum,
-``layer_norm`` LayerNorm as means, a square, a square root, a reciprocal and a product, ``silu`` as ``x sigmoid(x)``
-and ``elu`` with a ReLU and an exp."""
+``layer_norm`` LayerNorm as means, a square, a square root, a reciprocal and a product, ``silu`` as ``x sigmoid(x)``,
+``elu`` with a ReLU and an exp, ``selu`` as a scaled ELU, ``hard_sigmoid`` as ``clamp(alpha x + beta, 0, 1)`` and
+``hard_swish`` as ``x hard_sigmoid(x)``."""
 
 from __future__ import annotations
 
@@ -174,6 +175,26 @@ def elu(b: GraphBuilder, name: str, x: str, alpha: float, const: Constant) -> st
     c, c_err = const(-np.asarray(alpha, dtype=np.float64))
     tail = b.add(b.fresh(f"{name}_tail"), Scale(a, c, weight_err=a_err, bias_err=c_err), [e])
     return b.add(b.fresh(name), AddVars([1.0, 1.0]), [b.add(b.fresh(f"{name}_relu"), Relu(), [x]), tail])
+
+
+def selu(b: GraphBuilder, name: str, x: str, alpha: float, scale: float, const: Constant) -> str:
+    """SELU ``scale elu_alpha(x)`` (Klambauer et al., 2017)."""
+    e = elu(b, f"{name}_elu", x, alpha, const)
+    w, w_err = const(np.asarray(scale, dtype=np.float64))
+    return b.add(b.fresh(name), Scale(w, None, weight_err=w_err), [e])
+
+
+def hard_sigmoid(b: GraphBuilder, name: str, x: str, alpha: float, beta: float, const: Constant) -> str:
+    """``clamp(alpha x + beta, 0, 1)`` (ONNX HardSigmoid; torch's hardsigmoid has alpha 1/6, beta 1/2)."""
+    w, w_err = const(np.asarray(alpha, dtype=np.float64))
+    c, c_err = const(np.asarray(beta, dtype=np.float64))
+    lin = b.add(b.fresh(f"{name}_affine"), Scale(w, c, w_err, c_err), [x])
+    return clamp(b, b.fresh(name), lin, np.zeros(()), np.ones(()), const)
+
+
+def hard_swish(b: GraphBuilder, name: str, x: str, const: Constant) -> str:
+    """``x hard_sigmoid(x)`` with alpha 1/6, beta 1/2 (Howard et al., 2019): a product of two variables."""
+    return b.add(b.fresh(name), Mul(), [x, hard_sigmoid(b, f"{name}_gate", x, 1.0 / 6.0, 0.5, const)])
 
 
 def layer_norm(b: GraphBuilder, name: str, x: str, n_axes: int, eps: tuple[torch.Tensor, torch.Tensor | None],

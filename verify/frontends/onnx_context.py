@@ -144,3 +144,16 @@ def split_sizes(ctx: Ctx, node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple
     if len(sizes) != n or sum(sizes) != d or min(sizes) < 0:
         raise ShapeError(f"Split node '{node.name}': sizes {sizes} do not cut an axis of {d} into {n}")
     return axis, sizes
+
+
+def reduce_axes(ctx: Ctx, node: onnx.NodeProto, x: str, axes_input_since: int) -> list[int] | None:
+    """The axes of an ONNX Reduce* node (an input from opset ``axes_input_since``, an attribute before; none means
+    all), or None for a no-op (``noop_with_empty_axes``)."""
+    attrs = attrs_of(node)
+    shape = ctx.shape(x)
+    axes = axes_of(ctx, node, {}, 1) if ctx.opset >= axes_input_since else attrs.get("axes")
+    if axes is None or len(axes) == 0:
+        if attrs.get("noop_with_empty_axes", 0):
+            return None
+        axes = list(range(len(shape)))
+    return [int(a) % len(shape) for a in axes]

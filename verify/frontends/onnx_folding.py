@@ -154,4 +154,35 @@ def fold_value(ctx: Ctx, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
     if op == "Split":
         axis, sizes = split_sizes(ctx, node, ins[0].shape)
         return list(np.split(ins[0], np.cumsum(sizes)[:-1], axis=axis))
+    if op in _BY_REFERENCE:
+        return _reference(ctx, node, ins)
     raise UnsupportedOperator(op, node.name, ctx.opset, "on constant inputs")
+
+
+# Exact ops folded by onnx's reference evaluator: selections and data movement (their error bounds move with the
+# data, as fold() does for every op outside _ARITH) and steps / comparisons / integer ranges (refused on a computed
+# constant: a step of a rounded value may be the wrong step).
+_MOVES = {"Where", "Tile", "Expand", "OneHot", "ScatterND", "ScatterElements", "GatherElements", "GatherND", "Trilu",
+          "ReduceMax", "ReduceMin"}  # max / min of shifted values moves by at most the largest shift
+_STEPS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor", "Floor", "Ceil",
+          "Round", "Sign", "ArgMax", "ArgMin", "Mod", "IsNaN", "IsInf", "NonZero", "Size", "Range"}
+_BY_REFERENCE = _MOVES | _STEPS
+
+
+def _reference(ctx: Ctx, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
+    """``node`` on constant inputs by ``onnx.reference`` at the model's opset."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    op, names = node.op_type, [i for i in node.input if i]
+    given = [v for v in ins if v is not None]
+    if op in _STEPS and any(np.any(ctx.errs.zero_or(v)) for v in given if v.dtype.kind == "f"):
+        raise UnsupportedOperator(op, node.name, ctx.opset, "on a computed (rounded) constant")
+    if op == "Range" and any(v.dtype.kind == "f" for v in given):
+        raise UnsupportedOperator(op, node.name, ctx.opset, "a floating-point range (its float arithmetic)")
+    typed = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), None)
+             for n, v in zip(names, given, strict=True)]
+    outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
+    model = helper.make_model(helper.make_graph([node], "fold", typed, outs),
+                              opset_imports=[helper.make_opsetid("", ctx.opset)])
+    return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, dict(zip(names, given, strict=True)))]

@@ -22,7 +22,7 @@ import torch
 from onnx import numpy_helper
 
 from verify.errors import ModelError, ShapeError, UnsupportedOperator
-from verify.frontends import composites
+from verify.frontends import composites, onnx_compositions
 from verify.frontends import constants as K
 from verify.frontends.onnx_context import (
     Ctx,
@@ -31,6 +31,7 @@ from verify.frontends.onnx_context import (
     axes_of,
     check_steps,
     const_input,
+    reduce_axes,
     resolve_reshape,
     slices_of,
     split_sizes,
@@ -87,21 +88,8 @@ def _split(ctx: Ctx, node: onnx.NodeProto) -> list[Value]:
     return outs
 
 
-def _reduce_axes(ctx: Ctx, node: onnx.NodeProto, x: str, axes_input_since: int) -> list[int] | None:
-    """The axes of an ONNX Reduce* node (an input from opset ``axes_input_since``, an attribute before; none means
-    all), or None for a no-op (``noop_with_empty_axes``)."""
-    attrs = attrs_of(node)
-    shape = ctx.shape(x)
-    axes = axes_of(ctx, node, {}, 1) if ctx.opset >= axes_input_since else attrs.get("axes")
-    if axes is None or len(axes) == 0:
-        if attrs.get("noop_with_empty_axes", 0):
-            return None
-        axes = list(range(len(shape)))
-    return [int(a) % len(shape) for a in axes]
-
-
 def _reduce(ctx: Ctx, node: onnx.NodeProto, x: str, mean: bool) -> Value:
-    axes = _reduce_axes(ctx, node, x, 18 if mean else 13)
+    axes = reduce_axes(ctx, node, x, 18 if mean else 13)
     if axes is None:
         return x
     return ctx.b.add(node.name or node.output[0],
@@ -253,7 +241,7 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
     if op in ("ReduceSum", "ReduceMean"):
         return _reduce(ctx, node, x, op == "ReduceMean")
     if op in ("ReduceMax", "ReduceMin"):
-        axes = _reduce_axes(ctx, node, x, 18)
+        axes = reduce_axes(ctx, node, x, 18)
         if axes is None:
             return x
         return composites.reduce_max(ctx.b, name, x, axes, bool(attrs.get("keepdims", 1)), op == "ReduceMax")
@@ -357,6 +345,8 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
         weight, weight_err = ctx.param(w.reshape(-1, *tail), we.reshape(-1, *tail))
         b_t, b_err = ctx.param(b.reshape(-1, *tail), be.reshape(-1, *tail))
         return ctx.b.add(name, Scale(weight, b_t, weight_err, b_err), [x])
+    if op in onnx_compositions.HANDLERS:
+        return onnx_compositions.handle(ctx, node, ins, name)
     raise UnsupportedOperator(op, node.name, ctx.opset)
 
 

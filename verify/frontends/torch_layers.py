@@ -4,7 +4,8 @@ tensor indexing (Slice, Reshape), ``permute`` / ``transpose`` (Transpose), ``uns
 ``sum`` / ``mean`` over sample axes (ReduceSum),
 ``matmul`` / ``bmm`` of two variables (products and a sum), ``split`` / ``chunk`` (Slices), ``stack`` (Reshapes and
 a Concat), ``avg_pool2d`` / ``max_pool2d``, nearest ``interpolate``; modules ConvTranspose2d, Upsample, one-slope
-PReLU, AdaptiveAvgPool2d to a divisor of the input, LayerNorm, SiLU and ELU (``verify.frontends.composites``).
+PReLU, AdaptiveAvgPool2d to a divisor of the input, LayerNorm, SiLU, ELU, SELU, Hardsigmoid and Hardswish
+(``verify.frontends.composites``); Softplus (beta 1, torch's threshold as an allowance), ``floor`` / ``ceil``.
 
 Per-sample shapes keep the batch axis as a leading 1, so a torch dim ``d`` is the same per-sample axis; an index or
 a dim on the batch axis itself is refused by name."""
@@ -23,7 +24,19 @@ import torch.nn.functional as F
 from verify.errors import UnsupportedOperator
 from verify.frontends import composites
 from verify.graph import GraphBuilder
-from verify.ops import AvgPool2d, Concat, LeakyRelu, MaxPool2d, ReduceSum, Reshape, Slice, Transpose, UpsampleNearest
+from verify.ops import (
+    AvgPool2d,
+    Concat,
+    Floor,
+    LeakyRelu,
+    MaxPool2d,
+    ReduceSum,
+    Reshape,
+    Slice,
+    Softplus,
+    Transpose,
+    UpsampleNearest,
+)
 from verify.ops.base import Op
 from verify.ops.linear import ConvTranspose2d
 
@@ -197,6 +210,18 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const: composites.Con
         return composites.silu(b, name, x)
     if n.op == "call_function" and n.target is F.elu:
         return composites.elu(b, name, x, float(args[1] if len(args) > 1 else kwargs.get("alpha", 1.0)), const)
+    if n.op == "call_function" and n.target is F.selu:
+        return composites.selu(b, name, x, SELU_ALPHA, SELU_SCALE, const)
+    if n.op == "call_function" and n.target is F.hardsigmoid:
+        return composites.hard_sigmoid(b, name, x, 1.0 / 6.0, 0.5, const)
+    if n.op == "call_function" and n.target is F.hardswish:
+        return composites.hard_swish(b, name, x, const)
+    if n.op == "call_function" and n.target is F.softplus:
+        beta = args[1] if len(args) > 1 else kwargs.get("beta", 1.0)
+        threshold = args[2] if len(args) > 2 else kwargs.get("threshold", 20.0)
+        return b.add(name, _softplus(name, beta, threshold), [x])
+    if _is(n, (torch.floor, torch.ceil), ("floor", "ceil")):
+        return b.add(name, Floor(ceil=n.target in (torch.ceil, "ceil")), [x])
     if _is(n, (torch.abs,), ("abs",)):
         return composites.absolute(b, name, x, const(np.zeros(()))[0].dtype)
     if _is(n, (torch.maximum, torch.minimum, torch.max, torch.min), ("maximum", "minimum")) and len(args) == 2:
@@ -267,6 +292,8 @@ def module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
         if not 0.0 <= slope <= 1.0:
             raise UnsupportedOperator("PReLU", name, None, f"slope {slope:g} outside [0, 1]")
         return LeakyRelu(slope)
+    if isinstance(m, nn.Softplus):
+        return _softplus(name, m.beta, m.threshold)
     if isinstance(m, nn.AdaptiveAvgPool2d):
         h, w = in_shape[-2:]
         oh, ow = _pair(m.output_size)
@@ -278,8 +305,18 @@ def module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
     return UNHANDLED
 
 
+def _softplus(name: str, beta, threshold) -> Softplus:
+    if beta != 1:
+        raise UnsupportedOperator("Softplus", name, None, f"beta {beta} (only 1)")
+    return Softplus(threshold=float(threshold))
+
+
+# torch's SELU constants (Klambauer et al., 2017)
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
 def is_composite(m: nn.Module) -> bool:
-    return isinstance(m, nn.LayerNorm | nn.SiLU | nn.ELU)
+    return isinstance(m, nn.LayerNorm | nn.SiLU | nn.ELU | nn.SELU | nn.Hardsigmoid | nn.Hardswish)
 
 
 def module_composite(b: GraphBuilder, name: str, m: nn.Module, x: str, const: composites.Constant):
@@ -293,4 +330,10 @@ def module_composite(b: GraphBuilder, name: str, m: nn.Module, x: str, const: co
         return composites.silu(b, name, x)
     if isinstance(m, nn.ELU):
         return composites.elu(b, name, x, float(m.alpha), const)
+    if isinstance(m, nn.SELU):
+        return composites.selu(b, name, x, SELU_ALPHA, SELU_SCALE, const)
+    if isinstance(m, nn.Hardsigmoid):
+        return composites.hard_sigmoid(b, name, x, 1.0 / 6.0, 0.5, const)
+    if isinstance(m, nn.Hardswish):
+        return composites.hard_swish(b, name, x, const)
     return UNHANDLED

@@ -1,4 +1,5 @@
-"""Exponential, logarithm and square root (ONNX Exp, Log, Sqrt; torch.exp, torch.log, torch.sqrt).
+"""Exponential, logarithm, square root and softplus (ONNX Exp, Log, Sqrt, Softplus; torch.exp, torch.log, torch.sqrt,
+softplus).
 
 ``exp`` is convex, ``log`` and ``sqrt`` concave, all increasing: on ``[l, u]`` the tangent at the midpoint and the chord
 bound them (below / above for convex, the other way round for concave: ``-f`` is convex, and negation is exact). The
@@ -183,3 +184,50 @@ class Sqrt(_Monotone):
 
     def __repr__(self):
         return "Sqrt()"
+
+
+class Softplus(_Monotone):
+    """``z = log(1 + exp(x))``, convex and increasing, ``z' = sigmoid(x)``. torch's softplus returns ``x`` itself
+    above ``threshold`` (20 by default), ``log1p(exp(-x)) <= exp(-threshold)`` below the real value: that gap is an
+    absolute allowance, and the slope there is 1 (above every ``sigmoid``). ONNX Softplus has no threshold."""
+
+    kind = "softplus"
+    nonnegative = True
+
+    def __init__(self, threshold: float | None = None):
+        if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+            raise ValueError(f"softplus threshold must be a finite number >= 0, got {threshold!r}")
+        self.threshold = None if threshold is None else float(threshold)
+        self.gap = 0.0 if threshold is None else math.exp(-self.threshold)
+
+    def forward(self, x):
+        if self.threshold is None:
+            return torch.logaddexp(x, torch.zeros_like(x))  # no overflow: as onnxruntime's
+        return torch.nn.functional.softplus(x, threshold=self.threshold)
+
+    def f64(self, x64):
+        return torch.logaddexp(x64, torch.zeros_like(x64))
+
+    def df64(self, x64):
+        return torch.sigmoid(x64)
+
+    def interval(self, bounds):
+        low, high = super().interval(bounds)
+        if not self.gap:
+            return low, high
+        return cast_down(down(low.to(F64) - self.gap), low.dtype).clamp(min=0), high  # the model's x is below
+
+    def derivative_interval(self, lo, hi):
+        dl, du = super().derivative_interval(lo, hi)
+        if self.threshold is None:
+            return dl, du
+        return dl, torch.where(hi > self.threshold, torch.ones_like(du), du).maximum(du)
+
+    def error_radius(self, bounds):
+        return super().error_radius(bounds) + self.gap
+
+    def interval_radius(self, bounds):
+        return super().interval_radius(bounds) + self.gap
+
+    def __repr__(self):
+        return "Softplus()" if self.threshold is None else f"Softplus(threshold={self.threshold:g})"

@@ -1,13 +1,13 @@
-"""Ops bounded by their output interval alone: Sign (a step function) and Softmax.
+"""Ops bounded by their output interval alone: Sign, Floor and Ceil (step functions) and Softmax.
 
 CROWN relaxes them by constant lines, ``lo_y <= y <= hi_y`` (slope 0), with ``[lo_y, hi_y]`` the op's interval rule on
 its input bounds: sound for any input in the box, though loose; the backward step passes no coefficient to the
-input (``Lambda_x = 0``) and adds ``<Lambda+, lo_y> + <Lambda-, hi_y>``, float64 dots of values in [-1, 1].
+input (``Lambda_x = 0``) and adds ``<Lambda+, lo_y> + <Lambda-, hi_y>``, float64 dots.
 
-Sign: ``[sign(l), sign(u)]`` (exact; ONNX Sign(0) = 0). Softmax along an axis: with
-``y_i = 1 / (1 + sum_{j != i} exp(x_j - x_i))``, ``y_i >= 1 / (1 + sum_{j != i} exp(u_j - l_i))`` and
+Sign: ``[sign(l), sign(u)]`` (exact; ONNX Sign(0) = 0); Floor / Ceil: ``[floor(l), floor(u)]`` (exact). Softmax along
+an axis: with ``y_i = 1 / (1 + sum_{j != i} exp(x_j - x_i))``, ``y_i >= 1 / (1 + sum_{j != i} exp(u_j - l_i))`` and
 ``y_i <= 1 / (1 + sum_{j != i} exp(l_j - u_i))``, computed pairwise in float64 with a margin for its rounding and
-rounded outward. Neither has a Lipschitz (Jacobian) rule.
+rounded outward. None has a Lipschitz (Jacobian) rule.
 """
 
 from __future__ import annotations
@@ -55,6 +55,35 @@ class Sign(IntervalRelaxed):
 
     def __repr__(self):
         return "Sign()"
+
+
+class Floor(IntervalRelaxed):
+    """``floor(x)``, or ``ceil(x)`` with ``ceil=True`` (ONNX Floor / Ceil, torch.floor / ceil): monotone steps, so the
+    end points' values are the exact interval (the model's evaluation rounds nothing)."""
+
+    kind = "floor"
+    interval_exact = True
+
+    def __init__(self, ceil: bool = False):
+        self.ceil = bool(ceil)
+
+    def _f(self, t: Tensor) -> Tensor:
+        return torch.ceil(t) if self.ceil else torch.floor(t)
+
+    def forward(self, x):
+        return self._f(x)
+
+    def interval(self, bounds):
+        lo, hi = bounds
+        return self._f(lo), self._f(hi)
+
+    def error_radius(self, mags):
+        # only the float64 dots of kappa, over values |y| <= a + 1
+        a = mags[0].detach()
+        return 3 * gamma(self.out_numel(), F64) * (a + 1) + tiny(a.dtype)
+
+    def __repr__(self):
+        return f"Floor(ceil={self.ceil})"
 
 
 class Softmax(IntervalRelaxed):

@@ -1,0 +1,200 @@
+"""ONNX ops on variables that Clarke writes with its own ops (no IR op of their own), and the one-line handlers of
+the step / softplus ops.
+
+Where (constant condition): ``m a + (1 - m) b`` with the 0/1 mask ``m``, exact in floating point (one term is an
+exact zero). Tile: a concatenation of copies. HardSigmoid, HardSwish, Selu: ``verify.frontends.composites``.
+Sum / Mean: sums of variables (Mean divides by ``n``).
+GlobalAveragePool / GlobalMaxPool: a mean / max over the spatial axes. ReduceL1 / ReduceL2 / ReduceSumSquare:
+``sum |x|``, ``sqrt(relu(sum x^2))``, ``sum x^2``. InstanceNormalization: LayerNorm over the spatial axes of each
+channel, then the per-channel scale and bias (Ulyanov et al., 2016). ScatterND of variable updates into constant data: a
+gather from the concatenation of the flattened updates and data. Every identity holds in real arithmetic; the
+composition's ops carry their own rounding allowances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import torch
+
+from verify.errors import UnsupportedOperator
+from verify.frontends import composites
+from verify.frontends.onnx_context import Ctx, Value, attrs_of, const_input, reduce_axes
+from verify.ops import AddVars, Concat, Floor, Gather, ReduceSum, Relu, Reshape, Scale, Softplus, Sqrt, Square
+from verify.ops.shape import Expand
+
+
+def _unsupported(ctx: Ctx, node: onnx.NodeProto, why: str) -> UnsupportedOperator:
+    return UnsupportedOperator(node.op_type, node.name, ctx.opset, why)
+
+
+def _spread(ctx: Ctx, name: str, x: str, shape: tuple[int, ...]) -> str:
+    """``x`` broadcast to ``shape`` (copies: no rounding)."""
+    if ctx.shape(x) == shape:
+        return x
+    return ctx.b.add(ctx.b.fresh(f"{name}_expand"), Expand(shape), [x])
+
+
+def _float32_attr(attrs: dict, key: str, default: float) -> float:
+    return float(np.float32(attrs.get(key, default)))  # ONNX float attributes are float32
+
+
+def where(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> Value:
+    cond, a, b = ins
+    if isinstance(cond, str):
+        raise _unsupported(ctx, node, "a condition that depends on the input")
+    shape = tuple(np.broadcast_shapes(*(ctx.shape(v) for v in ins)))
+    mask = np.broadcast_to(np.asarray(cond, dtype=bool), shape).astype(np.float64)
+    terms = []
+    for v, m in ((a, mask), (b, 1.0 - mask)):
+        if isinstance(v, str):
+            w, _ = ctx.param(m)
+            terms.append(ctx.b.add(ctx.b.fresh(f"{name}_pick"), Scale(w, None), [_spread(ctx, name, v, shape)]))
+    if len(terms) == 2:
+        return ctx.b.add(name, AddVars([1.0, 1.0]), terms)
+    const, m = (b, 1.0 - mask) if isinstance(a, str) else (a, mask)  # the constant branch, where it is picked
+    err = ctx.err(const)
+    c, ce = ctx.param(m * np.broadcast_to(np.asarray(const, dtype=np.float64), shape),
+                      None if err is None else m * np.broadcast_to(err, shape))
+    var = a if isinstance(a, str) else b
+    w, _ = ctx.param(1.0 - m)
+    return ctx.b.add(name, Scale(w, c, bias_err=ce), [_spread(ctx, name, var, shape)])
+
+
+def tile(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> Value:
+    x = ins[0]
+    reps = const_input(ctx, node, 1, "Tile repeats")
+    reps = [int(r) for r in np.asarray(reps).reshape(-1)]
+    if len(reps) != len(ctx.shape(x)) or any(r < 1 for r in reps):
+        raise _unsupported(ctx, node, f"repeats {reps} for a rank-{len(ctx.shape(x))} input")
+    for axis, r in enumerate(reps):
+        if r > 1:
+            x = ctx.b.add(ctx.b.fresh(f"{name}_tile{axis}"), Concat(axis, r), [x] * r)
+    return x
+
+
+def hard_sigmoid(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    alpha, beta = _float32_attr(attrs, "alpha", 0.2), _float32_attr(attrs, "beta", 0.5)
+    return composites.hard_sigmoid(ctx.b, name, ins[0], alpha, beta, ctx.param)
+
+
+def hard_swish(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    return composites.hard_swish(ctx.b, name, ins[0], ctx.param)
+
+
+def selu(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    alpha = _float32_attr(attrs, "alpha", 1.67326319217681884765625)
+    gamma = _float32_attr(attrs, "gamma", 1.05070102214813232421875)
+    return composites.selu(ctx.b, name, ins[0], alpha, gamma, ctx.param)
+
+
+def sum_or_mean(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    shape = tuple(np.broadcast_shapes(*(ctx.shape(v) for v in ins)))
+    variables = [_spread(ctx, name, v, shape) for v in ins if isinstance(v, str)]
+    consts = [np.asarray(v, dtype=np.float64) for v in ins if not isinstance(v, str)]
+    if any(ctx.err(v) is not None for v in ins if not isinstance(v, str)):
+        raise _unsupported(ctx, node, "a computed (inexact) constant term")
+    total = variables[0] if len(variables) == 1 else ctx.b.add(ctx.b.fresh(f"{name}_sum"),
+                                                               AddVars([1.0] * len(variables)), variables)
+    bias = sum(consts) if consts else None
+    if node.op_type == "Sum":
+        if bias is None:
+            return total
+        c, ce = ctx.param(np.broadcast_to(bias, shape))
+        return ctx.b.add(name, Scale(None, c, bias_err=ce), [total])
+    n = len(ins)
+    w, we = ctx.param(np.asarray(1.0 / n), np.asarray(abs(1.0 / n) * np.finfo(np.float64).eps))
+    c, ce = (None, None) if bias is None else ctx.param(np.broadcast_to(bias / n, shape),
+                                                        np.abs(np.broadcast_to(bias / n, shape)) * 4e-16)
+    return ctx.b.add(name, Scale(w, c, we, ce), [total])
+
+
+def global_pool(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    x = ins[0]
+    axes = list(range(2, len(ctx.shape(x))))
+    if not axes:
+        raise _unsupported(ctx, node, "an input without spatial axes")
+    if node.op_type == "GlobalAveragePool":
+        return ctx.b.add(name, ReduceSum(axes, keepdims=True, mean=True), [x])
+    return composites.reduce_max(ctx.b, name, x, axes, True, True)
+
+
+def reduce_norm(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> Value:
+    x = ins[0]
+    axes = reduce_axes(ctx, node, x, 18)
+    if axes is None:
+        raise _unsupported(ctx, node, "noop_with_empty_axes")
+    keep = bool(attrs.get("keepdims", 1))
+    if node.op_type == "ReduceL1":
+        inner = composites.absolute(ctx.b, ctx.b.fresh(f"{name}_abs"), x, ctx.dtype)
+    else:
+        inner = ctx.b.add(ctx.b.fresh(f"{name}_square"), Square(), [x])
+    if node.op_type != "ReduceL2":
+        return ctx.b.add(name, ReduceSum(axes, keepdims=keep, mean=False), [inner])
+    total = ctx.b.add(ctx.b.fresh(f"{name}_sum"), ReduceSum(axes, keepdims=keep, mean=False), [inner])
+    # a sum of squares is >= 0 (so is its float evaluation), but rounding allowances may take its lower bound a hair
+    # below 0, where sqrt is undefined: relu(s) = s there, exactly
+    return ctx.b.add(name, Sqrt(), [ctx.b.add(ctx.b.fresh(f"{name}_nonneg"), Relu(), [total])])
+
+
+def instance_norm(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    x = ins[0]
+    shape = ctx.shape(x)
+    if len(shape) < 3:
+        raise _unsupported(ctx, node, "an input without spatial axes")
+    scale, bias = (const_input(ctx, node, i, "InstanceNormalization parameter") for i in (1, 2))
+    eps = np.float64(np.float32(attrs.get("epsilon", 1e-5)))
+    normed = composites.layer_norm(ctx.b, ctx.b.fresh(f"{name}_normed"), x, len(shape) - 2, ctx.param(np.asarray(eps)))
+    tail = (1,) * (len(shape) - 2)
+    w, we = ctx.param(np.asarray(scale, dtype=np.float64).reshape(-1, *tail), ctx.err(scale))
+    b, be = ctx.param(np.asarray(bias, dtype=np.float64).reshape(-1, *tail), ctx.err(bias))
+    return ctx.b.add(name, Scale(w, b, we, be), [normed])
+
+
+def scatter_nd(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    data, indices, updates = ins
+    if not isinstance(updates, str) or isinstance(data, str) or isinstance(indices, str):
+        raise _unsupported(ctx, node, "data or indices that depend on the input")
+    if attrs.get("reduction", b"none") not in (b"none", "none"):
+        raise _unsupported(ctx, node, "a reduction")
+    data, idx = np.asarray(data), np.asarray(indices).astype(np.int64)
+    k, n_upd = idx.shape[-1], int(np.prod(ctx.shape(updates)))
+    # src[p]: where output entry p comes from, in [updates (flat); data (flat)]
+    src = (n_upd + np.arange(data.size)).reshape(data.shape)
+    upd_pos = np.arange(n_upd).reshape(idx.shape[:-1] + data.shape[k:])
+    targets = [tuple(int(i) % d for i, d in zip(t, data.shape, strict=False)) for t in idx.reshape(-1, k)]
+    if len(set(targets)) != len(targets):
+        raise _unsupported(ctx, node, "repeated indices")
+    for t, u in zip(targets, upd_pos.reshape(-1, *data.shape[k:]), strict=True):
+        src[t] = u
+    flat = ctx.b.add(ctx.b.fresh(f"{name}_updates"), Reshape((n_upd,)), [updates])
+    c, ce = ctx.param(data.reshape(-1), None if ctx.err(data) is None else ctx.err(data).reshape(-1))
+    pool = ctx.b.add(ctx.b.fresh(f"{name}_pool"), Concat(0, 1, {1: c}, {} if ce is None else {1: ce}), [flat])
+    picked = ctx.b.add(ctx.b.fresh(f"{name}_pick"), Gather(0, torch.as_tensor(src.reshape(-1), device="cpu")), [pool])
+    return ctx.b.add(name, Reshape(tuple(data.shape)), [picked])
+
+
+def softplus(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    return ctx.b.add(name, Softplus(), [ins[0]])
+
+
+def floor_or_ceil(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    return ctx.b.add(name, Floor(ceil=node.op_type == "Ceil"), [ins[0]])
+
+
+HANDLERS: dict[str, Callable[[Ctx, onnx.NodeProto, list, dict, str], Value]] = {
+    "Where": where, "Tile": tile, "HardSigmoid": hard_sigmoid, "HardSwish": hard_swish, "Selu": selu,
+    "Sum": sum_or_mean, "Mean": sum_or_mean, "GlobalAveragePool": global_pool, "GlobalMaxPool": global_pool,
+    "ReduceL1": reduce_norm, "ReduceL2": reduce_norm, "ReduceSumSquare": reduce_norm,
+    "InstanceNormalization": instance_norm, "ScatterND": scatter_nd, "Softplus": softplus, "Floor": floor_or_ceil,
+    "Ceil": floor_or_ceil,
+}
+"""op type -> handler ``(ctx, node, inputs, attributes, node name) -> value`` for nodes with a variable input."""
+
+
+def handle(ctx: Ctx, node: onnx.NodeProto, ins: list, name: str) -> Value:
+    return HANDLERS[node.op_type](ctx, node, ins, attrs_of(node), name)
+
+
