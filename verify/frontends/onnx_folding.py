@@ -176,7 +176,7 @@ def _reference(ctx: Ctx, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
 
     op, names = node.op_type, [i for i in node.input if i]
     given = [v for v in ins if v is not None]
-    if op in _STEPS and any(np.any(ctx.errs.zero_or(v)) for v in given if v.dtype.kind == "f"):
+    if op in _STEPS and any(np.any(ctx.errs.zero_or(v)) for v in given):
         raise UnsupportedOperator(op, node.name, ctx.opset, "on a computed (rounded) constant")
     if op == "Range" and any(v.dtype.kind == "f" for v in given):
         raise UnsupportedOperator(op, node.name, ctx.opset, "a floating-point range (its float arithmetic)")
