@@ -71,6 +71,10 @@ CASES = {
     "functional_selu_hard_softplus": (lambda h: F.selu(h) + F.hardsigmoid(5 * h) + F.hardswish(5 * h)
                                       + F.softplus(40 * h), (6,), 6),
     "floor_ceil": (lambda h: torch.floor(3 * h) + (2 * h).ceil(), (6,), 6),
+    # keyword and positional arguments that change the function (once silently ignored: a different network)
+    "add_alpha": (lambda h: torch.add(h, h.relu(), alpha=2.0) + torch.sub(h, 0.5, alpha=3.0)
+                  + torch.add(h, other=h) + torch.sub(0.3, h, alpha=0.1), (6,), 6),
+    "flatten_end_dim": (lambda h: torch.flatten(h, 1, 2).amax(2) + h.flatten(1, 2).amin(-1), (2, 3, 2), 6),
 }
 
 

@@ -184,6 +184,27 @@ def _gelu(b: GraphBuilder, name: str, x: str, dtype: torch.dtype, approximate: s
     return composites.gelu(b, name, x, const, approximate)
 
 
+def _two_operands(n: fx.Node, args: list, kwargs: dict, key: str) -> tuple:
+    """The two operands of a binary function, the second possibly passed by keyword (``torch.add(x, other=y)``)."""
+    if len(args) == 2:
+        return args[0], args[1]
+    if len(args) == 1 and key in kwargs:
+        return args[0], kwargs[key]
+    raise UnsupportedOperator(str(getattr(n.target, "__name__", n.target)), n.name, None, "these arguments")
+
+
+def _numeric(v) -> np.ndarray:
+    return np.asarray(v.detach().cpu().double() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
+
+
+def _flattened(shape: Sequence[int], args: list, kwargs: dict) -> list[int]:
+    """The shape after ``flatten(start_dim, end_dim)`` (torch's defaults 0 and -1)."""
+    s = list(shape)
+    start = (args[1] if len(args) > 1 else kwargs.get("start_dim", 0)) % len(s)
+    end = (args[2] if len(args) > 2 else kwargs.get("end_dim", -1)) % len(s)
+    return s[:start] + [int(torch.Size(s[start:end + 1]).numel())] + s[end + 1:]
+
+
 def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
     """Trace ``module`` for inputs of per-sample shape ``input_shape`` (without the batch axis)."""
     if not any(True for _ in module.children()):
@@ -248,16 +269,22 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         elif n.op == "call_function" and n.target in _ACT_FUNCS:
             env[n] = b.add(n.name, _ACT_FUNCS[n.target](), [args[0]])
         elif n.op == "call_function" and n.target in (operator.add, torch.add, operator.sub, torch.sub):
-            sign = -1.0 if n.target in (operator.sub, torch.sub) else 1.0
-            x, y = args
+            x, y = _two_operands(n, args, {k: var(v) for k, v in n.kwargs.items()}, "other")
+            # torch.add(x, y, alpha=a) = x + a y; sub: x - a y
+            scale, scale_err = K.mul(np.asarray(float(n.kwargs.get("alpha", 1))), np.zeros(()),
+                                     np.asarray(-1.0 if n.target in (operator.sub, torch.sub) else 1.0), np.zeros(()))
             if isinstance(x, str) and isinstance(y, str):
-                env[n] = b.add(n.name, AddVars([1.0, sign]), [x, y])
+                if n.kwargs.get("alpha", 1) != 1:  # a scaled operand: its own rounding, then a plain sum
+                    w, w_err = _constant(scale, scale_err, dtype)
+                    y, scale = b.add(f"{n.name}_alpha", Scale(w, None, weight_err=w_err), [y]), np.asarray(1.0)
+                env[n] = b.add(n.name, AddVars([1.0, float(scale)]), [x, y])
             elif isinstance(x, str):
-                c, c_err = _constant(np.asarray(y, dtype=np.float64) * sign, np.zeros(()), dtype)
+                c, c_err = _constant(*K.mul(_numeric(y), np.zeros(()), scale, scale_err), dtype)
                 env[n] = b.add(n.name, Scale(None, c, bias_err=c_err), [x])
             else:
-                c, c_err = _constant(np.asarray(x, dtype=np.float64), np.zeros(()), dtype)
-                env[n] = b.add(n.name, Scale(torch.tensor(sign, dtype=dtype, device="cpu"), c, bias_err=c_err), [y])
+                c, c_err = _constant(_numeric(x), np.zeros(()), dtype)
+                w, w_err = _constant(scale, scale_err, dtype)
+                env[n] = b.add(n.name, Scale(w, c, weight_err=w_err, bias_err=c_err), [y])
         elif n.op == "call_function" and n.target in (operator.mul, torch.mul, operator.truediv):
             x, y = args
             if n.target is operator.truediv and isinstance(y, str):  # x / y = x * (1 / y)
@@ -280,9 +307,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             w, w_err = _constant(c, c_err, dtype)
             env[n] = b.add(n.name, Scale(w, None, weight_err=w_err), [v])
         elif n.op == "call_function" and n.target is torch.flatten:
-            s = list(b.shapes[args[0]])
-            start = (args[1] if len(args) > 1 else n.kwargs.get("start_dim", 0)) % len(s)
-            env[n] = b.add(n.name, Reshape(s[:start] + [int(torch.Size(s[start:]).numel())]), [args[0]])
+            env[n] = b.add(n.name, Reshape(_flattened(b.shapes[args[0]], args, n.kwargs)), [args[0]])
         elif n.op == "call_method" and n.target == "size":
             s = b.shapes[args[0]]
             env[n] = s if len(args) == 1 else s[args[1]]
@@ -290,8 +315,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             x = args[0]
             s = list(b.shapes[x])
             if n.target == "flatten":
-                start = (args[1] if len(args) > 1 else n.kwargs.get("start_dim", 0)) % len(s)
-                target = s[:start] + [int(torch.Size(s[start:]).numel())]
+                target = _flattened(s, args, n.kwargs)
             else:
                 dims = args[1] if len(args) == 2 and isinstance(args[1], tuple | list) else args[1:]
                 target = list(dims)
