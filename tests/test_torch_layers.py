@@ -266,3 +266,11 @@ def test_onnx_gelu_op_matches_onnxruntime_and_bounds_hold(approximate):
     xs = rng.uniform(-1, 1, size=(300, 4)).astype(np.float32)
     c = np.zeros((1, 4), dtype=np.float32)
     _agrees_and_bounds_hold(graph, ort_run, xs, c - 1, c + 1, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("f, arg", [(lambda h: torch.softmax(h, dim=1, dtype=torch.float32), "dtype"),
+                                    (lambda h: torch.mul(h, 2.0, out=None) + torch.div(h, 2.0, rounding_mode="floor"),
+                                     "rounding_mode")])
+def test_keyword_arguments_no_rule_reads_are_refused_by_name(f, arg):
+    with pytest.raises(UnsupportedOperator, match=arg):
+        from_torch(Fn(f, 5, (6,), 6).double(), (5,))

@@ -184,6 +184,35 @@ def _gelu(b: GraphBuilder, name: str, x: str, dtype: torch.dtype, approximate: s
     return composites.gelu(b, name, x, const, approximate)
 
 
+# Keyword arguments each traced function / method is read with (by name); any other keyword argument is refused,
+# so that an argument a rule does not read can never change the network silently (torch.add's alpha once did).
+# An unlisted argument set to None or False (off; fx spells out some defaults) passes.
+_POOL_KW = {"kernel_size", "stride", "padding", "dilation", "ceil_mode", "count_include_pad", "divisor_override",
+            "return_indices"}
+_KWARGS: dict[str, set[str]] = {
+    "add": {"alpha", "other"}, "sub": {"alpha", "other"}, "flatten": {"start_dim", "end_dim"},
+    "softmax": {"dim", "_stacklevel"}, "gelu": {"approximate"}, "leaky_relu": {"negative_slope", "inplace"},
+    "clamp": {"min", "max"}, "clip": {"min", "max"}, "hardtanh": {"min_val", "max_val", "inplace"},
+    "relu6": {"inplace"}, "relu": {"inplace"}, "elu": {"alpha", "inplace"}, "selu": {"inplace"},
+    "silu": {"inplace"}, "hardsigmoid": {"inplace"}, "hardswish": {"inplace"}, "softplus": {"beta", "threshold"},
+    "cat": {"dim"}, "concat": {"dim"}, "stack": {"dim"}, "sum": {"dim", "keepdim", "dtype"},
+    "mean": {"dim", "keepdim", "dtype"}, "amax": {"dim", "keepdim"}, "amin": {"dim", "keepdim"},
+    "permute": {"dims"}, "transpose": {"dim0", "dim1"}, "unsqueeze": {"dim"}, "squeeze": {"dim"},
+    "split": {"split_size_or_sections", "dim"}, "chunk": {"chunks", "dim"},
+    "interpolate": {"size", "scale_factor", "mode", "align_corners", "recompute_scale_factor"},
+    "upsample": {"size", "scale_factor", "mode", "align_corners"}, "max_pool2d": _POOL_KW, "avg_pool2d": _POOL_KW,
+}
+
+
+def _check_kwargs(n: fx.Node) -> None:
+    name = str(getattr(n.target, "__name__", n.target))
+    # None / False are "off" (fx spells out defaults such as interpolate's antialias=False)
+    extra = sorted(k for k, v in n.kwargs.items() if k not in _KWARGS.get(name, set()) and v is not None
+                   and v is not False)
+    if extra:
+        raise UnsupportedOperator(name, n.name, None, f"the argument(s) {', '.join(extra)}")
+
+
 def _two_operands(n: fx.Node, args: list, kwargs: dict, key: str) -> tuple:
     """The two operands of a binary function, the second possibly passed by keyword (``torch.add(x, other=y)``)."""
     if len(args) == 2:
@@ -239,6 +268,8 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = value.detach()
             continue
         args = [var(a) for a in n.args]
+        if n.op in ("call_function", "call_method"):
+            _check_kwargs(n)
         if n.op == "call_module" and isinstance(mods[n.target], nn.Hardtanh):  # also ReLU6
             m = mods[n.target]
             env[n] = _clip(b, n.target.replace(".", "_"), args[0], float(m.min_val), float(m.max_val), dtype)
