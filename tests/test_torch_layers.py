@@ -75,6 +75,23 @@ CASES = {
     "add_alpha": (lambda h: torch.add(h, h.relu(), alpha=2.0) + torch.sub(h, 0.5, alpha=3.0)
                   + torch.add(h, other=h) + torch.sub(0.3, h, alpha=0.1), (6,), 6),
     "flatten_end_dim": (lambda h: torch.flatten(h, 1, 2).amax(2) + h.flatten(1, 2).amin(-1), (2, 3, 2), 6),
+    # tensor methods and functions (verify.frontends.torch_functions)
+    "methods_arith": (lambda h: h.add(h.relu(), alpha=0.5).sub(0.25).mul(3.0).div(2.0) + torch.div(h, 4.0)
+                      + h.pow(2) + torch.square(h) + h.square(), (6,), 6),
+    "methods_unary": (lambda h: h.neg().sin() + h.cos() + h.erf() + torch.sign(3 * h) + h.sign()
+                      + h.clamp(min=-0.2, max=0.4) + h.clip(-0.1) + torch.clamp_min(h, 0.1) + h.clamp_max(0.2), (6,), 6),
+    "identities": (lambda h: F.dropout(h.contiguous().detach().clone(), 0.3, False) + torch.clone(h), (6,), 6),
+    "rsqrt_log1p_expm1": (lambda h: torch.rsqrt(h * h + 0.5) + torch.log1p(h.abs()) + h.expm1(), (6,), 6),
+    "logsigmoid_softsign_mish_tanhshrink": (lambda h: F.logsigmoid(4 * h) + F.softsign(4 * h) + F.mish(4 * h)
+                                            + F.tanhshrink(4 * h), (6,), 6),
+    "pad_expand_repeat": (lambda h: F.pad(h, (1, 2), value=0.5)[:, :, :3] + h[:, :, :1].expand(h.shape[0], 2, 3)
+                          + h[:, :, :1].expand(-1, -1, 3) + h.repeat(1, 1, 2)[:, :, 1:4], (2, 3), 6),
+    "flip_roll": (lambda h: torch.flip(h, (2,)) + h.flip(1) + torch.roll(h, 1, 2) + h.roll((1, -1), (1, 2)),
+                  (2, 3), 6),
+    "where_const": (lambda h: torch.where(torch.tensor([[True, False, True, False, False, True]]), h, 2 * h)
+                    + torch.where(torch.tensor([[False, True, True, False, True, True]]), h, 0.5), (6,), 6),
+    "norm_var_std": (lambda h: h * h.norm(dim=2, keepdim=True) + h.var(2, keepdim=True) + h.std(dim=2, keepdim=True)
+                     + torch.var(h, 2, keepdim=True, correction=0), (2, 3), 6),
 }
 
 
@@ -269,8 +286,11 @@ def test_onnx_gelu_op_matches_onnxruntime_and_bounds_hold(approximate):
 
 
 @pytest.mark.parametrize("f, arg", [(lambda h: torch.softmax(h, dim=1, dtype=torch.float32), "dtype"),
+                                    (lambda h: F.dropout(h, 0.5), "training"),
+                                    (lambda h: torch.roll(h, 1), "dims"),
+                                    (lambda h: torch.where(h > 0, h, 0.0), "gt"),
                                     (lambda h: torch.mul(h, 2.0, out=None) + torch.div(h, 2.0, rounding_mode="floor"),
-                                     "rounding_mode")])
+                                     "rounding mode")])
 def test_keyword_arguments_no_rule_reads_are_refused_by_name(f, arg):
     with pytest.raises(UnsupportedOperator, match=arg):
         from_torch(Fn(f, 5, (6,), 6).double(), (5,))

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from verify.errors import UnsupportedOperator
-from verify.frontends import composites, torch_layers
+from verify.frontends import composites, torch_functions, torch_layers
 from verify.frontends import constants as K
 from verify.graph import Graph, GraphBuilder
 from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale, Sigmoid, Tanh
@@ -201,6 +201,11 @@ _KWARGS: dict[str, set[str]] = {
     "split": {"split_size_or_sections", "dim"}, "chunk": {"chunks", "dim"},
     "interpolate": {"size", "scale_factor", "mode", "align_corners", "recompute_scale_factor"},
     "upsample": {"size", "scale_factor", "mode", "align_corners"}, "max_pool2d": _POOL_KW, "avg_pool2d": _POOL_KW,
+    "mul": {"other"}, "div": {"other", "rounding_mode"}, "true_divide": {"other"}, "truediv": set(),
+    "clamp_min": {"min"}, "clamp_max": {"max"}, "dropout": {"p", "training", "inplace"},
+    "pad": {"pad", "mode", "value"},
+    "flip": {"dims"}, "roll": {"shifts", "dims"}, "norm": {"p", "dim", "keepdim"}, "mish": {"inplace"},
+    "var": {"dim", "keepdim", "correction", "unbiased"}, "std": {"dim", "keepdim", "correction", "unbiased"},
 }
 
 
@@ -211,6 +216,25 @@ def _check_kwargs(n: fx.Node) -> None:
                    and v is not False)
     if extra:
         raise UnsupportedOperator(name, n.name, None, f"the argument(s) {', '.join(extra)}")
+
+
+_ARITH = {operator.add: "add", torch.add: "add", "add": "add", operator.sub: "sub", torch.sub: "sub", "sub": "sub",
+          operator.mul: "mul", torch.mul: "mul", "mul": "mul", operator.truediv: "div", torch.div: "div",
+          torch.true_divide: "div", "div": "div", "true_divide": "div"}
+
+
+def _arith(n: fx.Node) -> str | None:
+    """``add`` / ``sub`` / ``mul`` / ``div`` for those functions, operators and tensor methods, else None."""
+    if n.op not in ("call_function", "call_method"):
+        return None
+    try:
+        return _ARITH.get(n.target)
+    except TypeError:  # an unhashable target
+        return None
+
+
+def _is_call(n: fx.Node, funcs=(), methods=()) -> bool:
+    return (n.op == "call_function" and n.target in funcs) or (n.op == "call_method" and n.target in methods)
 
 
 def _two_operands(n: fx.Node, args: list, kwargs: dict, key: str) -> tuple:
@@ -299,11 +323,11 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = args[0] if op is None else b.add(n.target.replace(".", "_"), op, [args[0]])
         elif n.op == "call_function" and n.target in _ACT_FUNCS:
             env[n] = b.add(n.name, _ACT_FUNCS[n.target](), [args[0]])
-        elif n.op == "call_function" and n.target in (operator.add, torch.add, operator.sub, torch.sub):
+        elif _arith(n) in ("add", "sub"):
             x, y = _two_operands(n, args, {k: var(v) for k, v in n.kwargs.items()}, "other")
             # torch.add(x, y, alpha=a) = x + a y; sub: x - a y
             scale, scale_err = K.mul(np.asarray(float(n.kwargs.get("alpha", 1))), np.zeros(()),
-                                     np.asarray(-1.0 if n.target in (operator.sub, torch.sub) else 1.0), np.zeros(()))
+                                     np.asarray(-1.0 if _arith(n) == "sub" else 1.0), np.zeros(()))
             if isinstance(x, str) and isinstance(y, str):
                 if n.kwargs.get("alpha", 1) != 1:  # a scaled operand: its own rounding, then a plain sum
                     w, w_err = _constant(scale, scale_err, dtype)
@@ -316,9 +340,12 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
                 c, c_err = _constant(_numeric(x), np.zeros(()), dtype)
                 w, w_err = _constant(scale, scale_err, dtype)
                 env[n] = b.add(n.name, Scale(w, c, weight_err=w_err, bias_err=c_err), [y])
-        elif n.op == "call_function" and n.target in (operator.mul, torch.mul, operator.truediv):
-            x, y = args
-            if n.target is operator.truediv and isinstance(y, str):  # x / y = x * (1 / y)
+        elif _arith(n) in ("mul", "div"):
+            x, y = _two_operands(n, args, {k: var(v) for k, v in n.kwargs.items()}, "other")
+            divide = _arith(n) == "div"
+            if divide and n.kwargs.get("rounding_mode") is not None:
+                raise UnsupportedOperator("div", n.name, None, "a rounding mode")
+            if divide and isinstance(y, str):  # x / y = x * (1 / y)
                 inv = b.add(f"{n.name}_reciprocal", Reciprocal(), [y])
                 if isinstance(x, str):
                     env[n] = b.add(n.name, Mul(), [x, inv])
@@ -333,7 +360,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             v, c = (x, y) if isinstance(x, str) else (y, x)
             c = np.asarray(c.detach().cpu().double() if isinstance(c, torch.Tensor) else c, dtype=np.float64)
             c_err = np.zeros(())
-            if n.target is operator.truediv:
+            if divide:
                 c, c_err = K.div(np.ones(()), np.zeros(()), c, np.zeros(()))
             w, w_err = _constant(c, c_err, dtype)
             env[n] = b.add(n.name, Scale(w, None, weight_err=w_err), [v])
@@ -359,11 +386,15 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = b.add(n.name, {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh}[n.target](), [args[0]])
         elif n.op == "call_function" and n.target is operator.getitem and isinstance(args[0], tuple):
             env[n] = args[0][args[1]]
-        elif n.op == "call_function" and n.target in (operator.pow, torch.pow) and isinstance(args[1], int) \
+        elif _is_call(n, (operator.pow, torch.pow), ("pow",)) and len(args) == 2 and isinstance(args[1], int) \
                 and 1 <= args[1] <= 16:
             env[n] = args[0] if args[1] == 1 else b.add(n.name, Power(args[1]), [args[0]])
         elif n.op == "call_function" and n.target is getattr and args[1] == "shape":
             env[n] = tuple(b.shapes[args[0]])  # x.shape: the batch axis reads 1, which view/reshape keep
+        elif _is_call(n, (torch.clamp_min, torch.clamp_max), ("clamp_min", "clamp_max")):
+            low = str(getattr(n.target, "__name__", n.target)) == "clamp_min"
+            limit = float(_two_operands(n, args, dict(n.kwargs), "min" if low else "max")[1])
+            env[n] = _clip(b, n.name, args[0], limit if low else None, None if low else limit, dtype)
         elif n.op == "call_function" and n.target in (torch.sin, torch.cos):
             env[n] = b.add(n.name, Sin() if n.target is torch.sin else Cos(), [args[0]])
         elif (n.op == "call_function" and n.target in _MONOTONE) or (n.op == "call_method" and n.target in _MONOTONE):
@@ -381,12 +412,16 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = b.add(n.name, _leaky(slope, n.name), [args[0]])
         elif n.op == "call_function" and n.target in (operator.neg, torch.neg):
             env[n] = b.add(n.name, Scale(torch.tensor(-1.0, dtype=dtype, device="cpu"), None), [args[0]])
-        elif n.op == "call_function" and n.target in (torch.clamp, torch.clip, F.hardtanh, F.relu6):
+        elif _is_call(n, (torch.clamp, torch.clip, F.hardtanh, F.relu6), ("clamp", "clip")):
             lo_c, hi_c = _clamp_limits(n.target, args, n.kwargs)
             env[n] = _clip(b, n.name, args[0], lo_c, hi_c, dtype)
         else:
             nested = [type(a)(var(v) for v in a) if isinstance(a, list | tuple) else a for a in args]  # stack
-            value = torch_layers.function_rule(b, n, nested, lambda v: _constant(v, np.zeros(()), dtype))
+            def const(v, err=None):
+                return _constant(v, np.zeros(()) if err is None else err, dtype)
+            value = torch_layers.function_rule(b, n, nested, const)
+            if value is torch_layers.UNHANDLED:
+                value = torch_functions.function_rule(b, n, nested, const)
             if value is torch_layers.UNHANDLED:
                 raise UnsupportedOperator(str(getattr(n.target, "__name__", n.target)), n.name, None)
             env[n] = value

@@ -1,0 +1,220 @@
+"""torch.fx rules for tensor methods and functions that are compositions of existing ops: ``neg`` / ``sin`` /
+``cos`` / ``erf`` / ``sign`` / ``square`` / ``rsqrt`` / ``log1p`` / ``expm1`` (functions and methods), identities
+(``contiguous``, ``detach``, ``clone``, ``dropout`` in evaluation), ``F.pad`` (constant), ``expand``, ``repeat``,
+``flip`` / ``roll`` (Gathers), ``torch.where`` with a constant condition (``m a + (1 - m) b``), ``F.logsigmoid``
+(``-softplus(-x)``), ``F.softsign`` (``x / (1 + |x|)``), ``F.mish`` (``x tanh(softplus(x))``), ``F.tanhshrink``,
+and the 2-norm / variance / standard deviation over sample axes (``sqrt(relu(sum x^2))``, ``sum (x - m)^2 / (n -
+correction)``). Each identity holds in real arithmetic; the ops carry their own rounding allowances."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from verify.errors import UnsupportedOperator
+from verify.frontends import composites
+from verify.frontends.torch_layers import UNHANDLED, _batch_safe, _is
+from verify.graph import GraphBuilder
+from verify.ops import (
+    AddVars,
+    Concat,
+    Cos,
+    Erf,
+    Exp,
+    Gather,
+    Log,
+    Mul,
+    Pad,
+    Reciprocal,
+    ReduceSum,
+    Relu,
+    Scale,
+    Sign,
+    Sin,
+    Softplus,
+    Sqrt,
+    Square,
+    Tanh,
+)
+from verify.ops.shape import Expand
+
+_UNARY = {"neg": None, "sin": Sin, "cos": Cos, "erf": Erf, "sign": Sign, "square": Square}
+
+
+def _arg(args: list, kwargs: dict, i: int, key: str, default=None):
+    return args[i] if len(args) > i else kwargs.get(key, default)
+
+
+def _scale(b: GraphBuilder, name: str, x: str, w: float | None, c: float | None, const) -> str:
+    """``w x + c`` with the constants' distance to their exact values carried."""
+    wt, we = (None, None) if w is None else const(np.asarray(w, dtype=np.float64))
+    ct, ce = (None, None) if c is None else const(np.asarray(c, dtype=np.float64))
+    return b.add(b.fresh(name), Scale(wt, ct, we, ce), [x])
+
+
+def _sizes(args: list) -> list[int]:
+    rest = args[1:]
+    return list(rest[0]) if len(rest) == 1 and isinstance(rest[0], tuple | list) else list(rest)
+
+
+def _gather_dims(b: GraphBuilder, name: str, x: str, dims: list[int], index) -> str:
+    """A Gather along each of ``dims`` with the permutation ``index(size, position)`` of that axis."""
+    rank = len(b.shapes[x])
+    dims = [d % rank for d in dims]
+    _batch_safe(name, name, dims)
+    for k, d in enumerate(dims):
+        size = b.shapes[x][d]
+        idx = torch.as_tensor([index(size, k, i) for i in range(size)], dtype=torch.long)
+        x = b.add(b.fresh(f"{name}_gather{d}"), Gather(d, idx), [x])
+    return x
+
+
+def _where(b: GraphBuilder, name: str, cond, x, y, const) -> str:
+    if isinstance(cond, str) or not isinstance(cond, torch.Tensor):
+        raise UnsupportedOperator("where", name, None, "a condition that depends on the input")
+    var_shapes = [b.shapes[v] for v in (x, y) if isinstance(v, str)]
+    const_shapes = [tuple(np.shape(v.detach().cpu() if isinstance(v, torch.Tensor) else v)) for v in (x, y)
+                    if not isinstance(v, str)]
+    shape = tuple(np.broadcast_shapes(tuple(cond.shape), *var_shapes, *const_shapes))
+    if len(shape) != len(var_shapes[0]) or shape[0] != 1:
+        raise UnsupportedOperator("where", name, None, "a condition that broadcasts over the batch axis")
+    mask = np.broadcast_to(cond.detach().cpu().numpy().astype(bool), shape).astype(np.float64)
+
+    def spread(v: str) -> str:
+        return v if b.shapes[v] == shape else b.add(b.fresh(f"{name}_expand"), Expand(shape), [v])
+
+    picks = []
+    for v, m in ((x, mask), (y, 1.0 - mask)):
+        if isinstance(v, str):
+            picks.append(b.add(b.fresh(f"{name}_pick"), Scale(const(m)[0]), [spread(v)]))
+    if len(picks) == 2:
+        return b.add(b.fresh(name), AddVars([1.0, 1.0]), picks)
+    var, c, m = (x, y, 1.0 - mask) if isinstance(x, str) else (y, x, mask)
+    c = np.broadcast_to(np.asarray(c.detach().cpu().double() if isinstance(c, torch.Tensor) else c,
+                                   dtype=np.float64), shape)
+    ct, ce = const(m * c)
+    return b.add(b.fresh(name), Scale(const(1.0 - m)[0], ct, bias_err=ce), [spread(var)])
+
+
+def _sum_of_squares(b: GraphBuilder, name: str, x: str, dims: list[int], keep: bool) -> str:
+    sq = b.add(b.fresh(f"{name}_square"), Square(), [x])
+    return b.add(b.fresh(f"{name}_sum"), ReduceSum(dims, keep), [sq])
+
+
+def _sqrt_nonneg(b: GraphBuilder, name: str, s: str) -> str:
+    """``sqrt(s)`` of a sum of squares: ``relu(s) = s`` takes a lower bound that allowances pushed below 0 back."""
+    return b.add(b.fresh(name), Sqrt(), [b.add(b.fresh(f"{name}_nonneg"), Relu(), [s])])
+
+
+def _reduce_dims(b: GraphBuilder, what: str, name: str, x: str, dim) -> list[int]:
+    rank = len(b.shapes[x])
+    dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, tuple | list) else None
+    if not dims:
+        raise UnsupportedOperator(what, name, None, "give dim: a reduction over the batch axis mixes samples")
+    dims = [d % rank for d in dims]
+    _batch_safe(what, name, dims)
+    return dims
+
+
+def _variance(b: GraphBuilder, name: str, x: str, args: list, kwargs: dict, const) -> str:
+    dims = _reduce_dims(b, "var", name, x, _arg(args, kwargs, 1, "dim"))
+    keep = bool(kwargs.get("keepdim", False))
+    correction = kwargs.get("correction")
+    if correction is None:
+        correction = 1 if kwargs.get("unbiased", True) else 0
+    n = int(np.prod([b.shapes[x][d] for d in dims]))
+    if n - correction <= 0:
+        raise UnsupportedOperator("var", name, None, f"{n} values with correction {correction}")
+    mean = b.add(b.fresh(f"{name}_mean"), ReduceSum(dims, True, True), [x])
+    centred = b.add(b.fresh(f"{name}_centred"), AddVars([1.0, -1.0]),
+                    [x, b.add(b.fresh(f"{name}_spread"), Expand(b.shapes[x]), [mean])])
+    total = _sum_of_squares(b, name, centred, dims, keep)
+    w, we = const(np.asarray(1.0 / (n - correction)), np.asarray(np.finfo(np.float64).eps / (n - correction)))
+    return b.add(b.fresh(f"{name}_var"), Scale(w, None, weight_err=we), [total])
+
+
+def function_rule(b: GraphBuilder, n: fx.Node, args: list, const):
+    """The graph value of the fx node ``n``, or ``UNHANDLED``. ``const(value[, error])``: a float64 constant in
+    the model's precision with the bound on its distance to the exact value."""
+    kwargs = dict(n.kwargs)
+    x = args[0] if args else None
+    if not isinstance(x, str):
+        if n.op == "call_function" and n.target is torch.where and len(args) == 3:
+            return _where(b, n.name, *args, const)
+        return UNHANDLED
+    name = n.name
+    for what, op in _UNARY.items():
+        if _is(n, (getattr(torch, what),), (what,)):
+            if op is None:
+                return _scale(b, name, x, -1.0, None, const)
+            return b.add(b.fresh(name), op(), [x])
+    if _is(n, (torch.clone,), ("contiguous", "detach", "clone")):
+        return x
+    if _is(n, (F.dropout,)):
+        if _arg(args, kwargs, 2, "training", True):
+            raise UnsupportedOperator("dropout", name, None, "training=True (random): trace the module in eval()")
+        return x
+    if _is(n, (torch.rsqrt,), ("rsqrt",)):
+        return b.add(b.fresh(name), Reciprocal(), [b.add(b.fresh(f"{name}_sqrt"), Sqrt(), [x])])
+    if _is(n, (torch.log1p,), ("log1p",)):
+        return b.add(b.fresh(name), Log(), [_scale(b, f"{name}_plus1", x, None, 1.0, const)])
+    if _is(n, (torch.expm1,), ("expm1",)):
+        return _scale(b, name, b.add(b.fresh(f"{name}_exp"), Exp(), [x]), None, -1.0, const)
+    if _is(n, (F.logsigmoid,)):
+        neg = _scale(b, f"{name}_neg", x, -1.0, None, const)
+        return _scale(b, name, b.add(b.fresh(f"{name}_softplus"), Softplus(), [neg]), -1.0, None, const)
+    if _is(n, (F.softsign,)):
+        denom = _scale(b, f"{name}_denom", composites.absolute(b, f"{name}_abs", x, const(np.zeros(()))[0].dtype),
+                       None, 1.0, const)
+        return b.add(b.fresh(name), Mul(), [x, b.add(b.fresh(f"{name}_inv"), Reciprocal(), [denom])])
+    if _is(n, (F.mish,)):
+        soft = b.add(b.fresh(f"{name}_softplus"), Softplus(), [x])
+        return b.add(b.fresh(name), Mul(), [x, b.add(b.fresh(f"{name}_tanh"), Tanh(), [soft])])
+    if _is(n, (F.tanhshrink,)):
+        return b.add(b.fresh(name), AddVars([1.0, -1.0]), [x, b.add(b.fresh(f"{name}_tanh"), Tanh(), [x])])
+    if _is(n, (F.pad,)):
+        pads, mode = _arg(args, kwargs, 1, "pad"), _arg(args, kwargs, 2, "mode", "constant")
+        value = _arg(args, kwargs, 3, "value", None)
+        if mode != "constant" or any(p < 0 for p in pads):
+            raise UnsupportedOperator("pad", name, None, f"mode {mode!r} / negative pads")
+        if len(pads) // 2 >= len(b.shapes[x]):
+            raise UnsupportedOperator("pad", name, None, "padding the batch axis")
+        return b.add(b.fresh(name), Pad(list(pads), float(value or 0.0)), [x])
+    if _is(n, (), ("expand",)):
+        sizes, shape = _sizes(args), b.shapes[x]
+        target = [s if t == -1 else int(t) for s, t in zip(shape, sizes[len(sizes) - len(shape):], strict=True)]
+        if len(sizes) != len(shape) or target[0] != shape[0]:
+            raise UnsupportedOperator("expand", name, None, "new axes or the batch axis")
+        return x if tuple(target) == shape else b.add(b.fresh(name), Expand(target), [x])
+    if _is(n, (), ("repeat",)):
+        reps = _sizes(args)
+        if len(reps) != len(b.shapes[x]) or reps[0] != 1 or any(r < 1 for r in reps):
+            raise UnsupportedOperator("repeat", name, None, "new axes or copies along the batch axis")
+        for d, r in enumerate(reps):
+            if r > 1:
+                x = b.add(b.fresh(f"{name}_repeat{d}"), Concat(d, r), [x] * r)
+        return x
+    if _is(n, (torch.flip,), ("flip",)):
+        dims = _sizes(args) if n.op == "call_method" else list(_arg(args, kwargs, 1, "dims"))
+        return _gather_dims(b, name, x, dims, lambda size, k, i: size - 1 - i)
+    if _is(n, (torch.roll,), ("roll",)):
+        shifts, dims = _arg(args, kwargs, 1, "shifts"), _arg(args, kwargs, 2, "dims")
+        if dims is None:
+            raise UnsupportedOperator("roll", name, None, "a roll of the flattened tensor (give dims)")
+        shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        return _gather_dims(b, name, x, dims, lambda size, k, i: (i - shifts[k]) % size)
+    if _is(n, (torch.norm,), ("norm",)):
+        p = _arg(args, kwargs, 1, "p", 2)
+        if p not in (2, 2.0, "fro"):
+            raise UnsupportedOperator("norm", name, None, f"p = {p} (only 2)")
+        dims = _reduce_dims(b, "norm", name, x, _arg(args, kwargs, 2, "dim"))
+        keep = bool(_arg(args, kwargs, 3, "keepdim", False))
+        return _sqrt_nonneg(b, name, _sum_of_squares(b, name, x, dims, keep))
+    if _is(n, (torch.var,), ("var",)):
+        return _variance(b, name, x, args, kwargs, const)
+    if _is(n, (torch.std,), ("std",)):
+        return _sqrt_nonneg(b, name, _variance(b, name, x, args, kwargs, const))
+    return UNHANDLED
