@@ -13,8 +13,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-import verify
-from tests.test_ops_breadth import _init_any, _model, _ort, _pgd_extremes
+from tests.test_ops_breadth import (
+    _init_any,
+    _model,
+    assert_bounds_hold,
+    assert_lipschitz_holds,
+    assert_matches_onnxruntime,
+)
 from verify.errors import UnsupportedOperator
 from verify.frontends.onnx_frontend import from_onnx_model
 
@@ -105,52 +110,19 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
 def test_op_matches_onnxruntime(op, opset):
     if opset < OPS[op][0]:
         pytest.skip(f"{op} needs opset {OPS[op][0]}")
-    model = _net(op, opset, dtype=np.float32)
-    onnx.checker.check_model(model, full_check=True)
-    graph = from_onnx_model(model)
-    x = np.random.default_rng(1).normal(size=(16, 1, 6)).astype(np.float32)
-    ref = _ort(model, x).reshape(16, -1)
-    ours = graph(torch.from_numpy(x)).reshape(16, -1).detach().numpy()
-    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    assert_matches_onnxruntime(_net(op, opset, dtype=np.float32))
 
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("op", list(OPS))
 def test_op_bounds_hold_at_sampled_and_attacked_points(op, seed):
-    model = _net(op, max(OPS[op][0], 14), seed)
-    graph = from_onnx_model(model)
-    rng = np.random.default_rng(100 + seed)
-    c = rng.normal(size=(1, 6))
-    r = rng.uniform(0.05, 1.0, size=(1, 6))
-    lo, hi = torch.from_numpy(c - r), torch.from_numpy(c + r)
-    pts = torch.from_numpy(rng.uniform(c - r, c + r, size=(400, 6)))
-    corners = torch.from_numpy(np.array([[(c - r)[0, i] if (k >> i) & 1 else (c + r)[0, i] for i in range(6)]
-                                         for k in range(64)]))
-    xs = torch.cat([pts, corners, _pgd_extremes(graph, lo, hi)])
-    with torch.no_grad():
-        ys = graph(xs.reshape(-1, 1, 6)).reshape(xs.shape[0], -1)
-    for method in ("ibp", "crown", "alpha-crown"):
-        lower, upper = verify.bound(graph, lo, hi, method=method)
-        assert (ys >= lower).all() and (ys <= upper).all(), (op, seed, method)
+    assert_bounds_hold(from_onnx_model(_net(op, max(OPS[op][0], 14), seed)), seed, op)
 
 
 @pytest.mark.parametrize("op", ["Where", "Tile", "HardSigmoid", "HardSwish", "Selu", "SumMean", "GlobalPool",
                                 "InstanceNorm", "Softplus", "FoldedConstants", "ScatterND"])
 def test_op_lipschitz_bound_holds_at_sampled_gradients(op):
-    from verify.lipschitz import lipschitz
-
-    graph = from_onnx_model(_net(op, max(OPS[op][0], 14), 3))
-    rng = np.random.default_rng(7)
-    c = rng.normal(size=6)
-    lo, hi = c - 0.3, c + 0.3
-    res = lipschitz(graph, lo, hi, method="crown", attack=False)
-    xs = torch.from_numpy(rng.uniform(lo, hi, size=(200, 6))).requires_grad_(True)
-    y = graph(xs.reshape(-1, 1, 6)).reshape(200, -1)
-    worst = 0.0
-    for j in range(y.shape[1]):
-        (g,) = torch.autograd.grad(y[:, j].sum(), xs, retain_graph=True)
-        worst = max(worst, float(g.abs().sum(1).max()))
-    assert worst <= res.upper < float("inf")
+    assert_lipschitz_holds(from_onnx_model(_net(op, max(OPS[op][0], 14), 3)))
 
 
 def test_steps_have_no_jacobian_rule():

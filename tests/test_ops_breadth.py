@@ -207,8 +207,12 @@ def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def test_op_matches_onnxruntime(op, opset):
     if op == "Split" and opset == 18:
         pytest.skip("covered at 13: the sizes input")
-    model = _net(op, opset, dtype=np.float32)  # onnxruntime has no float64 LeakyRelu
-    onnx.checker.check_model(model)
+    assert_matches_onnxruntime(_net(op, opset, dtype=np.float32))  # onnxruntime has no float64 LeakyRelu
+
+
+def assert_matches_onnxruntime(model: onnx.ModelProto) -> None:
+    """A float32 model ``x [1, 6] -> y`` loads and agrees with onnxruntime at 16 random points."""
+    onnx.checker.check_model(model, full_check=True)
     graph = from_onnx_model(model)
     x = np.random.default_rng(1).normal(size=(16, 1, 6)).astype(np.float32)
     ref = _ort(model, x).reshape(16, -1)
@@ -220,8 +224,12 @@ def test_op_matches_onnxruntime(op, opset):
 @pytest.mark.parametrize("op", OPS)
 def test_op_bounds_hold_at_sampled_and_attacked_points(op, seed):
     """Random boxes; IBP, CROWN, alpha-CROWN contain the outputs at corners, random points and PGD extremes."""
-    model = _net(op, 13, seed)
-    graph = from_onnx_model(model)
+    assert_bounds_hold(from_onnx_model(_net(op, 13, seed)), seed, op)
+
+
+def assert_bounds_hold(graph, seed: int, label: str) -> None:
+    """IBP / CROWN / alpha-CROWN bounds of ``graph`` (input [1, 6]) over a random box contain its outputs at 400
+    random points, the 64 corners and PGD extremes."""
     rng = np.random.default_rng(100 + seed)
     c = rng.normal(size=(1, 6))
     r = rng.uniform(0.05, 1.0, size=(1, 6))
@@ -234,7 +242,7 @@ def test_op_bounds_hold_at_sampled_and_attacked_points(op, seed):
         ys = graph(xs.reshape(-1, 1, 6)).reshape(xs.shape[0], -1)
     for method in ("ibp", "crown", "alpha-crown"):
         lower, upper = verify.bound(graph, lo, hi, method=method)
-        assert (ys >= lower).all() and (ys <= upper).all(), (op, seed, method)
+        assert (ys >= lower).all() and (ys <= upper).all(), (label, seed, method)
 
 
 def _pgd_extremes(graph, lo, hi, steps: int = 30) -> torch.Tensor:
@@ -256,9 +264,13 @@ def _pgd_extremes(graph, lo, hi, steps: int = 30) -> torch.Tensor:
                                 "ConvTransposeGrouped", "Resize", "Clip", "Abs", "Max", "Min", "ExpandVar", "Pow",
                                 "SinCos", "ExpLogSqrt", "Gelu"])
 def test_op_lipschitz_bound_holds_at_sampled_gradients(op):
+    assert_lipschitz_holds(from_onnx_model(_net(op, 13, 3)))
+
+
+def assert_lipschitz_holds(graph) -> None:
+    """The CROWN Lipschitz bound of ``graph`` (input [1, 6]) on a box is finite and above every sampled gradient."""
     from verify.lipschitz import lipschitz
 
-    graph = from_onnx_model(_net(op, 13, 3))
     rng = np.random.default_rng(7)
     c = rng.normal(size=6)
     lo, hi = c - 0.3, c + 0.3

@@ -79,7 +79,8 @@ CASES = {
     "methods_arith": (lambda h: h.add(h.relu(), alpha=0.5).sub(0.25).mul(3.0).div(2.0) + torch.div(h, 4.0)
                       + h.pow(2) + torch.square(h) + h.square(), (6,), 6),
     "methods_unary": (lambda h: h.neg().sin() + h.cos() + h.erf() + torch.sign(3 * h) + h.sign()
-                      + h.clamp(min=-0.2, max=0.4) + h.clip(-0.1) + torch.clamp_min(h, 0.1) + h.clamp_max(0.2), (6,), 6),
+                      + h.clamp(min=-0.2, max=0.4) + h.clip(-0.1) + torch.clamp_min(h, 0.1) + h.clamp_max(0.2),
+                      (6,), 6),
     "identities": (lambda h: F.dropout(h.contiguous().detach().clone(), 0.3, False) + torch.clone(h), (6,), 6),
     "rsqrt_log1p_expm1": (lambda h: torch.rsqrt(h * h + 0.5) + torch.log1p(h.abs()) + h.expm1(), (6,), 6),
     "logsigmoid_softsign_mish_tanhshrink": (lambda h: F.logsigmoid(4 * h) + F.softsign(4 * h) + F.mish(4 * h)
