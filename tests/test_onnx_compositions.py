@@ -26,7 +26,8 @@ from verify.frontends.onnx_frontend import from_onnx_model
 # op -> (first opset that has every node used, size of the op's output)
 OPS = {"Where": (9, 24), "Tile": (9, 48), "HardSigmoid": (9, 24), "HardSwish": (14, 24), "Selu": (9, 24),
        "SumMean": (9, 24), "GlobalPool": (9, 2), "ReduceNorms": (11, 6), "InstanceNorm": (9, 24),
-       "Softplus": (9, 24), "FloorCeil": (9, 24), "FoldedConstants": (11, 24), "ScatterND": (11, 24)}
+       "Softplus": (9, 24), "FloorCeil": (9, 24), "FoldedConstants": (11, 24), "ScatterND": (11, 24),
+       "LogSoftmax": (13, 24)}
 
 
 def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProto:
@@ -95,6 +96,9 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
                   _init_any("st", [0]), _init_any("en", [1]), _init_any("ax", [2]), _init_any("ushape", [2, 4])]
         nodes += [node("Slice", ["r", "st", "en", "ax"], ["rows"]),  # [1, 2, 1, 4]
                   node("Reshape", ["rows", "ushape"], ["upd"]), node("ScatterND", ["data", "idx", "upd"], ["o"])]
+    elif op == "LogSoftmax":
+        inits.append(init("three", np.array(3.0)))
+        nodes += [node("Mul", ["r", "three"], ["r3"]), node("LogSoftmax", ["r3"], ["o"], axis=-1)]
     else:
         raise ValueError(op)
     nodes.append(node("Flatten", ["o"], ["f"], axis=1))
@@ -162,3 +166,20 @@ def test_softplus_torch_threshold_gap_is_covered():
     assert (lo <= y).all() and (y <= hi).all() and (lo <= exact).all() and (exact <= hi).all()
     dl, du = op.derivative_interval(x, x + 1)
     assert (du[0, 1:4] >= 1).all() and (dl <= torch.sigmoid(x)).all()
+
+
+def test_log_softmax_interval_is_tight_on_a_point_and_sound_on_wide_boxes():
+    from verify.ops import LogSoftmax
+
+    op = LogSoftmax(1)
+    op.bind([(2, 5)])
+    x = torch.randn(3, 2, 5, dtype=torch.float64) * 30  # exp overflows without care
+    lo, hi = op.interval((x, x))
+    y = op.forward(x)
+    assert (lo <= y).all() and (y <= hi).all() and float((hi - lo).max()) < 1e-9
+    wide_lo, wide_hi = x - 50, x + 50
+    lo, hi = op.interval((wide_lo, wide_hi))
+    assert torch.isfinite(lo).all() and (hi <= 0).all()
+    pts = wide_lo + (wide_hi - wide_lo) * torch.rand(200, *x.shape, dtype=torch.float64)
+    ys = torch.log_softmax(pts, dim=-1)
+    assert (ys >= lo).all() and (ys <= hi).all()

@@ -91,6 +91,8 @@ CASES = {
                   (2, 3), 6),
     "where_const": (lambda h: torch.where(torch.tensor([[True, False, True, False, False, True]]), h, 2 * h)
                     + torch.where(torch.tensor([[False, True, True, False, True, True]]), h, 0.5), (6,), 6),
+    "log_softmax": (lambda h: F.log_softmax(3 * h, dim=1) + torch.log_softmax(h, 1) + h.log_softmax(-1), (6,), 6),
+    "log_softmax_module": (nn.LogSoftmax(dim=1), (6,), 6),
     "norm_var_std": (lambda h: h * h.norm(dim=2, keepdim=True) + h.var(2, keepdim=True) + h.std(dim=2, keepdim=True)
                      + torch.var(h, 2, keepdim=True, correction=0), (2, 3), 6),
 }

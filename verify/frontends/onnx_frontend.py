@@ -50,6 +50,7 @@ from verify.ops import (
     Concat,
     Gather,
     LeakyRelu,
+    LogSoftmax,
     Pad,
     ReduceSum,
     Relu,
@@ -226,14 +227,14 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
         if e is None or e != int(e) or not 1 <= e <= 16 or not isinstance(x, str):
             raise UnsupportedOperator(op, node.name, ctx.opset, "exponents other than constant integers 1..16")
         return x if e == 1 else ctx.b.add(name, Power(int(e)), [x])
-    if op == "Softmax":
+    if op in ("Softmax", "LogSoftmax"):
         shape = ctx.shape(x)
         axis = int(attrs.get("axis", -1 if ctx.opset >= 13 else 1)) % len(shape)
         if ctx.opset < 13:  # softmax over the flattened axes from `axis` on: the last axis when the others are 1
             if int(np.prod(shape[axis:])) != shape[-1]:
                 raise UnsupportedOperator(op, node.name, ctx.opset, "a flattened softmax over several axes")
             axis = len(shape) - 1
-        return ctx.b.add(name, Softmax(axis), [x])
+        return ctx.b.add(name, (Softmax if op == "Softmax" else LogSoftmax)(axis), [x])
     if op == "Slice":
         return ctx.b.add(name, Slice(check_steps(node, ctx, slices_of(ctx, node, ins, ctx.shape(x)))), [x])
     if op == "Gather":

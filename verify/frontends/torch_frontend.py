@@ -26,7 +26,7 @@ from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Resha
 from verify.ops.activation import Erf, LeakyRelu
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 from verify.ops.exp_log import Exp, Log, Sqrt
-from verify.ops.interval_relaxed import Softmax
+from verify.ops.interval_relaxed import LogSoftmax, Softmax
 from verify.ops.periodic import Cos, Sin
 from verify.ops.shape import Concat
 from verify.rounding import unit_roundoff
@@ -191,7 +191,8 @@ _POOL_KW = {"kernel_size", "stride", "padding", "dilation", "ceil_mode", "count_
             "return_indices"}
 _KWARGS: dict[str, set[str]] = {
     "add": {"alpha", "other"}, "sub": {"alpha", "other"}, "flatten": {"start_dim", "end_dim"},
-    "softmax": {"dim", "_stacklevel"}, "gelu": {"approximate"}, "leaky_relu": {"negative_slope", "inplace"},
+    "softmax": {"dim", "_stacklevel"}, "log_softmax": {"dim", "_stacklevel"},
+    "gelu": {"approximate"}, "leaky_relu": {"negative_slope", "inplace"},
     "clamp": {"min", "max"}, "clip": {"min", "max"}, "hardtanh": {"min_val", "max_val", "inplace"},
     "relu6": {"inplace"}, "relu": {"inplace"}, "elu": {"alpha", "inplace"}, "selu": {"inplace"},
     "silu": {"inplace"}, "hardsigmoid": {"inplace"}, "hardswish": {"inplace"}, "softplus": {"beta", "threshold"},
@@ -297,9 +298,10 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         if n.op == "call_module" and isinstance(mods[n.target], nn.Hardtanh):  # also ReLU6
             m = mods[n.target]
             env[n] = _clip(b, n.target.replace(".", "_"), args[0], float(m.min_val), float(m.max_val), dtype)
-        elif (n.op == "call_module" and isinstance(mods[n.target], nn.Softmax)) or \
-                (n.op == "call_function" and n.target in (F.softmax, torch.softmax)) or \
-                (n.op == "call_method" and n.target == "softmax"):
+        elif (n.op == "call_module" and isinstance(mods[n.target], nn.Softmax | nn.LogSoftmax)) or \
+                _is_call(n, (F.softmax, torch.softmax, F.log_softmax, torch.log_softmax), ("softmax", "log_softmax")):
+            log = isinstance(mods[n.target], nn.LogSoftmax) if n.op == "call_module" else \
+                str(getattr(n.target, "__name__", n.target)) == "log_softmax"
             if n.op == "call_module":
                 dim = mods[n.target].dim
             else:
@@ -308,7 +310,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
                 raise UnsupportedOperator("softmax", n.name, None, "an implicit dim (give dim=)")
             rank = len(b.shapes[args[0]])
             axis = dim if dim >= 0 else rank + dim  # the graph's shapes keep the batch axis as a leading 1
-            env[n] = b.add(n.name.replace(".", "_"), Softmax(axis), [args[0]])
+            env[n] = b.add(n.name.replace(".", "_"), (LogSoftmax if log else Softmax)(axis), [args[0]])
         elif n.op == "call_module" and isinstance(mods[n.target], nn.GELU):
             env[n] = _gelu(b, n.target.replace(".", "_"), args[0], dtype, mods[n.target].approximate)
         elif n.op == "call_function" and n.target is F.gelu:

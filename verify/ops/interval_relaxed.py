@@ -1,4 +1,4 @@
-"""Ops bounded by their output interval alone: Sign, Floor and Ceil (step functions) and Softmax.
+"""Ops bounded by their output interval alone: Sign, Floor and Ceil (step functions), Softmax and LogSoftmax.
 
 CROWN relaxes them by constant lines, ``lo_y <= y <= hi_y`` (slope 0), with ``[lo_y, hi_y]`` the op's interval rule on
 its input bounds: sound for any input in the box, though loose; the backward step passes no coefficient to the
@@ -7,10 +7,13 @@ input (``Lambda_x = 0``) and adds ``<Lambda+, lo_y> + <Lambda-, hi_y>``, float64
 Sign: ``[sign(l), sign(u)]`` (exact; ONNX Sign(0) = 0); Floor / Ceil: ``[floor(l), floor(u)]`` (exact). Softmax along
 an axis: with ``y_i = 1 / (1 + sum_{j != i} exp(x_j - x_i))``, ``y_i >= 1 / (1 + sum_{j != i} exp(u_j - l_i))`` and
 ``y_i <= 1 / (1 + sum_{j != i} exp(l_j - u_i))``, computed pairwise in float64 with a margin for its rounding and
-rounded outward. None has a Lipschitz (Jacobian) rule.
+rounded outward. LogSoftmax: ``y_i = -log(1 + sum_{j != i} exp(x_j - x_i))`` between the same two expressions' logs,
+by a stable log-sum-exp. None has a Lipschitz (Jacobian) rule.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -132,3 +135,46 @@ class Softmax(IntervalRelaxed):
 
     def __repr__(self):
         return f"Softmax(axis={self.axis})"
+
+
+class LogSoftmax(Softmax):
+    """``log_softmax`` along per-sample ``axis`` (torch.log_softmax, ONNX LogSoftmax)."""
+
+    kind = "log_softmax"
+
+    def forward(self, x):
+        return torch.log_softmax(x, dim=self.axis + 1)
+
+    def interval(self, bounds):
+        lo, hi = bounds
+        d = self._dim(lo)
+        l64, u64 = lo.to(F64).movedim(d, -1), hi.to(F64).movedim(d, -1)
+        n = l64.shape[-1]
+        eye = torch.eye(n, dtype=torch.bool, device=lo.device)
+
+        def log1p_others(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+            """``log(1 + sum_{j != i} exp(a_j - b_i))`` for every i (log-sum-exp with the 1 as the diagonal's
+            exp(0)) and max |a_j - b_i|."""
+            diff = torch.where(eye, torch.zeros((), dtype=F64, device=lo.device), a.unsqueeze(-2) - b.unsqueeze(-1))
+            return torch.logsumexp(diff, -1), diff.abs().amax(-1)
+
+        big, r_big = log1p_others(u64, l64)  # the largest competitor mass: the lower bound of y_i
+        small, r_small = log1p_others(l64, u64)
+        u, um = unit_roundoff(F64), unit_roundoff(lo.dtype)
+        # float64: each difference within r u, exp and the sum a few ulps, the log one more; the model's own
+        # log_softmax in its precision: (n + 8) u absolute (the sum's relative error through the log) and 4 u of
+        # |y| + log n (the shifts and the final subtraction)
+        low = -big - (64 + n + r_big + 8 * big.abs()) * u - (n + 8) * um - 4 * um * (big.abs() + math.log(n))
+        up = -small + (64 + n + r_small + 8 * small.abs()) * u + (n + 8) * um + 4 * um * (big.abs() + math.log(n))
+        low, up = low.movedim(-1, d), up.clamp(max=0.0).movedim(-1, d)
+        return cast_down(low, lo.dtype), cast_up(up, lo.dtype)
+
+    def error_radius(self, mags):
+        a = mags[0].detach()
+        n = self.in_shapes[0][self.axis]
+        y = 2 * a + math.log(n)  # |y_i| <= |x_i - max x| + log n
+        um = unit_roundoff(a.dtype)
+        return (n + 8) * um + 4 * um * y + 3 * gamma(self.out_numel(), F64) * y + tiny(a.dtype)
+
+    def __repr__(self):
+        return f"LogSoftmax(axis={self.axis})"
