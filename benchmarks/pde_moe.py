@@ -212,6 +212,7 @@ def accuracy(
     residual_units: str = "horizon",
     problem: str = "diffusion-sorption",
     eval_every: int = 0,
+    first_seed: int = 0,
 ) -> list[dict]:
     """Train PI-SC, PI-HC and PI-HC-MoE with the same backbone and budget for several seeds (initialisation,
     points and test set); report the mean and median over seeds of the per-seed mean relative L2, its std over
@@ -231,7 +232,7 @@ def accuracy(
         if name not in (models or DEFAULT_MODELS):
             continue
         per_seed = []
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             cfg = TrainConfig(**base, **kw, seed=seed)  # experts default 4: also the blocks of the breakdown
             t0 = time.perf_counter()
             model, hist = train(cfg, log=None)
@@ -500,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=RESIDUAL_UNITS,
         help="unit of the solver's PDE rows for every hard model (physical: seconds, the paper's rows)",
     )
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1")
     ap.add_argument(
         "--eval-every",
         type=int,
@@ -522,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         "always runs gloo CPU processes)",
     )
     args = ap.parse_args(argv)
-    if min(args.steps, args.seeds, args.eval_every) < 0 or args.threads < 1:
-        ap.error("--steps, --seeds and --eval-every must be >= 0, --threads >= 1")
+    if min(args.steps, args.seeds, args.eval_every, args.first_seed) < 0 or args.threads < 1:
+        ap.error("--steps, --seeds, --first-seed and --eval-every must be >= 0, --threads >= 1")
     torch.set_num_threads(args.threads)
     try:
         resolve_device(args.device)  # fail before any work if the device is not there
@@ -545,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = args.seeds or (1 if args.quick else 5)
         rows += accuracy(
             args.quick, args.cache, seeds, log, models, args.device, args.steps, args.residual_units, args.problem,
-            args.eval_every,
+            args.eval_every, args.first_seed,
         )
     if "timing" in sections:
         grid = tuple(int(v) for v in args.grid.lower().split("x"))
