@@ -36,6 +36,15 @@ class Fn(nn.Module):
         return self.head(self.f(h).reshape(x.shape[0], self.d_out))
 
 
+def _in_place(h):
+    h = h * 1.0
+    h += 0.5
+    h -= h.relu()
+    h *= 2.0
+    h /= 3.0
+    return h
+
+
 CASES = {
     "slice": (lambda h: h[:, 1:3] * 2.0, (4,), 2),
     "index_int": (lambda h: h[:, 1, :], (3, 4), 4),
@@ -81,6 +90,7 @@ CASES = {
     "methods_unary": (lambda h: h.neg().sin() + h.cos() + h.erf() + torch.sign(3 * h) + h.sign()
                       + h.clamp(min=-0.2, max=0.4) + h.clip(-0.1) + torch.clamp_min(h, 0.1) + h.clamp_max(0.2),
                       (6,), 6),
+    "in_place_operators": (lambda h: _in_place(h), (6,), 6),
     "identities": (lambda h: F.dropout(h.contiguous().detach().clone(), 0.3, False) + torch.clone(h), (6,), 6),
     "rsqrt_log1p_expm1": (lambda h: torch.rsqrt(h * h + 0.5) + torch.log1p(h.abs()) + h.expm1(), (6,), 6),
     "logsigmoid_softsign_mish_tanhshrink": (lambda h: F.logsigmoid(4 * h) + F.softsign(4 * h) + F.mish(4 * h)

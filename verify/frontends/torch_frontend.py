@@ -219,8 +219,9 @@ def _check_kwargs(n: fx.Node) -> None:
         raise UnsupportedOperator(name, n.name, None, f"the argument(s) {', '.join(extra)}")
 
 
-_ARITH = {operator.add: "add", torch.add: "add", "add": "add", operator.sub: "sub", torch.sub: "sub", "sub": "sub",
-          operator.mul: "mul", torch.mul: "mul", "mul": "mul", operator.truediv: "div", torch.div: "div",
+_ARITH = {operator.add: "add", operator.iadd: "add", torch.add: "add", "add": "add", operator.sub: "sub",
+          operator.isub: "sub", torch.sub: "sub", "sub": "sub", operator.mul: "mul", operator.imul: "mul",
+          torch.mul: "mul", "mul": "mul", operator.truediv: "div", operator.itruediv: "div", torch.div: "div",
           torch.true_divide: "div", "div": "div", "true_divide": "div"}
 
 
