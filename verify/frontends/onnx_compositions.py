@@ -21,6 +21,7 @@ import torch
 
 from verify.errors import UnsupportedOperator
 from verify.frontends import composites
+from verify.frontends import constants as K
 from verify.frontends.onnx_context import Ctx, Value, attrs_of, const_input, reduce_axes
 from verify.ops import AddVars, Concat, Floor, Gather, ReduceSum, Relu, Reshape, Scale, Softplus, Sqrt, Square
 from verify.ops.shape import Expand
@@ -93,22 +94,22 @@ def selu(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
 def sum_or_mean(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     shape = tuple(np.broadcast_shapes(*(ctx.shape(v) for v in ins)))
     variables = [_spread(ctx, name, v, shape) for v in ins if isinstance(v, str)]
-    consts = [np.asarray(v, dtype=np.float64) for v in ins if not isinstance(v, str)]
-    if any(ctx.err(v) is not None for v in ins if not isinstance(v, str)):
-        raise _unsupported(ctx, node, "a computed (inexact) constant term")
     total = variables[0] if len(variables) == 1 else ctx.b.add(ctx.b.fresh(f"{name}_sum"),
                                                                AddVars([1.0] * len(variables)), variables)
-    bias = sum(consts) if consts else None
-    if node.op_type == "Sum":
-        if bias is None:
-            return total
-        c, ce = ctx.param(np.broadcast_to(bias, shape))
-        return ctx.b.add(name, Scale(None, c, bias_err=ce), [total])
-    n = len(ins)
-    w, we = ctx.param(np.asarray(1.0 / n), np.asarray(abs(1.0 / n) * np.finfo(np.float64).eps))
-    c, ce = (None, None) if bias is None else ctx.param(np.broadcast_to(bias / n, shape),
-                                                        np.abs(np.broadcast_to(bias / n, shape)) * 4e-16)
-    return ctx.b.add(name, Scale(w, c, we, ce), [total])
+    bias, bias_err = None, None  # the constant terms' float64 sum and its error bound
+    for v in ins:
+        if not isinstance(v, str):
+            e = ctx.errs.zero_or(v)
+            bias, bias_err = (np.asarray(v, dtype=np.float64), e) if bias is None else K.add(bias, bias_err, v, e)
+    weight, weight_err = None, None
+    if node.op_type == "Mean":
+        weight, weight_err = K.div(np.ones(()), np.zeros(()), np.asarray(float(len(ins))), np.zeros(()))
+        if bias is not None:
+            bias, bias_err = K.mul(bias, bias_err, weight, weight_err)
+    w, we = (None, None) if weight is None else ctx.param(weight, weight_err)
+    c, ce = (None, None) if bias is None else ctx.param(np.broadcast_to(bias, shape),
+                                                        np.broadcast_to(bias_err, shape))
+    return total if w is None and c is None else ctx.b.add(name, Scale(w, c, we, ce), [total])
 
 
 def global_pool(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
