@@ -27,7 +27,9 @@ from verify.frontends.onnx_frontend import from_onnx_model
 OPS = {"Where": (9, 24), "Tile": (9, 48), "HardSigmoid": (9, 24), "HardSwish": (14, 24), "Selu": (9, 24),
        "SumMean": (9, 24), "GlobalPool": (9, 2), "ReduceNorms": (11, 6), "InstanceNorm": (9, 24),
        "Softplus": (9, 24), "FloorCeil": (9, 24), "FoldedConstants": (11, 24), "ScatterND": (11, 24),
-       "LogSoftmax": (13, 24)}
+       "LogSoftmax": (13, 24), "ResizeLinear": (11, 72), "ResizeCubicSizes": (11, 60),
+       "ResizeNearestFraction": (11, 36),
+       "ResizeAlignCorners": (11, 72), "ResizeAntialiasDown": (18, 4)}
 
 
 def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProto:
@@ -99,6 +101,20 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
     elif op == "LogSoftmax":
         inits.append(init("three", np.array(3.0)))
         nodes += [node("Mul", ["r", "three"], ["r3"]), node("LogSoftmax", ["r3"], ["o"], axis=-1)]
+    elif op.startswith("Resize"):  # every mode but nearest with integer scales: linear maps per resized axis
+        roi = [init("roi", np.zeros(0))] if opset == 11 else []
+        mode, extra, scales, sizes = "linear", {}, [1.0, 1.0, 2.0, 1.5], None
+        if op == "ResizeCubicSizes":
+            mode, scales, sizes = "cubic", None, [1, 2, 5, 6]
+        elif op == "ResizeNearestFraction":
+            mode, scales = "nearest", [1.0, 1.0, 1.0, 1.5]
+        elif op == "ResizeAlignCorners":
+            extra = {"coordinate_transformation_mode": "align_corners"}
+        elif op == "ResizeAntialiasDown":
+            scales, extra = [1.0, 1.0, 0.5, 0.5], {"antialias": 1}
+        inits += roi + ([init("sc", scales)] if scales else [init("sc", np.zeros(0)), _init_any("sz", sizes)])
+        names = ["r", "roi" if roi else "", "sc"] + ([] if scales else ["sz"])
+        nodes.append(node("Resize", names, ["o"], mode=mode, **extra))
     else:
         raise ValueError(op)
     nodes.append(node("Flatten", ["o"], ["f"], axis=1))
@@ -124,7 +140,7 @@ def test_op_bounds_hold_at_sampled_and_attacked_points(op, seed):
 
 
 @pytest.mark.parametrize("op", ["Where", "Tile", "HardSigmoid", "HardSwish", "Selu", "SumMean", "GlobalPool",
-                                "InstanceNorm", "Softplus", "FoldedConstants", "ScatterND"])
+                                "InstanceNorm", "Softplus", "FoldedConstants", "ScatterND", "ResizeCubicSizes"])
 def test_op_lipschitz_bound_holds_at_sampled_gradients(op):
     assert_lipschitz_holds(from_onnx_model(_net(op, max(OPS[op][0], 14), 3)))
 

@@ -7,7 +7,10 @@ Sum / Mean: sums of variables (Mean divides by ``n``).
 GlobalAveragePool / GlobalMaxPool: a mean / max over the spatial axes. ReduceL1 / ReduceL2 / ReduceSumSquare:
 ``sum |x|``, ``sqrt(relu(sum x^2))``, ``sum x^2``. InstanceNormalization: LayerNorm over the spatial axes of each
 channel, then the per-channel scale and bias (Ulyanov et al., 2016). ScatterND of variable updates into constant data: a
-gather from the concatenation of the flattened updates and data. Every identity holds in real arithmetic; the
+gather from the concatenation of the flattened updates and data. Resize / Upsample other than nearest with integer
+scales (linear, cubic, antialiased, fractional scales): a linear map per resized axis, each computed by running the
+node itself through ``onnx.reference`` on one-hot inputs of that axis (Resize is separable by axis), applied as a
+Dense layer on that axis. Every identity holds in real arithmetic; the
 composition's ops carry their own rounding allowances.
 """
 
@@ -23,7 +26,21 @@ from verify.errors import UnsupportedOperator
 from verify.frontends import composites
 from verify.frontends import constants as K
 from verify.frontends.onnx_context import Ctx, Value, attrs_of, const_input, reduce_axes
-from verify.ops import AddVars, Concat, Floor, Gather, ReduceSum, Relu, Reshape, Scale, Softplus, Sqrt, Square
+from verify.ops import (
+    AddVars,
+    Concat,
+    Dense,
+    Floor,
+    Gather,
+    ReduceSum,
+    Relu,
+    Reshape,
+    Scale,
+    Softplus,
+    Sqrt,
+    Square,
+    Transpose,
+)
 from verify.ops.shape import Expand
 
 
@@ -175,6 +192,74 @@ def scatter_nd(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     pool = ctx.b.add(ctx.b.fresh(f"{name}_pool"), Concat(0, 1, {1: c}, {} if ce is None else {1: ce}), [flat])
     picked = ctx.b.add(ctx.b.fresh(f"{name}_pick"), Gather(0, torch.as_tensor(src.reshape(-1), device="cpu")), [pool])
     return ctx.b.add(name, Reshape(tuple(data.shape)), [picked])
+
+
+def resize_per_axis(ctx: Ctx, node: onnx.NodeProto, x: str, scales, sizes, name: str) -> str:
+    """Resize / Upsample as one constant linear map per resized axis (module docstring). ``scales`` / ``sizes``: the
+    node's constant inputs (one of them)."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    attrs = attrs_of(node)
+    for key, bad in (("coordinate_transformation_mode", b"tf_crop_and_resize"), ("keep_aspect_ratio_policy", None)):
+        v = attrs.get(key)
+        v = v.encode() if isinstance(v, str) else v
+        if v is not None and (bad is None and v != b"stretch" or v == bad):
+            raise _unsupported(ctx, node, f"{key} {v.decode()}")
+    if attrs.get("axes") is not None:
+        raise _unsupported(ctx, node, "axes")
+    shape = ctx.shape(x)
+    if sizes is not None:
+        out = [int(v) for v in np.asarray(sizes).reshape(-1)]
+    else:
+        out = [int(np.floor(n * float(f))) for n, f in zip(shape, np.asarray(scales).reshape(-1), strict=True)]
+    if len(out) != len(shape) or out[0] != shape[0]:
+        raise _unsupported(ctx, node, "resizing the batch axis")
+    dtype = np.float64
+    for d in range(1, len(shape)):
+        n = shape[d]
+        if sizes is None and float(np.asarray(scales).reshape(-1)[d]) == 1.0 or sizes is not None and out[d] == n:
+            continue
+        probe_shape = [n] + [1] * (len(shape) - 1)
+        probe_shape[d] = n
+        probe = np.zeros(probe_shape, dtype)
+        for j in range(n):  # one-hot along axis d, sample j
+            idx = [j] + [0] * (len(shape) - 1)
+            idx[d] = j
+            probe[tuple(idx)] = 1.0
+        axis_scales = np.ones(len(shape), np.float32)
+        inputs = {"x": probe}
+        if sizes is not None:
+            axis_sizes = np.asarray(probe_shape, np.int64)
+            axis_sizes[d] = out[d]
+            inputs["sizes"] = axis_sizes
+            names = ["x", "", "", "sizes"]
+        else:
+            axis_scales[d] = float(np.asarray(scales).reshape(-1)[d])
+            inputs["scales"] = axis_scales
+            names = ["x", "scales"] if node.op_type == "Upsample" or ctx.opset == 10 else ["x", "", "scales"]
+        probe_node = helper.make_node(node.op_type, names, ["y"], **attrs)
+        typed = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), None)
+                 for k, v in inputs.items()]
+        graph = helper.make_graph([probe_node], "resize", typed,
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
+        y = np.asarray(ReferenceEvaluator(model).run(None, inputs)[0], dtype=np.float64)
+        a = y.reshape(n, -1).T  # [out_d, n]: output i of the axis = sum_j a[i, j] input j
+        if a.shape[0] != out[d]:
+            raise _unsupported(ctx, node, f"an output size {a.shape[0]} on axis {d} (expected {out[d]})")
+        # the model computes its interpolation weights in its own precision: a few of its ulps per weight
+        w, we = ctx.param(a, np.abs(a) * 8 * np.finfo(np.float32 if ctx.dtype == torch.float32 else np.float64).eps
+                          + 1e-300)
+        last = len(ctx.shape(x)) - 1
+        perm = list(range(last + 1))
+        perm[d], perm[last] = perm[last], perm[d]
+        if d != last:
+            x = ctx.b.add(ctx.b.fresh(f"{name}_to_last{d}"), Transpose(perm), [x])
+        x = ctx.b.add(ctx.b.fresh(f"{name}_axis{d}"), Dense(w, None, we), [x])
+        if d != last:
+            x = ctx.b.add(ctx.b.fresh(f"{name}_back{d}"), Transpose(perm), [x])
+    return x
 
 
 def softplus(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:

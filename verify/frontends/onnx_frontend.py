@@ -116,35 +116,56 @@ _NEAREST_ROUNDING = (b"round_prefer_floor", b"floor")
 
 
 def _upsample(ctx: Ctx, node: onnx.NodeProto, x: str, ins: list) -> Value:
-    """ONNX Upsample (opsets 7-9) and Resize (10+) in 'nearest' mode with integer scales: every output index maps to
-    ``i // s`` under the coordinate modes accepted here (for integer ``s`` half_pixel and asymmetric agree)."""
+    """ONNX Upsample (opsets 7-9) and Resize (10+). 'nearest' with integer scales: every output index maps to ``i // s``
+    under the coordinate modes accepted here (for integer ``s`` half_pixel and asymmetric agree): UpsampleNearest.
+    Anything else (linear, cubic, fractional scales, other coordinate modes): one linear map per resized axis."""
     op, attrs = node.op_type, attrs_of(node)
     mode = attrs.get("mode", b"nearest")
     mode = mode.encode() if isinstance(mode, str) else mode
-    if mode != b"nearest":
-        raise UnsupportedOperator(op, node.name, ctx.opset, f"mode {mode.decode()} (only nearest)")
-    shape = ctx.shape(x)
-    if op == "Upsample":
-        scales = attrs.get("scales") if ctx.opset < 9 else const_input(ctx, node, 1, "Upsample scales")
+    if ctx.opset >= 18 and attrs.get("axes") is not None:
+        raise UnsupportedOperator(op, node.name, ctx.opset, "axes")
+    if op == "Upsample" and ctx.opset < 9:
+        if mode != b"nearest":
+            raise UnsupportedOperator(op, node.name, ctx.opset, "a mode other than nearest before opset 9")
+        scales = attrs.get("scales")
     else:
-        for key, allowed in (("coordinate_transformation_mode", _NEAREST_COORDS), ("nearest_mode", _NEAREST_ROUNDING)):
-            v = attrs.get(key)
-            v = v.encode() if isinstance(v, str) else v
-            if v is not None and v not in allowed:
-                raise UnsupportedOperator(op, node.name, ctx.opset, f"{key} {v.decode()}")
-        if ctx.opset >= 18 and (attrs.get("axes") is not None or attrs.get("antialias", 0)):
-            raise UnsupportedOperator(op, node.name, ctx.opset, "axes / antialias")
-        idx = 1 if ctx.opset == 10 else 2
-        scales = ins[idx] if len(ins) > idx and ins[idx] is not None and np.asarray(ins[idx]).size else None
-        sizes = ins[3] if ctx.opset >= 11 and len(ins) > 3 and ins[3] is not None else None
-        if isinstance(scales, str) or isinstance(sizes, str):
-            raise UnsupportedOperator(op, node.name, ctx.opset, "scales / sizes that depend on the input")
+        scales, sizes = _resize_inputs(ctx, node, ins)
         if scales is None and sizes is not None:
-            scales = np.asarray(sizes, dtype=np.float64) / np.asarray(shape, dtype=np.float64)
+            scales = np.asarray(sizes, dtype=np.float64) / np.asarray(ctx.shape(x), dtype=np.float64)
+        if mode != b"nearest" or _other_nearest_modes(attrs, ctx.opset) or not _integer_scales(scales):
+            return onnx_compositions.resize_per_axis(ctx, node, x, *_resize_inputs(ctx, node, ins),
+                                                     node.name or node.output[0])
     scales = np.asarray(scales, dtype=np.float64).reshape(-1)
-    if scales.size != len(shape) or np.any(scales < 1) or np.any(scales != np.round(scales)):
+    if scales.size != len(ctx.shape(x)) or not _integer_scales(scales):
         raise UnsupportedOperator(op, node.name, ctx.opset, f"scales {scales.tolist()} (only integers >= 1)")
     return ctx.b.add(node.name or node.output[0], UpsampleNearest([int(v) for v in scales]), [x])
+
+
+def _integer_scales(scales) -> bool:
+    s = np.asarray(scales, dtype=np.float64).reshape(-1)
+    return bool(np.all(s >= 1) and np.all(s == np.round(s)))
+
+
+def _other_nearest_modes(attrs: dict, opset: int) -> bool:
+    """Coordinate / rounding modes or antialiasing that UpsampleNearest does not reproduce."""
+    for key, allowed in (("coordinate_transformation_mode", _NEAREST_COORDS), ("nearest_mode", _NEAREST_ROUNDING)):
+        v = attrs.get(key)
+        v = v.encode() if isinstance(v, str) else v
+        if v is not None and v not in allowed:
+            return True
+    return bool(opset >= 18 and attrs.get("antialias", 0))
+
+
+def _resize_inputs(ctx: Ctx, node: onnx.NodeProto, ins: list):
+    """The constant (scales, sizes) of a Resize (opset 10+) or an Upsample (opset 9) node, one of them None."""
+    if node.op_type == "Upsample":
+        return const_input(ctx, node, 1, "Upsample scales"), None
+    idx = 1 if ctx.opset == 10 else 2
+    scales = ins[idx] if len(ins) > idx and ins[idx] is not None and np.asarray(ins[idx]).size else None
+    sizes = ins[3] if ctx.opset >= 11 and len(ins) > 3 and ins[3] is not None else None
+    if isinstance(scales, str) or isinstance(sizes, str):
+        raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "scales / sizes that depend on the input")
+    return scales, sizes
 
 
 def _piecewise(ctx: Ctx, node: onnx.NodeProto, name: str, ins: list, attrs: dict) -> Value:
