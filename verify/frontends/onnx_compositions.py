@@ -248,9 +248,10 @@ def resize_per_axis(ctx: Ctx, node: onnx.NodeProto, x: str, scales, sizes, name:
         a = y.reshape(n, -1).T  # [out_d, n]: output i of the axis = sum_j a[i, j] input j
         if a.shape[0] != out[d]:
             raise _unsupported(ctx, node, f"an output size {a.shape[0]} on axis {d} (expected {out[d]})")
-        # the model computes its interpolation weights in its own precision: a few of its ulps per weight
-        w, we = ctx.param(a, np.abs(a) * 8 * np.finfo(np.float32 if ctx.dtype == torch.float32 else np.float64).eps
-                          + 1e-300)
+        # the model computes its interpolation weights in its own precision: a few of its ulps of the row's largest
+        # weight for every weight of the row (also where the exact weight is 0)
+        eps = np.finfo(np.float32 if ctx.dtype == torch.float32 else np.float64).eps
+        w, we = ctx.param(a, np.broadcast_to(16 * eps * np.abs(a).max(1, keepdims=True), a.shape) + 1e-300)
         last = len(ctx.shape(x)) - 1
         perm = list(range(last + 1))
         perm[d], perm[last] = perm[last], perm[d]
