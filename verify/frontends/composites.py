@@ -8,8 +8,9 @@ nothing, so bounds of the composition (whose Scale and sum nodes carry their rou
 Their CROWN relaxations are ReLU triangles. GELU (``gelu``) is written with Erf or Tanh and a product of two
 variables, as torch evaluates it; ``matmul_vars`` writes ``A @ B`` of two variables as products and a sum,
 ``layer_norm`` LayerNorm as means, a square, a square root, a reciprocal and a product, ``silu`` as ``x sigmoid(x)``,
-``elu`` with a ReLU and an exp, ``selu`` as a scaled ELU, ``hard_sigmoid`` as ``clamp(alpha x + beta, 0, 1)`` and
-``hard_swish`` as ``x hard_sigmoid(x)``."""
+``elu`` with a ReLU and an exp, ``selu`` as a scaled ELU, ``celu`` as ``alpha elu(x / alpha)``, ``hard_sigmoid`` as
+``clamp(alpha x + beta, 0, 1)``, ``hard_swish`` as ``x hard_sigmoid(x)``, ``softsign`` as ``x / (1 + |x|)`` and ``mish``
+as ``x tanh(softplus(x))``."""
 
 from __future__ import annotations
 
@@ -182,6 +183,30 @@ def selu(b: GraphBuilder, name: str, x: str, alpha: float, scale: float, const: 
     e = elu(b, f"{name}_elu", x, alpha, const)
     w, w_err = const(np.asarray(scale, dtype=np.float64))
     return b.add(b.fresh(name), Scale(w, None, weight_err=w_err), [e])
+
+
+def celu(b: GraphBuilder, name: str, x: str, alpha: float, const: Constant) -> str:
+    """CELU ``max(0, x) + min(0, alpha (exp(x / alpha) - 1)) = alpha elu_1(x / alpha)`` (Barron, 2017)."""
+    w, w_err = const(np.asarray(1.0 / alpha, dtype=np.float64), np.asarray(np.finfo(np.float64).eps / abs(alpha)))
+    e = elu(b, f"{name}_elu", b.add(b.fresh(f"{name}_in"), Scale(w, None, weight_err=w_err), [x]), 1.0, const)
+    a, a_err = const(np.asarray(alpha, dtype=np.float64))
+    return b.add(b.fresh(name), Scale(a, None, weight_err=a_err), [e])
+
+
+def softsign(b: GraphBuilder, name: str, x: str, const: Constant) -> str:
+    """``x / (1 + |x|)``: an absolute value, a reciprocal of a value >= 1 and a product."""
+    one, one_err = const(np.ones(()))
+    denom = b.add(b.fresh(f"{name}_denom"), Scale(None, one, bias_err=one_err),
+                  [absolute(b, f"{name}_abs", x, one.dtype)])
+    return b.add(b.fresh(name), Mul(), [x, b.add(b.fresh(f"{name}_inv"), Reciprocal(), [denom])])
+
+
+def mish(b: GraphBuilder, name: str, x: str) -> str:
+    """Mish ``x tanh(softplus(x))`` (Misra, 2019)."""
+    from verify.ops import Softplus, Tanh
+
+    soft = b.add(b.fresh(f"{name}_softplus"), Softplus(), [x])
+    return b.add(b.fresh(name), Mul(), [x, b.add(b.fresh(f"{name}_tanh"), Tanh(), [soft])])
 
 
 def hard_sigmoid(b: GraphBuilder, name: str, x: str, alpha: float, beta: float, const: Constant) -> str:

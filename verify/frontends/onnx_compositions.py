@@ -267,8 +267,20 @@ def softplus(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     return ctx.b.add(name, Softplus(), [ins[0]])
 
 
+def softsign(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    return composites.softsign(ctx.b, name, ins[0], ctx.param)
+
+
+def mish(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    return composites.mish(ctx.b, name, ins[0])
+
+
+def celu(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    return composites.celu(ctx.b, name, ins[0], _float32_attr(attrs, "alpha", 1.0), ctx.param)
+
+
 def floor_or_ceil(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
-    return ctx.b.add(name, Floor(ceil=node.op_type == "Ceil"), [ins[0]])
+    return ctx.b.add(name, Floor(node.op_type.lower()), [ins[0]])
 
 
 HANDLERS: dict[str, Callable[[Ctx, onnx.NodeProto, list, dict, str], Value]] = {
@@ -276,7 +288,7 @@ HANDLERS: dict[str, Callable[[Ctx, onnx.NodeProto, list, dict, str], Value]] = {
     "Sum": sum_or_mean, "Mean": sum_or_mean, "GlobalAveragePool": global_pool, "GlobalMaxPool": global_pool,
     "ReduceL1": reduce_norm, "ReduceL2": reduce_norm, "ReduceSumSquare": reduce_norm,
     "InstanceNormalization": instance_norm, "ScatterND": scatter_nd, "Softplus": softplus, "Floor": floor_or_ceil,
-    "Ceil": floor_or_ceil,
+    "Ceil": floor_or_ceil, "Round": floor_or_ceil, "Softsign": softsign, "Mish": mish, "Celu": celu,
 }
 """op type -> handler ``(ctx, node, inputs, attributes, node name) -> value`` for nodes with a variable input."""
 

@@ -1,8 +1,9 @@
 """torch.fx rules for tensor methods and functions that are compositions of existing ops: ``neg`` / ``sin`` /
-``cos`` / ``erf`` / ``sign`` / ``square`` / ``rsqrt`` / ``log1p`` / ``expm1`` (functions and methods), identities
+``cos`` / ``erf`` / ``sign`` / ``square`` / ``rsqrt`` / ``log1p`` / ``expm1`` / ``round`` (functions and methods),
+identities
 (``contiguous``, ``detach``, ``clone``, ``dropout`` in evaluation), ``F.pad`` (constant), ``expand``, ``repeat``,
 ``flip`` / ``roll`` (Gathers), ``torch.where`` with a constant condition (``m a + (1 - m) b``), ``F.logsigmoid``
-(``-softplus(-x)``), ``F.softsign`` (``x / (1 + |x|)``), ``F.mish`` (``x tanh(softplus(x))``), ``F.tanhshrink``,
+(``-softplus(-x)``), ``F.softsign``, ``F.mish``, ``F.celu`` (``verify.frontends.composites``), ``F.tanhshrink``,
 and the 2-norm / variance / standard deviation over sample axes (``sqrt(relu(sum x^2))``, ``sum (x - m)^2 / (n -
 correction)``). Each identity holds in real arithmetic; the ops carry their own rounding allowances."""
 
@@ -23,9 +24,9 @@ from verify.ops import (
     Cos,
     Erf,
     Exp,
+    Floor,
     Gather,
     Log,
-    Mul,
     Pad,
     Reciprocal,
     ReduceSum,
@@ -166,12 +167,15 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const):
         neg = _scale(b, f"{name}_neg", x, -1.0, None, const)
         return _scale(b, name, b.add(b.fresh(f"{name}_softplus"), Softplus(), [neg]), -1.0, None, const)
     if _is(n, (F.softsign,)):
-        denom = _scale(b, f"{name}_denom", composites.absolute(b, f"{name}_abs", x, const(np.zeros(()))[0].dtype),
-                       None, 1.0, const)
-        return b.add(b.fresh(name), Mul(), [x, b.add(b.fresh(f"{name}_inv"), Reciprocal(), [denom])])
+        return composites.softsign(b, name, x, const)
     if _is(n, (F.mish,)):
-        soft = b.add(b.fresh(f"{name}_softplus"), Softplus(), [x])
-        return b.add(b.fresh(name), Mul(), [x, b.add(b.fresh(f"{name}_tanh"), Tanh(), [soft])])
+        return composites.mish(b, name, x)
+    if _is(n, (F.celu,)):
+        return composites.celu(b, name, x, float(_arg(args, kwargs, 1, "alpha", 1.0)), const)
+    if _is(n, (torch.round,), ("round",)):
+        if _arg(args, kwargs, 1, "decimals", 0):
+            raise UnsupportedOperator("round", name, None, "decimals")
+        return b.add(b.fresh(name), Floor(mode="round"), [x])
     if _is(n, (F.tanhshrink,)):
         return b.add(b.fresh(name), AddVars([1.0, -1.0]), [x, b.add(b.fresh(f"{name}_tanh"), Tanh(), [x])])
     if _is(n, (F.pad,)):

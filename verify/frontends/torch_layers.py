@@ -221,7 +221,7 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const: composites.Con
         threshold = args[2] if len(args) > 2 else kwargs.get("threshold", 20.0)
         return b.add(name, _softplus(name, beta, threshold), [x])
     if _is(n, (torch.floor, torch.ceil), ("floor", "ceil")):
-        return b.add(name, Floor(ceil=n.target in (torch.ceil, "ceil")), [x])
+        return b.add(name, Floor("ceil" if n.target in (torch.ceil, "ceil") else "floor"), [x])
     if _is(n, (torch.abs,), ("abs",)):
         return composites.absolute(b, name, x, const(np.zeros(()))[0].dtype)
     if _is(n, (torch.maximum, torch.minimum, torch.max, torch.min), ("maximum", "minimum")) and len(args) == 2:

@@ -1,14 +1,15 @@
-"""Ops bounded by their output interval alone: Sign, Floor and Ceil (step functions), Softmax and LogSoftmax.
+"""Ops bounded by their output interval alone: Sign, Floor, Ceil and Round (steps), Softmax and LogSoftmax.
 
 CROWN relaxes them by constant lines, ``lo_y <= y <= hi_y`` (slope 0), with ``[lo_y, hi_y]`` the op's interval rule on
 its input bounds: sound for any input in the box, though loose; the backward step passes no coefficient to the
 input (``Lambda_x = 0``) and adds ``<Lambda+, lo_y> + <Lambda-, hi_y>``, float64 dots.
 
-Sign: ``[sign(l), sign(u)]`` (exact; ONNX Sign(0) = 0); Floor / Ceil: ``[floor(l), floor(u)]`` (exact). Softmax along
-an axis: with ``y_i = 1 / (1 + sum_{j != i} exp(x_j - x_i))``, ``y_i >= 1 / (1 + sum_{j != i} exp(u_j - l_i))`` and
-``y_i <= 1 / (1 + sum_{j != i} exp(l_j - u_i))``, computed pairwise in float64 with a margin for its rounding and
-rounded outward. LogSoftmax: ``y_i = -log(1 + sum_{j != i} exp(x_j - x_i))`` between the same two expressions' logs,
-by a stable log-sum-exp. None has a Lipschitz (Jacobian) rule.
+Sign: ``[sign(l), sign(u)]`` (exact; ONNX Sign(0) = 0); Floor / Ceil / Round: ``[floor(l), floor(u)]`` (exact).
+Softmax along an axis: with ``y_i = 1 / (1 + sum_{j != i} exp(x_j - x_i))``,
+``y_i >= 1 / (1 + sum_{j != i} exp(u_j - l_i))`` and ``y_i <= 1 / (1 + sum_{j != i} exp(l_j - u_i))``, computed
+pairwise in float64 with a margin for its rounding and rounded outward. LogSoftmax:
+``y_i = -log(1 + sum_{j != i} exp(x_j - x_i))`` between the same two expressions' logs, by a stable log-sum-exp.
+None has a Lipschitz (Jacobian) rule.
 """
 
 from __future__ import annotations
@@ -61,17 +62,21 @@ class Sign(IntervalRelaxed):
 
 
 class Floor(IntervalRelaxed):
-    """``floor(x)``, or ``ceil(x)`` with ``ceil=True`` (ONNX Floor / Ceil, torch.floor / ceil): monotone steps, so the
-    end points' values are the exact interval (the model's evaluation rounds nothing)."""
+    """``floor(x)``, ``ceil(x)`` or ``round(x)`` (half to even) by ``mode`` (ONNX Floor / Ceil / Round, torch.floor /
+    ceil / round): monotone steps, so the end points' values are the exact interval (the model's evaluation rounds
+    nothing)."""
 
     kind = "floor"
     interval_exact = True
+    _FUNCS = {"floor": torch.floor, "ceil": torch.ceil, "round": torch.round}
 
-    def __init__(self, ceil: bool = False):
-        self.ceil = bool(ceil)
+    def __init__(self, mode: str = "floor"):
+        if mode not in self._FUNCS:
+            raise ValueError(f"mode must be one of {', '.join(self._FUNCS)}, got {mode!r}")
+        self.mode = mode
 
     def _f(self, t: Tensor) -> Tensor:
-        return torch.ceil(t) if self.ceil else torch.floor(t)
+        return self._FUNCS[self.mode](t)
 
     def forward(self, x):
         return self._f(x)
@@ -86,7 +91,7 @@ class Floor(IntervalRelaxed):
         return 3 * gamma(self.out_numel(), F64) * (a + 1) + tiny(a.dtype)
 
     def __repr__(self):
-        return f"Floor(ceil={self.ceil})"
+        return f"Floor({self.mode!r})"
 
 
 class Softmax(IntervalRelaxed):
