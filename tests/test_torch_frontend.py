@@ -286,3 +286,9 @@ def test_reductions_over_the_batch_axis_are_refused(reduce):
 
     with pytest.raises(UnsupportedOperator, match="batch axis"):
         from_torch(Net(), (4,))
+
+
+def test_an_identity_network_bounds_its_own_box():
+    for net in (nn.Sequential(nn.Identity()), nn.Sequential(nn.Dropout()).eval()):
+        lower, upper = bound(net, torch.zeros(3), torch.ones(3))
+        assert (lower <= 0).all() and (lower > -1e-5).all() and (upper >= 1).all() and (upper < 1 + 1e-5).all()
