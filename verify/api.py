@@ -113,6 +113,19 @@ def method_name(method: str) -> str:
     return name
 
 
+def _prepared(model: Any, x_lo, x_hi, C, precision: str, device: str | torch.device | None = None):
+    """The graph in the bounding precision on the boxes' device (or ``device``), the model's dtype, the boxes and the
+    spec ``C`` as ``[B, S, K]``."""
+    model_dtype = as_graph(model).dtype
+    graph = as_graph(model).with_dtype(bound_dtype(model_dtype, precision))
+    lo, hi = _box(graph, x_lo, x_hi)
+    if device is not None:
+        target = resolve_device(device)
+        lo, hi = lo.to(target), hi.to(target)
+    graph = graph.to(lo.device)
+    return graph, model_dtype, lo, hi, _spec(graph, C, lo.shape[0], lo.dtype, lo.device)
+
+
 def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: int = 20, lr: float = 0.5,
           optimize_intermediate: bool = False, input_shape: tuple[int, ...] | None = None,
           precision: str = "float64", bound_upper: bool = True, linear: dict | None = None,
@@ -149,15 +162,8 @@ def bound(model: Any, x_lo, x_hi, C=None, method: str = "crown", *, iterations: 
             raise InputError(f"{name} must be a finite non-negative number, got {v!r}")
     if isinstance(model, torch.nn.Module):
         model = _trace(model, _as_tensor(x_lo).shape, input_shape)
-    model_dtype = as_graph(model).dtype
-    graph = as_graph(model).with_dtype(bound_dtype(model_dtype, precision))
-    lo, hi = _box(graph, x_lo, x_hi)
-    if device is not None:
-        target = resolve_device(device)
-        lo, hi = lo.to(target), hi.to(target)
-    graph = graph.to(lo.device)
+    graph, model_dtype, lo, hi, C = _prepared(model, x_lo, x_hi, C, precision, device)
     b = lo.shape[0]
-    C = _spec(graph, C, b, lo.dtype, lo.device)
     lp = _ball(graph, ball, b, lo.device)
     chunk = boxes_per_pass(graph, method, C.shape[1])
     with exact_float32(lo.device):
@@ -344,12 +350,7 @@ def interval_then_crown(model: Any, x_lo, x_hi, C, rows: Callable[[Tensor, Tenso
     interval pass: CROWN-IBP with a spec chosen from IBP, as loss fusion needs (a linear upper bound on
     ``sum_j exp(z_j - z_y)`` through the chords of exp on the IBP margin ranges; Xu et al., NeurIPS 2020).
     Returns ``(ilo, ihi, lower)``, each in the model's precision, rounded outward; all rigorous."""
-    graph = as_graph(model)
-    model_dtype = graph.dtype
-    graph = graph.with_dtype(bound_dtype(model_dtype, precision))
-    lo, hi = _box(graph, x_lo, x_hi)
-    graph = graph.to(lo.device)
-    C = _spec(graph, C, lo.shape[0], lo.dtype, lo.device)
+    graph, model_dtype, lo, hi, C = _prepared(model, x_lo, x_hi, C, precision)
     with exact_float32(lo.device):
         cache = RoundingCache()
         bounds = intermediate_bounds(graph, lo, hi, "ibp", cache=cache)
