@@ -32,6 +32,7 @@ from verify.ops import (
     Dense,
     Floor,
     Gather,
+    LeakyRelu,
     ReduceSum,
     Relu,
     Reshape,
@@ -267,6 +268,26 @@ def softplus(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     return ctx.b.add(name, Softplus(), [ins[0]])
 
 
+def prelu(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    """``relu(x) - s relu(-x)`` with the constant slope ``s`` broadcast (per channel or one); one slope in [0, 1] is
+    a LeakyReLU."""
+    x, slope = ins
+    if isinstance(slope, str):
+        raise _unsupported(ctx, node, "a slope that depends on the input")
+    slope = np.asarray(slope, dtype=np.float64)
+    if slope.size == 1 and 0.0 <= float(slope.reshape(-1)[0]) <= 1.0 and ctx.err(ins[1]) is None:
+        return ctx.b.add(name, LeakyRelu(float(slope.reshape(-1)[0])), [x])
+    shape = tuple(np.broadcast_shapes(ctx.shape(x), slope.shape))
+    x = _spread(ctx, name, x, shape)
+    minus, _ = ctx.param(np.asarray(-1.0))
+    pos = ctx.b.add(ctx.b.fresh(f"{name}_pos"), Relu(), [x])
+    neg = ctx.b.add(ctx.b.fresh(f"{name}_neg"), Relu(), [ctx.b.add(ctx.b.fresh(f"{name}_minus"), Scale(minus), [x])])
+    w, we = ctx.param(-np.broadcast_to(slope, shape), None if ctx.err(ins[1]) is None else
+                      np.broadcast_to(ctx.err(ins[1]), shape))
+    scaled = ctx.b.add(ctx.b.fresh(f"{name}_slope"), Scale(w, None, weight_err=we), [neg])
+    return ctx.b.add(name, AddVars([1.0, 1.0]), [pos, scaled])
+
+
 def softsign(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     return composites.softsign(ctx.b, name, ins[0], ctx.param)
 
@@ -288,7 +309,7 @@ HANDLERS: dict[str, Callable[[Ctx, onnx.NodeProto, list, dict, str], Value]] = {
     "Sum": sum_or_mean, "Mean": sum_or_mean, "GlobalAveragePool": global_pool, "GlobalMaxPool": global_pool,
     "ReduceL1": reduce_norm, "ReduceL2": reduce_norm, "ReduceSumSquare": reduce_norm,
     "InstanceNormalization": instance_norm, "ScatterND": scatter_nd, "Softplus": softplus, "Floor": floor_or_ceil,
-    "Ceil": floor_or_ceil, "Round": floor_or_ceil, "Softsign": softsign, "Mish": mish, "Celu": celu,
+    "Ceil": floor_or_ceil, "Round": floor_or_ceil, "Softsign": softsign, "Mish": mish, "Celu": celu, "PRelu": prelu,
 }
 """op type -> handler ``(ctx, node, inputs, attributes, node name) -> value`` for nodes with a variable input."""
 

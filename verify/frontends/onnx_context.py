@@ -114,12 +114,6 @@ def slices_of(ctx: Ctx, node: onnx.NodeProto, ins: list, shape: tuple[int, ...])
     return idx
 
 
-def check_steps(node: onnx.NodeProto, ctx: Ctx, idx: list[slice]) -> list[slice]:
-    if any((sl.step or 1) < 0 for sl in idx):
-        raise UnsupportedOperator("Slice", node.name, ctx.opset, "negative steps on a variable")
-    return idx
-
-
 def split_sizes(ctx: Ctx, node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple[int, list[int]]:
     """``(axis, sizes)`` of an ONNX Split (sizes from the input at opset 13+, the attribute before, equal parts
     otherwise; opset 18's ``num_outputs`` makes the last part smaller)."""

@@ -165,7 +165,7 @@ def fold_value(ctx: Ctx, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
 _MOVES = {"Where", "Tile", "Expand", "OneHot", "ScatterND", "ScatterElements", "GatherElements", "GatherND", "Trilu",
           "ReduceMax", "ReduceMin"}  # max / min of shifted values moves by at most the largest shift
 _STEPS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor", "Floor", "Ceil",
-          "Round", "Sign", "ArgMax", "ArgMin", "Mod", "IsNaN", "IsInf", "NonZero", "Size", "Range"}
+          "Round", "Sign", "ArgMax", "ArgMin", "Mod", "IsNaN", "IsInf", "NonZero", "Size", "Range", "ReduceProd"}
 _BY_REFERENCE = _MOVES | _STEPS
 
 
@@ -178,8 +178,8 @@ def _reference(ctx: Ctx, node: onnx.NodeProto, ins: list) -> list[np.ndarray]:
     given = [v for v in ins if v is not None]
     if op in _STEPS and any(np.any(ctx.errs.zero_or(v)) for v in given):
         raise UnsupportedOperator(op, node.name, ctx.opset, "on a computed (rounded) constant")
-    if op == "Range" and any(v.dtype.kind == "f" for v in given):
-        raise UnsupportedOperator(op, node.name, ctx.opset, "a floating-point range (its float arithmetic)")
+    if op in ("Range", "ReduceProd", "Mod") and any(v.dtype.kind == "f" for v in given):
+        raise UnsupportedOperator(op, node.name, ctx.opset, "floating-point inputs (its float arithmetic)")
     typed = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), None)
              for n, v in zip(names, given, strict=True)]
     outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]

@@ -29,7 +29,6 @@ from verify.frontends.onnx_context import (
     Value,
     attrs_of,
     axes_of,
-    check_steps,
     const_input,
     reduce_axes,
     resolve_reshape,
@@ -139,6 +138,21 @@ def _upsample(ctx: Ctx, node: onnx.NodeProto, x: str, ins: list) -> Value:
     if scales.size != len(ctx.shape(x)) or not _integer_scales(scales):
         raise UnsupportedOperator(op, node.name, ctx.opset, f"scales {scales.tolist()} (only integers >= 1)")
     return ctx.b.add(node.name or node.output[0], UpsampleNearest([int(v) for v in scales]), [x])
+
+
+def _slice(ctx: Ctx, name: str, x: str, idx: list[slice]) -> str:
+    """A Slice; an axis with a negative step is a Gather of its (distinct) indices in that order."""
+    shape = ctx.shape(x)
+    backwards = [d for d, sl in enumerate(idx) if (sl.step or 1) < 0]
+    if not backwards:
+        return ctx.b.add(name, Slice(idx), [x])
+    forward = [slice(0, n, 1) if d in backwards else sl for d, (sl, n) in enumerate(zip(idx, shape, strict=True))]
+    if any(sl.indices(n) != (0, n, 1) for sl, n in zip(forward, shape, strict=True)):
+        x = ctx.b.add(ctx.b.fresh(f"{name}_forward"), Slice(forward), [x])
+    for d in backwards:
+        picked = torch.as_tensor(np.arange(shape[d])[idx[d]].copy(), device="cpu")
+        x = ctx.b.add(name if d == backwards[-1] else ctx.b.fresh(f"{name}_axis{d}"), Gather(d, picked), [x])
+    return x
 
 
 def _integer_scales(scales) -> bool:
@@ -257,7 +271,7 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
             axis = len(shape) - 1
         return ctx.b.add(name, (Softmax if op == "Softmax" else LogSoftmax)(axis), [x])
     if op == "Slice":
-        return ctx.b.add(name, Slice(check_steps(node, ctx, slices_of(ctx, node, ins, ctx.shape(x)))), [x])
+        return _slice(ctx, name, x, slices_of(ctx, node, ins, ctx.shape(x)))
     if op == "Gather":
         return _gather(ctx, node, ins[0], ins[1])
     if op in ("ReduceSum", "ReduceMean"):

@@ -67,8 +67,9 @@ def _elementwise(ctx: Ctx, node, x: Value, y: Value, kind: str) -> Value:
                 raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "a product that adds axes")
             return ctx.b.add(name, Mul(), [x, y])
         sx, sy = ctx.shape(x), ctx.shape(y)
-        if sx != sy:
-            raise UnsupportedOperator(node.op_type, node.name, ctx.opset, f"broadcast of variables {sx} and {sy}")
+        if sx != sy:  # broadcast: each variable copied to the common shape (x - mean(x) in exported norms)
+            out = tuple(np.broadcast_shapes(sx, sy))
+            x, y = (_broadcast_var(ctx, node, v, np.zeros(out), tag) for v, tag in ((x, "x"), (y, "y")))
         return ctx.b.add(name, AddVars([1.0, 1.0 if kind == "Add" else -1.0]), [x, y])
     var, const = (x, y) if xv else (y, x)
     var = _broadcast_var(ctx, node, var, const)
@@ -90,15 +91,15 @@ def _elementwise(ctx: Ctx, node, x: Value, y: Value, kind: str) -> Value:
     return ctx.b.add(name, op, [var])
 
 
-def _broadcast_var(ctx, node, var: str, const: np.ndarray) -> str:
+def _broadcast_var(ctx, node, var: str, const: np.ndarray, tag: str = "") -> str:
     """Make the variable carry the broadcast output shape (reshape when only the rank differs)."""
     sv = ctx.shape(var)
     out = tuple(np.broadcast_shapes(sv, const.shape))
     if out == sv:
         return var
     if int(np.prod(out)) == int(np.prod(sv)):
-        return ctx.b.add(f"{node.name}_bcast", Reshape(out), [var])
-    return ctx.b.add(f"{node.name}_expand", Expand(out), [var])
+        return ctx.b.add(ctx.b.fresh(f"{node.name}_bcast{tag}"), Reshape(out), [var])
+    return ctx.b.add(ctx.b.fresh(f"{node.name}_expand{tag}"), Expand(out), [var])
 
 
 def _matmul(ctx, node, a: Value, b: Value) -> Value:
