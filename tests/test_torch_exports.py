@@ -33,6 +33,25 @@ class Between(nn.Module):
         return self.f(self.pre(x).reshape(x.shape[0], 2, 3, 4)).flatten(1)
 
 
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 3, 1)
+
+    def forward(self, h):
+        return torch.cat([F.relu(h + self.c1(h)), self.c2(h)], 1)
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, h):
+        h = h.flatten(1, 2)  # 6 tokens of 4
+        return torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / 2.0, -1) @ self.v(h)
+
+
 MASK = torch.tensor([[[True, False, True, False]]])
 CASES = {
     "selu": nn.SELU(), "hardswish": nn.Hardswish(), "hardsigmoid": nn.Hardsigmoid(), "softplus": nn.Softplus(),
@@ -50,6 +69,11 @@ CASES = {
     "amax": lambda h: h.amax(3), "abs": lambda h: h.abs(), "roll": lambda h: torch.roll(h, 1, 3),
     "log1p": lambda h: torch.log1p(h.abs()), "rsqrt": lambda h: torch.rsqrt(h * h + 1),
     "clamp": lambda h: h.clamp(-0.3, 0.4),
+    "reflect_pad": nn.ReflectionPad2d(1), "replicate_pad": nn.ReplicationPad2d((2, 1, 1, 0)),
+    "circular_pad": lambda h: F.pad(h, (1, 2, 1, 0), mode="circular"), "cumsum": lambda h: torch.cumsum(h, 3),
+    "residual_cat": Residual(), "attention": Attention(), "group_norm": nn.GroupNorm(1, 2),
+    "conv_transpose": nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),
+    "batch_norm": nn.BatchNorm2d(2), "max_pool": nn.MaxPool2d(3, 1, 1),
 }
 
 

@@ -10,8 +10,9 @@ channel, then the per-channel scale and bias (Ulyanov et al., 2016). ScatterND o
 gather from the concatenation of the flattened updates and data. Resize / Upsample other than nearest with integer
 scales (linear, cubic, antialiased, fractional scales): a linear map per resized axis, each computed by running the
 node itself through ``onnx.reference`` on one-hot inputs of that axis (Resize is separable by axis), applied as a
-Dense layer on that axis. Every identity holds in real arithmetic; the
-composition's ops carry their own rounding allowances.
+Dense layer on that axis; CumSum likewise with a triangular matrix. Pad: constant, or reflect / edge / wrap as
+concatenated copies. Every identity holds in real arithmetic; the composition's ops carry their own rounding
+allowances.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from verify.ops import (
     Floor,
     Gather,
     LeakyRelu,
+    Pad,
     ReduceSum,
     Relu,
     Reshape,
@@ -253,14 +255,88 @@ def resize_per_axis(ctx: Ctx, node: onnx.NodeProto, x: str, scales, sizes, name:
         # weight for every weight of the row (also where the exact weight is 0)
         eps = np.finfo(np.float32 if ctx.dtype == torch.float32 else np.float64).eps
         w, we = ctx.param(a, np.broadcast_to(16 * eps * np.abs(a).max(1, keepdims=True), a.shape) + 1e-300)
-        last = len(ctx.shape(x)) - 1
-        perm = list(range(last + 1))
-        perm[d], perm[last] = perm[last], perm[d]
-        if d != last:
-            x = ctx.b.add(ctx.b.fresh(f"{name}_to_last{d}"), Transpose(perm), [x])
-        x = ctx.b.add(ctx.b.fresh(f"{name}_axis{d}"), Dense(w, None, we), [x])
-        if d != last:
-            x = ctx.b.add(ctx.b.fresh(f"{name}_back{d}"), Transpose(perm), [x])
+        x = _on_axis(ctx, name, x, d, Dense(w, None, we))
+    return x
+
+
+def pad(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    """Pad in every mode: constant (one Pad op); reflect, edge and wrap (opset 19) as, per padded axis, a Concat of
+    the border pieces (Gathers of distinct indices: copies) and the input."""
+    x = ins[0]
+    mode = attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if ctx.opset >= 11:
+        pads = const_input(ctx, node, 1, "pads")
+        value = const_input(ctx, node, 2, "constant_value") if len(node.input) > 2 and node.input[2] else None
+        if len(node.input) > 3 and node.input[3]:
+            raise _unsupported(ctx, node, "axes input")
+    else:
+        pads, value = attrs["pads"], attrs.get("value", 0.0)
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    shape = ctx.shape(x)
+    n = len(pads) // 2
+    if n != len(shape) or any(p < 0 for p in pads):
+        raise _unsupported(ctx, node, f"pads {pads} for a rank-{len(shape)} input (negative pads: crops)")
+    if mode == "constant":
+        value = 0.0 if value is None else float(np.asarray(value).reshape(-1)[0])
+        torch_pads: list[int] = []
+        for i in reversed(range(n)):
+            torch_pads += [pads[i], pads[i + n]]
+        return ctx.b.add(name, Pad(torch_pads, value), [x])
+    if mode not in ("reflect", "edge", "wrap"):
+        raise _unsupported(ctx, node, f"mode {mode}")
+    for d in range(n):
+        before, after, size = pads[d], pads[d + n], ctx.shape(x)[d]
+        if not before and not after:
+            continue
+        if mode == "reflect" and max(before, after) >= size:
+            raise _unsupported(ctx, node, f"reflect pads {before}, {after} on an axis of {size}")
+        if mode == "reflect":
+            left, right = list(range(before, 0, -1)), list(range(size - 2, size - 2 - after, -1))
+        elif mode == "edge":
+            left, right = [0] * before, [size - 1] * after
+        else:
+            left, right = [(i - before) % size for i in range(before)], [i % size for i in range(after)]
+        pieces = []
+        for idx, tag in ((left, "left"), (None, ""), (right, "right")):
+            if idx is None:
+                pieces.append(x)
+            elif idx:  # a repeated edge index: one Gather per copy keeps every Gather's indices distinct
+                groups = [idx] if len(set(idx)) == len(idx) else [[i] for i in idx]
+                for g in groups:
+                    pieces.append(ctx.b.add(ctx.b.fresh(f"{name}_{tag}{d}"),
+                                            Gather(d, torch.as_tensor(g, device="cpu")), [x]))
+        x = ctx.b.add(ctx.b.fresh(f"{name}_axis{d}"), Concat(d, len(pieces)), pieces)
+    return x
+
+
+def cumsum(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
+    """CumSum along a constant axis: a Dense map with a triangular 0/1 matrix on that axis (exclusive / reverse
+    variants), between two Transposes."""
+    x = ins[0]
+    axis = const_input(ctx, node, 1, "CumSum axis")
+    shape = ctx.shape(x)
+    d = int(np.asarray(axis).reshape(-1)[0]) % len(shape)
+    if d == 0:
+        raise _unsupported(ctx, node, "a sum along the batch axis")
+    size = shape[d]
+    m = np.tril(np.ones((size, size)), -1 if attrs.get("exclusive", 0) else 0)  # y_i = sum_{j <= i} x_j
+    if attrs.get("reverse", 0):
+        m = m[::-1, ::-1].copy()
+    w, we = ctx.param(m)
+    return _on_axis(ctx, name, x, d, Dense(w, None, we))
+
+
+def _on_axis(ctx: Ctx, name: str, x: str, d: int, op) -> str:
+    """``op`` (acting on the last axis) applied along axis ``d``."""
+    last = len(ctx.shape(x)) - 1
+    perm = list(range(last + 1))
+    perm[d], perm[last] = perm[last], perm[d]
+    if d != last:
+        x = ctx.b.add(ctx.b.fresh(f"{name}_to_last{d}"), Transpose(perm), [x])
+    x = ctx.b.add(ctx.b.fresh(f"{name}_axis{d}"), op, [x])
+    if d != last:
+        x = ctx.b.add(ctx.b.fresh(f"{name}_back{d}"), Transpose(perm), [x])
     return x
 
 
@@ -310,6 +386,7 @@ HANDLERS: dict[str, Callable[[Ctx, onnx.NodeProto, list, dict, str], Value]] = {
     "ReduceL1": reduce_norm, "ReduceL2": reduce_norm, "ReduceSumSquare": reduce_norm,
     "InstanceNormalization": instance_norm, "ScatterND": scatter_nd, "Softplus": softplus, "Floor": floor_or_ceil,
     "Ceil": floor_or_ceil, "Round": floor_or_ceil, "Softsign": softsign, "Mish": mish, "Celu": celu, "PRelu": prelu,
+    "Pad": pad, "CumSum": cumsum,
 }
 """op type -> handler ``(ctx, node, inputs, attributes, node name) -> value`` for nodes with a variable input."""
 

@@ -50,7 +50,6 @@ from verify.ops import (
     Gather,
     LeakyRelu,
     LogSoftmax,
-    Pad,
     ReduceSum,
     Relu,
     Reshape,
@@ -324,26 +323,6 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
         s = ctx.shape(x)
         perm = attrs.get("perm", list(reversed(range(len(s)))))
         return ctx.b.add(name, Transpose(perm), [x])
-    if op == "Pad":
-        mode = attrs.get("mode", b"constant")
-        if mode not in (b"constant", "constant"):
-            raise UnsupportedOperator(op, node.name, ctx.opset, f"mode {mode!r}")
-        if ctx.opset >= 11:
-            pads = const_input(ctx, node, 1, "pads")
-            value = const_input(ctx, node, 2, "constant_value")
-            value = 0.0 if value is None else float(np.asarray(value).reshape(-1)[0])
-            if len(node.input) > 3 and node.input[3]:
-                raise UnsupportedOperator(op, node.name, ctx.opset, "axes input")
-        else:
-            pads, value = attrs["pads"], float(attrs.get("value", 0.0))
-        pads = [int(p) for p in pads]
-        if any(p < 0 for p in pads):
-            raise UnsupportedOperator(op, node.name, ctx.opset, "negative pads")
-        n = len(pads) // 2
-        torch_pads: list[int] = []
-        for i in reversed(range(n)):
-            torch_pads += [pads[i], pads[i + n]]
-        return ctx.b.add(name, Pad(torch_pads, value), [x])
     if op == "Concat":
         s0 = ctx.shape(next(v for v in ins if isinstance(v, str)))
         axis = int(attrs["axis"]) % len(s0)
