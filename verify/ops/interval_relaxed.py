@@ -108,21 +108,27 @@ class Softmax(IntervalRelaxed):
     def forward(self, x):
         return torch.softmax(x, dim=self.axis + 1)
 
-    def interval(self, bounds):
+    def _pairs(self, bounds) -> tuple[int, int, Tensor, Tensor, Tensor]:
+        """``(d, n, diff_hi, diff_lo, off)``: the softmax axis (from the end), its length, the float64 differences
+        ``u_j - l_i`` and ``l_j - u_i`` as ``[..., i, j]`` and the off-diagonal mask."""
         lo, hi = bounds
         d = self._dim(lo)
         l64, u64 = lo.to(F64).movedim(d, -1), hi.to(F64).movedim(d, -1)
         n = l64.shape[-1]
         off = ~torch.eye(n, dtype=torch.bool, device=lo.device)
+        return d, n, u64.unsqueeze(-2) - l64.unsqueeze(-1), l64.unsqueeze(-2) - u64.unsqueeze(-1), off
 
-        def others(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-            """``sum_{j != i} exp(a_j - b_i)`` for every i (pairwise: no cancellation) and max |a_j - b_i|."""
-            diff = a.unsqueeze(-2) - b.unsqueeze(-1)  # [..., i, j]
+    def interval(self, bounds):
+        lo = bounds[0]
+        d, n, diff_hi, diff_lo, off = self._pairs(bounds)
+
+        def others(diff: Tensor) -> tuple[Tensor, Tensor]:
+            """``sum_{j != i} exp(diff_ij)`` for every i (pairwise: no cancellation) and max |diff_ij|."""
             terms = torch.where(off, torch.exp(diff), torch.zeros_like(diff))
             return terms.sum(-1), torch.where(off, diff.abs(), torch.zeros_like(diff)).amax(-1)
 
-        s_hi, r_hi = others(u64, l64)  # largest competitor mass: the lower bound of y_i
-        s_lo, r_lo = others(l64, u64)
+        s_hi, r_hi = others(diff_hi)  # largest competitor mass: the lower bound of y_i
+        s_lo, r_lo = others(diff_lo)
         # exp of a rounded difference is within (|diff| + 2) u of exact, the sum adds n u; an error of rel * s in s
         # moves 1 / (1 + s) by at most rel / 4 (overflow to inf gives the bound 0, sound)
         # and the model's own float softmax in its precision: a sum of n exponentials and a division, (n + 8) u
@@ -151,20 +157,17 @@ class LogSoftmax(Softmax):
         return torch.log_softmax(x, dim=self.axis + 1)
 
     def interval(self, bounds):
-        lo, hi = bounds
-        d = self._dim(lo)
-        l64, u64 = lo.to(F64).movedim(d, -1), hi.to(F64).movedim(d, -1)
-        n = l64.shape[-1]
-        eye = torch.eye(n, dtype=torch.bool, device=lo.device)
+        lo = bounds[0]
+        d, n, diff_hi, diff_lo, off = self._pairs(bounds)
 
-        def log1p_others(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-            """``log(1 + sum_{j != i} exp(a_j - b_i))`` for every i (log-sum-exp with the 1 as the diagonal's
-            exp(0)) and max |a_j - b_i|."""
-            diff = torch.where(eye, torch.zeros((), dtype=F64, device=lo.device), a.unsqueeze(-2) - b.unsqueeze(-1))
+        def log1p_others(diff: Tensor) -> tuple[Tensor, Tensor]:
+            """``log(1 + sum_{j != i} exp(diff_ij))`` for every i (log-sum-exp with the 1 as the diagonal's
+            exp(0)) and max |diff_ij|."""
+            diff = torch.where(off, diff, torch.zeros((), dtype=F64, device=lo.device))
             return torch.logsumexp(diff, -1), diff.abs().amax(-1)
 
-        big, r_big = log1p_others(u64, l64)  # the largest competitor mass: the lower bound of y_i
-        small, r_small = log1p_others(l64, u64)
+        big, r_big = log1p_others(diff_hi)  # the largest competitor mass: the lower bound of y_i
+        small, r_small = log1p_others(diff_lo)
         u, um = unit_roundoff(F64), unit_roundoff(lo.dtype)
         # float64: each difference within r u, exp and the sum a few ulps, the log one more; the model's own
         # log_softmax in its precision: (n + 8) u absolute (the sum's relative error through the log) and 4 u of
