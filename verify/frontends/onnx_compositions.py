@@ -3,14 +3,16 @@ the step / softplus ops.
 
 Where (constant condition): ``m a + (1 - m) b`` with the 0/1 mask ``m``, exact in floating point (one term is an
 exact zero). Tile: a concatenation of copies. HardSigmoid, HardSwish, Selu: ``verify.frontends.composites``.
-Sum / Mean: sums of variables (Mean divides by ``n``).
-GlobalAveragePool / GlobalMaxPool: a mean / max over the spatial axes. ReduceL1 / ReduceL2 / ReduceSumSquare:
-``sum |x|``, ``sqrt(relu(sum x^2))``, ``sum x^2``. InstanceNormalization: LayerNorm over the spatial axes of each
-channel, then the per-channel scale and bias (Ulyanov et al., 2016). ScatterND of variable updates into constant data: a
-gather from the concatenation of the flattened updates and data. Resize / Upsample other than nearest with integer
-scales (linear, cubic, antialiased, fractional scales): a linear map per resized axis, each computed by running the
-node itself through ``onnx.reference`` on one-hot inputs of that axis (Resize is separable by axis), applied as a
-Dense layer on that axis; CumSum likewise with a triangular matrix. Pad: constant, or reflect / edge / wrap as
+Sum / Mean: sums of variables (Mean divides by ``n``). GlobalAveragePool / GlobalMaxPool: a mean / max over the
+spatial axes. ReduceL1 / ReduceL2 / ReduceSumSquare: ``sum |x|``, ``sqrt(relu(sum x^2))``, ``sum x^2``.
+InstanceNormalization: LayerNorm over the spatial axes of each channel, then the per-channel scale and bias (Ulyanov
+et al., 2016). ScatterND of variable updates into constant data: a gather from the concatenation of the flattened
+updates and data. Resize / Upsample other than nearest with integer scales (linear, cubic, antialiased, fractional
+scales): a linear map per resized axis, each computed by running the node itself through ``onnx.reference`` on
+one-hot inputs of that axis (Resize is separable by axis), applied as a Dense layer on that axis; CumSum likewise
+with a triangular matrix. Ops linear in one variable input (Einsum with constant operands, DepthToSpace,
+SpaceToDepth, GatherElements / GatherND / Compress with constant indices, Trilu, ReverseSequence): the map read off
+``onnx.reference`` on unit vectors, as a Gather (copies) or a Dense map. Pad: constant, or reflect / edge / wrap as
 concatenated copies. Every identity holds in real arithmetic; the composition's ops carry their own rounding
 allowances.
 """
@@ -340,6 +342,64 @@ def _on_axis(ctx: Ctx, name: str, x: str, d: int, op) -> str:
     return x
 
 
+# ops linear in one variable input (its position; None: any one of them, the others constant)
+_LINEAR_IN = {"Einsum": None, "DepthToSpace": 0, "SpaceToDepth": 0, "GatherElements": 0, "GatherND": 0,
+              "Compress": 0, "Trilu": 0, "ReverseSequence": 0}
+_LINEAR_MAX = 4_000_000  # entries of the map (inputs x outputs)
+
+
+def linear_by_reference(ctx: Ctx, node: onnx.NodeProto, ins: list, attrs: dict, name: str) -> str:
+    """An op that is linear in its one variable input: its map is read off ``onnx.reference`` runs on the unit
+    vectors of that input. A 0/1 map picking distinct inputs is a Gather of the flattened input (copies, exact);
+    anything else a Dense map (e.g. Einsum with constant operands)."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    var = [i for i, v in enumerate(ins) if isinstance(v, str)]
+    where = _LINEAR_IN[node.op_type]
+    if len(var) != 1 or (where is not None and var != [where]):
+        raise _unsupported(ctx, node, "more than one input, or an index input, that depends on the network input")
+    k, x = var[0], ins[var[0]]
+    shape = ctx.shape(x)
+    n_in = int(np.prod(shape))
+    names = [f"in{i}" for i in range(len(ins))]
+    feeds = {nm: (None if i == k else np.asarray(v)) for i, (nm, v) in enumerate(zip(names, ins, strict=True))
+             if v is not None}
+    inputs = [nm if v is not None else "" for nm, v in zip(names, ins, strict=True)]
+    probe = helper.make_node(node.op_type, inputs, ["y"], **attrs)
+    typed = [helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(
+        np.dtype(np.float64) if i == k else np.asarray(ins[i]).dtype), None)
+        for i, nm in enumerate(names) if ins[i] is not None]
+    model = helper.make_model(helper.make_graph([probe], "linear", typed,
+                                                [helper.make_tensor_value_info("y", onnx.TensorProto.UNDEFINED, None)]),
+                              opset_imports=[helper.make_opsetid("", ctx.opset)])
+    run = ReferenceEvaluator(model)
+    cols = []
+    for j in range(n_in):
+        e = np.zeros(n_in)
+        e[j] = 1.0
+        out = np.asarray(run.run(None, {**{nm: v for nm, v in feeds.items() if v is not None},
+                                        names[k]: e.reshape(shape)})[0], dtype=np.float64)
+        if j == 0:
+            out_shape = out.shape
+            if out.size * n_in > _LINEAR_MAX:
+                raise _unsupported(ctx, node, f"a linear map of {n_in} x {out.size} entries (at most {_LINEAR_MAX})")
+        cols.append(out.reshape(-1))
+    m = np.stack(cols, axis=1)  # [n_out, n_in]
+    flat = ctx.b.add(ctx.b.fresh(f"{name}_flat"), Reshape((1, n_in)), [x])
+    ones = m == 1.0
+    if np.all((m == 0) | ones) and np.all(ones.sum(1) == 1):
+        src = ones.argmax(1)
+        if len(np.unique(src)) == len(src):
+            picked = ctx.b.add(ctx.b.fresh(f"{name}_pick"), Gather(1, torch.as_tensor(src, device="cpu")), [flat])
+            return ctx.b.add(name, Reshape(tuple(out_shape)), [picked])
+    # the model's own float evaluation of the map: the Dense allowance covers its sums; its products with constant
+    # operands are those of the map's entries, computed here in float64 (a few ulps each)
+    w, we = ctx.param(m, np.abs(m) * 4 * np.finfo(np.float64).eps)
+    mapped = ctx.b.add(ctx.b.fresh(f"{name}_map"), Dense(w, None, we), [flat])
+    return ctx.b.add(name, Reshape(tuple(out_shape)), [mapped])
+
+
 def softplus(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     return ctx.b.add(name, Softplus(), [ins[0]])
 
@@ -386,7 +446,7 @@ HANDLERS: dict[str, Callable[[Ctx, onnx.NodeProto, list, dict, str], Value]] = {
     "ReduceL1": reduce_norm, "ReduceL2": reduce_norm, "ReduceSumSquare": reduce_norm,
     "InstanceNormalization": instance_norm, "ScatterND": scatter_nd, "Softplus": softplus, "Floor": floor_or_ceil,
     "Ceil": floor_or_ceil, "Round": floor_or_ceil, "Softsign": softsign, "Mish": mish, "Celu": celu, "PRelu": prelu,
-    "Pad": pad, "CumSum": cumsum,
+    "Pad": pad, "CumSum": cumsum, **dict.fromkeys(_LINEAR_IN, linear_by_reference),
 }
 """op type -> handler ``(ctx, node, inputs, attributes, node name) -> value`` for nodes with a variable input."""
 
