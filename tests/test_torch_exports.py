@@ -75,6 +75,7 @@ CASES = {
     "conv_transpose": nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),
     "batch_norm": nn.BatchNorm2d(2), "max_pool": nn.MaxPool2d(3, 1, 1),
     "einsum": lambda h: torch.einsum("bchw,c->bhw", h, torch.tensor([1.0, -2.0])),
+    "max_pool_ceil": nn.MaxPool2d(2, ceil_mode=True), "max_pool_ceil_padded": nn.MaxPool2d(3, 2, 1, ceil_mode=True),
 }
 
 

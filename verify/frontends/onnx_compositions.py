@@ -288,11 +288,18 @@ def pad(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     if mode not in ("reflect", "edge", "wrap"):
         raise _unsupported(ctx, node, f"mode {mode}")
     for d in range(n):
-        before, after, size = pads[d], pads[d + n], ctx.shape(x)[d]
+        if mode == "reflect" and max(pads[d], pads[d + n]) >= shape[d]:
+            raise _unsupported(ctx, node, f"reflect pads {pads[d]}, {pads[d + n]} on an axis of {shape[d]}")
+    return copy_pad(ctx, name, x, pads[:n], pads[n:], mode)
+
+
+def copy_pad(ctx: Ctx, name: str, x: str, begin: list[int], end: list[int], mode: str) -> str:
+    """Padding by copies of the input's own entries (reflect, edge or wrap): per padded axis a Concat of border
+    Gathers with distinct indices and the input."""
+    for d, (before, after) in enumerate(zip(begin, end, strict=True)):
+        size = ctx.shape(x)[d]
         if not before and not after:
             continue
-        if mode == "reflect" and max(before, after) >= size:
-            raise _unsupported(ctx, node, f"reflect pads {before}, {after} on an axis of {size}")
         if mode == "reflect":
             left, right = list(range(before, 0, -1)), list(range(size - 2, size - 2 - after, -1))
         elif mode == "edge":

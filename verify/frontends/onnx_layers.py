@@ -196,12 +196,16 @@ def _pool(ctx, node, attrs, kind: str) -> Value:
     x = ctx.values[node.input[0]]
     if len(ctx.shape(x)) < 3 or len(attrs["kernel_shape"]) != 2:
         raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "only 2-D pooling")
-    if attrs.get("ceil_mode", 0) or any(d != 1 for d in attrs.get("dilations", [1, 1])):
-        raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "ceil_mode/dilations")
+    if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "dilations")
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "auto_pad")
     k = _pair(attrs["kernel_shape"])
     s = _pair(attrs.get("strides"))
+    if kind == "max" and (attrs.get("ceil_mode", 0) or _sym_pads(node, ctx, attrs.get("pads")) is None):
+        return _max_pool_by_edge_copies(ctx, node, x, k, s, attrs)
+    if attrs.get("ceil_mode", 0):
+        raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "ceil_mode")
     pads = _sym_pads(node, ctx, attrs.get("pads"))
     if pads is None:
         raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "asymmetric pooling pads")
@@ -210,3 +214,27 @@ def _pool(ctx, node, attrs, kind: str) -> Value:
     else:
         op = AvgPool2d(k, s, pads, count_include_pad=bool(attrs.get("count_include_pad", 0)))
     return ctx.b.add(node.name or node.output[0], op, [x])
+
+
+def _max_pool_by_edge_copies(ctx, node, x: str, k, s, attrs) -> Value:
+    """MaxPool with asymmetric pads or ceil_mode: the windows' padded positions (ignored by max pooling) become copies
+    of the nearest input entry, which every such window holds already (windows are contiguous and overlap the
+    input), so the max is unchanged; then an unpadded MaxPool."""
+    from verify.frontends.onnx_compositions import copy_pad
+
+    shape = ctx.shape(x)
+    pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
+    begin, end = [0, 0], [0, 0]
+    for i in range(2):
+        n, pb, pe = shape[-2 + i], pads[i], pads[i + 2]
+        span = n + pb + pe - k[i]
+        out = (-(-span // s[i]) if attrs.get("ceil_mode", 0) else span // s[i]) + 1
+        if attrs.get("ceil_mode", 0) and (out - 1) * s[i] >= n + pb:  # a last window starting in the end padding
+            out -= 1
+        begin[i], end[i] = pb, max((out - 1) * s[i] + k[i] - n - pb, 0)
+        if pb >= k[i] or end[i] >= k[i]:
+            raise UnsupportedOperator(node.op_type, node.name, ctx.opset, "windows that lie in the padding")
+    name = node.name or node.output[0]
+    lead = [0] * (len(shape) - 2)
+    padded = copy_pad(ctx, name, x, lead + begin, lead + end, "edge")
+    return ctx.b.add(ctx.b.fresh(name), MaxPool2d(k, s, (0, 0)), [padded])
