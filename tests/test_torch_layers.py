@@ -103,6 +103,8 @@ CASES = {
                     + torch.where(torch.tensor([[False, True, True, False, True, True]]), h, 0.5), (6,), 6),
     "log_softmax": (lambda h: F.log_softmax(3 * h, dim=1) + torch.log_softmax(h, 1) + h.log_softmax(-1), (6,), 6),
     "log_softmax_module": (nn.LogSoftmax(dim=1), (6,), 6),
+    "max_min_dim": (lambda h: h.max(2).values + torch.max(h, 2)[0] + h.min(dim=2, keepdim=True)[0].squeeze(2)
+                    + torch.min(h, 2).values, (2, 3), 2),
     "norm_var_std": (lambda h: h * h.norm(dim=2, keepdim=True) + h.var(2, keepdim=True) + h.std(dim=2, keepdim=True)
                      + torch.var(h, 2, keepdim=True, correction=0), (2, 3), 6),
 }
@@ -301,6 +303,7 @@ def test_onnx_gelu_op_matches_onnxruntime_and_bounds_hold(approximate):
 @pytest.mark.parametrize("f, arg", [(lambda h: torch.softmax(h, dim=1, dtype=torch.float32), "dtype"),
                                     (lambda h: F.dropout(h, 0.5), "training"),
                                     (lambda h: torch.roll(h, 1), "dims"),
+                                    (lambda h: h * h.max(1).indices, "indices"),
                                     (lambda h: torch.where(h > 0, h, 0.0), "gt"),
                                     (lambda h: torch.mul(h, 2.0, out=None) + torch.div(h, 2.0, rounding_mode="floor"),
                                      "rounding mode")])

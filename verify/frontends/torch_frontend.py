@@ -198,6 +198,7 @@ _KWARGS: dict[str, set[str]] = {
     "silu": {"inplace"}, "hardsigmoid": {"inplace"}, "hardswish": {"inplace"}, "softplus": {"beta", "threshold"},
     "cat": {"dim"}, "concat": {"dim"}, "stack": {"dim"}, "sum": {"dim", "keepdim", "dtype"},
     "mean": {"dim", "keepdim", "dtype"}, "amax": {"dim", "keepdim"}, "amin": {"dim", "keepdim"},
+    "max": {"dim", "keepdim"}, "min": {"dim", "keepdim"},
     "permute": {"dims"}, "transpose": {"dim0", "dim1"}, "unsqueeze": {"dim"}, "squeeze": {"dim"},
     "split": {"split_size_or_sections", "dim"}, "chunk": {"chunks", "dim"},
     "interpolate": {"size", "scale_factor", "mode", "align_corners", "recompute_scale_factor"},
@@ -296,6 +297,9 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         args = [var(a) for a in n.args]
         if n.op in ("call_function", "call_method"):
             _check_kwargs(n)
+        used = [a for a in args if isinstance(a, torch_layers.Refused)]
+        if used and not (n.target is operator.getitem or n.target is getattr):
+            raise UnsupportedOperator(used[0].what, n.name, None, "used by the network")
         if n.op == "call_module" and isinstance(mods[n.target], nn.Hardtanh):  # also ReLU6
             m = mods[n.target]
             env[n] = _clip(b, n.target.replace(".", "_"), args[0], float(m.min_val), float(m.max_val), dtype)
@@ -392,6 +396,9 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         elif _is_call(n, (operator.pow, torch.pow), ("pow",)) and len(args) == 2 and isinstance(args[1], int) \
                 and 1 <= args[1] <= 16:
             env[n] = args[0] if args[1] == 1 else b.add(n.name, Power(args[1]), [args[0]])
+        elif n.op == "call_function" and n.target is getattr and isinstance(args[0], tuple) \
+                and args[1] in ("values", "indices"):
+            env[n] = args[0][0 if args[1] == "values" else 1]  # torch.return_types of max / min
         elif n.op == "call_function" and n.target is getattr and args[1] == "shape":
             env[n] = tuple(b.shapes[args[0]])  # x.shape: the batch axis reads 1, which view/reshape keep
         elif _is_call(n, (torch.clamp_min, torch.clamp_max), ("clamp_min", "clamp_max")):

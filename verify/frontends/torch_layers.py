@@ -42,6 +42,13 @@ from verify.ops.linear import ConvTranspose2d
 
 _MAX_POOLS = tuple(f for f in (F.max_pool2d, getattr(torch, "max_pool2d", None)) if f is not None)
 _AVG_POOLS = tuple(f for f in (F.avg_pool2d, getattr(torch, "avg_pool2d", None)) if f is not None)
+class Refused:
+    """A traced value no rule can bound (the indices of ``x.max(dim)``): using it is refused by name."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+
 UNHANDLED = object()
 """Returned by :func:`function_rule` / :func:`module_op` for nodes that are not theirs."""
 
@@ -224,6 +231,15 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const: composites.Con
         return b.add(name, Floor("ceil" if n.target in (torch.ceil, "ceil") else "floor"), [x])
     if _is(n, (torch.abs,), ("abs",)):
         return composites.absolute(b, name, x, const(np.zeros(()))[0].dtype)
+    if _is(n, (torch.max, torch.min), ("max", "min")) and (isinstance(args[1] if len(args) > 1 else None, int)
+                                                         or "dim" in kwargs):
+        # the dim overload: (values, indices); the indices are not a function the engine bounds
+        dim = args[1] if len(args) > 1 else kwargs["dim"]
+        keep = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+        rank = len(b.shapes[x])
+        _batch_safe(str(n.target), name, [dim % rank])
+        largest = n.target in (torch.max, "max")
+        return composites.reduce_max(b, name, x, [dim % rank], keep, largest), Refused(f"{n.target}'s indices")
     if _is(n, (torch.maximum, torch.minimum, torch.max, torch.min), ("maximum", "minimum")) and len(args) == 2:
         largest = n.target in (torch.maximum, torch.max, "maximum")
         y = args[1]
