@@ -60,6 +60,12 @@ def _spread(ctx: Ctx, name: str, x: str, shape: tuple[int, ...]) -> str:
     return ctx.b.add(ctx.b.fresh(f"{name}_expand"), Expand(shape), [x])
 
 
+def _exact_constants(ctx: Ctx, node, ins: list) -> None:
+    """Refuse constant inputs that carry an error bound (computed by folding): these rules read them as exact."""
+    if any(not isinstance(v, str) and v is not None and ctx.err(v) is not None for v in ins):
+        raise _unsupported(ctx, node, "a computed (rounded) constant input")
+
+
 def _float32_attr(attrs: dict, key: str, default: float) -> float:
     return float(np.float32(attrs.get(key, default)))  # ONNX float attributes are float32
 
@@ -206,6 +212,7 @@ def resize_per_axis(ctx: Ctx, node: onnx.NodeProto, x: str, scales, sizes, name:
     from onnx.reference import ReferenceEvaluator
 
     attrs = attrs_of(node)
+    _exact_constants(ctx, node, [scales, sizes])
     for key, bad in (("coordinate_transformation_mode", b"tf_crop_and_resize"), ("keep_aspect_ratio_policy", None)):
         v = attrs.get(key)
         v = v.encode() if isinstance(v, str) else v
@@ -267,6 +274,7 @@ def pad(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     x = ins[0]
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    _exact_constants(ctx, node, ins)
     if ctx.opset >= 11:
         pads = const_input(ctx, node, 1, "pads")
         value = const_input(ctx, node, 2, "constant_value") if len(node.input) > 2 and node.input[2] else None
@@ -366,6 +374,7 @@ def linear_by_reference(ctx: Ctx, node: onnx.NodeProto, ins: list, attrs: dict, 
     where = _LINEAR_IN[node.op_type]
     if len(var) != 1 or (where is not None and var != [where]):
         raise _unsupported(ctx, node, "more than one input, or an index input, that depends on the network input")
+    _exact_constants(ctx, node, ins)
     k, x = var[0], ins[var[0]]
     shape = ctx.shape(x)
     n_in = int(np.prod(shape))
