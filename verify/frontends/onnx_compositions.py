@@ -7,14 +7,9 @@ Sum / Mean: sums of variables (Mean divides by ``n``). GlobalAveragePool / Globa
 spatial axes. ReduceL1 / ReduceL2 / ReduceSumSquare: ``sum |x|``, ``sqrt(relu(sum x^2))``, ``sum x^2``.
 InstanceNormalization: LayerNorm over the spatial axes of each channel, then the per-channel scale and bias (Ulyanov
 et al., 2016). ScatterND of variable updates into constant data: a gather from the concatenation of the flattened
-updates and data. Resize / Upsample other than nearest with integer scales (linear, cubic, antialiased, fractional
-scales): a linear map per resized axis, each computed by running the node itself through ``onnx.reference`` on
-one-hot inputs of that axis (Resize is separable by axis), applied as a Dense layer on that axis; CumSum likewise
-with a triangular matrix. Ops linear in one variable input (Einsum with constant operands, DepthToSpace,
-SpaceToDepth, GatherElements / GatherND / Compress with constant indices, Trilu, ReverseSequence): the map read off
-``onnx.reference`` on unit vectors, as a Gather (copies) or a Dense map. Pad: constant, or reflect / edge / wrap as
-concatenated copies. Every identity holds in real arithmetic; the composition's ops carry their own rounding
-allowances.
+updates and data. Pad: constant, or reflect / edge / wrap as concatenated copies. Constant linear maps (Resize,
+CumSum, Einsum, ...): ``verify.frontends.onnx_linear_maps``. Every identity holds in real arithmetic; the
+composition's ops carry their own rounding allowances.
 """
 
 from __future__ import annotations
@@ -25,14 +20,12 @@ import numpy as np
 import onnx
 import torch
 
-from verify.errors import UnsupportedOperator
-from verify.frontends import composites
+from verify.frontends import composites, onnx_linear_maps
 from verify.frontends import constants as K
-from verify.frontends.onnx_context import Ctx, Value, attrs_of, const_input, reduce_axes
+from verify.frontends.onnx_context import Ctx, Value, attrs_of, const_input, exact_constants, reduce_axes, unsupported
 from verify.ops import (
     AddVars,
     Concat,
-    Dense,
     Floor,
     Gather,
     LeakyRelu,
@@ -44,13 +37,8 @@ from verify.ops import (
     Softplus,
     Sqrt,
     Square,
-    Transpose,
 )
 from verify.ops.shape import Expand
-
-
-def _unsupported(ctx: Ctx, node: onnx.NodeProto, why: str) -> UnsupportedOperator:
-    return UnsupportedOperator(node.op_type, node.name, ctx.opset, why)
 
 
 def _spread(ctx: Ctx, name: str, x: str, shape: tuple[int, ...]) -> str:
@@ -60,12 +48,6 @@ def _spread(ctx: Ctx, name: str, x: str, shape: tuple[int, ...]) -> str:
     return ctx.b.add(ctx.b.fresh(f"{name}_expand"), Expand(shape), [x])
 
 
-def _exact_constants(ctx: Ctx, node, ins: list) -> None:
-    """Refuse constant inputs that carry an error bound (computed by folding): these rules read them as exact."""
-    if any(not isinstance(v, str) and v is not None and ctx.err(v) is not None for v in ins):
-        raise _unsupported(ctx, node, "a computed (rounded) constant input")
-
-
 def _float32_attr(attrs: dict, key: str, default: float) -> float:
     return float(np.float32(attrs.get(key, default)))  # ONNX float attributes are float32
 
@@ -73,7 +55,7 @@ def _float32_attr(attrs: dict, key: str, default: float) -> float:
 def where(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> Value:
     cond, a, b = ins
     if isinstance(cond, str):
-        raise _unsupported(ctx, node, "a condition that depends on the input")
+        raise unsupported(ctx, node, "a condition that depends on the input")
     shape = tuple(np.broadcast_shapes(*(ctx.shape(v) for v in ins)))
     mask = np.broadcast_to(np.asarray(cond, dtype=bool), shape).astype(np.float64)
     terms = []
@@ -97,7 +79,7 @@ def tile(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> Value:
     reps = const_input(ctx, node, 1, "Tile repeats")
     reps = [int(r) for r in np.asarray(reps).reshape(-1)]
     if len(reps) != len(ctx.shape(x)) or any(r < 1 for r in reps):
-        raise _unsupported(ctx, node, f"repeats {reps} for a rank-{len(ctx.shape(x))} input")
+        raise unsupported(ctx, node, f"repeats {reps} for a rank-{len(ctx.shape(x))} input")
     for axis, r in enumerate(reps):
         if r > 1:
             x = ctx.b.add(ctx.b.fresh(f"{name}_tile{axis}"), Concat(axis, r), [x] * r)
@@ -144,7 +126,7 @@ def global_pool(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     x = ins[0]
     axes = list(range(2, len(ctx.shape(x))))
     if not axes:
-        raise _unsupported(ctx, node, "an input without spatial axes")
+        raise unsupported(ctx, node, "an input without spatial axes")
     if node.op_type == "GlobalAveragePool":
         return ctx.b.add(name, ReduceSum(axes, keepdims=True, mean=True), [x])
     return composites.reduce_max(ctx.b, name, x, axes, True, True)
@@ -154,7 +136,7 @@ def reduce_norm(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> Value:
     x = ins[0]
     axes = reduce_axes(ctx, node, x, 18)
     if axes is None:
-        raise _unsupported(ctx, node, "noop_with_empty_axes")
+        raise unsupported(ctx, node, "noop_with_empty_axes")
     keep = bool(attrs.get("keepdims", 1))
     if node.op_type == "ReduceL1":
         inner = composites.absolute(ctx.b, ctx.b.fresh(f"{name}_abs"), x, ctx.dtype)
@@ -172,7 +154,7 @@ def instance_norm(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     x = ins[0]
     shape = ctx.shape(x)
     if len(shape) < 3:
-        raise _unsupported(ctx, node, "an input without spatial axes")
+        raise unsupported(ctx, node, "an input without spatial axes")
     scale, bias = (const_input(ctx, node, i, "InstanceNormalization parameter") for i in (1, 2))
     eps = np.float64(np.float32(attrs.get("epsilon", 1e-5)))
     normed = composites.layer_norm(ctx.b, ctx.b.fresh(f"{name}_normed"), x, len(shape) - 2, ctx.param(np.asarray(eps)))
@@ -185,9 +167,9 @@ def instance_norm(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
 def scatter_nd(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     data, indices, updates = ins
     if not isinstance(updates, str) or isinstance(data, str) or isinstance(indices, str):
-        raise _unsupported(ctx, node, "data or indices that depend on the input")
+        raise unsupported(ctx, node, "data or indices that depend on the input")
     if attrs.get("reduction", b"none") not in (b"none", "none"):
-        raise _unsupported(ctx, node, "a reduction")
+        raise unsupported(ctx, node, "a reduction")
     data, idx = np.asarray(data), np.asarray(indices).astype(np.int64)
     k, n_upd = idx.shape[-1], int(np.prod(ctx.shape(updates)))
     # src[p]: where output entry p comes from, in [updates (flat); data (flat)]
@@ -195,7 +177,7 @@ def scatter_nd(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     upd_pos = np.arange(n_upd).reshape(idx.shape[:-1] + data.shape[k:])
     targets = [tuple(int(i) % d for i, d in zip(t, data.shape, strict=False)) for t in idx.reshape(-1, k)]
     if len(set(targets)) != len(targets):
-        raise _unsupported(ctx, node, "repeated indices")
+        raise unsupported(ctx, node, "repeated indices")
     for t, u in zip(targets, upd_pos.reshape(-1, *data.shape[k:]), strict=True):
         src[t] = u
     flat = ctx.b.add(ctx.b.fresh(f"{name}_updates"), Reshape((n_upd,)), [updates])
@@ -205,88 +187,25 @@ def scatter_nd(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     return ctx.b.add(name, Reshape(tuple(data.shape)), [picked])
 
 
-def resize_per_axis(ctx: Ctx, node: onnx.NodeProto, x: str, scales, sizes, name: str) -> str:
-    """Resize / Upsample as one constant linear map per resized axis (module docstring). ``scales`` / ``sizes``: the
-    node's constant inputs (one of them)."""
-    from onnx import helper
-    from onnx.reference import ReferenceEvaluator
-
-    attrs = attrs_of(node)
-    _exact_constants(ctx, node, [scales, sizes])
-    for key, bad in (("coordinate_transformation_mode", b"tf_crop_and_resize"), ("keep_aspect_ratio_policy", None)):
-        v = attrs.get(key)
-        v = v.encode() if isinstance(v, str) else v
-        if v is not None and (bad is None and v != b"stretch" or v == bad):
-            raise _unsupported(ctx, node, f"{key} {v.decode()}")
-    if attrs.get("axes") is not None:
-        raise _unsupported(ctx, node, "axes")
-    shape = ctx.shape(x)
-    if sizes is not None:
-        out = [int(v) for v in np.asarray(sizes).reshape(-1)]
-    else:
-        out = [int(np.floor(n * float(f))) for n, f in zip(shape, np.asarray(scales).reshape(-1), strict=True)]
-    if len(out) != len(shape) or out[0] != shape[0]:
-        raise _unsupported(ctx, node, "resizing the batch axis")
-    dtype = np.float64
-    for d in range(1, len(shape)):
-        n = shape[d]
-        if sizes is None and float(np.asarray(scales).reshape(-1)[d]) == 1.0 or sizes is not None and out[d] == n:
-            continue
-        probe_shape = [n] + [1] * (len(shape) - 1)
-        probe_shape[d] = n
-        probe = np.zeros(probe_shape, dtype)
-        for j in range(n):  # one-hot along axis d, sample j
-            idx = [j] + [0] * (len(shape) - 1)
-            idx[d] = j
-            probe[tuple(idx)] = 1.0
-        axis_scales = np.ones(len(shape), np.float32)
-        inputs = {"x": probe}
-        if sizes is not None:
-            axis_sizes = np.asarray(probe_shape, np.int64)
-            axis_sizes[d] = out[d]
-            inputs["sizes"] = axis_sizes
-            names = ["x", "", "", "sizes"]
-        else:
-            axis_scales[d] = float(np.asarray(scales).reshape(-1)[d])
-            inputs["scales"] = axis_scales
-            names = ["x", "scales"] if node.op_type == "Upsample" or ctx.opset == 10 else ["x", "", "scales"]
-        probe_node = helper.make_node(node.op_type, names, ["y"], **attrs)
-        typed = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), None)
-                 for k, v in inputs.items()]
-        graph = helper.make_graph([probe_node], "resize", typed,
-                                  [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
-        y = np.asarray(ReferenceEvaluator(model).run(None, inputs)[0], dtype=np.float64)
-        a = y.reshape(n, -1).T  # [out_d, n]: output i of the axis = sum_j a[i, j] input j
-        if a.shape[0] != out[d]:
-            raise _unsupported(ctx, node, f"an output size {a.shape[0]} on axis {d} (expected {out[d]})")
-        # the model computes its interpolation weights in its own precision: a few of its ulps of the row's largest
-        # weight for every weight of the row (also where the exact weight is 0)
-        eps = np.finfo(np.float32 if ctx.dtype == torch.float32 else np.float64).eps
-        w, we = ctx.param(a, np.broadcast_to(16 * eps * np.abs(a).max(1, keepdims=True), a.shape) + 1e-300)
-        x = _on_axis(ctx, name, x, d, Dense(w, None, we))
-    return x
-
-
 def pad(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     """Pad in every mode: constant (one Pad op); reflect, edge and wrap (opset 19) as, per padded axis, a Concat of
     the border pieces (Gathers of distinct indices: copies) and the input."""
     x = ins[0]
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-    _exact_constants(ctx, node, ins)
+    exact_constants(ctx, node, ins)
     if ctx.opset >= 11:
         pads = const_input(ctx, node, 1, "pads")
         value = const_input(ctx, node, 2, "constant_value") if len(node.input) > 2 and node.input[2] else None
         if len(node.input) > 3 and node.input[3]:
-            raise _unsupported(ctx, node, "axes input")
+            raise unsupported(ctx, node, "axes input")
     else:
         pads, value = attrs["pads"], attrs.get("value", 0.0)
     pads = [int(p) for p in np.asarray(pads).reshape(-1)]
     shape = ctx.shape(x)
     n = len(pads) // 2
     if n != len(shape) or any(p < 0 for p in pads):
-        raise _unsupported(ctx, node, f"pads {pads} for a rank-{len(shape)} input (negative pads: crops)")
+        raise unsupported(ctx, node, f"pads {pads} for a rank-{len(shape)} input (negative pads: crops)")
     if mode == "constant":
         value = 0.0 if value is None else float(np.asarray(value).reshape(-1)[0])
         torch_pads: list[int] = []
@@ -294,10 +213,10 @@ def pad(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
             torch_pads += [pads[i], pads[i + n]]
         return ctx.b.add(name, Pad(torch_pads, value), [x])
     if mode not in ("reflect", "edge", "wrap"):
-        raise _unsupported(ctx, node, f"mode {mode}")
+        raise unsupported(ctx, node, f"mode {mode}")
     for d in range(n):
         if mode == "reflect" and max(pads[d], pads[d + n]) >= shape[d]:
-            raise _unsupported(ctx, node, f"reflect pads {pads[d]}, {pads[d + n]} on an axis of {shape[d]}")
+            raise unsupported(ctx, node, f"reflect pads {pads[d]}, {pads[d + n]} on an axis of {shape[d]}")
     return copy_pad(ctx, name, x, pads[:n], pads[n:], mode)
 
 
@@ -327,95 +246,6 @@ def copy_pad(ctx: Ctx, name: str, x: str, begin: list[int], end: list[int], mode
     return x
 
 
-def cumsum(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
-    """CumSum along a constant axis: a Dense map with a triangular 0/1 matrix on that axis (exclusive / reverse
-    variants), between two Transposes."""
-    x = ins[0]
-    axis = const_input(ctx, node, 1, "CumSum axis")
-    shape = ctx.shape(x)
-    d = int(np.asarray(axis).reshape(-1)[0]) % len(shape)
-    if d == 0:
-        raise _unsupported(ctx, node, "a sum along the batch axis")
-    size = shape[d]
-    m = np.tril(np.ones((size, size)), -1 if attrs.get("exclusive", 0) else 0)  # y_i = sum_{j <= i} x_j
-    if attrs.get("reverse", 0):
-        m = m[::-1, ::-1].copy()
-    w, we = ctx.param(m)
-    return _on_axis(ctx, name, x, d, Dense(w, None, we))
-
-
-def _on_axis(ctx: Ctx, name: str, x: str, d: int, op) -> str:
-    """``op`` (acting on the last axis) applied along axis ``d``."""
-    last = len(ctx.shape(x)) - 1
-    perm = list(range(last + 1))
-    perm[d], perm[last] = perm[last], perm[d]
-    if d != last:
-        x = ctx.b.add(ctx.b.fresh(f"{name}_to_last{d}"), Transpose(perm), [x])
-    x = ctx.b.add(ctx.b.fresh(f"{name}_axis{d}"), op, [x])
-    if d != last:
-        x = ctx.b.add(ctx.b.fresh(f"{name}_back{d}"), Transpose(perm), [x])
-    return x
-
-
-# ops linear in one variable input (its position; None: any one of them, the others constant)
-_LINEAR_IN = {"Einsum": None, "DepthToSpace": 0, "SpaceToDepth": 0, "GatherElements": 0, "GatherND": 0,
-              "Compress": 0, "Trilu": 0, "ReverseSequence": 0}
-_LINEAR_MAX = 4_000_000  # entries of the map (inputs x outputs)
-
-
-def linear_by_reference(ctx: Ctx, node: onnx.NodeProto, ins: list, attrs: dict, name: str) -> str:
-    """An op that is linear in its one variable input: its map is read off ``onnx.reference`` runs on the unit
-    vectors of that input. A 0/1 map picking distinct inputs is a Gather of the flattened input (copies, exact);
-    anything else a Dense map (e.g. Einsum with constant operands)."""
-    from onnx import helper
-    from onnx.reference import ReferenceEvaluator
-
-    var = [i for i, v in enumerate(ins) if isinstance(v, str)]
-    where = _LINEAR_IN[node.op_type]
-    if len(var) != 1 or (where is not None and var != [where]):
-        raise _unsupported(ctx, node, "more than one input, or an index input, that depends on the network input")
-    _exact_constants(ctx, node, ins)
-    k, x = var[0], ins[var[0]]
-    shape = ctx.shape(x)
-    n_in = int(np.prod(shape))
-    names = [f"in{i}" for i in range(len(ins))]
-    feeds = {nm: (None if i == k else np.asarray(v)) for i, (nm, v) in enumerate(zip(names, ins, strict=True))
-             if v is not None}
-    inputs = [nm if v is not None else "" for nm, v in zip(names, ins, strict=True)]
-    probe = helper.make_node(node.op_type, inputs, ["y"], **attrs)
-    typed = [helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(
-        np.dtype(np.float64) if i == k else np.asarray(ins[i]).dtype), None)
-        for i, nm in enumerate(names) if ins[i] is not None]
-    model = helper.make_model(helper.make_graph([probe], "linear", typed,
-                                                [helper.make_tensor_value_info("y", onnx.TensorProto.UNDEFINED, None)]),
-                              opset_imports=[helper.make_opsetid("", ctx.opset)])
-    run = ReferenceEvaluator(model)
-    cols = []
-    for j in range(n_in):
-        e = np.zeros(n_in)
-        e[j] = 1.0
-        out = np.asarray(run.run(None, {**{nm: v for nm, v in feeds.items() if v is not None},
-                                        names[k]: e.reshape(shape)})[0], dtype=np.float64)
-        if j == 0:
-            out_shape = out.shape
-            if out.size * n_in > _LINEAR_MAX:
-                raise _unsupported(ctx, node, f"a linear map of {n_in} x {out.size} entries (at most {_LINEAR_MAX})")
-        cols.append(out.reshape(-1))
-    m = np.stack(cols, axis=1)  # [n_out, n_in]
-    flat = ctx.b.add(ctx.b.fresh(f"{name}_flat"), Reshape((1, n_in)), [x])
-    ones = m == 1.0
-    if np.all((m == 0) | ones) and np.all(ones.sum(1) == 1):
-        src = ones.argmax(1)
-        if len(np.unique(src)) == len(src):
-            picked = ctx.b.add(ctx.b.fresh(f"{name}_pick"), Gather(1, torch.as_tensor(src, device="cpu")), [flat])
-            return ctx.b.add(name, Reshape(tuple(out_shape)), [picked])
-    # the model's own float evaluation of the map: the Dense allowance covers its sums; its products with constant
-    # operands are those of the map's entries, computed here in float64 (a few ulps each)
-    w, we = ctx.param(m, np.abs(m) * 4 * np.finfo(np.float64).eps)
-    mapped = ctx.b.add(ctx.b.fresh(f"{name}_map"), Dense(w, None, we), [flat])
-    return ctx.b.add(name, Reshape(tuple(out_shape)), [mapped])
-
-
 def softplus(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     return ctx.b.add(name, Softplus(), [ins[0]])
 
@@ -425,7 +255,7 @@ def prelu(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     a LeakyReLU."""
     x, slope = ins
     if isinstance(slope, str):
-        raise _unsupported(ctx, node, "a slope that depends on the input")
+        raise unsupported(ctx, node, "a slope that depends on the input")
     slope = np.asarray(slope, dtype=np.float64)
     if slope.size == 1 and 0.0 <= float(slope.reshape(-1)[0]) <= 1.0 and ctx.err(ins[1]) is None:
         return ctx.b.add(name, LeakyRelu(float(slope.reshape(-1)[0])), [x])
@@ -462,7 +292,8 @@ HANDLERS: dict[str, Callable[[Ctx, onnx.NodeProto, list, dict, str], Value]] = {
     "ReduceL1": reduce_norm, "ReduceL2": reduce_norm, "ReduceSumSquare": reduce_norm,
     "InstanceNormalization": instance_norm, "ScatterND": scatter_nd, "Softplus": softplus, "Floor": floor_or_ceil,
     "Ceil": floor_or_ceil, "Round": floor_or_ceil, "Softsign": softsign, "Mish": mish, "Celu": celu, "PRelu": prelu,
-    "Pad": pad, "CumSum": cumsum, **dict.fromkeys(_LINEAR_IN, linear_by_reference),
+    "Pad": pad, "CumSum": onnx_linear_maps.cumsum,
+    **dict.fromkeys(onnx_linear_maps.LINEAR_IN, onnx_linear_maps.linear_by_reference),
 }
 """op type -> handler ``(ctx, node, inputs, attributes, node name) -> value`` for nodes with a variable input."""
 

@@ -151,3 +151,13 @@ def reduce_axes(ctx: Ctx, node: onnx.NodeProto, x: str, axes_input_since: int) -
             return None
         axes = list(range(len(shape)))
     return [int(a) % len(shape) for a in axes]
+
+
+def unsupported(ctx: Ctx, node: onnx.NodeProto, why: str) -> UnsupportedOperator:
+    return UnsupportedOperator(node.op_type, node.name, ctx.opset, why)
+
+
+def exact_constants(ctx: Ctx, node, ins: list) -> None:
+    """Refuse constant inputs that carry an error bound (computed by folding): these rules read them as exact."""
+    if any(not isinstance(v, str) and v is not None and ctx.err(v) is not None for v in ins):
+        raise unsupported(ctx, node, "a computed (rounded) constant input")

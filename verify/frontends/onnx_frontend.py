@@ -22,7 +22,7 @@ import torch
 from onnx import numpy_helper
 
 from verify.errors import ModelError, ShapeError, UnsupportedOperator
-from verify.frontends import composites, onnx_compositions
+from verify.frontends import composites, onnx_compositions, onnx_linear_maps
 from verify.frontends import constants as K
 from verify.frontends.onnx_context import (
     Ctx,
@@ -131,7 +131,7 @@ def _upsample(ctx: Ctx, node: onnx.NodeProto, x: str, ins: list) -> Value:
         if scales is None and sizes is not None:
             scales = np.asarray(sizes, dtype=np.float64) / np.asarray(ctx.shape(x), dtype=np.float64)
         if mode != b"nearest" or _other_nearest_modes(attrs, ctx.opset) or not _integer_scales(scales):
-            return onnx_compositions.resize_per_axis(ctx, node, x, *_resize_inputs(ctx, node, ins),
+            return onnx_linear_maps.resize_per_axis(ctx, node, x, *_resize_inputs(ctx, node, ins),
                                                      node.name or node.output[0])
     scales = np.asarray(scales, dtype=np.float64).reshape(-1)
     if scales.size != len(ctx.shape(x)) or not _integer_scales(scales):
