@@ -70,7 +70,8 @@ the front stalls on the other 3 (block 2 at 103-143 %: the same stall as the MoE
 paper's MoE stalls on every seed and more steps do not help. The stall is a low-residual basin of the hard-constrained
 problem itself (the undisturbed state satisfies the PDE rows downstream of the front); PI-HC finds the other basin
 on some seeds, the experts' independent solves on none. LM solves that ended unconverged during training: PI-HC
-13445 of 80000, the paper's MoE 7697 of 320000, interface 5920 of 32000.
+13445 of 80000 (5 seeds x 4000 steps x 4 samples), the paper's MoE 7697 of 320000 (x 4 experts), interface 5920
+(2 seeds).
 
 Training stability. Without the guard, PI-HC seed 4 trained to 10.1 % by step 450, then one loss spike (97 against
 a median of 1.3; gradient norm 1e3 before clipping) threw it into another basin: loss back to ~1.5 within 300 steps,
