@@ -185,6 +185,26 @@ def selu(b: GraphBuilder, name: str, x: str, alpha: float, scale: float, const: 
     return b.add(b.fresh(name), Scale(w, None, weight_err=w_err), [e])
 
 
+def select(b: GraphBuilder, name: str, mask: np.ndarray, x, y, const: Constant) -> str:
+    """``where(mask, x, y)`` for a constant 0/1 ``mask`` (of the output shape) as ``m x + (1 - m) y``: exact in floating
+    point, one term being an exact zero. ``x`` / ``y``: a variable (broadcast to the mask's shape by copies) or a
+    constant ``(value, error bound or None)`` in float64; at least one is a variable."""
+    shape = tuple(mask.shape)
+    m = mask.astype(np.float64)
+
+    def spread(v: str) -> str:
+        return v if b.shapes[v] == shape else b.add(b.fresh(f"{name}_expand"), Expand(shape), [v])
+
+    picks = [b.add(b.fresh(f"{name}_pick"), Scale(const(w)[0]), [spread(v)])
+             for v, w in ((x, m), (y, 1.0 - m)) if isinstance(v, str)]
+    if len(picks) == 2:
+        return b.add(b.fresh(name), AddVars([1.0, 1.0]), picks)
+    var, (c, c_err), w = (x, y, 1.0 - m) if isinstance(x, str) else (y, x, m)  # w: where the constant is picked
+    c = np.broadcast_to(np.asarray(c, dtype=np.float64), shape)
+    ct, ce = const(w * c, None if c_err is None else w * np.broadcast_to(c_err, shape))
+    return b.add(b.fresh(name), Scale(const(1.0 - w)[0], ct, bias_err=ce), [spread(var)])
+
+
 def celu(b: GraphBuilder, name: str, x: str, alpha: float, const: Constant) -> str:
     """CELU ``max(0, x) + min(0, alpha (exp(x / alpha) - 1)) = alpha elu_1(x / alpha)`` (Barron, 2017)."""
     w, w_err = const(np.asarray(1.0 / alpha, dtype=np.float64), np.asarray(np.finfo(np.float64).eps / abs(alpha)))

@@ -53,25 +53,13 @@ def _float32_attr(attrs: dict, key: str, default: float) -> float:
 
 
 def where(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> Value:
-    cond, a, b = ins
+    cond, x, y = ins
     if isinstance(cond, str):
         raise unsupported(ctx, node, "a condition that depends on the input")
     shape = tuple(np.broadcast_shapes(*(ctx.shape(v) for v in ins)))
-    mask = np.broadcast_to(np.asarray(cond, dtype=bool), shape).astype(np.float64)
-    terms = []
-    for v, m in ((a, mask), (b, 1.0 - mask)):
-        if isinstance(v, str):
-            w, _ = ctx.param(m)
-            terms.append(ctx.b.add(ctx.b.fresh(f"{name}_pick"), Scale(w, None), [_spread(ctx, name, v, shape)]))
-    if len(terms) == 2:
-        return ctx.b.add(name, AddVars([1.0, 1.0]), terms)
-    const, m = (b, 1.0 - mask) if isinstance(a, str) else (a, mask)  # the constant branch, where it is picked
-    err = ctx.err(const)
-    c, ce = ctx.param(m * np.broadcast_to(np.asarray(const, dtype=np.float64), shape),
-                      None if err is None else m * np.broadcast_to(err, shape))
-    var = a if isinstance(a, str) else b
-    w, _ = ctx.param(1.0 - m)
-    return ctx.b.add(name, Scale(w, c, bias_err=ce), [_spread(ctx, name, var, shape)])
+    mask = np.broadcast_to(np.asarray(cond, dtype=bool), shape)
+    x, y = (v if isinstance(v, str) else (np.asarray(v, dtype=np.float64), ctx.err(v)) for v in (x, y))
+    return composites.select(ctx.b, name, mask, x, y, ctx.param)
 
 
 def tile(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> Value:

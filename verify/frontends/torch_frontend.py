@@ -249,10 +249,6 @@ def _two_operands(n: fx.Node, args: list, kwargs: dict, key: str) -> tuple:
     raise UnsupportedOperator(str(getattr(n.target, "__name__", n.target)), n.name, None, "these arguments")
 
 
-def _numeric(v) -> np.ndarray:
-    return np.asarray(v.detach().cpu().double() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
-
-
 def _flattened(shape: Sequence[int], args: list, kwargs: dict) -> list[int]:
     """The shape after ``flatten(start_dim, end_dim)`` (torch's defaults 0 and -1)."""
     s = list(shape)
@@ -341,10 +337,10 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
                     y, scale = b.add(f"{n.name}_alpha", Scale(w, None, weight_err=w_err), [y]), np.asarray(1.0)
                 env[n] = b.add(n.name, AddVars([1.0, float(scale)]), [x, y])
             elif isinstance(x, str):
-                c, c_err = _constant(*K.mul(_numeric(y), np.zeros(()), scale, scale_err), dtype)
+                c, c_err = _constant(*K.mul(torch_layers.numeric(y), np.zeros(()), scale, scale_err), dtype)
                 env[n] = b.add(n.name, Scale(None, c, bias_err=c_err), [x])
             else:
-                c, c_err = _constant(_numeric(x), np.zeros(()), dtype)
+                c, c_err = _constant(torch_layers.numeric(x), np.zeros(()), dtype)
                 w, w_err = _constant(scale, scale_err, dtype)
                 env[n] = b.add(n.name, Scale(w, c, weight_err=w_err, bias_err=c_err), [y])
         elif _arith(n) in ("mul", "div"):
@@ -357,7 +353,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
                 if isinstance(x, str):
                     env[n] = b.add(n.name, Mul(), [x, inv])
                 else:
-                    c = np.asarray(x.detach().cpu().double() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+                    c = torch_layers.numeric(x)
                     w, w_err = _constant(c, np.zeros(()), dtype)
                     env[n] = b.add(n.name, Scale(w, None, weight_err=w_err), [inv])
                 continue
@@ -365,7 +361,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
                 env[n] = b.add(n.name, Square() if x == y else Mul(), [x] if x == y else [x, y])
                 continue
             v, c = (x, y) if isinstance(x, str) else (y, x)
-            c = np.asarray(c.detach().cpu().double() if isinstance(c, torch.Tensor) else c, dtype=np.float64)
+            c = torch_layers.numeric(c)
             c_err = np.zeros(())
             if divide:
                 c, c_err = K.div(np.ones(()), np.zeros(()), c, np.zeros(()))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from verify.errors import UnsupportedOperator
 from verify.frontends import composites
-from verify.frontends.torch_layers import UNHANDLED, _batch_safe, _is
+from verify.frontends.torch_layers import UNHANDLED, _batch_safe, _dims, _is, numeric, reduction_dims
 from verify.graph import GraphBuilder
 from verify.ops import (
     AddVars,
@@ -55,11 +55,6 @@ def _scale(b: GraphBuilder, name: str, x: str, w: float | None, c: float | None,
     return b.add(b.fresh(name), Scale(wt, ct, we, ce), [x])
 
 
-def _sizes(args: list) -> list[int]:
-    rest = args[1:]
-    return list(rest[0]) if len(rest) == 1 and isinstance(rest[0], tuple | list) else list(rest)
-
-
 def _gather_dims(b: GraphBuilder, name: str, x: str, dims: list[int], index) -> str:
     """A Gather along each of ``dims`` with the permutation ``index(size, position)`` of that axis."""
     rank = len(b.shapes[x])
@@ -75,28 +70,13 @@ def _gather_dims(b: GraphBuilder, name: str, x: str, dims: list[int], index) -> 
 def _where(b: GraphBuilder, name: str, cond, x, y, const) -> str:
     if isinstance(cond, str) or not isinstance(cond, torch.Tensor):
         raise UnsupportedOperator("where", name, None, "a condition that depends on the input")
-    var_shapes = [b.shapes[v] for v in (x, y) if isinstance(v, str)]
-    const_shapes = [tuple(np.shape(v.detach().cpu() if isinstance(v, torch.Tensor) else v)) for v in (x, y)
-                    if not isinstance(v, str)]
-    shape = tuple(np.broadcast_shapes(tuple(cond.shape), *var_shapes, *const_shapes))
-    if len(shape) != len(var_shapes[0]) or shape[0] != 1:
+    x, y = (v if isinstance(v, str) else (numeric(v), None) for v in (x, y))
+    shapes = [b.shapes[v] if isinstance(v, str) else v[0].shape for v in (x, y)]
+    shape = tuple(np.broadcast_shapes(tuple(cond.shape), *shapes))
+    if len(shape) != len(b.shapes[x if isinstance(x, str) else y]) or shape[0] != 1:
         raise UnsupportedOperator("where", name, None, "a condition that broadcasts over the batch axis")
-    mask = np.broadcast_to(cond.detach().cpu().numpy().astype(bool), shape).astype(np.float64)
-
-    def spread(v: str) -> str:
-        return v if b.shapes[v] == shape else b.add(b.fresh(f"{name}_expand"), Expand(shape), [v])
-
-    picks = []
-    for v, m in ((x, mask), (y, 1.0 - mask)):
-        if isinstance(v, str):
-            picks.append(b.add(b.fresh(f"{name}_pick"), Scale(const(m)[0]), [spread(v)]))
-    if len(picks) == 2:
-        return b.add(b.fresh(name), AddVars([1.0, 1.0]), picks)
-    var, c, m = (x, y, 1.0 - mask) if isinstance(x, str) else (y, x, mask)
-    c = np.broadcast_to(np.asarray(c.detach().cpu().double() if isinstance(c, torch.Tensor) else c,
-                                   dtype=np.float64), shape)
-    ct, ce = const(m * c)
-    return b.add(b.fresh(name), Scale(const(1.0 - m)[0], ct, bias_err=ce), [spread(var)])
+    mask = np.broadcast_to(cond.detach().cpu().numpy().astype(bool), shape)
+    return composites.select(b, name, mask, x, y, const)
 
 
 def _sum_of_squares(b: GraphBuilder, name: str, x: str, dims: list[int], keep: bool) -> str:
@@ -109,18 +89,8 @@ def _sqrt_nonneg(b: GraphBuilder, name: str, s: str) -> str:
     return b.add(b.fresh(name), Sqrt(), [b.add(b.fresh(f"{name}_nonneg"), Relu(), [s])])
 
 
-def _reduce_dims(b: GraphBuilder, what: str, name: str, x: str, dim) -> list[int]:
-    rank = len(b.shapes[x])
-    dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, tuple | list) else None
-    if not dims:
-        raise UnsupportedOperator(what, name, None, "give dim: a reduction over the batch axis mixes samples")
-    dims = [d % rank for d in dims]
-    _batch_safe(what, name, dims)
-    return dims
-
-
 def _variance(b: GraphBuilder, name: str, x: str, args: list, kwargs: dict, const) -> str:
-    dims = _reduce_dims(b, "var", name, x, _arg(args, kwargs, 1, "dim"))
+    dims = reduction_dims(b, "var", name, x, _arg(args, kwargs, 1, "dim"))
     keep = bool(kwargs.get("keepdim", False))
     correction = kwargs.get("correction")
     if correction is None:
@@ -187,13 +157,13 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const):
             raise UnsupportedOperator("pad", name, None, "padding the batch axis")
         return b.add(b.fresh(name), Pad(list(pads), float(value or 0.0)), [x])
     if _is(n, (), ("expand",)):
-        sizes, shape = _sizes(args), b.shapes[x]
+        sizes, shape = _dims(args, kwargs), b.shapes[x]
         target = [s if t == -1 else int(t) for s, t in zip(shape, sizes[len(sizes) - len(shape):], strict=True)]
         if len(sizes) != len(shape) or target[0] != shape[0]:
             raise UnsupportedOperator("expand", name, None, "new axes or the batch axis")
         return x if tuple(target) == shape else b.add(b.fresh(name), Expand(target), [x])
     if _is(n, (), ("repeat",)):
-        reps = _sizes(args)
+        reps = _dims(args, kwargs)
         if len(reps) != len(b.shapes[x]) or reps[0] != 1 or any(r < 1 for r in reps):
             raise UnsupportedOperator("repeat", name, None, "new axes or copies along the batch axis")
         for d, r in enumerate(reps):
@@ -201,7 +171,7 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const):
                 x = b.add(b.fresh(f"{name}_repeat{d}"), Concat(d, r), [x] * r)
         return x
     if _is(n, (torch.flip,), ("flip",)):
-        dims = _sizes(args) if n.op == "call_method" else list(_arg(args, kwargs, 1, "dims"))
+        dims = _dims(args, kwargs) if n.op == "call_method" else list(_arg(args, kwargs, 1, "dims"))
         return _gather_dims(b, name, x, dims, lambda size, k, i: size - 1 - i)
     if _is(n, (torch.roll,), ("roll",)):
         shifts, dims = _arg(args, kwargs, 1, "shifts"), _arg(args, kwargs, 2, "dims")
@@ -214,7 +184,7 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const):
         p = _arg(args, kwargs, 1, "p", 2)
         if p not in (2, 2.0, "fro"):
             raise UnsupportedOperator("norm", name, None, f"p = {p} (only 2)")
-        dims = _reduce_dims(b, "norm", name, x, _arg(args, kwargs, 2, "dim"))
+        dims = reduction_dims(b, "norm", name, x, _arg(args, kwargs, 2, "dim"))
         keep = bool(_arg(args, kwargs, 3, "keepdim", False))
         return _sqrt_nonneg(b, name, _sum_of_squares(b, name, x, dims, keep))
     if _is(n, (torch.var,), ("var",)):

@@ -53,6 +53,11 @@ UNHANDLED = object()
 """Returned by :func:`function_rule` / :func:`module_op` for nodes that are not theirs."""
 
 
+def numeric(v) -> np.ndarray:
+    """A constant of the trace (number or tensor) in float64."""
+    return np.asarray(v.detach().cpu().double() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
+
+
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -183,18 +188,25 @@ def _pool(kind: str, name: str, args: list, kwargs: dict) -> Op:
 _REDUCTIONS = {"sum": (torch.sum,), "mean": (torch.mean,), "amax": (torch.amax,), "amin": (torch.amin,)}
 
 
-def _reduction(b: GraphBuilder, what: str, name: str, x: str, args: list, kwargs: dict) -> str:
-    """``x.sum / mean / amax / amin(dim, keepdim)`` over per-sample axes: ReduceSum, or a max / min tree."""
-    dim = args[1] if len(args) > 1 else kwargs.get("dim")
-    keep = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
-    if kwargs.get("dtype") is not None:
-        raise UnsupportedOperator(what, name, None, "a dtype argument")
+def reduction_dims(b: GraphBuilder, what: str, name: str, x: str, dim) -> list[int]:
+    """The per-sample axes of a reduction's ``dim`` (an int or a sequence); none given, or the batch axis, is refused
+    by name (a reduction over the batch axis mixes samples)."""
     rank = len(b.shapes[x])
     dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, tuple | list) else None
     if not dims or any(not isinstance(d, int) for d in dims):
         raise UnsupportedOperator(what, name, None, "give dim: a reduction over the batch axis mixes samples")
     dims = [d % rank for d in dims]
     _batch_safe(what, name, dims)
+    return dims
+
+
+def _reduction(b: GraphBuilder, what: str, name: str, x: str, args: list, kwargs: dict) -> str:
+    """``x.sum / mean / amax / amin(dim, keepdim)`` over per-sample axes: ReduceSum, or a max / min tree."""
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    keep = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+    if kwargs.get("dtype") is not None:
+        raise UnsupportedOperator(what, name, None, "a dtype argument")
+    dims = reduction_dims(b, what, name, x, dim)
     if what in ("sum", "mean"):
         return b.add(name, ReduceSum(dims, keep, what == "mean"), [x])
     return composites.reduce_max(b, name, x, dims, keep, what == "amax")
@@ -234,19 +246,18 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const: composites.Con
     if _is(n, (torch.max, torch.min), ("max", "min")) and (isinstance(args[1] if len(args) > 1 else None, int)
                                                          or "dim" in kwargs):
         # the dim overload: (values, indices); the indices are not a function the engine bounds
-        dim = args[1] if len(args) > 1 else kwargs["dim"]
+        dims = reduction_dims(b, str(getattr(n.target, "__name__", n.target)), name, x,
+                              args[1] if len(args) > 1 else kwargs["dim"])
         keep = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
-        rank = len(b.shapes[x])
-        _batch_safe(str(n.target), name, [dim % rank])
         largest = n.target in (torch.max, "max")
-        return composites.reduce_max(b, name, x, [dim % rank], keep, largest), Refused(f"{n.target}'s indices")
+        return composites.reduce_max(b, name, x, dims, keep, largest), Refused(f"{n.target}'s indices")
     if _is(n, (torch.maximum, torch.minimum, torch.max, torch.min), ("maximum", "minimum")) and len(args) == 2:
         largest = n.target in (torch.maximum, torch.max, "maximum")
         y = args[1]
         if isinstance(y, str):
             return composites.max_of_two(b, name, x, y, largest)
         if isinstance(y, int | float) or (isinstance(y, torch.Tensor) and not y.requires_grad):
-            c = np.asarray(y.detach().cpu().double() if isinstance(y, torch.Tensor) else y, dtype=np.float64)
+            c = numeric(y)
             return (composites.maximum if largest else composites.minimum)(b, name, x, c, const)
         return UNHANDLED
     for what, funcs in _REDUCTIONS.items():
