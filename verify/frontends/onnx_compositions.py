@@ -23,6 +23,7 @@ import torch
 from verify.frontends import composites, onnx_linear_maps
 from verify.frontends import constants as K
 from verify.frontends.onnx_context import Ctx, Value, attrs_of, const_input, exact_constants, reduce_axes, unsupported
+from verify.frontends.onnx_layers import _broadcast_var
 from verify.ops import (
     AddVars,
     Concat,
@@ -38,14 +39,6 @@ from verify.ops import (
     Sqrt,
     Square,
 )
-from verify.ops.shape import Expand
-
-
-def _spread(ctx: Ctx, name: str, x: str, shape: tuple[int, ...]) -> str:
-    """``x`` broadcast to ``shape`` (copies: no rounding)."""
-    if ctx.shape(x) == shape:
-        return x
-    return ctx.b.add(ctx.b.fresh(f"{name}_expand"), Expand(shape), [x])
 
 
 def _float32_attr(attrs: dict, key: str, default: float) -> float:
@@ -91,7 +84,7 @@ def selu(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
 
 def sum_or_mean(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     shape = tuple(np.broadcast_shapes(*(ctx.shape(v) for v in ins)))
-    variables = [_spread(ctx, name, v, shape) for v in ins if isinstance(v, str)]
+    variables = [_broadcast_var(ctx, node, v, np.zeros(shape), str(i)) for i, v in enumerate(ins) if isinstance(v, str)]
     total = variables[0] if len(variables) == 1 else ctx.b.add(ctx.b.fresh(f"{name}_sum"),
                                                                AddVars([1.0] * len(variables)), variables)
     bias, bias_err = None, None  # the constant terms' float64 sum and its error bound
@@ -248,7 +241,7 @@ def prelu(ctx: Ctx, node, ins: list, attrs: dict, name: str) -> str:
     if slope.size == 1 and 0.0 <= float(slope.reshape(-1)[0]) <= 1.0 and ctx.err(ins[1]) is None:
         return ctx.b.add(name, LeakyRelu(float(slope.reshape(-1)[0])), [x])
     shape = tuple(np.broadcast_shapes(ctx.shape(x), slope.shape))
-    x = _spread(ctx, name, x, shape)
+    x = _broadcast_var(ctx, node, x, np.zeros(shape))
     minus, _ = ctx.param(np.asarray(-1.0))
     pos = ctx.b.add(ctx.b.fresh(f"{name}_pos"), Relu(), [x])
     neg = ctx.b.add(ctx.b.fresh(f"{name}_neg"), Relu(), [ctx.b.add(ctx.b.fresh(f"{name}_minus"), Scale(minus), [x])])

@@ -127,12 +127,12 @@ def _upsample(ctx: Ctx, node: onnx.NodeProto, x: str, ins: list) -> Value:
             raise UnsupportedOperator(op, node.name, ctx.opset, "a mode other than nearest before opset 9")
         scales = attrs.get("scales")
     else:
-        scales, sizes = _resize_inputs(ctx, node, ins)
+        given, sizes = _resize_inputs(ctx, node, ins)
+        scales = given
         if scales is None and sizes is not None:
             scales = np.asarray(sizes, dtype=np.float64) / np.asarray(ctx.shape(x), dtype=np.float64)
         if mode != b"nearest" or _other_nearest_modes(attrs, ctx.opset) or not _integer_scales(scales):
-            return onnx_linear_maps.resize_per_axis(ctx, node, x, *_resize_inputs(ctx, node, ins),
-                                                     node.name or node.output[0])
+            return onnx_linear_maps.resize_per_axis(ctx, node, x, given, sizes, node.name or node.output[0])
     scales = np.asarray(scales, dtype=np.float64).reshape(-1)
     if scales.size != len(ctx.shape(x)) or not _integer_scales(scales):
         raise UnsupportedOperator(op, node.name, ctx.opset, f"scales {scales.tolist()} (only integers >= 1)")

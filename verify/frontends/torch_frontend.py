@@ -127,9 +127,7 @@ def _module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
     if isinstance(m, nn.LeakyReLU):
         return _leaky(m.negative_slope, name)
     if isinstance(m, nn.Flatten):
-        s = list(in_shape)
-        start, end = m.start_dim % len(s), m.end_dim % len(s)
-        return Reshape(s[:start] + [int(torch.Size(s[start:end + 1]).numel())] + s[end + 1:])
+        return Reshape(_flattened(in_shape, m.start_dim, m.end_dim))
     if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
         return _bn_scale(m, len(in_shape))
     if isinstance(m, nn.AvgPool2d):
@@ -212,7 +210,7 @@ _KWARGS: dict[str, set[str]] = {
 
 
 def _check_kwargs(n: fx.Node) -> None:
-    name = str(getattr(n.target, "__name__", n.target))
+    name = _target_name(n)
     # None / False are "off" (fx spells out defaults such as interpolate's antialias=False)
     extra = sorted(k for k, v in n.kwargs.items() if k not in _KWARGS.get(name, set()) and v is not None
                    and v is not False)
@@ -236,8 +234,9 @@ def _arith(n: fx.Node) -> str | None:
         return None
 
 
-def _is_call(n: fx.Node, funcs=(), methods=()) -> bool:
-    return (n.op == "call_function" and n.target in funcs) or (n.op == "call_method" and n.target in methods)
+def _target_name(n: fx.Node) -> str:
+    """The traced function's or method's name (``add``, ``softmax``, ...)."""
+    return str(getattr(n.target, "__name__", n.target))
 
 
 def _two_operands(n: fx.Node, args: list, kwargs: dict, key: str) -> tuple:
@@ -246,15 +245,20 @@ def _two_operands(n: fx.Node, args: list, kwargs: dict, key: str) -> tuple:
         return args[0], args[1]
     if len(args) == 1 and key in kwargs:
         return args[0], kwargs[key]
-    raise UnsupportedOperator(str(getattr(n.target, "__name__", n.target)), n.name, None, "these arguments")
+    raise UnsupportedOperator(_target_name(n), n.name, None, "these arguments")
 
 
-def _flattened(shape: Sequence[int], args: list, kwargs: dict) -> list[int]:
-    """The shape after ``flatten(start_dim, end_dim)`` (torch's defaults 0 and -1)."""
+def _flattened(shape: Sequence[int], start: int = 0, end: int = -1) -> list[int]:
+    """The shape after ``flatten(start_dim, end_dim)`` (torch's defaults 0 and -1; nn.Flatten's are 1 and -1)."""
     s = list(shape)
-    start = (args[1] if len(args) > 1 else kwargs.get("start_dim", 0)) % len(s)
-    end = (args[2] if len(args) > 2 else kwargs.get("end_dim", -1)) % len(s)
+    start, end = start % len(s), end % len(s)
     return s[:start] + [int(torch.Size(s[start:end + 1]).numel())] + s[end + 1:]
+
+
+def _flatten_dims(args: list, kwargs: dict) -> tuple[int, int]:
+    """``(start_dim, end_dim)`` of a traced ``flatten`` call."""
+    return (args[1] if len(args) > 1 else kwargs.get("start_dim", 0)), \
+        (args[2] if len(args) > 2 else kwargs.get("end_dim", -1))
 
 
 def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
@@ -300,9 +304,10 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             m = mods[n.target]
             env[n] = _clip(b, n.target.replace(".", "_"), args[0], float(m.min_val), float(m.max_val), dtype)
         elif (n.op == "call_module" and isinstance(mods[n.target], nn.Softmax | nn.LogSoftmax)) or \
-                _is_call(n, (F.softmax, torch.softmax, F.log_softmax, torch.log_softmax), ("softmax", "log_softmax")):
+                torch_layers._is(n, (F.softmax, torch.softmax, F.log_softmax, torch.log_softmax),
+                                 ("softmax", "log_softmax")):
             log = isinstance(mods[n.target], nn.LogSoftmax) if n.op == "call_module" else \
-                str(getattr(n.target, "__name__", n.target)) == "log_softmax"
+                _target_name(n) == "log_softmax"
             if n.op == "call_module":
                 dim = mods[n.target].dim
             else:
@@ -368,7 +373,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             w, w_err = _constant(c, c_err, dtype)
             env[n] = b.add(n.name, Scale(w, None, weight_err=w_err), [v])
         elif n.op == "call_function" and n.target is torch.flatten:
-            env[n] = b.add(n.name, Reshape(_flattened(b.shapes[args[0]], args, n.kwargs)), [args[0]])
+            env[n] = b.add(n.name, Reshape(_flattened(b.shapes[args[0]], *_flatten_dims(args, n.kwargs))), [args[0]])
         elif n.op == "call_method" and n.target == "size":
             s = b.shapes[args[0]]
             env[n] = s if len(args) == 1 else s[args[1]]
@@ -376,7 +381,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             x = args[0]
             s = list(b.shapes[x])
             if n.target == "flatten":
-                target = _flattened(s, args, n.kwargs)
+                target = _flattened(s, *_flatten_dims(args, n.kwargs))
             else:
                 dims = args[1] if len(args) == 2 and isinstance(args[1], tuple | list) else args[1:]
                 target = list(dims)
@@ -389,7 +394,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = b.add(n.name, {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh}[n.target](), [args[0]])
         elif n.op == "call_function" and n.target is operator.getitem and isinstance(args[0], tuple):
             env[n] = args[0][args[1]]
-        elif _is_call(n, (operator.pow, torch.pow), ("pow",)) and len(args) == 2 and isinstance(args[1], int) \
+        elif torch_layers._is(n, (operator.pow, torch.pow), ("pow",)) and len(args) == 2 and isinstance(args[1], int) \
                 and 1 <= args[1] <= 16:
             env[n] = args[0] if args[1] == 1 else b.add(n.name, Power(args[1]), [args[0]])
         elif n.op == "call_function" and n.target is getattr and isinstance(args[0], tuple) \
@@ -397,8 +402,8 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = args[0][0 if args[1] == "values" else 1]  # torch.return_types of max / min
         elif n.op == "call_function" and n.target is getattr and args[1] == "shape":
             env[n] = tuple(b.shapes[args[0]])  # x.shape: the batch axis reads 1, which view/reshape keep
-        elif _is_call(n, (torch.clamp_min, torch.clamp_max), ("clamp_min", "clamp_max")):
-            low = str(getattr(n.target, "__name__", n.target)) == "clamp_min"
+        elif torch_layers._is(n, (torch.clamp_min, torch.clamp_max), ("clamp_min", "clamp_max")):
+            low = _target_name(n) == "clamp_min"
             limit = float(_two_operands(n, args, dict(n.kwargs), "min" if low else "max")[1])
             env[n] = _clip(b, n.name, args[0], limit if low else None, None if low else limit, dtype)
         elif n.op == "call_function" and n.target in (torch.sin, torch.cos):
@@ -418,7 +423,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = b.add(n.name, _leaky(slope, n.name), [args[0]])
         elif n.op == "call_function" and n.target in (operator.neg, torch.neg):
             env[n] = b.add(n.name, Scale(torch.tensor(-1.0, dtype=dtype, device="cpu"), None), [args[0]])
-        elif _is_call(n, (torch.clamp, torch.clip, F.hardtanh, F.relu6), ("clamp", "clip")):
+        elif torch_layers._is(n, (torch.clamp, torch.clip, F.hardtanh, F.relu6), ("clamp", "clip")):
             lo_c, hi_c = _clamp_limits(n.target, args, n.kwargs)
             env[n] = _clip(b, n.name, args[0], lo_c, hi_c, dtype)
         else:
@@ -429,7 +434,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             if value is torch_layers.UNHANDLED:
                 value = torch_functions.function_rule(b, n, nested, const)
             if value is torch_layers.UNHANDLED:
-                raise UnsupportedOperator(str(getattr(n.target, "__name__", n.target)), n.name, None)
+                raise UnsupportedOperator(_target_name(n), n.name, None)
             env[n] = value
     if not isinstance(output, str):
         raise UnsupportedOperator("output", "", None, "the module must return one tensor")
