@@ -26,7 +26,9 @@ from verify.bounds.ibp import allowance_args, sound_interval
 from verify.bounds.patches import concretize_patches, patch_chain, patch_pass, start_patches
 from verify.graph import Graph
 from verify.ops.activation import Relu
+from verify.ops.affine import Scale
 from verify.ops.base import Bounds
+from verify.ops.shape import Pad, Reshape, Slice, Transpose
 from verify.rounding import F64, accounted, cast_down, cast_up, dot_error, down, gamma, magnitude, unit_roundoff
 
 MAX_ROWS = 2048  # spec rows per backward pass when bounding an intermediate node (memory cap)
@@ -231,6 +233,30 @@ def behind_relaxation(graph: Graph) -> set[str]:
     return out
 
 
+_BOX_PRESERVING = (Reshape, Transpose, Pad, Slice, Scale)
+"""Ops that map a box onto a box (each output coordinate one input coordinate, scaled, or a constant)."""
+
+
+def exact_interval_nodes(graph: Graph) -> set[str]:
+    """Nodes whose interval rule on the input box is their exact range: the input box moved by box-preserving ops
+    (:data:`_BOX_PRESERVING`), one linear map of one variable applied to such a box (its centre-radius rule is
+    exact there), and such nodes moved on by box-preserving ops. A composition of two mixing maps is not: IBP gives
+    ``|W2| |W1| r`` where the range is ``|W2 W1| r`` (a ViT's patch embedding then its query map: 6x wider)."""
+    box, exact = {graph.input_name}, {graph.input_name}
+    for n in graph.nodes:
+        if len(n.inputs) != 1 or not getattr(n.op, "linear", False):
+            continue
+        i = n.inputs[0]
+        if isinstance(n.op, _BOX_PRESERVING):
+            if i in box:
+                box.add(n.name)
+            if i in exact:
+                exact.add(n.name)
+        elif i in box:
+            exact.add(n.name)
+    return exact
+
+
 def refine_rows(lo: Tensor, hi: Tensor, relu_only: bool) -> Tensor:
     """Flat indices of neurons worth a CROWN pass (unstable for ReLU inputs, non-degenerate otherwise)."""
     lo_f, hi_f = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)
@@ -328,8 +354,8 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
     """
     bounds: dict[str, Bounds] = {graph.input_name: (x_lo, x_hi)}
     bounded = set(graph.bounded_nodes())
-    affine = bounded - behind_relaxation(graph)  # an affine function of the input: box intervals are exact
-    refine = bounded - affine if method == "crown" else set()
+    affine = bounded - behind_relaxation(graph)  # an affine function of the input
+    refine = bounded - exact_interval_nodes(graph) if method == "crown" else set()
     if ball is not None:
         refine |= affine
     relu_only = _relu_only_consumers(graph)

@@ -58,6 +58,10 @@ class _WeightedLayer(LinearOp):
             return e if extra is None else e + extra
 
 
+SPARSE_MIN_ROWS = 64
+"""Dense adjoints of at least this many rows check for one nonzero per row (a sparse product is then faster)."""
+
+
 class Dense(_WeightedLayer):
     """``y[..., o] = sum_i W[o, i] x[..., i] + b[o]`` on the last axis (Gemm, MatMul, nn.Linear)."""
 
@@ -82,6 +86,11 @@ class Dense(_WeightedLayer):
         return self.bias.expand(self.out_shape)
 
     def adjoint(self, lam):
+        rows = lam.reshape(-1, lam.shape[-1])
+        if rows.shape[0] >= SPARSE_MIN_ROWS and not lam.requires_grad and rows.layout == torch.strided \
+                and int(torch.count_nonzero(rows)) <= rows.shape[0]:
+            # bound_rows' start rows +-e_r: a row gather, not a dense product (the same exact values)
+            return [torch.sparse.mm(rows.to_sparse(), self.weight).reshape(*lam.shape[:-1], -1)]
         return [lam @ self.weight]
 
     def __repr__(self):
