@@ -19,6 +19,8 @@ class Ctx:
         self.b, self.opset, self.dtype = builder, opset, dtype
         self.values: dict[str, Value] = {}
         self.errs = K.Errors()
+        # id(t) -> (t, its float64 value, that value's error bound or None): for ops computed in float64 later
+        self.precise: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
     def t(self, a: np.ndarray) -> torch.Tensor:
         return torch.tensor(np.array(a, dtype=np.float64), dtype=self.dtype, device="cpu")
@@ -36,6 +38,10 @@ class Ctx:
             e = e + np.broadcast_to(err, e.shape)
         if not np.any(e > 0):
             return t, None
+        if self.dtype != torch.float64:  # the float64 value keeps its own (much smaller) error
+            own = None if err is None or not np.any(err > 0) else \
+                torch.tensor(np.broadcast_to(err, t.shape), dtype=torch.float64, device="cpu")
+            self.precise[id(t)] = (t, torch.tensor(np.array(a, dtype=np.float64), device="cpu"), own)
         # the error bound is rounded up to the model's precision
         et = torch.tensor(e, dtype=torch.float64, device="cpu")
         return t, torch.nextafter(et.to(self.dtype), torch.tensor(float("inf"), dtype=self.dtype, device="cpu"))

@@ -471,4 +471,17 @@ def from_onnx_model(model: onnx.ModelProto, source: str = "<onnx>", dtype: torch
     out = ctx.values[g.output[0].name]
     if not isinstance(out, str):
         raise ModelError(f"{source}: the output does not depend on the input")
-    return builder.build(out)
+    graph = builder.build(out)
+    _attach_precise(graph, ctx.precise)
+    return graph
+
+
+def _attach_precise(graph: Graph, precise: dict) -> None:
+    """Give ops whose folded constants (BatchNorm scales, ...) were rounded to the model's precision those constants'
+    float64 values (``Op.precise``), which they take when the graph is computed in float64: the bound then pays
+    the float64 value's error, not the float32 cast's (which grows through every later layer's allowance)."""
+    for n in graph.nodes:
+        for attr, v in list(vars(n.op).items()):
+            hit = precise.get(id(v)) if isinstance(v, torch.Tensor) else None
+            if hit is not None and hit[0] is v and hasattr(n.op, f"{attr}_err"):
+                n.op.precise = {**getattr(n.op, "precise", {}), attr: (hit[1], hit[2])}

@@ -26,9 +26,9 @@ from verify.ops import AddVars, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Resha
 from verify.ops.activation import Erf, LeakyRelu
 from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 from verify.ops.exp_log import Exp, Log, Sqrt
-from verify.ops.interval_relaxed import LogSoftmax, Softmax
 from verify.ops.periodic import Cos, Sin
 from verify.ops.shape import Concat
+from verify.ops.softmax import LogSoftmax, Softmax
 from verify.rounding import unit_roundoff
 
 _ACT_MODULES = {nn.ReLU: Relu, nn.Sigmoid: Sigmoid, nn.Tanh: Tanh}
@@ -128,6 +128,11 @@ def _module_op(m: nn.Module, in_shape: tuple[int, ...], name: str):
         return _leaky(m.negative_slope, name)
     if isinstance(m, nn.Flatten):
         return Reshape(_flattened(in_shape, m.start_dim, m.end_dim))
+    if isinstance(m, nn.Unflatten) and isinstance(m.dim, int):
+        d = m.dim % len(in_shape)
+        if d == 0:
+            raise UnsupportedOperator("Unflatten", name, None, "unflattening the batch axis")
+        return Reshape([*in_shape[:d], *torch.Size(m.unflattened_size), *in_shape[d + 1:]])
     if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
         return _bn_scale(m, len(in_shape))
     if isinstance(m, nn.AvgPool2d):

@@ -79,6 +79,11 @@ class Op:
         for k, v in self.tensors().items():
             if v.is_floating_point():
                 setattr(self, k, v.to(dtype))
+        if dtype == torch.float64:  # constants the frontend also has in float64 (with their own error bound)
+            for k, (v64, err64) in getattr(self, "precise", {}).items():
+                device = getattr(self, k).device
+                setattr(self, k, v64.to(device))
+                setattr(self, f"{k}_err", None if err64 is None else err64.to(device))
 
     def to_device(self, device: torch.device) -> None:
         """Move every tensor the op holds (weights, constants, indices; also inside dicts and lists) to ``device``."""
