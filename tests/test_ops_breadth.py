@@ -394,3 +394,14 @@ def test_vnncomp_ops_instances_verify_with_no_error_and_none_wrong(folder, net, 
     assert summary["instances"] == len(rows) and summary["error"] == 0 and summary["wrong"] == 0
     assert summary["correct"] == len(rows), summary
 
+
+
+@pytest.mark.slow
+def test_vit_instance_is_proved():
+    """vit_2023 instance 1647 (unsat by two tools): softmax planes, the intermediate bounds of affine compositions,
+    product weights optimised at the root and in the split search prove it within its 100 s (about 45 s here)."""
+    from verify.pipeline import verify_instance
+
+    d = _ops_data("vit_2023")
+    res = verify_instance(d / "onnx" / "pgd_2_3_16.onnx", d / "vnnlib" / "pgd_2_3_16_1647.vnnlib", timeout=100)
+    assert res.status == "unsat", res

@@ -111,3 +111,41 @@ def test_a_quotient_whose_divisor_may_vanish_is_refused_not_bounded():
     with torch.no_grad():
         ys = net.double()(xs.double())
     assert (ys >= lo.double()).all() and (ys <= hi.double()).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_product_planes_hold_exactly_for_any_weights(dtype):
+    """The CROWN step with alpha-CROWN's plane weights r in [0, 1] (0, 1, 0.5 and random): for lam = +1 the
+    returned ``lam_x x + lam_y y + kappa`` is below ``x y`` and for lam = -1 above it, at the box corners and
+    inside, in exact rational arithmetic (the step's own float rounding is the op's allowance, not checked here:
+    lam = +-1 makes the products exact)."""
+    rng = np.random.default_rng(7)
+    lx, ux = _intervals(rng, dtype)
+    ly, uy = _intervals(rng, dtype)
+    op = Mul()
+    op.bind([(64,), (64,)])
+    bx, by = (lx[None], ux[None]), (ly[None], uy[None])
+    for weights in (0.0, 1.0, 0.5, None):
+        r = torch.tensor(rng.uniform(0, 1, size=(2, 1, 2, 64)), dtype=dtype) if weights is None else \
+            torch.full((2, 1, 2, 64), weights, dtype=dtype)
+        lam = torch.stack([torch.ones(64, dtype=dtype), -torch.ones(64, dtype=dtype)])[None]  # [1, 2, 64]
+        (lam_x, lam_y), kappa = op.backward(lam, [bx, by], r)
+        assert kappa.shape == (1, 2)
+        # per element: the constant is the kappa share of that element; recompute it from the plane formula
+        for i in range(0, 64, 3):
+            for s, sign in ((0, 1), (1, -1)):
+                a, b = Fraction(float(lam_x[0, s, i])), Fraction(float(lam_y[0, s, i]))
+                c = _element_constant(op, bx, by, r, s, i, dtype)
+                for fx in (0, 1, Fraction(1, 3)):
+                    for fy in (0, 1, Fraction(2, 3)):
+                        x = Fraction(float(lx[i])) + (Fraction(float(ux[i])) - Fraction(float(lx[i]))) * fx
+                        y = Fraction(float(ly[i])) + (Fraction(float(uy[i])) - Fraction(float(ly[i]))) * fy
+                        assert a * x + b * y + c <= sign * x * y, (weights, i, s)
+
+
+def _element_constant(op: Mul, bx, by, r, s: int, i: int, dtype) -> Fraction:
+    """kappa of spec row ``s`` restricted to element ``i``: the step with lam one-hot at ``i``."""
+    lam = torch.zeros(1, 2, 64, dtype=dtype)
+    lam[0, s, i] = 1.0 if s == 0 else -1.0
+    _, kappa = op.backward(lam, [bx, by], r)
+    return Fraction(float(kappa[0, s]))

@@ -22,6 +22,7 @@ from verify.bounds.alpha import _Adam
 from verify.bounds.crown import apply_splits, intermediate_bounds
 from verify.graph import Graph
 from verify.ops.activation import Relu
+from verify.ops.bilinear import Mul
 from verify.spec import RowSpec, minimizers
 
 INFEASIBLE_TOL = 1e-5
@@ -60,6 +61,8 @@ class ReluBab:
         self.x_hi = hi.reshape(1, *graph.input_shape)
         self.relus = [n for n in graph.nodes if isinstance(n.op, Relu)]
         self.pre = [n.inputs[0] for n in self.relus]  # split nodes (ReLU inputs)
+        # slopes optimised per domain: the ReLUs' and the products' plane weights (attention)
+        self.optimised = self.relus + [n for n in graph.nodes if isinstance(n.op, Mul)]
         self.layer_sizes = torch.tensor([int(torch.Size(graph.shape_of(n)).numel()) for n in self.pre],
                                         device=lo.device)
         self.layer_ends = self.layer_sizes.cumsum(0)
@@ -85,13 +88,13 @@ class ReluBab:
             bounds[name] = (lo, torch.maximum(hi, lo))
         r = rows.C.shape[0]
         alphas = {}
-        for n in self.relus:
+        for n in self.optimised:
             lo, hi = bounds[n.inputs[0]]
-            if warm is not None and n.name in warm:
-                alphas[n.name] = warm[n.name].unsqueeze(0).clone().requires_grad_(True)
+            if warm is not None and n.name in warm:  # stored [B, R, n_alpha, ...]: domains first, for the pool
+                alphas[n.name] = warm[n.name].movedim(2, 0).clone().requires_grad_(True)
             else:
                 init = n.op.init_alpha(lo.unsqueeze(1), hi.unsqueeze(1))
-                alphas[n.name] = init.expand(1, b, r, *lo.shape[1:]).clone().requires_grad_(True)
+                alphas[n.name] = init.expand(init.shape[0], b, r, *init.shape[3:]).clone().requires_grad_(True)
         signs = {name: -splits[name].to(bounds[name][0].dtype).unsqueeze(1) for name in self.pre}
         betas = {}
         for name in self.pre:
@@ -122,14 +125,14 @@ class ReluBab:
             if opt_b is not None:
                 opt_b.step(grads[len(alphas):])
             with torch.no_grad():
-                for n in self.relus:
+                for n in self.optimised:
                     a = alphas[n.name]
                     a.copy_(a.clamp(0, 1))
                 for v in betas.values():
                     v.clamp_(min=0)
         lam_h = {k: v.detach() for k, v in record.items() if v is not None}
         best = torch.where(feasible.unsqueeze(1), best, torch.full_like(best, float("inf")))
-        state = {k: v.detach()[0] for k, v in alphas.items()}
+        state = {k: v.detach().movedim(0, 2) for k, v in alphas.items()}
         for name in self.pre:  # every key always present: pools of different batches concatenate
             v = betas.get(name)
             state["beta:" + name] = v.detach() if v is not None else torch.zeros(

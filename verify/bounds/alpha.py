@@ -33,7 +33,8 @@ def final_alphas(graph: Graph, bounds, b: int, s: int) -> dict[str, Tensor]:
         if hasattr(n.op, "init_alpha"):
             lo, hi = bounds[n.inputs[0]]
             init = n.op.init_alpha(lo.unsqueeze(1), hi.unsqueeze(1))
-            out[n.name] = init.detach().expand(init.shape[0], b, s, *lo.shape[1:]).clone().requires_grad_(True)
+            # per neuron of the op's input (activations) or of its output (products): the shape init_alpha gives
+            out[n.name] = init.detach().expand(init.shape[0], b, s, *init.shape[3:]).clone().requires_grad_(True)
     return out
 
 

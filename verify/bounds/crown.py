@@ -413,7 +413,7 @@ class AlphaStore:
             if key not in self.params:
                 lo, hi = bounds[n.inputs[0]]
                 init = n.op.init_alpha(lo.unsqueeze(1), hi.unsqueeze(1))
-                self.params[key] = init.detach().expand(init.shape[0], lo.shape[0], s, *lo.shape[1:]).clone()
+                self.params[key] = init.detach().expand(init.shape[0], lo.shape[0], s, *init.shape[3:]).clone()
                 self.params[key].requires_grad_(True)
             out[n.name] = self.params[key]
         return out

@@ -3,7 +3,10 @@ of two variables), and integer powers ``z = x^n`` (ONNX Pow with a constant expo
 
 Product: McCormick's envelopes on ``[lx, ux] x [ly, uy]`` (McCormick, Math. Prog. 1976): ``z >= ly x + lx y - lx ly``
 and ``z >= uy x + ux y - ux uy``; ``z <= uy x + lx y - lx uy`` and ``z <= ly x + ux y - ux ly``. The CROWN step
-gives ``Lambda+`` the mean of the two lower planes and ``Lambda-`` the mean of the two upper ones (each mean is valid).
+gives ``Lambda+`` a convex combination of the two lower planes and ``Lambda-`` one of the two upper ones, weights
+``r`` in [0, 1] per output (0.5, the means, unless alpha-CROWN optimises them, as auto_LiRPA's interpolated
+relaxation); the constant is the extreme of ``xy - a x - b y`` over the four corners for the slopes as computed,
+rounded to the safe side, so each plane holds exactly.
 Powers ``x^n`` (``Power``): chord and tangent on convex pieces (sound on same-sign intervals too, where auto_LiRPA's
 bound of ``x^2`` is not).
 
@@ -53,19 +56,27 @@ class Mul(Op):
         hi = torch.stack([mul_up(a, b) for a, b in corners]).amax(0)
         return lo, hi
 
+    n_alpha = 2  # the lower and the upper planes' weights
+
+    def init_alpha(self, lo, hi):
+        """``[2, B, 1, *out_shape]`` of 0.5: the planes' means (one weight per output; ``lo`` is the first input's)."""
+        return torch.full((2, lo.shape[0], 1, *self.out_shape), 0.5, dtype=lo.dtype, device=lo.device)
+
+    def project_alpha(self, alpha, lo, hi):
+        return alpha.clamp(0.0, 1.0)
+
     def backward(self, lam, in_bounds, alpha=None):
         (lx, ux), (ly, uy) = (tuple(t.unsqueeze(1) for t in b) for b in in_bounds)
         pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-        half = 0.5
-        # lower planes' mean: a = (ly + uy) / 2 on x, b = (lx + ux) / 2 on y, c = -(lx ly + ux uy) / 2;
-        # upper planes' mean: the same a and b, c = -(lx uy + ux ly) / 2
-        a_x = (ly + uy) * half
-        a_y = (lx + ux) * half
-        lam_x = lam * a_x
-        lam_y = lam * a_y
-        c_lo = -(lx.to(F64) * ly.to(F64) + ux.to(F64) * uy.to(F64)) * half
-        c_up = -(lx.to(F64) * uy.to(F64) + ux.to(F64) * ly.to(F64)) * half
-        kappa = dot64(pos, c_lo) + dot64(neg, c_up)
+        r_lo, r_up = (0.5, 0.5) if alpha is None else (alpha[0], alpha[1])
+        # lower: r (ly x + lx y - lx ly) + (1 - r) (uy x + ux y - ux uy); upper: r (uy x + lx y - lx uy) + (1 - r)
+        # (ly x + ux y - ux ly)
+        a_lo, b_lo = (ly - uy) * r_lo + uy, (lx - ux) * r_lo + ux
+        a_up, b_up = (uy - ly) * r_up + ly, (lx - ux) * r_up + ux
+        lam_x = pos * a_lo + neg * a_up
+        lam_y = pos * b_lo + neg * b_up
+        kappa = dot64(pos, _plane_constant(a_lo, b_lo, in_bounds, lower=True)) \
+            + dot64(neg, _plane_constant(a_up, b_up, in_bounds, lower=False))
         return [unbroadcast(lam_x, self.in_shapes[0]), unbroadcast(lam_y, self.in_shapes[1])], kappa
 
     def error_radius(self, bounds):
@@ -73,7 +84,8 @@ class Mul(Op):
         u = unit_roundoff(ax.dtype)
         # the sums over broadcast copies of an input in the backward step: gamma_m
         m = max(self.out_numel() // max(1, int(torch.Size(s).numel())) for s in self.in_shapes)
-        return (16 * u + 2 * gamma(m, ax.dtype) + 3 * gamma(self.out_numel(), F64)) * (ax * ay) * 2 + tiny(ax.dtype)
+        # slopes within [-a, a] (convex combinations of bounds), |c| <= 3 a_x a_y
+        return (16 * u + 2 * gamma(m, ax.dtype) + 3 * gamma(self.out_numel(), F64)) * (ax * ay) * 3 + tiny(ax.dtype)
 
     def interval_radius(self, bounds):
         ax, ay = (magnitude(*b).detach() for b in bounds)
@@ -87,6 +99,23 @@ class Mul(Op):
 
     def __repr__(self):
         return "Mul()"
+
+
+def _plane_constant(a: Tensor, b: Tensor, in_bounds, lower: bool) -> Tensor:
+    """The constant that makes ``a x + b y + c`` a lower (upper) plane of ``xy`` on the box for the slopes as given:
+    ``min`` (``max``) of ``xy - a x - b y`` over the four corners (a bilinear function takes its extremes there), in
+    float64, moved by its rounding to the safe side."""
+    (lx, ux), (ly, uy) = (tuple(t.unsqueeze(1).to(F64) for t in bnd) for bnd in in_bounds)
+    a64, b64 = a.to(F64), b.to(F64)  # the constant follows the slopes (alpha-CROWN differentiates it)
+    vals, mags = [], []
+    for cx in (lx, ux):
+        for cy in (ly, uy):
+            terms = (cx * cy, a64 * cx, b64 * cy)
+            vals.append(terms[0] - terms[1] - terms[2])
+            mags.append((terms[0].abs() + terms[1].abs() + terms[2].abs()).detach())
+    slack = 4 * unit_roundoff(F64) * torch.stack(torch.broadcast_tensors(*mags)).amax(0) + tiny(F64)
+    stacked = torch.stack(torch.broadcast_tensors(*vals))
+    return stacked.amin(0) - slack if lower else stacked.amax(0) + slack
 
 
 class _OddConvex(Op):
