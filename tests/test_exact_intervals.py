@@ -69,7 +69,7 @@ def test_affine_composition_gets_its_exact_range(seed):
     ibp = intermediate_bounds(g, lo, hi, "ibp")
     act = [n.name for n in g.nodes if repr(n.op).startswith("Sigmoid")][0]
     relu_in = g.node(act).inputs[0]
-    c_lo, c_hi = crown[relu_in]
+    c_lo, c_hi = (t.detach() for t in crown[relu_in])
     i_lo, i_hi = ibp[relu_in]
     w = (net[1].weight @ net[0].weight).detach()
     b = (net[1].weight @ net[0].bias + net[1].bias).detach()

@@ -46,6 +46,23 @@ def test_planes_hold_for_the_exact_softmax(seed):
     assert np.all(p_up >= y), float((y - p_up).max())
 
 
+def test_planes_hold_where_exp_underflows():
+    """Differences far below -745 (exp is 0 in float64): the chord through the low end must still lie above exp
+    at every point of the interval, not only where the float64 exp is positive."""
+    op = Softmax(axis=1)
+    op.bind([(1, 3)])
+    lo = torch.tensor([[[0.0, -1500.0, -900.0]]], dtype=torch.float64)
+    hi = torch.tensor([[[0.5, -600.0, -10.0]]], dtype=torch.float64)
+    a_lo, b_lo, a_up, b_up = op.planes(lo, hi)
+    assert bool((a_up != 0).any())  # the row is relaxed by planes (its differences stay below the cap)
+    g = torch.Generator().manual_seed(0)
+    x = (lo + (hi - lo) * torch.rand(4000, 1, 3, generator=g, dtype=torch.float64)).numpy().astype(np.longdouble)
+    y = _softmax_ld(x)
+    p_lo = (a_lo.numpy().astype(np.longdouble)[0] * x[:, :, None, :]).sum(-1) + b_lo.numpy().astype(np.longdouble)[0]
+    p_up = (a_up.numpy().astype(np.longdouble)[0] * x[:, :, None, :]).sum(-1) + b_up.numpy().astype(np.longdouble)[0]
+    assert np.all(p_lo <= y) and np.all(p_up >= y)
+
+
 def test_planes_are_tighter_than_the_constant_lines_on_small_boxes():
     g = torch.Generator().manual_seed(0)
     op = Softmax(axis=1)

@@ -247,7 +247,8 @@ def exact_interval_nodes(graph: Graph) -> set[str]:
         if len(n.inputs) != 1 or not getattr(n.op, "linear", False):
             continue
         i = n.inputs[0]
-        if isinstance(n.op, _BOX_PRESERVING):
+        if isinstance(n.op, _BOX_PRESERVING) and (not isinstance(n.op, Scale) or n.shape == graph.shape_of(i)):
+            # (a Scale that broadcasts its input to a larger shape copies coordinates: not a box any more)
             if i in box:
                 box.add(n.name)
             if i in exact:

@@ -160,7 +160,6 @@ def _composed_planes(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
     ok = torch.isfinite(lo).all(-1) & torch.isfinite(hi).all(-1) & (du.amax(-1) <= MAX_DIFFERENCE)
     if not bool(ok.any()):
         return None
-    dl = dl.clamp(min=-700.0)  # exp underflows to 0 below; lowering a lower bound of d keeps it one
     du = torch.where(ok.unsqueeze(-1), du, torch.zeros_like(du))  # rows kept constant: any finite values
     # e_j = exp(d_j) in [el, eu] (float64 exp within 2 ulps); e_k = 1 exactly
     el = torch.where(at_k, 1.0, dl.exp() * (1 - 4 * u))
