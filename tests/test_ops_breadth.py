@@ -398,8 +398,8 @@ def test_vnncomp_ops_instances_verify_with_no_error_and_none_wrong(folder, net, 
 
 @pytest.mark.slow
 def test_vit_instance_is_proved():
-    """vit_2023 instance 1647 (unsat by two tools): softmax planes, the intermediate bounds of affine compositions,
-    product weights optimised at the root and in the split search prove it within its 100 s (about 45 s here)."""
+    """vit_2023 instance 1647 (unsat by two tools): softmax planes on CROWN-bounded differences, the intermediate
+    bounds of affine compositions and optimised product weights prove it within its 100 s (about 18 s here)."""
     from verify.pipeline import verify_instance
 
     d = _ops_data("vit_2023")

@@ -136,3 +136,38 @@ def test_planes_make_crown_tighter_than_constant_lines(monkeypatch):
     monkeypatch.setattr(sm, "MAX_DIFFERENCE", -1.0)  # every row constant: the relaxation before the planes
     w_const = bound(g, lo, hi, method="crown")
     assert float((w_planes[1] - w_planes[0]).sum()) < float((w_const[1] - w_const[0]).sum())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_difference_planes_hold_for_the_exact_softmax(seed):
+    """``SoftmaxOfDifferences`` on the exact ranges of the differences of correlated scores ``x = c + M z`` (the
+    common terms cancel, so the differences' ranges are narrower than the scores' intervals allow): its planes in
+    ``D[k, :]`` and its interval hold for the 80-bit softmax, zero tolerance."""
+    from verify.ops.softmax import SoftmaxOfDifferences
+
+    g = torch.Generator().manual_seed(seed)
+    n, m, rows = [2, 3, 5, 8][seed % 4], 4, 3
+    c = 2 * torch.randn(rows, n, generator=g, dtype=torch.float64)
+    mix = torch.randn(rows, n, m, generator=g, dtype=torch.float64) + 3.0  # a large common part
+    rad = [0.02, 0.3][seed // 4]
+    pairs = torch.eye(n, dtype=torch.float64)[None, :] - torch.eye(n, dtype=torch.float64)[:, None]  # [i, j, l]
+    pd = torch.einsum("ijl,rlm->rijm", pairs, mix)  # D[i, j] = x_j - x_i = (e_j - e_i) . (c + M z)
+    centre = torch.einsum("ijl,rl->rij", pairs, c)
+    spread = rad * pd.abs().sum(-1)
+    lo, hi = (centre - spread)[None], (centre + spread)[None]  # [1, rows, n, n], exact ranges
+    op = SoftmaxOfDifferences()
+    op.bind([(rows, n, n)])
+    c_lo, b_lo, c_up, b_up, k = op.planes(lo, hi)
+    z = rad * (2 * torch.rand(5000, 1, m, generator=g, dtype=torch.float64) - 1)
+    x = c[None] + torch.einsum("rnm,sqm->srn", mix, z)  # [S, rows, n]
+    d = x.unsqueeze(-2) - x.unsqueeze(-1)  # [S, rows, i, j] = x_j - x_i
+    assert torch.all(d >= lo - 1e-12) and torch.all(d <= hi + 1e-12)
+    d_k = torch.gather(d, 2, k[0].unsqueeze(0).unsqueeze(-1).expand(d.shape[0], rows, 1, n)).squeeze(2)
+    y = _softmax_ld(x.numpy())
+    dk = d_k.numpy().astype(np.longdouble)
+    p_lo = (c_lo.numpy().astype(np.longdouble)[0] * dk[:, :, None, :]).sum(-1) + b_lo.numpy().astype(np.longdouble)[0]
+    p_up = (c_up.numpy().astype(np.longdouble)[0] * dk[:, :, None, :]).sum(-1) + b_up.numpy().astype(np.longdouble)[0]
+    assert np.all(p_lo <= y) and np.all(p_up >= y)
+    i_lo, i_hi = op.interval((lo, hi))
+    assert np.all(i_lo.numpy()[0].astype(np.longdouble) <= y) and np.all(i_hi.numpy()[0].astype(np.longdouble) >= y)
+    assert bool((c_lo != 0).any())  # planes, not only the constant lines

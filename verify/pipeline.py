@@ -236,7 +236,7 @@ def _relu_bab(graph, rows, lo, hi, deadline, checker, bab_first: float = BAB_FIR
             graph, lo.reshape(1, *shape), hi.reshape(1, *shape), rows.output_lam(graph),
             iterations=20 if has_relu else 60, optimize_intermediate=True,
             time_limit=(0.8 if not has_relu else MIXED_ALPHA_SHARE if others else 0.1) * deadline.left(),
-            return_bounds=True)
+            return_bounds=True, done=lambda lb, bnds: rows.proved(rows.finish(lb, graph, bnds)))
         root_lower = rows.finish(root_lower, graph, root_bounds)
         if rows.proved(root_lower):
             return BabResult("unsat")

@@ -41,7 +41,7 @@ def final_alphas(graph: Graph, bounds, b: int, s: int) -> dict[str, Tensor]:
 def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, iterations: int = 20,
                       lr: float = 0.5, decay: float = 0.98, optimize_intermediate: bool = False,
                       bounds=None, time_limit: float | None = None, return_bounds: bool = False,
-                      linear: dict | None = None, ball=None):
+                      linear: dict | None = None, ball=None, done=None):
     """Best lower bound of ``<lam, f(x)>`` (``lam [B, S, *out_shape]``) over the box: float64 ``[B, S]``,
     rigorous in real arithmetic (``verify.bounds.crown``).
 
@@ -49,7 +49,8 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
     ``return_bounds``: also return the intermediate bounds used last (with ``optimize_intermediate``
     the tightest found, each the intersection of all passes), as ``(lower, bounds)``. ``linear`` (a dict) receives
     the linear bound behind each row's best value: ``"A"`` (``Lambda_x [B, S, *input_shape]``) and ``"bias"``
-    (float64 ``[B, S]``, rounding paid), with ``lower >= <A, x> + bias`` on the box."""
+    (float64 ``[B, S]``, rounding paid), with ``lower >= <A, x> + bias`` on the box. ``done(best, bounds)`` true
+    (e.g. the property is proved) ends the optimisation early."""
     t_end = None if time_limit is None else time.perf_counter() + time_limit
     # past the time limit, intermediate passes keep interval bounds for the nodes left (sound): on large networks
     # one pass can take minutes
@@ -89,6 +90,8 @@ def alpha_crown_lower(graph: Graph, x_lo: Tensor, x_hi: Tensor, lam: Tensor, ite
             lb = _pass(graph, lam, cur_bounds, alphas, cache, x_lo, x_hi, linear, best, ball)
         best = torch.fmax(best, lb.detach())  # a NaN pass (a diverged step) never replaces a sound bound
         if it == iterations or (t_end is not None and time.perf_counter() > t_end):
+            break
+        if done is not None and done(best, cur_bounds):
             break
         if log.isEnabledFor(logging.DEBUG) and time.perf_counter() >= next_log:
             next_log = time.perf_counter() + PROGRESS_SECONDS

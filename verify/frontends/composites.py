@@ -7,7 +7,8 @@ Each identity is exact in real arithmetic, and the model's own float evaluation 
 nothing, so bounds of the composition (whose Scale and sum nodes carry their rounding allowances) hold for the model.
 Their CROWN relaxations are ReLU triangles. GELU (``gelu``) is written with Erf or Tanh and a product of two
 variables, as torch evaluates it; ``matmul_vars`` writes ``A @ B`` of two variables as products and a sum,
-``layer_norm`` LayerNorm as means, a square, a square root, a reciprocal and a product, ``silu`` as ``x sigmoid(x)``,
+``layer_norm`` LayerNorm as means, a square, a square root, a reciprocal and a product, ``softmax`` from the
+pairwise differences of its input, ``silu`` as ``x sigmoid(x)``,
 ``elu`` with a ReLU and an exp, ``selu`` as a scaled ELU, ``celu`` as ``alpha elu(x / alpha)``, ``hard_sigmoid`` as
 ``clamp(alpha x + beta, 0, 1)``, ``hard_swish`` as ``x hard_sigmoid(x)``, ``softsign`` as ``x / (1 + |x|)`` and ``mish``
 as ``x tanh(softplus(x))``."""
@@ -21,8 +22,9 @@ import torch
 
 from verify.errors import ShapeError, UnsupportedOperator
 from verify.graph import GraphBuilder
-from verify.ops import AddVars, Mul, Reciprocal, ReduceSum, Relu, Reshape, Scale, Sqrt, Square
-from verify.ops.shape import Concat, Expand, Slice
+from verify.ops import AddVars, Dense, Mul, Reciprocal, ReduceSum, Relu, Reshape, Scale, Softmax, Sqrt, Square
+from verify.ops.shape import Concat, Expand, Slice, Transpose
+from verify.ops.softmax import SoftmaxOfDifferences
 
 Constant = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None]]
 """A float64 constant -> (the constant in the model's precision, the bound on its cast error or None)."""
@@ -267,3 +269,29 @@ def layer_norm(b: GraphBuilder, name: str, x: str, n_axes: int, eps: tuple[torch
     if weight is None and bias is None:
         return out
     return b.add(b.fresh(name), Scale(weight, bias, weight_err, bias_err), [out])
+
+
+PAIRWISE_SOFTMAX_MAX = 32
+"""Softmax axes up to this length are read from their pairwise differences (``n^2`` of them per row); longer ones
+get the ``Softmax`` op, whose planes bound the differences by the inputs' intervals."""
+
+
+def softmax(b: GraphBuilder, name: str, x: str, axis: int, dtype: torch.dtype) -> str:
+    """Softmax along ``axis``: the differences ``D[i, j] = x_j - x_i`` (a constant +-1 Dense map, exact in real
+    arithmetic), then ``SoftmaxOfDifferences`` (``verify.ops.softmax``). CROWN then bounds every difference itself,
+    as auto_LiRPA bounds its ``x - x_k``."""
+    shape = b.shapes[x]
+    n, last = shape[axis], len(shape) - 1
+    if n == 1 or n > PAIRWISE_SOFTMAX_MAX:
+        return b.add(name, Softmax(axis), [x])
+    perm = [a for a in range(len(shape)) if a != axis] + [axis]
+    moved = x if axis == last else b.add(b.fresh(f"{name}_to_last"), Transpose(perm), [x])
+    w = torch.zeros(n, n, n, dtype=dtype)  # row (i, j): x_j - x_i (zero where j = i)
+    w[:, torch.arange(n), torch.arange(n)] += 1.0
+    w[torch.arange(n), :, torch.arange(n)] -= 1.0
+    pairs = b.add(b.fresh(f"{name}_differences"), Dense(w.reshape(n * n, n)), [moved])
+    grid = b.add(b.fresh(f"{name}_pairs"), Reshape((*b.shapes[moved][:-1], n, n)), [pairs])
+    if axis == last:
+        return b.add(name, SoftmaxOfDifferences(), [grid])
+    y = b.add(b.fresh(f"{name}_last"), SoftmaxOfDifferences(), [grid])
+    return b.add(name, Transpose([perm.index(a) for a in range(len(shape))]), [y])

@@ -57,7 +57,6 @@ from verify.ops import (
     Sigmoid,
     Sign,
     Slice,
-    Softmax,
     Tanh,
     Transpose,
     UpsampleNearest,
@@ -268,7 +267,9 @@ def _var_node(ctx: Ctx, node: onnx.NodeProto) -> Value:
             if int(np.prod(shape[axis:])) != shape[-1]:
                 raise UnsupportedOperator(op, node.name, ctx.opset, "a flattened softmax over several axes")
             axis = len(shape) - 1
-        return ctx.b.add(name, (Softmax if op == "Softmax" else LogSoftmax)(axis), [x])
+        if op == "Softmax":
+            return composites.softmax(ctx.b, name, x, axis, ctx.dtype)
+        return ctx.b.add(name, LogSoftmax(axis), [x])
     if op == "Slice":
         return _slice(ctx, name, x, slices_of(ctx, node, ins, ctx.shape(x)))
     if op == "Gather":

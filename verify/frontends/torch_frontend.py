@@ -28,7 +28,7 @@ from verify.ops.bilinear import Mul, Power, Reciprocal, Square
 from verify.ops.exp_log import Exp, Log, Sqrt
 from verify.ops.periodic import Cos, Sin
 from verify.ops.shape import Concat
-from verify.ops.softmax import LogSoftmax, Softmax
+from verify.ops.softmax import LogSoftmax
 from verify.rounding import unit_roundoff
 
 _ACT_MODULES = {nn.ReLU: Relu, nn.Sigmoid: Sigmoid, nn.Tanh: Tanh}
@@ -321,7 +321,9 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
                 raise UnsupportedOperator("softmax", n.name, None, "an implicit dim (give dim=)")
             rank = len(b.shapes[args[0]])
             axis = dim if dim >= 0 else rank + dim  # the graph's shapes keep the batch axis as a leading 1
-            env[n] = b.add(n.name.replace(".", "_"), (LogSoftmax if log else Softmax)(axis), [args[0]])
+            tag = n.name.replace(".", "_")
+            env[n] = b.add(tag, LogSoftmax(axis), [args[0]]) if log else \
+                composites.softmax(b, tag, args[0], axis, dtype)
         elif n.op == "call_module" and isinstance(mods[n.target], nn.GELU):
             env[n] = _gelu(b, n.target.replace(".", "_"), args[0], dtype, mods[n.target].approximate)
         elif n.op == "call_function" and n.target is F.gelu:

@@ -148,19 +148,147 @@ class Softmax(_AxisOp):
         return f"Softmax(axis={self.axis})"
 
 
+class SoftmaxOfDifferences(IntervalRelaxed):
+    """``y_i = softmax(x)_i`` read from the pairwise differences ``D[..., i, j] = x_j - x_i`` (per-sample input
+    ``(..., n, n)``, output ``(..., n)``): the frontends compute ``D`` with a constant Dense map, so CROWN bounds each
+    difference (tighter than ``[l_j - u_i, u_j - l_i]``: the scores' common terms cancel). Interval: ``y_i`` between
+    ``1 / sum_j exp(u_D[i, j])`` and ``1 / sum_j exp(l_D[i, j])``; planes: :func:`_planes_in_differences` on row
+    ``k`` of ``D`` (``k`` the box centre's argmax: the row whose differences are least), so only ``D[k, :]``
+    gets coefficients."""
+
+    kind = "softmax"
+    allowance_from_bounds = True
+
+    def forward(self, d):
+        return torch.softmax(d[..., 0, :], dim=-1)  # D[0, j] = x_j - x_0: softmax is shift-invariant
+
+    def interval(self, bounds):
+        lo, hi = bounds
+        n = lo.shape[-1]
+        off = ~torch.eye(n, dtype=torch.bool, device=lo.device)
+
+        def others(diff: Tensor) -> tuple[Tensor, Tensor]:
+            terms = torch.where(off, torch.exp(diff), torch.zeros_like(diff))
+            return terms.sum(-1), torch.where(off, diff.abs(), torch.zeros_like(diff)).amax(-1)
+
+        s_hi, r_hi = others(hi.to(F64))  # the largest competitor mass: the lower bound of y_i
+        s_lo, r_lo = others(lo.to(F64))
+        model = (n + 8) * unit_roundoff(lo.dtype)  # the model's own float softmax, as Softmax.interval
+        low = 1 / (1 + s_hi) - (64 + n + r_hi) * unit_roundoff(F64) - model
+        up_ = 1 / (1 + s_lo) + (64 + n + r_lo) * unit_roundoff(F64) + model
+        return cast_down(low.clamp(0.0, 1.0), lo.dtype), cast_up(up_.clamp(0.0, 1.0), lo.dtype)
+
+    def interval_radius(self, bounds):
+        return tiny(bounds[0][0].dtype)
+
+    def planes(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(C_lo, b_lo, C_up, b_up, k)``, float64: ``C [B, *rows, n_i, n_j]`` the coefficients of ``D[k, j]``,
+        ``k [B, *rows, 1]``; rows without planes have ``C = 0`` and the interval as ``b``."""
+        with torch.no_grad():
+            lo64, hi64 = lo.detach().to(F64), hi.detach().to(F64)
+            low, high = self.interval((lo.detach(), hi.detach()))
+            const_lo, const_up = low.to(F64), high.to(F64)
+            k = ((lo64 + hi64) / 2).sum(-1).argmin(-1, keepdim=True)  # [B, *rows, 1]
+            pick = k.unsqueeze(-1).expand(*k.shape, lo64.shape[-1])
+            dl, du = lo64.gather(-2, pick).squeeze(-2), hi64.gather(-2, pick).squeeze(-2)
+            at_k = torch.zeros_like(dl, dtype=torch.bool).scatter(-1, k, True)
+            finite = torch.isfinite(lo64).all(-1).all(-1) & torch.isfinite(hi64).all(-1).all(-1)
+            zeros = torch.zeros_like(lo64)
+            out = _planes_in_differences(dl, du, at_k, finite)
+            if out is None:
+                return zeros, const_lo, zeros, const_up, k
+            c_lo, b_lo, c_up, b_up, ok = out
+            ok = ok & torch.isfinite(c_lo).all(-1).all(-1) & torch.isfinite(c_up).all(-1).all(-1) \
+                & torch.isfinite(b_lo).all(-1) & torch.isfinite(b_up).all(-1)
+            keep = ok.unsqueeze(-1)
+            return (torch.where(keep.unsqueeze(-1), c_lo, zeros), torch.where(keep, b_lo, const_lo),
+                    torch.where(keep.unsqueeze(-1), c_up, zeros), torch.where(keep, b_up, const_up), k)
+
+    def backward(self, lam, in_bounds, alpha=None):
+        lo, hi = in_bounds[0]
+        c_lo, b_lo, c_up, b_up, k = self.planes(lo, hi)
+        pos, neg = lam.clamp(min=0).to(F64), lam.clamp(max=0).to(F64)
+        on_k = (pos.unsqueeze(-2) @ c_lo.unsqueeze(1) + neg.unsqueeze(-2) @ c_up.unsqueeze(1))  # [B, S, .., 1, n]
+        row_k = torch.zeros(*k.shape[:-1], lo.shape[-1], dtype=F64, device=lo.device).scatter(-1, k, 1.0)
+        lam_d = row_k.unsqueeze(1).unsqueeze(-1) * on_k  # row k of D: [B, S, .., n, n]
+        kappa = (pos * b_lo.unsqueeze(1) + neg * b_up.unsqueeze(1)).flatten(2).sum(-1)
+        return [lam_d.to(lam.dtype)], kappa
+
+    def _row_k_mass(self, bounds, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(sum_j max(|C_lo|, |C_up|)_ij t[k, j], max(|b_lo|, |b_up|))`` for ``t`` on D's shape."""
+        c_lo, b_lo, c_up, b_up, k = self.planes(*bounds[0])
+        pick = k.unsqueeze(-1).expand(*k.shape, t.shape[-1])
+        t_k = t.to(F64).gather(-2, pick).squeeze(-2)  # [B, *rows, n]
+        slopes = torch.maximum(c_lo.abs(), c_up.abs())
+        return (slopes @ t_k.unsqueeze(-1)).squeeze(-1), torch.maximum(b_lo.abs(), b_up.abs())
+
+    def error_radius(self, bounds):
+        if isinstance(bounds[0], Tensor):  # magnitudes only (forward-mode / MIP callers): the constant lines
+            a = bounds[0].detach()
+            n = self.in_shapes[0][-1]
+            return torch.full((a.shape[0], *self.out_shape), (n + 8) * unit_roundoff(a.dtype)
+                              + 3 * gamma(self.out_numel(), F64), dtype=a.dtype, device=a.device) + tiny(a.dtype)
+        lo, hi = bounds[0]
+        n = lo.shape[-1]
+        dots, consts = self._row_k_mass(bounds, torch.maximum(lo.detach().abs(), hi.detach().abs()))
+        e = (n + 8) * unit_roundoff(lo.dtype) + 2 * gamma(n + 2, lo.dtype) * dots \
+            + 3 * gamma(self.out_numel(), F64) * consts
+        return cast_up(e, lo.dtype) + tiny(lo.dtype)
+
+    def abs_forward(self, ts, bounds=None):
+        if bounds is None:
+            return ts[0].new_zeros(ts[0].shape[0], *self.out_shape)  # not reached: allowance_from_bounds
+        dots, _ = self._row_k_mass(bounds, ts[0])
+        return cast_up(dots * (1 + 2 * gamma(ts[0].shape[-1], F64)), ts[0].dtype)
+
+    def __repr__(self):
+        return "SoftmaxOfDifferences()"
+
+
 def _composed_planes(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
-    """The planes of :meth:`Softmax.planes` (softmax axis last, float64) and the rows where they apply."""
-    u = unit_roundoff(F64)
-    n = lo.shape[-1]
+    """The planes of :meth:`Softmax.planes` (softmax axis last, float64) and the rows where they apply: the planes
+    in ``d_j = x_j - x_k`` (:func:`_planes_in_differences`) with ``d`` substituted (``x_k``'s coefficient is minus
+    the sum of the others: its rounding is paid in the constant)."""
     k = ((lo + hi) / 2).argmax(-1, keepdim=True)
     at_k = torch.zeros_like(lo, dtype=torch.bool).scatter(-1, k, True)
     lk, hk = lo.gather(-1, k), hi.gather(-1, k)
     dl = torch.where(at_k, 0.0, down(lo - hk))
     du = torch.where(at_k, 0.0, up(hi - lk))
-    ok = torch.isfinite(lo).all(-1) & torch.isfinite(hi).all(-1) & (du.amax(-1) <= MAX_DIFFERENCE)
+    finite = torch.isfinite(lo).all(-1) & torch.isfinite(hi).all(-1)
+    out = _planes_in_differences(dl, du, at_k, finite)
+    if out is None:
+        return None
+    c_lo, b_lo, c_up, b_up, ok = out
+    mag_x = torch.maximum(lo.abs(), hi.abs())
+    mag_k = (mag_x * at_k).sum(-1, keepdim=True).unsqueeze(-1)
+    n = lo.shape[-1]
+
+    def to_x(coef_d: Tensor, b: Tensor, upper: bool) -> tuple[Tensor, Tensor]:
+        coef_x = coef_d - at_k.unsqueeze(-2) * coef_d.sum(-1, keepdim=True)
+        slack = gamma(n + 2, F64) * (coef_d.abs() * (mag_x.unsqueeze(-2) + mag_k)).sum(-1) + tiny(F64)
+        return coef_x, (b + slack) if upper else (b - slack)
+
+    a_lo, b_lo = to_x(c_lo, b_lo, upper=False)
+    a_up, b_up = to_x(c_up, b_up, upper=True)
+    finite = torch.isfinite(a_lo).all(-1).all(-1) & torch.isfinite(a_up).all(-1).all(-1) \
+        & torch.isfinite(b_lo).all(-1) & torch.isfinite(b_up).all(-1)
+    return a_lo, b_lo, a_up, b_up, ok & finite
+
+
+def _planes_in_differences(dl: Tensor, du: Tensor, at_k: Tensor, finite: Tensor
+                           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
+    """Planes of ``y_i = exp(d_i) / sum_j exp(d_j)`` in the differences ``d_j = x_j - x_k`` (``d_k = 0``, marked by
+    ``at_k``) on ``d_j in [dl_j, du_j]``: ``(C_lo [.., i, j], b_lo [.., i], C_up, b_up, ok)`` with
+    ``C_lo[i] . d + b_lo[i] <= y_i <= C_up[i] . d + b_up[i]`` where ``ok`` (float64, axis last; module docstring)."""
+    u = unit_roundoff(F64)
+    n = dl.shape[-1]
+    dl = torch.where(at_k, 0.0, dl)
+    du = torch.where(at_k, 0.0, du)
+    ok = finite & torch.isfinite(dl).all(-1) & (du.amax(-1) <= MAX_DIFFERENCE)
     if not bool(ok.any()):
         return None
     du = torch.where(ok.unsqueeze(-1), du, torch.zeros_like(du))  # rows kept constant: any finite values
+    dl = torch.where(ok.unsqueeze(-1), dl, torch.zeros_like(dl))
     # e_j = exp(d_j) in [el, eu] (float64 exp within 2 ulps); e_k = 1 exactly
     el = torch.where(at_k, 1.0, dl.exp() * (1 - 4 * u))
     el_up = torch.where(at_k, 1.0, dl.exp() * (1 + 4 * u))  # exp(dl) from above, for the chord's intercept
@@ -187,12 +315,11 @@ def _composed_planes(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
     br_ch = torch.maximum(inv_lo_up - ar_ch * s_lo, inv_up_up - ar_ch * s_up) \
         + 4 * u * (inv_lo_up + (ar_ch * s_lo).abs() + inv_up_up + (ar_ch * s_up).abs()) + tiny(F64)
     mag_d = torch.maximum(dl.abs(), du.abs())
-    mag_x = torch.maximum(lo.abs(), hi.abs())
-    eye = torch.eye(n, dtype=F64, device=lo.device)
+    eye = torch.eye(n, dtype=F64, device=dl.device)
 
     def plane(r_self: Tensor, c_mc: Tensor, ar: Tensor, br: Tensor, upper: bool) -> tuple[Tensor, Tensor]:
         """``y_i >= (<=) r_self e_i + el_i r + c_mc_i`` with ``r`` replaced by its line ``ar S + br`` and each
-        ``e_j`` by its line on the side the coefficient's sign asks for; then ``d_j = x_j - x_k``."""
+        ``e_j`` by its line on the side the coefficient's sign asks for."""
         g = eye * r_self.unsqueeze(-1) + (el * ar).unsqueeze(-1)  # [.., i, j]: coefficient of e_j in row i
         const = el * br + c_mc
         below = (g >= 0) != upper  # e_j's line below it: the tangent
@@ -200,22 +327,18 @@ def _composed_planes(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
         c_e = torch.where(below, c_tg.unsqueeze(-2), c_ch.unsqueeze(-2))
         coef_d = g * a_e  # zero at j = k (a_e = 0 there)
         const = const + (g * c_e).sum(-1)
-        coef_x = coef_d - at_k.unsqueeze(-2) * coef_d.sum(-1, keepdim=True)
         # every product and sum above rounds; gamma_{2n+16} of the magnitudes of all terms covers them
         mass = (r_self * eu + el * r_self.abs() + c_mc.abs() + el * (ar.abs() * s_up + br.abs())
                 + (g.abs() * (eu.unsqueeze(-2) + a_e.abs() * mag_d.unsqueeze(-2) + c_e.abs())).sum(-1)
-                + (coef_d.abs() * (mag_x.unsqueeze(-2) + (mag_x * at_k).sum(-1, keepdim=True).unsqueeze(-1)))
-                .sum(-1))
+                + (coef_d.abs() * mag_d.unsqueeze(-2)).sum(-1))
         slack = gamma(2 * n + 16, F64) * mass + tiny(F64)
-        return coef_x, (const + slack) if upper else (const - slack)
+        return coef_d, (const + slack) if upper else (const - slack)
 
     c_lo = -(el * r_lo) * (1 + 2 * u) - tiny(F64)  # McCormick's constants, rounded to the safe side
     c_up = -(el * r_up) * (1 - 2 * u)
     a_lo, b_lo = plane(r_lo.expand_as(el), c_lo, ar_tg, br_tg, upper=False)
     a_up, b_up = plane(r_up.expand_as(el), c_up, ar_ch, br_ch, upper=True)
-    finite = torch.isfinite(a_lo).all(-1).all(-1) & torch.isfinite(a_up).all(-1).all(-1) \
-        & torch.isfinite(b_lo).all(-1) & torch.isfinite(b_up).all(-1)
-    return a_lo, b_lo, a_up, b_up, ok & finite
+    return a_lo, b_lo, a_up, b_up, ok
 
 
 class LogSoftmax(_AxisOp):
