@@ -203,7 +203,7 @@ class JacobianGraph:
                 (has_derivative_rule(n.op) and len(n.inputs) == 1) or _elementwise_product(n)
             if not supported:
                 raise UnsupportedOperator(
-                    type(n.op).__name__, n.name,
+                    getattr(n.op, "op_name", type(n.op).__name__), n.name,
                     detail="Lipschitz bounds support affine ops, ReLU/LeakyReLU/Sigmoid/Tanh, MaxPool, the "
                            "element-wise sin/cos/pow/reciprocal/exp/log/sqrt/erf and products of two variables of "
                            "one shape")
