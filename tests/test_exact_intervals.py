@@ -70,7 +70,7 @@ def test_affine_composition_gets_its_exact_range(seed):
     act = [n.name for n in g.nodes if repr(n.op).startswith("Sigmoid")][0]
     relu_in = g.node(act).inputs[0]
     c_lo, c_hi = (t.detach() for t in crown[relu_in])
-    i_lo, i_hi = ibp[relu_in]
+    i_lo, i_hi = (t.detach() for t in ibp[relu_in])
     w = (net[1].weight @ net[0].weight).detach()
     b = (net[1].weight @ net[0].bias + net[1].bias).detach()
     mid, rad = (lo + hi) / 2, (hi - lo) / 2
