@@ -50,6 +50,28 @@ class _AxisOp(IntervalRelaxed):
         return d, n, u64.unsqueeze(-2) - l64.unsqueeze(-1), l64.unsqueeze(-2) - u64.unsqueeze(-1), off
 
 
+def _interval_from_differences(diff_lo: Tensor, diff_hi: Tensor, model_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``y_i`` between ``1 / (1 + sum_{j != i} exp(diff_hi_ij))`` and the same with ``diff_lo`` (float64 ``[..., i,
+    j]`` bounds of ``x_j - x_i``; pairwise sums, no cancellation). Margins: exp of a rounded difference is within
+    ``(|diff| + 2) u`` of exact, the sum adds ``n u``, and an error of ``rel * s`` in ``s`` moves ``1 / (1 + s)`` by at
+    most ``rel / 4`` (overflow to inf gives the bound 0, sound); plus the model's own float softmax in its precision,
+    ``(n + 8) u`` (a sum of ``n`` exponentials and a division). Float64, clamped to [0, 1]."""
+    n = diff_lo.shape[-1]
+    off = ~torch.eye(n, dtype=torch.bool, device=diff_lo.device)
+
+    def others(diff: Tensor) -> tuple[Tensor, Tensor]:
+        """``sum_{j != i} exp(diff_ij)`` for every i and max |diff_ij|."""
+        terms = torch.where(off, torch.exp(diff), torch.zeros_like(diff))
+        return terms.sum(-1), torch.where(off, diff.abs(), torch.zeros_like(diff)).amax(-1)
+
+    s_hi, r_hi = others(diff_hi)  # the largest competitor mass: the lower bound of y_i
+    s_lo, r_lo = others(diff_lo)
+    model = (n + 8) * unit_roundoff(model_dtype)
+    low = 1 / (1 + s_hi) - (64 + n + r_hi) * unit_roundoff(F64) - model
+    up_ = 1 / (1 + s_lo) + (64 + n + r_lo) * unit_roundoff(F64) + model
+    return low.clamp(0.0, 1.0), up_.clamp(0.0, 1.0)
+
+
 class Softmax(_AxisOp):
     """``softmax`` along per-sample ``axis``, relaxed by planes (module docstring)."""
 
@@ -61,23 +83,9 @@ class Softmax(_AxisOp):
 
     def interval(self, bounds):
         lo = bounds[0]
-        d, n, diff_hi, diff_lo, off = self._pairs(bounds)
-
-        def others(diff: Tensor) -> tuple[Tensor, Tensor]:
-            """``sum_{j != i} exp(diff_ij)`` for every i (pairwise: no cancellation) and max |diff_ij|."""
-            terms = torch.where(off, torch.exp(diff), torch.zeros_like(diff))
-            return terms.sum(-1), torch.where(off, diff.abs(), torch.zeros_like(diff)).amax(-1)
-
-        s_hi, r_hi = others(diff_hi)  # largest competitor mass: the lower bound of y_i
-        s_lo, r_lo = others(diff_lo)
-        # exp of a rounded difference is within (|diff| + 2) u of exact, the sum adds n u; an error of rel * s in s
-        # moves 1 / (1 + s) by at most rel / 4 (overflow to inf gives the bound 0, sound)
-        # and the model's own float softmax in its precision: a sum of n exponentials and a division, (n + 8) u
-        model = (n + 8) * unit_roundoff(lo.dtype)
-        low = 1 / (1 + s_hi) - (64 + n + r_hi) * unit_roundoff(F64) - model
-        up_ = 1 / (1 + s_lo) + (64 + n + r_lo) * unit_roundoff(F64) + model
-        low, up_ = low.clamp(0.0, 1.0).movedim(-1, d), up_.clamp(0.0, 1.0).movedim(-1, d)
-        return cast_down(low, lo.dtype), cast_up(up_, lo.dtype)
+        d, _, diff_hi, diff_lo, _ = self._pairs(bounds)
+        low, up_ = _interval_from_differences(diff_lo, diff_hi, lo.dtype)
+        return cast_down(low.movedim(-1, d), lo.dtype), cast_up(up_.movedim(-1, d), lo.dtype)
 
     def interval_radius(self, bounds):
         return tiny(bounds[0][0].dtype)  # the interval rule rounds outward itself
@@ -165,19 +173,8 @@ class SoftmaxOfDifferences(IntervalRelaxed):
 
     def interval(self, bounds):
         lo, hi = bounds
-        n = lo.shape[-1]
-        off = ~torch.eye(n, dtype=torch.bool, device=lo.device)
-
-        def others(diff: Tensor) -> tuple[Tensor, Tensor]:
-            terms = torch.where(off, torch.exp(diff), torch.zeros_like(diff))
-            return terms.sum(-1), torch.where(off, diff.abs(), torch.zeros_like(diff)).amax(-1)
-
-        s_hi, r_hi = others(hi.to(F64))  # the largest competitor mass: the lower bound of y_i
-        s_lo, r_lo = others(lo.to(F64))
-        model = (n + 8) * unit_roundoff(lo.dtype)  # the model's own float softmax, as Softmax.interval
-        low = 1 / (1 + s_hi) - (64 + n + r_hi) * unit_roundoff(F64) - model
-        up_ = 1 / (1 + s_lo) + (64 + n + r_lo) * unit_roundoff(F64) + model
-        return cast_down(low.clamp(0.0, 1.0), lo.dtype), cast_up(up_.clamp(0.0, 1.0), lo.dtype)
+        low, up_ = _interval_from_differences(lo.to(F64), hi.to(F64), lo.dtype)
+        return cast_down(low, lo.dtype), cast_up(up_, lo.dtype)
 
     def interval_radius(self, bounds):
         return tiny(bounds[0][0].dtype)
