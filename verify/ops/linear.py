@@ -59,7 +59,8 @@ class _WeightedLayer(LinearOp):
 
 
 SPARSE_MIN_ROWS = 64
-"""Dense adjoints of at least this many rows check for one nonzero per row (a sparse product is then faster)."""
+"""Dense adjoints of at least this many rows check for one nonzero per row (a sparse product is then faster); on the
+CPU only, where reading the count back costs no device synchronisation."""
 
 
 class Dense(_WeightedLayer):
@@ -87,8 +88,8 @@ class Dense(_WeightedLayer):
 
     def adjoint(self, lam):
         rows = lam.reshape(-1, lam.shape[-1])
-        if rows.shape[0] >= SPARSE_MIN_ROWS and not lam.requires_grad and rows.layout == torch.strided \
-                and int(torch.count_nonzero(rows)) <= rows.shape[0]:
+        if rows.shape[0] >= SPARSE_MIN_ROWS and not lam.requires_grad and rows.device.type == "cpu" \
+                and rows.layout == torch.strided and int(torch.count_nonzero(rows)) <= rows.shape[0]:
             # bound_rows' start rows +-e_r: a row gather, not a dense product (the same exact values)
             return [torch.sparse.mm(rows.to_sparse(), self.weight).reshape(*lam.shape[:-1], -1)]
         return [lam @ self.weight]
