@@ -121,7 +121,7 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
             elif has_derivative_rule(n.op):
                 factor = up(factor * n.op.global_lipschitz)
             else:
-                raise UnsupportedOperator(type(n.op).__name__, n.name, detail="Lipschitz bounds: no Jacobian rule")
+                raise UnsupportedOperator(n.op.display_name, n.name, detail="Lipschitz bounds: no Jacobian rule")
         return up(factor * sum_up(lam.reshape(k, -1).abs()))
     # general DAG: |adjoint| with every activation gate at its global Lipschitz constant
     acc: dict[str, Tensor] = {g64.output: seeds.abs().unsqueeze(0)}
@@ -136,7 +136,7 @@ def naive_bound(graph: Graph, outputs: Sequence[int]) -> Tensor:
         elif has_derivative_rule(n.op):
             ins = [lam * n.op.global_lipschitz]
         else:
-            raise UnsupportedOperator(type(n.op).__name__, n.name, detail="naive Lipschitz bound of a non-chain graph")
+            raise UnsupportedOperator(n.op.display_name, n.name, detail="naive Lipschitz bound of a non-chain graph")
         for i, li in zip(n.inputs, ins, strict=True):
             if li is not None:  # a rounded sum of non-negative terms: (1 + 2 u) covers it
                 acc[i] = up((acc[i] + li) * (1 + 2 * unit_roundoff(F64))) if i in acc else li

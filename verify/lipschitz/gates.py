@@ -138,7 +138,7 @@ def activation_gate(op: Activation, lo: Tensor, hi: Tensor, split: Tensor | None
         s = torch.full_like(lo, op.slope)
         one = torch.ones_like(lo)
         return torch.where(lo > 0, one, s), torch.where(hi >= 0, one, s)
-    raise UnsupportedOperator(type(op).__name__, detail="Lipschitz bounds: no Clarke derivative rule")
+    raise UnsupportedOperator(op.display_name, detail="Lipschitz bounds: no Clarke derivative rule")
 
 
 def has_derivative_rule(op) -> bool:

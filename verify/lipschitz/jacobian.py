@@ -130,7 +130,7 @@ def abs_adjoint(op: LinearOp, rad: Tensor) -> list[Tensor | None]:
         return absop.adjoint(rad)
     if isinstance(op, Reshape | Transpose | Pad | AvgPool2d | Concat) or getattr(op, "monotone", False):
         return op.adjoint(rad)  # non-negative coefficients
-    raise UnsupportedOperator(type(op).__name__, detail="Lipschitz bounds: no interval rule for its Jacobian")
+    raise UnsupportedOperator(op.display_name, detail="Lipschitz bounds: no interval rule for its Jacobian")
 
 
 def err_adjoint(op: LinearOp, k: int, t: Tensor) -> Tensor | None:
@@ -146,7 +146,7 @@ def err_adjoint(op: LinearOp, k: int, t: Tensor) -> Tensor | None:
         return errop.adjoint(t)[k]
     if isinstance(op, Scale):
         return _scale_reduce(op, (t * werr).expand_as(t))
-    raise UnsupportedOperator(type(op).__name__, detail="Lipschitz bounds: no rule for its weight error")
+    raise UnsupportedOperator(op.display_name, detail="Lipschitz bounds: no rule for its weight error")
 
 
 def step_gamma(op: LinearOp, dtype: torch.dtype) -> float:
@@ -165,7 +165,7 @@ def step_gamma(op: LinearOp, dtype: torch.dtype) -> float:
     elif isinstance(op, Scale | AddVars):  # one product, plus the adjoint's sum over broadcast copies
         n = max(1, op.out_numel() // max(1, min(int(torch.Size(s).numel()) for s in op.in_shapes)))
     else:
-        raise UnsupportedOperator(type(op).__name__, detail="Lipschitz bounds: no rounding rule for its Jacobian")
+        raise UnsupportedOperator(op.display_name, detail="Lipschitz bounds: no rounding rule for its Jacobian")
     return gamma(n + 2, dtype)
 
 
@@ -203,7 +203,7 @@ class JacobianGraph:
                 (has_derivative_rule(n.op) and len(n.inputs) == 1) or _elementwise_product(n)
             if not supported:
                 raise UnsupportedOperator(
-                    getattr(n.op, "op_name", type(n.op).__name__), n.name,
+                    n.op.display_name, n.name,
                     detail="Lipschitz bounds support affine ops, ReLU/LeakyReLU/Sigmoid/Tanh, MaxPool, the "
                            "element-wise sin/cos/pow/reciprocal/exp/log/sqrt/erf and products of two variables of "
                            "one shape")

@@ -94,7 +94,7 @@ def lipmip(graph: Graph, x_lo, x_hi, outputs: Sequence[int], timeout: float | No
     t0 = time.perf_counter()
     for n in graph.nodes:
         if not (isinstance(n.op, LinearOp) or isinstance(n.op, Relu)):
-            raise UnsupportedOperator(type(n.op).__name__, n.name, detail="LipMIP encodes affine ops and ReLU only")
+            raise UnsupportedOperator(n.op.display_name, n.name, detail="LipMIP encodes affine ops and ReLU only")
     # the solvers read numpy arrays: everything here is on the CPU
     lo = torch.as_tensor(x_lo, dtype=torch.float64, device="cpu").reshape(1, *graph.input_shape)
     hi = torch.as_tensor(x_hi, dtype=torch.float64, device="cpu").reshape(1, *graph.input_shape)

@@ -60,7 +60,7 @@ def _chain_weights(graph: Graph) -> tuple[list[np.ndarray], list[np.ndarray]]:
         elif isinstance(n.op, Relu) and not expect_dense:
             expect_dense = True
         else:
-            raise UnsupportedOperator(type(n.op).__name__, n.name,
+            raise UnsupportedOperator(n.op.display_name, n.name,
                                       detail="LipSDP needs a Dense-ReLU-...-Dense chain")
     if expect_dense:
         raise UnsupportedOperator("Relu", detail="LipSDP needs the network to end with a Dense layer")

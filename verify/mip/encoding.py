@@ -94,7 +94,7 @@ def _check_supported(graph: Graph) -> None:
         if _encodable(n.op):
             continue
         raise UnsupportedOperator(
-            type(n.op).__name__, n.name,
+            n.op.display_name, n.name,
             detail="MIP encoding: no exact mixed-integer form (only affine ops, ReLU and MaxPool are "
                    "encodable); use bound propagation / branch and bound instead")
 

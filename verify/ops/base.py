@@ -58,6 +58,11 @@ class Op:
     in_shapes: tuple[tuple[int, ...], ...] = ()
     out_shape: tuple[int, ...] = ()
 
+    @property
+    def display_name(self) -> str:
+        """What messages to users call the op (its class name unless an op says otherwise)."""
+        return type(self).__name__
+
     def bind(self, in_shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
         """Record input shapes and infer the output shape by evaluating on zeros."""
         self.in_shapes = tuple(tuple(int(d) for d in s) for s in in_shapes)

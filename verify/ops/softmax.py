@@ -165,7 +165,7 @@ class SoftmaxOfDifferences(IntervalRelaxed):
     gets coefficients."""
 
     kind = "softmax"
-    op_name = "Softmax"  # what error messages call it (the differences are an implementation detail)
+    display_name = "Softmax"  # what messages call it (the differences are an implementation detail)
     allowance_from_bounds = True
 
     def forward(self, d):
