@@ -99,15 +99,7 @@ class Softmax(_AxisOp):
             low, high = self.interval((lo.detach(), hi.detach()))
             const_lo, const_up = low.to(F64).movedim(d, -1), high.to(F64).movedim(d, -1)
             lo64, hi64 = lo.detach().to(F64).movedim(d, -1), hi.detach().to(F64).movedim(d, -1)
-            lines = _composed_planes(lo64, hi64)
-            n = lo64.shape[-1]
-            zeros = torch.zeros(*lo64.shape, n, dtype=F64, device=lo.device)
-            if lines is None:
-                return zeros, const_lo, zeros, const_up
-            a_lo, b_lo, a_up, b_up, ok = lines
-            keep = ok.unsqueeze(-1)
-            return (torch.where(keep.unsqueeze(-1), a_lo, zeros), torch.where(keep, b_lo, const_lo),
-                    torch.where(keep.unsqueeze(-1), a_up, zeros), torch.where(keep, b_up, const_up))
+            return _or_constant(_composed_planes(lo64, hi64), const_lo, const_up)
 
     def backward(self, lam, in_bounds, alpha=None):
         lo, hi = in_bounds[0]
@@ -191,16 +183,7 @@ class SoftmaxOfDifferences(IntervalRelaxed):
             dl, du = lo64.gather(-2, pick).squeeze(-2), hi64.gather(-2, pick).squeeze(-2)
             at_k = torch.zeros_like(dl, dtype=torch.bool).scatter(-1, k, True)
             finite = torch.isfinite(lo64).all(-1).all(-1) & torch.isfinite(hi64).all(-1).all(-1)
-            zeros = torch.zeros_like(lo64)
-            out = _planes_in_differences(dl, du, at_k, finite)
-            if out is None:
-                return zeros, const_lo, zeros, const_up, k
-            c_lo, b_lo, c_up, b_up, ok = out
-            ok = ok & torch.isfinite(c_lo).all(-1).all(-1) & torch.isfinite(c_up).all(-1).all(-1) \
-                & torch.isfinite(b_lo).all(-1) & torch.isfinite(b_up).all(-1)
-            keep = ok.unsqueeze(-1)
-            return (torch.where(keep.unsqueeze(-1), c_lo, zeros), torch.where(keep, b_lo, const_lo),
-                    torch.where(keep.unsqueeze(-1), c_up, zeros), torch.where(keep, b_up, const_up), k)
+            return (*_or_constant(_planes_in_differences(dl, du, at_k, finite), const_lo, const_up), k)
 
     def backward(self, lam, in_bounds, alpha=None):
         lo, hi = in_bounds[0]
@@ -268,9 +251,21 @@ def _composed_planes(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
 
     a_lo, b_lo = to_x(c_lo, b_lo, upper=False)
     a_up, b_up = to_x(c_up, b_up, upper=True)
-    finite = torch.isfinite(a_lo).all(-1).all(-1) & torch.isfinite(a_up).all(-1).all(-1) \
+    return a_lo, b_lo, a_up, b_up, ok
+
+
+def _or_constant(planes, const_lo: Tensor, const_up: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The planes ``(A_lo, b_lo, A_up, b_up, ok)`` (or None) where ``ok`` holds and all are finite, the interval's
+    constant lines (``A = 0``, ``b`` the interval) on every other row."""
+    zeros = torch.zeros(*const_lo.shape, const_lo.shape[-1], dtype=F64, device=const_lo.device)
+    if planes is None:
+        return zeros, const_lo, zeros, const_up
+    a_lo, b_lo, a_up, b_up, ok = planes
+    ok = ok & torch.isfinite(a_lo).all(-1).all(-1) & torch.isfinite(a_up).all(-1).all(-1) \
         & torch.isfinite(b_lo).all(-1) & torch.isfinite(b_up).all(-1)
-    return a_lo, b_lo, a_up, b_up, ok & finite
+    keep = ok.unsqueeze(-1)
+    return (torch.where(keep.unsqueeze(-1), a_lo, zeros), torch.where(keep, b_lo, const_lo),
+            torch.where(keep.unsqueeze(-1), a_up, zeros), torch.where(keep, b_up, const_up))
 
 
 def _planes_in_differences(dl: Tensor, du: Tensor, at_k: Tensor, finite: Tensor
