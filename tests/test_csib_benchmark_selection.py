@@ -43,3 +43,8 @@ def test_acceptance_rows_compare_the_chosen_runs_test_results():
     assert pooled["csib_pgd_lt_mse_at_max_eps"] and pooled["max_eps"] == 0.5
     per_seed = acceptance_row("diabetes", "per-seed", select(jobs, trained, "per-seed"), reports, 3)
     assert abs(per_seed["csib_rmse"] - (0.7 + 0.5 + 0.5) / 3) < 1e-12 and not per_seed["csib_rmse_le_mse"]
+    # paired CS-IB - MSE per seed: +0.15, -0.05, -0.05 (mean 1/60, s.e. sqrt(0.04 / 3) / sqrt(3))
+    assert abs(per_seed["rmse_diff"] - 0.05 / 3) < 1e-12
+    assert abs(per_seed["rmse_diff_se"] - (0.04 / 3) ** 0.5 / 3 ** 0.5) < 1e-12
+    assert abs(pooled["rmse_diff"] + 0.05) < 1e-12 and pooled["rmse_diff_se"] < 1e-12
+    assert abs(pooled["pgd_diff"] + 0.2) < 1e-12
