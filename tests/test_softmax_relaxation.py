@@ -171,3 +171,28 @@ def test_difference_planes_hold_for_the_exact_softmax(seed):
     i_lo, i_hi = op.interval((lo, hi))
     assert np.all(i_lo.numpy()[0].astype(np.longdouble) <= y) and np.all(i_hi.numpy()[0].astype(np.longdouble) >= y)
     assert bool((c_lo != 0).any())  # planes, not only the constant lines
+
+
+def test_planes_are_reused_only_for_the_same_unchanged_bounds():
+    """A pass asks for a node's planes three times (step, allowance, pushed allowance): computed once per pair of
+    bound tensors, recomputed for other tensors or after an in-place change, never pickled with the op."""
+    import pickle
+
+    from verify.ops.softmax import SoftmaxOfDifferences
+
+    g = torch.Generator().manual_seed(0)
+    for op, (lo, hi) in ((Softmax(axis=1), _random_box(g, 5, 3, 0.3)),
+                         (SoftmaxOfDifferences(), _random_box(g, 4, 4, 0.1))):
+        op.bind([tuple(lo.shape[1:])])
+        first = op.planes(lo, hi)
+        assert all(a is b for a, b in zip(op.planes(lo, hi), first, strict=True))
+        fresh = op.planes(lo.clone(), hi.clone())
+        assert all(torch.equal(a, b) and a is not b for a, b in zip(fresh, first, strict=True))
+        hi2 = hi.clone()
+        op.planes(lo, hi2)
+        hi2.add_(0.5)  # the same tensor, changed in place: the planes must follow it
+        moved = op.planes(lo, hi2)
+        recomputed = pickle.loads(pickle.dumps(op)).planes(lo, hi2.clone())  # a copy that never saw these bounds
+        assert all(torch.equal(a, b) for a, b in zip(moved, recomputed, strict=True))
+        assert not all(torch.equal(a, b) for a, b in zip(moved, first, strict=True))
+        assert pickle.loads(pickle.dumps(op))._last_planes.key is None

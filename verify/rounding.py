@@ -212,6 +212,16 @@ def mul_down(x: Tensor, y: Tensor) -> Tensor:
     return torch.where(_exact_product(x, y), p, down(p))
 
 
+def mul_enclose(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mul_down(x, y), mul_up(x, y))`` from one product."""
+    if x.dtype == torch.float32:
+        p64 = x.to(F64) * y.to(F64)
+        return cast_down(p64, torch.float32), cast_up(p64, torch.float32)
+    p = x * y
+    exact = _exact_product(x, y)
+    return torch.where(exact, p, down(p)), torch.where(exact, p, up(p))
+
+
 def outward(lo: Tensor, hi: Tensor, pad: Tensor) -> tuple[Tensor, Tensor]:
     """``[lo - pad, hi + pad]`` rounded outward; entries with ``pad == 0`` (exact zeros) are kept exactly."""
     return (torch.where(pad > 0, down(lo - pad), lo), torch.where(pad > 0, up(hi + pad), hi))

@@ -30,6 +30,7 @@ from verify.rounding import (
     gamma,
     magnitude,
     mul_down,
+    mul_enclose,
     mul_up,
     tiny,
     unit_roundoff,
@@ -51,9 +52,12 @@ class Mul(Op):
         lx, ux = bx
         ly, uy = by
         shape = torch.broadcast_shapes(lx.shape, ly.shape)
-        corners = [(a.expand(shape), b.expand(shape)) for a in (lx, ux) for b in (ly, uy)]
-        lo = torch.stack([mul_down(a, b) for a, b in corners]).amin(0)
-        hi = torch.stack([mul_up(a, b) for a, b in corners]).amax(0)
+        lo = hi = None
+        for a in (lx, ux):
+            for b in (ly, uy):
+                down_, up_ = mul_enclose(a.expand(shape), b.expand(shape))
+                lo = down_ if lo is None else torch.minimum(lo, down_)
+                hi = up_ if hi is None else torch.maximum(hi, up_)
         return lo, hi
 
     n_alpha = 2  # the lower and the upper planes' weights
@@ -104,18 +108,19 @@ class Mul(Op):
 def _plane_constant(a: Tensor, b: Tensor, in_bounds, lower: bool) -> Tensor:
     """The constant that makes ``a x + b y + c`` a lower (upper) plane of ``xy`` on the box for the slopes as given:
     ``min`` (``max``) of ``xy - a x - b y`` over the four corners (a bilinear function takes its extremes there), in
-    float64, moved by its rounding to the safe side."""
+    float64, moved by its rounding to the safe side: three products and two differences per corner, within
+    ``4 u (|x y| + |a x| + |b y|)``, each term bounded by ``|a| max(|lx|, |ux|)`` etc. (one slack for all corners:
+    no corner's is larger). The slopes ``a``, ``b`` carry a row axis (one per ``Lambda`` row, alpha-CROWN); the
+    corner products of the bounds alone do not, so they are formed once."""
     (lx, ux), (ly, uy) = (tuple(t.unsqueeze(1).to(F64) for t in bnd) for bnd in in_bounds)
     a64, b64 = a.to(F64), b.to(F64)  # the constant follows the slopes (alpha-CROWN differentiates it)
-    vals, mags = [], []
-    for cx in (lx, ux):
-        for cy in (ly, uy):
-            terms = (cx * cy, a64 * cx, b64 * cy)
-            vals.append(terms[0] - terms[1] - terms[2])
-            mags.append((terms[0].abs() + terms[1].abs() + terms[2].abs()).detach())
-    slack = 4 * unit_roundoff(F64) * torch.stack(torch.broadcast_tensors(*mags)).amax(0) + tiny(F64)
-    stacked = torch.stack(torch.broadcast_tensors(*vals))
-    return stacked.amin(0) - slack if lower else stacked.amax(0) + slack
+    ax_l, ax_u, by_l, by_u = a64 * lx, a64 * ux, b64 * ly, b64 * uy
+    pick = torch.minimum if lower else torch.maximum
+    c = pick(pick(lx * ly - ax_l - by_l, lx * uy - ax_l - by_u), pick(ux * ly - ax_u - by_l, ux * uy - ax_u - by_u))
+    with torch.no_grad():
+        mx, my = torch.maximum(lx.abs(), ux.abs()), torch.maximum(ly.abs(), uy.abs())
+        slack = 4 * unit_roundoff(F64) * (mx * my + a64.abs() * mx + b64.abs() * my) + tiny(F64)
+    return c - slack if lower else c + slack
 
 
 class _OddConvex(Op):

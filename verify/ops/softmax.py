@@ -30,6 +30,33 @@ MAX_DIFFERENCE = 8.0
 useful chord, and the magnitudes the planes' margins scale with stay small)."""
 
 
+class _LastPlanes:
+    """The planes last computed by an op and the bound tensors they came from: a CROWN pass asks for them three
+    times per node (its step, its allowance, the allowance pushed through it) and every pass over the same bounds
+    again. Reused only for those very tensors, unchanged (same object, same version counter). Not pickled."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value = None
+
+    def get(self, lo: Tensor, hi: Tensor, compute):
+        k = self.key
+        if k is not None and k[0] is lo and k[1] is hi and k[2] == lo._version and k[3] == hi._version:
+            return self.value
+        self.value, self.key = compute(), (lo, hi, lo._version, hi._version)
+        return self.value
+
+    def __getstate__(self) -> dict:
+        return {"key": None, "value": None}
+
+
+def _last_planes(op) -> _LastPlanes:
+    memo = op.__dict__.get("_last_planes")
+    if memo is None:
+        memo = op._last_planes = _LastPlanes()
+    return memo
+
+
 class _AxisOp(IntervalRelaxed):
     """One input, one axis: the pairwise differences both interval rules use."""
 
@@ -94,6 +121,9 @@ class Softmax(_AxisOp):
     def planes(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(A_lo, b_lo, A_up, b_up)``, float64, the softmax axis last: ``A [B, *rows, n_i, n_j]``, ``b [B, *rows,
         n_i]`` with ``A_lo[i] . x + b_lo[i] <= y_i <= A_up[i] . x + b_up[i]`` on the box (module docstring)."""
+        return _last_planes(self).get(lo, hi, lambda: self._planes(lo, hi))
+
+    def _planes(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         with torch.no_grad():
             d = self._dim(lo)
             low, high = self.interval((lo.detach(), hi.detach()))
@@ -174,6 +204,9 @@ class SoftmaxOfDifferences(IntervalRelaxed):
     def planes(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``(C_lo, b_lo, C_up, b_up, k)``, float64: ``C [B, *rows, n_i, n_j]`` the coefficients of ``D[k, j]``,
         ``k [B, *rows, 1]``; rows without planes have ``C = 0`` and the interval as ``b``."""
+        return _last_planes(self).get(lo, hi, lambda: self._planes(lo, hi))
+
+    def _planes(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         with torch.no_grad():
             lo64, hi64 = lo.detach().to(F64), hi.detach().to(F64)
             low, high = self.interval((lo.detach(), hi.detach()))
