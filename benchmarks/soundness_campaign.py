@@ -11,7 +11,8 @@ the non-pairwise form). Weights are scaled up (more unstable neurons); boxes hav
 alpha-CROWN and (every 4th network) alpha-CROWN with optimised intermediate slopes must contain ``f(x)`` (the model
 evaluated in float64) at 1024 uniform points, box corners and PGD points pushed towards each bound.
 
-``--pipeline M`` instances (default 150): a random network (ReLU MLP, attention block or element-wise chain)
+``--pipeline M`` instances (default 150): a random network (ReLU MLP, attention block, element-wise chain or a CNN
+with BatchNorm and max / average pooling)
 exported to ONNX, and a VNNLIB property ``y_0 <= c`` on a box. A strong attack (256 starts x 60 signed steps) finds
 a low point; onnxruntime evaluates it (the value ``v`` the competition's rules use). With ``c = v + 1e-3 (|v| + 1)``
 or ``c = v + 1e-6 (|v| + 1)`` a counterexample is known, so ``unsat`` is a bug; with ``c = v - 1e-3 (|v| + 1)`` the
@@ -146,6 +147,17 @@ def random_network(seed: int, family: str) -> tuple[nn.Module, tuple[int, ...], 
         d, w, log = ri(1, 5), ri(33, 48), bool(ri(0, 1))
         net, shape, desc = WideSoftmax(d, w, log), (d,), f"wide {'log-' if log else ''}softmax over {w}"
         scale = (0.5, 1.5, 4.0)[ri(0, 2)]
+    elif family == "cnn":
+        side, ch = ri(4, 7), ri(2, 4)
+        pool = (nn.Identity(), nn.MaxPool2d(2, 1), nn.AvgPool2d(2, 1))[ri(0, 2)]
+        bn = nn.BatchNorm2d(ch)
+        with torch.no_grad():
+            bn.running_mean.uniform_(-0.5, 0.5, generator=g)
+            bn.running_var.uniform_(0.5, 2.0, generator=g)
+        flat = ch * (side if isinstance(pool, nn.Identity) else side - 1) ** 2
+        net = nn.Sequential(nn.Conv2d(1, ch, 3, padding=1), bn, nn.ReLU(), pool, nn.Flatten(), nn.Linear(flat, 10),
+                            nn.ReLU(), nn.Linear(10, 3))
+        shape, desc, scale = (1, side, side), f"cnn {side}x{side}, {ch} channels, {type(pool).__name__}", 1.0
     elif family == "relu":
         d = ri(2, 8)
         hidden = [ri(8, 24) for _ in range(ri(1, 3))]
@@ -269,7 +281,7 @@ def pipeline_campaign(first: int, count: int, timeout: float, findings: list[str
     from verify.pipeline import verify_instance
 
     counts: Counter = Counter()
-    families = ("relu", "attention", "chain")
+    families = ("relu", "attention", "chain", "cnn")
     with tempfile.TemporaryDirectory(prefix="clarke-soundness-") as tmp:
         for seed in range(first, first + count):
             family = families[seed % len(families)]
