@@ -46,3 +46,10 @@ def test_bad_options_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         campaign.main(argv)
     assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_a_longer_campaign_finds_nothing(capsys):
+    """``pytest -m slow``: 300 networks and 60 instances from seeds the default suite does not draw (~4 min)."""
+    assert campaign.main(["--bounds", "300", "--pipeline", "60", "--first-seed", "50000"]) == 0
+    assert "findings: 0" in capsys.readouterr().out
