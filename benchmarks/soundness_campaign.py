@@ -9,7 +9,8 @@ square, leaky ReLU, ReLU6, ELU, SiLU, GELU, exp, log, sqrt, reciprocal, softmax,
 optionally combined with a second branch by a product, max, min or sum, and softmax over wide axes (33-48 entries,
 the non-pairwise form). Weights are scaled up (more unstable neurons); boxes have radius 1e-3 to 3. IBP, CROWN,
 alpha-CROWN and (every 3rd network) alpha-CROWN with optimised intermediate slopes must contain ``f(x)`` (the model
-evaluated in float64) at 1024 uniform points, box corners and PGD points pushed towards each bound.
+evaluated in float64) at 1024 uniform points, the box's corners (all up to 6 inputs) and PGD points pushed towards
+each bound (the test suite's ``tests.helpers.box_corners`` / ``extreme_points``).
 
 ``--pipeline M`` instances (default 150): a random network (ReLU MLP, attention block, element-wise chain or a CNN
 with BatchNorm and max / average pooling)
@@ -175,32 +176,17 @@ def random_network(seed: int, family: str) -> tuple[nn.Module, tuple[int, ...], 
 # ------------------------------------------------------------------------------------------------ bounds
 
 
-def _extreme_points(net: nn.Module, shape, lo: torch.Tensor, hi: torch.Tensor, k: int, steps: int = 25
-                    ) -> torch.Tensor:
-    """Points pushing each of the ``k`` outputs up and down (signed gradient steps from random starts)."""
-    d = lo.numel()
-    x = (lo + torch.rand(2 * k, d) * (hi - lo)).requires_grad_(True)
-    sign = torch.cat([torch.ones(k), -torch.ones(k)])
-    pick = torch.cat([torch.eye(k), torch.eye(k)])
-    step = (hi - lo) / 8
-    for _ in range(steps):
-        y = net(x.reshape(2 * k, *shape)).reshape(2 * k, -1)
-        (grad,) = torch.autograd.grad((sign * (y * pick).sum(-1)).sum(), x)
-        with torch.no_grad():
-            x += step * grad.sign()
-            x.copy_(torch.maximum(torch.minimum(x, hi), lo))
-            step *= 0.85
-    return x.detach()
+def worst_violation(net: nn.Module, lo: torch.Tensor, hi: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
+                    ) -> float:
+    """The largest amount by which ``f`` (float64) leaves ``[lower, upper]`` at uniform points, corners and points
+    pushed towards each bound of the box ``[lo, hi]`` (per-sample shape); <= 0: none."""
+    from tests.helpers import box_corners, extreme_points
 
-
-def worst_violation(net: nn.Module, shape, lo: torch.Tensor, hi: torch.Tensor, lower: torch.Tensor,
-                    upper: torch.Tensor) -> float:
-    """The largest amount by which ``f`` (float64) leaves ``[lower, upper]`` at the sampled points (<= 0: none)."""
-    d, k = lo.numel(), lower.numel()
-    corners = lo + torch.randint(0, 2, (64, d)).to(lo.dtype) * (hi - lo)
-    pts = torch.cat([lo + torch.rand(1024, d) * (hi - lo), corners, _extreme_points(net, shape, lo, hi, k)])
+    flat_lo, flat_hi = lo.reshape(1, -1), hi.reshape(1, -1)
+    pts = torch.cat([flat_lo + torch.rand(1024, lo.numel()) * (flat_hi - flat_lo), box_corners(lo, hi),
+                     extreme_points(net, lo, hi, lower.numel())])
     with torch.no_grad():
-        y = copy.deepcopy(net).double()(pts.reshape(-1, *shape).double()).reshape(pts.shape[0], -1)
+        y = copy.deepcopy(net).double()(pts.reshape(-1, *lo.shape).double()).reshape(pts.shape[0], -1)
     return float(torch.maximum(lower.double() - y, y - upper.double()).max())
 
 
@@ -232,7 +218,7 @@ def bounds_campaign(first: int, count: int, findings: list[str]) -> Counter:
                 counts[f"{family}/{method}/refused ({type(e).__name__})"] += 1
                 continue
             low, up = low.detach()[0], up.detach()[0]
-            v = worst_violation(net, shape, lo[0], hi[0], low, up)
+            v = worst_violation(net, lo[0], hi[0], low, up)
             counts[f"{family}/{method}/{'VIOLATION' if v > 0 else 'ok'}"] += 1
             if v > 0:
                 findings.append(f"bounds seed {seed} {desc} eps={eps} {method}: f leaves the bounds by {v:.3g}")

@@ -4,6 +4,7 @@ tests."""
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable
 
@@ -165,3 +166,31 @@ def assert_converged_to_lipmip(up: float, exact, net: nn.Module, sampled: float)
     assert abs(up - exact.value[0]) <= 1e-6 * (1 + abs(exact.value[0])), (up, exact.value[0])
     assert up <= exact.upper[0] * (1 + 1e-6), (up, exact.upper[0])
 
+
+def box_corners(lo: torch.Tensor, hi: torch.Tensor, limit: int = 64) -> torch.Tensor:
+    """Every corner of the box ``[lo, hi]`` (any shape, flattened) up to 6 dimensions, else ``limit`` random ones."""
+    d = lo.numel()
+    if d <= 6:
+        bits = torch.tensor(list(itertools.product([0.0, 1.0], repeat=d)))
+    else:
+        bits = torch.randint(0, 2, (limit, d)).float()
+    return lo.reshape(1, -1) + bits * (hi - lo).reshape(1, -1)
+
+
+def extreme_points(net, lo, hi, k: int, steps: int = 25) -> torch.Tensor:
+    """Points ``[2k, lo.numel()]`` pushing each of the ``k`` outputs of ``net`` up and down (signed gradient steps
+    from 2k random points of the box ``[lo, hi]``, per-sample shape)."""
+    d = lo.numel()
+    x = (lo.reshape(1, -1) + torch.rand(2 * k, d) * (hi - lo).reshape(1, -1)).requires_grad_(True)
+    sign = torch.cat([torch.ones(k), -torch.ones(k)])
+    sel = torch.cat([torch.eye(k), torch.eye(k)])
+    step = (hi - lo).reshape(1, -1) / 8
+    for _ in range(steps):
+        y = net(x.reshape(2 * k, *lo.shape)).reshape(2 * k, -1)
+        obj = (sign * (y * sel).sum(-1)).sum()
+        (g,) = torch.autograd.grad(obj, x)
+        with torch.no_grad():
+            x += step * g.sign()
+            x.copy_(torch.maximum(torch.minimum(x, hi.reshape(1, -1)), lo.reshape(1, -1)))
+            step *= 0.85
+    return x.detach()

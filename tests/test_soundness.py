@@ -6,50 +6,22 @@ looser than IBP, alpha-CROWN no looser than CROWN, eps=0 tight."""
 from __future__ import annotations
 
 import copy
-import itertools
 
 import pytest
 import torch
 
-from tests.helpers import random_network
+from tests.helpers import box_corners, extreme_points, random_network
 from verify import bound, from_torch
 
 N_NETWORKS = 200
 EPS_CHOICES = (1e-3, 0.02, 0.1, 0.5, 2.0)
 
 
-def _corners(lo: torch.Tensor, hi: torch.Tensor, limit: int = 64) -> torch.Tensor:
-    d = lo.numel()
-    if d <= 6:
-        bits = torch.tensor(list(itertools.product([0.0, 1.0], repeat=d)))
-    else:
-        bits = torch.randint(0, 2, (limit, d)).float()
-    return lo.reshape(1, -1) + bits * (hi - lo).reshape(1, -1)
-
-
-def _pgd_extremes(net, lo, hi, k: int, steps: int = 25) -> torch.Tensor:
-    """Points pushing each output up and down (2k restarts from random points in the box)."""
-    d = lo.numel()
-    x = (lo.reshape(1, -1) + torch.rand(2 * k, d) * (hi - lo).reshape(1, -1)).requires_grad_(True)
-    sign = torch.cat([torch.ones(k), -torch.ones(k)])
-    sel = torch.cat([torch.eye(k), torch.eye(k)])
-    step = (hi - lo).reshape(1, -1) / 8
-    for _ in range(steps):
-        y = net(x.reshape(2 * k, *lo.shape)).reshape(2 * k, -1)
-        obj = (sign * (y * sel).sum(-1)).sum()
-        (g,) = torch.autograd.grad(obj, x)
-        with torch.no_grad():
-            x += step * g.sign()
-            x.copy_(torch.maximum(torch.minimum(x, hi.reshape(1, -1)), lo.reshape(1, -1)))
-            step *= 0.85
-    return x.detach()
-
-
 def _check_points(net, shape, lo, hi, lower, upper, label):
     k = lower.shape[-1]
     pts = torch.cat([
         lo.reshape(1, -1) + torch.rand(512, lo.numel()) * (hi - lo).reshape(1, -1),
-        _corners(lo, hi), _pgd_extremes(net, lo, hi, k)])
+        box_corners(lo, hi), extreme_points(net, lo, hi, k)])
     with torch.no_grad():
         y = copy.deepcopy(net).double()(pts.reshape(-1, *shape).double()).reshape(pts.shape[0], -1)
     lower, upper = lower.double(), upper.double()
