@@ -247,11 +247,6 @@ def attack_minimum(net: nn.Module, shape, lo: torch.Tensor, hi: torch.Tensor, st
     return best_x
 
 
-def _onnx_value(session, x: torch.Tensor, shape) -> float:
-    """``y_0`` at ``x`` as onnxruntime computes it (float32, the competition's rules)."""
-    return float(session.run(None, {"x": x.reshape(1, *shape).numpy().astype(np.float32)})[0].reshape(-1)[0])
-
-
 def _write_vnnlib(path: Path, lo: torch.Tensor, hi: torch.Tensor, c: float, outputs: int) -> None:
     lines = [f"(declare-const X_{i} Real)" for i in range(lo.numel())]
     lines += [f"(declare-const Y_{j} Real)" for j in range(outputs)]
@@ -262,8 +257,7 @@ def _write_vnnlib(path: Path, lo: torch.Tensor, hi: torch.Tensor, c: float, outp
 
 
 def pipeline_campaign(first: int, count: int, timeout: float, findings: list[str]) -> Counter:
-    import onnxruntime as ort
-
+    from verify.counterexample import run_onnxruntime
     from verify.pipeline import verify_instance
 
     counts: Counter = Counter()
@@ -279,9 +273,8 @@ def pipeline_campaign(first: int, count: int, timeout: float, findings: list[str
             onnx_path, spec = Path(tmp) / f"net{seed}.onnx", Path(tmp) / f"prop{seed}.vnnlib"
             torch.onnx.export(net, torch.zeros(1, *shape), str(onnx_path), input_names=["x"], output_names=["y"],
                               dynamo=False)
-            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
-            v = _onnx_value(session, attack_minimum(net, shape, lo, hi), shape)
+            v = float(run_onnxruntime(onnx_path, attack_minimum(net, shape, lo, hi).numpy())[0])  # float32, as judged
             kind = ("witnessed", "witnessed-tight", "open")[int(torch.randint(0, 3, (1,), generator=g))]
             margin = {"witnessed": 1e-3, "witnessed-tight": 1e-6, "open": -1e-3}[kind]
             c = float(np.float32(v + margin * (abs(v) + 1)))
@@ -295,7 +288,8 @@ def pipeline_campaign(first: int, count: int, timeout: float, findings: list[str
                 findings.append(f"pipeline seed {seed} {desc}: {type(e).__name__}: {e}")
             bad = kind != "open" and status == "unsat"
             if kind == "open" and status == "unsat":
-                v2 = _onnx_value(session, attack_minimum(net, shape, lo, hi, starts=2048, steps=100), shape)
+                again = attack_minimum(net, shape, lo, hi, starts=2048, steps=100)
+                v2 = float(run_onnxruntime(onnx_path, again.numpy())[0])
                 bad = v2 <= c
             counts[f"{family}/{kind}/{'BUG ' if bad else ''}{status}"] += 1
             if bad:
