@@ -28,6 +28,7 @@ from verify.graph import Graph
 from verify.ops.activation import Relu
 from verify.ops.affine import Scale
 from verify.ops.base import Bounds
+from verify.ops.linear import Dense
 from verify.ops.shape import Pad, Reshape, Slice, Transpose
 from verify.rounding import F64, accounted, cast_down, cast_up, dot_error, down, gamma, magnitude, unit_roundoff
 
@@ -282,6 +283,9 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
     plan = patch_chain(graph, name) if alphas is None and ball is None and USE_PATCHES else None
     if plan is not None:
         res, lam_x, kappa = _patch_rows(graph, name, rows, bounds, plan, cache, functions is not None)
+    elif USE_DENSE_START and _dense_rows_apply(graph, name, alphas):
+        lam_x, kappa = _dense_start(graph, name, rows, bounds, alphas, cache)
+        res = concretize_lower(lam_x, kappa, x_lo, x_hi, ball)
     else:
         numel = int(torch.Size(shape).numel())
         eye = torch.zeros(r, numel, dtype=x_lo.dtype, device=x_lo.device)
@@ -294,8 +298,41 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
     return cast_down(res[:, :r], x_lo.dtype), cast_up(-res[:, r:], x_lo.dtype)
 
 
+def _dense_rows_apply(graph: Graph, name: str, alphas: Mapping[str, Tensor] | None) -> bool:
+    """Whether :func:`_dense_start` serves a pass started at ``name``: a dense layer over a per-sample vector."""
+    n = graph.node(name)
+    if not isinstance(n.op, Dense) or (alphas is not None and name in alphas):
+        return False
+    out_f, in_f = n.op.weight.shape
+    return int(torch.Size(n.shape).numel()) == out_f and int(torch.Size(graph.shape_of(n.inputs[0])).numel()) == in_f
+
+
+def _dense_start(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bounds],
+                 alphas: Mapping[str, Tensor] | None, cache: RoundingCache) -> tuple[Tensor | None, Tensor]:
+    """:func:`backward_pass` from the rows ``[e_r; -e_r]`` at a dense layer ``W h + b``: its step is exactly
+    ``[W_r; -W_r]`` with constants ``[b_r; -b_r]`` and allowance ``E_r`` (the products with one non-zero factor
+    of the dense pass, without forming them), and the pass continues from ``h``."""
+    n = graph.node(name)
+    x_lo = bounds[graph.input_name][0]
+    b, r = x_lo.shape[0], rows.numel()
+    w = n.op.weight[rows]
+    lam = torch.cat([w, -w]).expand(b, 2 * r, -1).reshape(b, 2 * r, *graph.shape_of(n.inputs[0]))
+    acc = accumulated_error(graph, name, bounds, cache)
+    err = torch.zeros(b, 2 * r, dtype=F64, device=x_lo.device) if acc is None else \
+        acc.reshape(b, -1)[:, rows].to(F64).repeat(1, 2)
+    if n.op.bias is None:
+        kappa, n_terms = torch.zeros(b, 2 * r, dtype=F64, device=x_lo.device), 0
+    else:
+        c = n.op.bias[rows].to(F64)
+        kappa, n_terms = torch.cat([c, -c]).expand(b, 2 * r), 1
+    return _propagate(graph, n.inputs[0], {n.inputs[0]: lam}, kappa, kappa.detach().abs(), n_terms, err, bounds,
+                      alphas, None, None, cache)
+
+
 USE_PATCHES = True
 """Patch-form intermediate passes behind convolutions (``verify.bounds.patches``); False: always dense."""
+USE_DENSE_START = True
+"""Passes started at a dense layer begin with its rows (:func:`_dense_start`); False: the generic first step."""
 
 
 def _patch_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bounds], plan, cache: RoundingCache,
