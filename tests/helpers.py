@@ -1,5 +1,5 @@
-"""Random network factories, a counterexample checker, a gradient check and a LipMIP comparison shared by the
-tests."""
+"""Random network factories, a counterexample checker, a gradient check, a LipMIP comparison and a call counter
+shared by the tests."""
 
 from __future__ import annotations
 
@@ -194,3 +194,17 @@ def extreme_points(net, lo, hi, k: int, steps: int = 25) -> torch.Tensor:
             x.copy_(torch.maximum(torch.minimum(x, hi.reshape(1, -1)), lo.reshape(1, -1)))
             step *= 0.85
     return x.detach()
+
+
+def count_calls(monkeypatch, module, name: str) -> list[int]:
+    """Wrap ``module.name`` (for the test's duration) so that every call appends to the returned list; the real
+    function still runs. Shows which code path a bound took."""
+    calls: list[int] = []
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import verify.bounds.crown as crown
+from tests.helpers import count_calls
 from verify import bound, from_torch
 
 
@@ -25,18 +26,6 @@ def _mlp(seed: int) -> tuple[nn.Sequential, tuple[int, ...]]:
     layers.append(nn.Linear(widths[-1], 3))
     shape = (widths[0],) if seed % 2 else (1, widths[0])
     return nn.Sequential(*layers).eval(), shape
-
-
-def _spy(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    real = crown._dense_start
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(crown, "_dense_start", spy)
-    return calls
 
 
 def _contains(net: nn.Module, lo: torch.Tensor, hi: torch.Tensor, lower, upper) -> None:
@@ -60,7 +49,7 @@ def test_dense_start_gives_the_generic_bounds(seed, method, monkeypatch):
     lo, hi = x - 0.3, x + 0.3
     for precision in ("float64", "model"):
         opts = dict(method=method, precision=precision, iterations=3, optimize_intermediate=method != "crown")
-        calls = _spy(monkeypatch)
+        calls = count_calls(monkeypatch, crown, "_dense_start")
         lower, upper = bound(graph, lo, hi, **opts)
         assert calls or method != "crown", "the dense start was not used"
         monkeypatch.setattr(crown, "USE_DENSE_START", False)
@@ -79,7 +68,7 @@ def test_dense_start_under_an_l2_ball_and_its_linear_functions(monkeypatch):
     x = torch.rand(1, *shape, dtype=torch.float64)
     ball = crown.Ball(x.reshape(1, -1), 0.2, 2.0)
     got, want = {}, {}
-    calls = _spy(monkeypatch)
+    calls = count_calls(monkeypatch, crown, "_dense_start")
     b1 = crown.intermediate_bounds(graph, x - 0.2, x + 0.2, functions=got, ball=ball)
     assert len(calls) >= 2
     monkeypatch.setattr(crown, "USE_DENSE_START", False)

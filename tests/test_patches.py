@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import verify.bounds.crown as crown
-import verify.bounds.patches as patches
 from models.onnx_export import sequential_to_onnx
+from tests.helpers import count_calls
 from verify import bound, from_torch
 from verify.frontends.onnx_frontend import from_onnx_model
 from verify.ops.linear import conv_adjoint
@@ -55,18 +55,6 @@ def _conv_net(seed: int) -> tuple[nn.Sequential, tuple[int, int, int]]:
     return nn.Sequential(*layers).eval(), (c, side, side)
 
 
-def _spy(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    real = patches.patch_pass
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(crown, "patch_pass", spy)
-    return calls
-
-
 def _contains(net: nn.Module, lo: torch.Tensor, hi: torch.Tensor, lower, upper, label: str) -> None:
     """Centre, corners and random points of each box, evaluated in float64 (float32 weights are exact there)."""
     ref = net.double()
@@ -88,7 +76,7 @@ def test_patch_bounds_equal_dense_bounds_and_contain_the_exact_value(seed, monke
     x = torch.rand(2, *shape)
     lo, hi = x - 0.1, x + 0.1
     for precision in ("float64", "model"):
-        calls = _spy(monkeypatch)
+        calls = count_calls(monkeypatch, crown, "patch_pass")
         lower, upper = bound(graph, lo, hi, method="crown", precision=precision)
         assert calls, "the patch pass was not used"
         monkeypatch.setattr(crown, "USE_PATCHES", False)
@@ -108,7 +96,7 @@ def test_onnx_feature_maps_with_a_batch_axis_take_the_patch_pass(monkeypatch):
     graph = from_onnx_model(sequential_to_onnx(net, shape))
     assert graph.input_shape[0] == 1
     x = torch.rand(1, *graph.input_shape)
-    calls = _spy(monkeypatch)
+    calls = count_calls(monkeypatch, crown, "patch_pass")
     lower, upper = bound(graph, x - 0.05, x + 0.05, method="crown")
     assert calls
     monkeypatch.setattr(crown, "USE_PATCHES", False)
