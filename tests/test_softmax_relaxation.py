@@ -195,7 +195,7 @@ def test_planes_are_reused_only_for_the_same_unchanged_bounds():
         recomputed = pickle.loads(pickle.dumps(op)).planes(lo, hi2.clone())  # a copy that never saw these bounds
         assert all(torch.equal(a, b) for a, b in zip(moved, recomputed, strict=True))
         assert not all(torch.equal(a, b) for a, b in zip(moved, first, strict=True))
-        assert pickle.loads(pickle.dumps(op))._last_planes.key is None
+        assert pickle.loads(pickle.dumps(op))._last_planes.entry is None
         with torch.inference_mode():  # tensors without a version counter: computed every time, same planes
             lo_i, hi_i = lo.clone(), hi.clone()
             assert all(torch.equal(a, b) for a, b in zip(op.planes(lo_i, hi_i), first, strict=True))

@@ -33,23 +33,25 @@ useful chord, and the magnitudes the planes' margins scale with stay small)."""
 class _LastPlanes:
     """The planes last computed by an op and the bound tensors they came from: a CROWN pass asks for them three
     times per node (its step, its allowance, the allowance pushed through it) and every pass over the same bounds
-    again. Reused only for those very tensors, unchanged (same object, same version counter). Not pickled."""
+    again. Reused only for those very tensors, unchanged (same object, same version counter). Not pickled. The key
+    and the planes live in one tuple, read and replaced whole, so threads sharing an op never pair one call's key
+    with another call's planes."""
 
     def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.value = None
+        self.entry: tuple | None = None  # (lo, hi, lo version, hi version, planes)
 
     def get(self, lo: Tensor, hi: Tensor, compute):
         if lo.is_inference() or hi.is_inference():  # no version counter (torch.inference_mode): no reuse
             return compute()
-        k = self.key
-        if k is not None and k[0] is lo and k[1] is hi and k[2] == lo._version and k[3] == hi._version:
-            return self.value
-        self.value, self.key = compute(), (lo, hi, lo._version, hi._version)
-        return self.value
+        e = self.entry
+        if e is not None and e[0] is lo and e[1] is hi and e[2] == lo._version and e[3] == hi._version:
+            return e[4]
+        value = compute()
+        self.entry = (lo, hi, lo._version, hi._version, value)
+        return value
 
     def __getstate__(self) -> dict:
-        return {"key": None, "value": None}
+        return {"entry": None}
 
 
 def _last_planes(op) -> _LastPlanes:
