@@ -54,24 +54,32 @@ interface rows (not in the paper) come close to PI-HC. Why (``evaluate``'s per-b
 
 At the paper's budget (``--problem diffusion-sorption-41x256 --steps 4000 --eval-every 500``: N = 16, m = 1000, the
 learning rate halved every 800 steps down to 1e-4 as in the paper; 11-20 min per run on one core; measured
-2026-12-07, seeds 0-4, the interface variant seeds 0-1), test relative L2 % per seed, mean, median:
+2026-12-07, seeds 0-4), test relative L2 % per seed, mean, median:
 
     PI-HC                           8.4  51.9  12.4  44.3  79.1    mean 39.2  median 44.3
     PI-HC-MoE (paper)              48.0  47.9  54.5  58.1  57.0    mean 53.1  median 54.5
-    PI-HC-MoE+interface+stitched    7.0  62.5                      mean 34.7
+    PI-HC-MoE+interface+stitched    7.0  62.5  69.9   7.3  24.2    mean 34.2  median 24.2
 
 Learning curves (``--eval-every``: test % after 500, 1000, ..., 4000 steps): PI-HC seed 0 40 32 18 12 9.2 8.0 8.4
 8.4 and seed 2 49 36 24 16 14 13 13 12 (the front crosses x = 0.25 between steps 1000 and 2500), seeds 1 / 3 / 4
 54 -> 52, 53 -> 44, 46 -> 79 (it never does; seed 4 drifts away); the paper's MoE 46 42 44 46 48 47 48 48, 37 71 40 64
 48 48 48 48, 56 40 63 65 63 62 56 54, 40 41 42 43 47 46 50 58, 40 40 44 45 45 45 45 57 (never below 37 %, no trend
-down after step 500); the interface variant 39 8.5 6.7 6.5 7.5 6.9 6.9 7.0 and 76 86 70 66 65 63 63 63. So at the
+down after step 500); the interface variant 39 8.5 6.7 6.5 7.5 6.9 6.9 7.0, 76 86 70 66 65 63 63 63, 104 78 69 65 64 68
+71 70, 76 8.5 7.5 6.5 6.9 6.9 7.0 7.3 and 42 12 7.3 64 67 70 63 24 (seed 4 reached 7.3 % and was thrown out of that
+basin between steps 1500 and 2000, the only seed of the three models to leave a good basin). So at the
 paper's step count PI-HC reaches the paper's accuracy on 2 of 5 seeds (8.4 and 12.4 % against its 7.55 +- 8.10) and
 the front stalls on the other 3 (block 2 at 103-143 %: the same stall as the MoE's, with no interface at all); the
 paper's MoE stalls on every seed and more steps do not help. The stall is a low-residual basin of the hard-constrained
 problem itself (the undisturbed state satisfies the PDE rows downstream of the front); PI-HC finds the other basin
 on some seeds, the experts' independent solves on none. LM solves that ended unconverged during training: PI-HC
-13445 of 80000 (5 seeds x 4000 steps x 4 samples), the paper's MoE 7697 of 320000 (x 4 experts), interface 5920
-(2 seeds).
+13445 of 80000 (5 seeds x 4000 steps x 4 samples), the paper's MoE 7697 of 320000 (x 4 experts), interface 12045.
+
+Two more configurations at this budget leave the stall in place (seeds that stalled above, m per solve changed):
+the paper's sampling ratios (m = 2000: PI-HC solves 19 % of the grid as the paper's 20k of 103k, each expert 76 % of
+its block as the paper's 20k of 25.9k) give PI-HC seed 1 45.5 % (block 2 at 104 %) and the paper's MoE seed 0
+48.4 % (block 2 at 73 %); the paper's row units (``--residual-units physical``, seed 0) give PI-HC 85.3 % and the
+paper's MoE 85.2 % (block 1 holds 87-90 % of the error), so the ordering seen in physical units at 21 x 64 and 1200
+steps (above) does not carry over to the paper's budget.
 
 Training stability. Without the guard, PI-HC seed 4 trained to 10.1 % by step 450, then one loss spike (97 against
 a median of 1.3; gradient norm 1e3 before clipping) threw it into another basin: loss back to ~1.5 within 300 steps,
