@@ -21,8 +21,9 @@ truth is open, and an ``unsat`` answer is attacked again (2048 starts x 100 step
 bug. ``sat`` answers carry counterexamples the pipeline re-checks with onnxruntime itself.
 
 Prints counts per family and method (bounds) or family, kind and answer (pipeline), and every finding; exits 1 when
-there is one. Networks the engine refuses (an op outside its domain, e.g. exp overflowing on the box) are counted,
-not failures. ``--json``: the counts as one JSON object on the last line.
+there is one. A progress line at every tenth of each stage, and each finding as it is found, go to stderr (a long
+run stopped early still shows what it found). Networks the engine refuses (an op outside its domain, e.g. exp
+overflowing on the box) are counted, not failures. ``--json``: the counts as one JSON object on the last line.
 """
 
 from __future__ import annotations
@@ -190,13 +191,28 @@ def worst_violation(net: nn.Module, lo: torch.Tensor, hi: torch.Tensor, lower: t
     return float(torch.maximum(lower.double() - y, y - upper.double()).max())
 
 
+def _report(findings: list[str], message: str) -> None:
+    """Record a finding and print it at once (stderr), so a run stopped early still shows what it found."""
+    findings.append(message)
+    print("FINDING", message, file=sys.stderr, flush=True)
+
+
+def _progress(stage: str, done: int, total: int, findings: list[str], t0: float) -> None:
+    """A line on stderr at every tenth of a stage (the long runs take tens of minutes)."""
+    if total and (done == total or done % max(1, total // 10) == 0):
+        print(f"soundness campaign: {stage} {done}/{total}, findings {len(findings)}, "
+              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
 def bounds_campaign(first: int, count: int, findings: list[str]) -> Counter:
     from verify import bound, from_torch
     from verify.errors import ClarkeError
 
     counts: Counter = Counter()
     families = ("attention", "chain", "chain", "wide_softmax")
+    t0 = time.perf_counter()
     for seed in range(first, first + count):
+        _progress("networks bounded", seed - first, count, findings, t0)
         family = families[seed % len(families)]
         net, shape, desc = random_network(seed, family)
         g = torch.Generator().manual_seed(10_000 + seed)
@@ -221,7 +237,8 @@ def bounds_campaign(first: int, count: int, findings: list[str]) -> Counter:
             v = worst_violation(net, lo[0], hi[0], low, up)
             counts[f"{family}/{method}/{'VIOLATION' if v > 0 else 'ok'}"] += 1
             if v > 0:
-                findings.append(f"bounds seed {seed} {desc} eps={eps} {method}: f leaves the bounds by {v:.3g}")
+                _report(findings, f"bounds seed {seed} {desc} eps={eps} {method}: f leaves the bounds by {v:.3g}")
+    _progress("networks bounded", count, count, findings, t0)
     return counts
 
 
@@ -262,8 +279,10 @@ def pipeline_campaign(first: int, count: int, timeout: float, findings: list[str
 
     counts: Counter = Counter()
     families = ("relu", "attention", "chain", "cnn")
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="clarke-soundness-") as tmp:
         for seed in range(first, first + count):
+            _progress("instances verified", seed - first, count, findings, t0)
             family = families[seed % len(families)]
             net, shape, desc = random_network(seed, family)
             g = torch.Generator().manual_seed(20_000 + seed)
@@ -285,7 +304,7 @@ def pipeline_campaign(first: int, count: int, timeout: float, findings: list[str
                 status = verify_instance(onnx_path, spec, timeout=timeout, seed=seed).status
             except Exception as e:  # noqa: BLE001 (a crash is a finding too, reported with the rest)
                 status = f"error ({type(e).__name__})"
-                findings.append(f"pipeline seed {seed} {desc}: {type(e).__name__}: {e}")
+                _report(findings, f"pipeline seed {seed} {desc}: {type(e).__name__}: {e}")
             bad = kind != "open" and status == "unsat"
             if kind == "open" and status == "unsat":
                 again = attack_minimum(net, shape, lo, hi, starts=2048, steps=100)
@@ -293,7 +312,8 @@ def pipeline_campaign(first: int, count: int, timeout: float, findings: list[str
                 bad = v2 <= c
             counts[f"{family}/{kind}/{'BUG ' if bad else ''}{status}"] += 1
             if bad:
-                findings.append(f"pipeline seed {seed} {desc} eps={eps} {kind}: unsat, but y_0 <= {c!r} is reached")
+                _report(findings, f"pipeline seed {seed} {desc} eps={eps} {kind}: unsat, but y_0 <= {c!r} is reached")
+    _progress("instances verified", count, count, findings, t0)
     return counts
 
 

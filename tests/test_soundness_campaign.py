@@ -28,7 +28,10 @@ def test_narrowed_bounds_are_found(monkeypatch, capsys):
 
     monkeypatch.setattr(verify, "bound", narrowed)
     assert campaign.main(["--bounds", "2", "--pipeline", "0", "--first-seed", "1"]) == 1
-    assert "FINDING bounds seed 1" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "FINDING bounds seed 1" in captured.out
+    # also on stderr as soon as found, with the progress lines
+    assert "FINDING bounds seed 1" in captured.err and "networks bounded 2/2, findings" in captured.err
 
 
 def test_unsat_on_a_witnessed_property_is_found(monkeypatch, capsys):
