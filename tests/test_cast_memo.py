@@ -82,16 +82,3 @@ def test_the_cache_is_not_pickled():
     assert graph._cast_memo is not None
     assert pickle.loads(pickle.dumps(graph))._cast_memo is None
     assert copy.deepcopy(graph)._cast_memo is None
-
-
-def test_a_cast_made_under_inference_mode_is_not_kept():
-    """Its tensors are inference tensors: alpha-CROWN's autograd outside inference mode would refuse them."""
-    net = _net()
-    graph = from_torch(net, (4,))
-    x = torch.rand(1, 4, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        bound(graph, x - 0.1, x + 0.1, method="crown")
-    assert graph._cast_memo is None
-    lower, upper = bound(graph, x - 0.1, x + 0.1, method="alpha-crown", optimize_intermediate=True, iterations=3)
-    y = net.double()(x.double())
-    assert (lower.double() <= y).all() and (y <= upper.double()).all()

@@ -149,9 +149,7 @@ class Graph:
         if sources is not None and memo is not None and memo[0] == dtype and _same_sources(memo[1], sources):
             return memo[2]
         cast = self._with_copied_ops(lambda op: op.cast(dtype))
-        # a cast made under torch.inference_mode() holds inference tensors, which autograd outside it refuses
-        keep = sources is not None and not torch.is_inference_mode_enabled()
-        self._cast_memo = (dtype, sources, cast) if keep else None
+        self._cast_memo = None if sources is None else (dtype, sources, cast)
         return cast
 
     def _cast_sources(self) -> list[tuple[Tensor, int]] | None:
