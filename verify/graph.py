@@ -37,8 +37,6 @@ class Graph:
     source: str = "<memory>"
     user_input_shape: tuple[int, ...] | None = None  # torch modules: the shape callers use, without the 1
     _by_name: dict[str, Node] = field(default_factory=dict, repr=False)
-    # (dtype, source tensors with their versions, cast graph): with_dtype's last result (see there)
-    _cast_memo: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._by_name = {n.name: n for n in self.nodes}
@@ -137,46 +135,13 @@ class Graph:
     def with_dtype(self, dtype: torch.dtype) -> Graph:
         """This graph computed in ``dtype``: ops copied with their float tensors cast (differentiably); ``self``
         is unchanged. Only widening is allowed: a narrower precision would round the weights, i.e. bound
-        another network. The last cast is returned again while every source tensor is the same object, unchanged
-        (:meth:`_cast_sources`): repeated bounds of one model skip the copy."""
+        another network."""
         if dtype == self.dtype:
             return self
         if torch.finfo(dtype).eps > torch.finfo(self.dtype).eps:
             raise ModelError(f"{self.source}: cannot compute a {self.dtype} model in {dtype} (its weights would "
                              "be rounded)")
-        sources = self._cast_sources()
-        memo = self._cast_memo
-        if sources is not None and memo is not None and memo[0] == dtype and _same_sources(memo[1], sources):
-            return memo[2]
-        cast = self._with_copied_ops(lambda op: op.cast(dtype))
-        self._cast_memo = None if sources is None else (dtype, sources, cast)
-        return cast
-
-    def _cast_sources(self) -> list[tuple[Tensor, int]] | None:
-        """Every tensor a cast reads, with its version counter, or None when a cast must not be reused: a tensor
-        that requires grad (the cast is part of an autograd graph), an inference tensor (no version counter), an
-        op that wraps a module (parameters out of sight), or more than ``CAST_MEMO_MAX_NUMEL`` elements (the copy
-        would hold too much memory). In-place changes bump the version; replaced tensors fail the identity test;
-        holding the tensors keeps their ids from being reused."""
-        out: list[tuple[Tensor, int]] = []
-        numel = 0
-        for n in self.nodes:
-            ts = list(n.op.tensors().values())
-            for pair in getattr(n.op, "precise", {}).values():
-                ts += [t for t in pair if isinstance(t, Tensor)]
-            if any(isinstance(v, torch.nn.Module) for v in vars(n.op).values()):
-                return None
-            for t in ts:
-                if t.requires_grad or t.is_inference():
-                    return None
-                numel += t.numel()
-                out.append((t, t._version))
-        return out if numel <= CAST_MEMO_MAX_NUMEL else None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_cast_memo"] = None  # a cache: never pickled or deep-copied
-        return state
+        return self._with_copied_ops(lambda op: op.cast(dtype))
 
     def to(self, device: torch.device | str) -> Graph:
         """This graph with every op's tensors on ``device`` (copied ops; ``self`` is unchanged). A torch module's
@@ -220,14 +185,6 @@ class Graph:
         lines = [f"input {self.input_name}: {self.input_shape}"]
         lines += [f"{n.name}: {n.op!r} <- {', '.join(n.inputs)} -> {n.shape}" for n in self.nodes]
         return "\n".join(lines)
-
-
-CAST_MEMO_MAX_NUMEL = 1 << 24
-"""Largest weight count (all ops) whose cast :meth:`Graph.with_dtype` keeps for the next call (128 MB in float64)."""
-
-
-def _same_sources(a: list[tuple[Tensor, int]], b: list[tuple[Tensor, int]]) -> bool:
-    return len(a) == len(b) and all(x is y and vx == vy for (x, vx), (y, vy) in zip(a, b, strict=True))
 
 
 class GraphBuilder:
