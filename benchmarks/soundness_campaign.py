@@ -204,19 +204,29 @@ def _progress(stage: str, done: int, total: int, findings: list[str], t0: float)
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
+def _cases(first: int, count: int, families: tuple[str, ...], salt: int, eps_grid, stage: str, findings: list[str]):
+    """``(seed, family, net, shape, desc, generator, eps)`` for seeds ``first .. first + count - 1``: the family by
+    the seed, its random network, and the case's generator (seeded ``salt + seed``) after drawing ``eps`` from
+    ``eps_grid``; with the stage's progress lines."""
+    t0 = time.perf_counter()
+    for seed in range(first, first + count):
+        _progress(stage, seed - first, count, findings, t0)
+        family = families[seed % len(families)]
+        net, shape, desc = random_network(seed, family)
+        g = torch.Generator().manual_seed(salt + seed)
+        eps = eps_grid[int(torch.randint(0, len(eps_grid), (1,), generator=g))]
+        yield seed, family, net, shape, desc, g, eps
+    _progress(stage, count, count, findings, t0)
+
+
 def bounds_campaign(first: int, count: int, findings: list[str]) -> Counter:
     from verify import bound, from_torch
     from verify.errors import ClarkeError
 
     counts: Counter = Counter()
     families = ("attention", "chain", "chain", "wide_softmax")
-    t0 = time.perf_counter()
-    for seed in range(first, first + count):
-        _progress("networks bounded", seed - first, count, findings, t0)
-        family = families[seed % len(families)]
-        net, shape, desc = random_network(seed, family)
-        g = torch.Generator().manual_seed(10_000 + seed)
-        eps = EPS_BOUNDS[int(torch.randint(0, len(EPS_BOUNDS), (1,), generator=g))]
+    for seed, family, net, shape, desc, g, eps in _cases(first, count, families, 10_000, EPS_BOUNDS,
+                                                          "networks bounded", findings):
         x0 = torch.rand(1, *shape, generator=g) * 2 - 1
         lo, hi = x0 - eps, x0 + eps
         try:
@@ -238,7 +248,6 @@ def bounds_campaign(first: int, count: int, findings: list[str]) -> Counter:
             counts[f"{family}/{method}/{'VIOLATION' if v > 0 else 'ok'}"] += 1
             if v > 0:
                 _report(findings, f"bounds seed {seed} {desc} eps={eps} {method}: f leaves the bounds by {v:.3g}")
-    _progress("networks bounded", count, count, findings, t0)
     return counts
 
 
@@ -279,14 +288,9 @@ def pipeline_campaign(first: int, count: int, timeout: float, findings: list[str
 
     counts: Counter = Counter()
     families = ("relu", "attention", "chain", "cnn")
-    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="clarke-soundness-") as tmp:
-        for seed in range(first, first + count):
-            _progress("instances verified", seed - first, count, findings, t0)
-            family = families[seed % len(families)]
-            net, shape, desc = random_network(seed, family)
-            g = torch.Generator().manual_seed(20_000 + seed)
-            eps = EPS_PIPELINE[int(torch.randint(0, len(EPS_PIPELINE), (1,), generator=g))]
+        for seed, family, net, shape, desc, g, eps in _cases(first, count, families, 20_000, EPS_PIPELINE,
+                                                              "instances verified", findings):
             x0 = torch.rand(int(np.prod(shape)), generator=g) * 2 - 1
             lo, hi = x0 - eps, x0 + eps
             onnx_path, spec = Path(tmp) / f"net{seed}.onnx", Path(tmp) / f"prop{seed}.vnnlib"
@@ -313,7 +317,6 @@ def pipeline_campaign(first: int, count: int, timeout: float, findings: list[str
             counts[f"{family}/{kind}/{'BUG ' if bad else ''}{status}"] += 1
             if bad:
                 _report(findings, f"pipeline seed {seed} {desc} eps={eps} {kind}: unsat, but y_0 <= {c!r} is reached")
-    _progress("instances verified", count, count, findings, t0)
     return counts
 
 

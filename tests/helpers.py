@@ -1,5 +1,5 @@
-"""Random network factories, a counterexample checker, a gradient check, a LipMIP comparison and a call counter
-shared by the tests."""
+"""Random network factories, a counterexample checker, a containment check, a gradient check, a LipMIP comparison
+and a call counter shared by the tests."""
 
 from __future__ import annotations
 
@@ -208,3 +208,18 @@ def count_calls(monkeypatch, module, name: str) -> list[int]:
 
     monkeypatch.setattr(module, name, counted)
     return calls
+
+
+def assert_box_contains(net: nn.Module, lo: torch.Tensor, hi: torch.Tensor, lower, upper, label: str = "",
+                        samples: int = 40) -> None:
+    """The centre, both ends and ``samples`` random points of each box ``[lo[b], hi[b]]``, evaluated by a float64 copy
+    of ``net`` (float32 weights are exact there), lie inside ``[lower[b], upper[b]]`` with zero tolerance."""
+    ref = copy.deepcopy(net).double()
+    for b in range(lo.shape[0]):
+        l64, h64 = lo[b].double(), hi[b].double()
+        pts = torch.stack([(l64 + h64) / 2, l64, h64]
+                          + [l64 + torch.rand_like(l64) * (h64 - l64) for _ in range(samples)])
+        with torch.no_grad():
+            y = ref(pts).reshape(pts.shape[0], -1)
+        assert (y >= lower[b].double()).all(), f"{label}: value below the lower bound"
+        assert (y <= upper[b].double()).all(), f"{label}: value above the upper bound"

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import verify.bounds.crown as crown
-from tests.helpers import count_calls
+from tests.helpers import assert_box_contains, count_calls
 from verify import bound, from_torch
 
 
@@ -26,17 +26,6 @@ def _mlp(seed: int) -> tuple[nn.Sequential, tuple[int, ...]]:
     layers.append(nn.Linear(widths[-1], 3))
     shape = (widths[0],) if seed % 2 else (1, widths[0])
     return nn.Sequential(*layers).eval(), shape
-
-
-def _contains(net: nn.Module, lo: torch.Tensor, hi: torch.Tensor, lower, upper) -> None:
-    ref = net.double()
-    for b in range(lo.shape[0]):
-        l64, h64 = lo[b].double(), hi[b].double()
-        pts = torch.stack([l64, h64] + [l64 + torch.rand_like(l64) * (h64 - l64) for _ in range(64)])
-        with torch.no_grad():
-            y = ref(pts).reshape(pts.shape[0], -1)
-        assert (y >= lower[b].double()).all() and (y <= upper[b].double()).all()
-    net.float()
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -57,7 +46,7 @@ def test_dense_start_gives_the_generic_bounds(seed, method, monkeypatch):
         monkeypatch.setattr(crown, "USE_DENSE_START", True)
         # the same products (one non-zero factor each) and sums: equal to the last bit
         assert torch.equal(lower, g_lower) and torch.equal(upper, g_upper), precision
-        _contains(net, lo, hi, lower, upper)
+        assert_box_contains(net, lo, hi, lower, upper, f"seed {seed} {method} {precision}", samples=64)
 
 
 def test_dense_start_under_an_l2_ball_and_its_linear_functions(monkeypatch):

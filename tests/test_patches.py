@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import verify.bounds.crown as crown
 from models.onnx_export import sequential_to_onnx
-from tests.helpers import count_calls
+from tests.helpers import assert_box_contains, count_calls
 from verify import bound, from_torch
 from verify.frontends.onnx_frontend import from_onnx_model
 from verify.ops.linear import conv_adjoint
@@ -55,19 +55,6 @@ def _conv_net(seed: int) -> tuple[nn.Sequential, tuple[int, int, int]]:
     return nn.Sequential(*layers).eval(), (c, side, side)
 
 
-def _contains(net: nn.Module, lo: torch.Tensor, hi: torch.Tensor, lower, upper, label: str) -> None:
-    """Centre, corners and random points of each box, evaluated in float64 (float32 weights are exact there)."""
-    ref = net.double()
-    for b in range(lo.shape[0]):
-        l64, h64 = lo[b].double(), hi[b].double()
-        pts = torch.stack([(l64 + h64) / 2, l64, h64] + [l64 + torch.rand_like(l64) * (h64 - l64) for _ in range(40)])
-        with torch.no_grad():
-            y = ref(pts)
-        assert (y >= lower[b].double()).all(), f"{label}: value below the lower bound"
-        assert (y <= upper[b].double()).all(), f"{label}: value above the upper bound"
-    net.float()
-
-
 @pytest.mark.parametrize("seed", range(16))
 def test_patch_bounds_equal_dense_bounds_and_contain_the_exact_value(seed, monkeypatch):
     net, shape = _conv_net(seed)
@@ -86,7 +73,7 @@ def test_patch_bounds_equal_dense_bounds_and_contain_the_exact_value(seed, monke
         # the same products and sums, perhaps summed in another order (float64 kappa): equal to round-off
         assert torch.allclose(lower, d_lower, rtol=0, atol=1e-5 * float(width) + 1e-30), f"{precision}"
         assert torch.allclose(upper, d_upper, rtol=0, atol=1e-5 * float(width) + 1e-30), f"{precision}"
-        _contains(net, lo, hi, lower, upper, f"seed {seed} {precision}")
+        assert_box_contains(net, lo, hi, lower, upper, f"seed {seed} {precision}")
 
 
 def test_onnx_feature_maps_with_a_batch_axis_take_the_patch_pass(monkeypatch):
@@ -102,7 +89,7 @@ def test_onnx_feature_maps_with_a_batch_axis_take_the_patch_pass(monkeypatch):
     monkeypatch.setattr(crown, "USE_PATCHES", False)
     d_lower, d_upper = bound(graph, x - 0.05, x + 0.05, method="crown")
     assert torch.allclose(lower, d_lower, atol=1e-9) and torch.allclose(upper, d_upper, atol=1e-9)
-    _contains(net, (x - 0.05).reshape(1, *shape), (x + 0.05).reshape(1, *shape), lower, upper, "onnx")
+    assert_box_contains(net, (x - 0.05).reshape(1, *shape), (x + 0.05).reshape(1, *shape), lower, upper, "onnx")
 
 
 def test_linear_functions_kept_for_sub_boxes_equal_the_dense_ones(monkeypatch):
