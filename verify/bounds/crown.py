@@ -298,6 +298,17 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
     return cast_down(res[:, :r], x_lo.dtype), cast_up(-res[:, r:], x_lo.dtype)
 
 
+def _row_allowance(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bounds], cache: RoundingCache
+                   ) -> Tensor:
+    """The pass's rounding allowance ``<|lam|, E_start>`` for the rows ``[e_r; -e_r]`` at ``name``: ``E`` at the
+    rows, exactly (float64 ``[B, 2R]``)."""
+    x_lo = bounds[graph.input_name][0]
+    acc = accumulated_error(graph, name, bounds, cache)
+    if acc is None:
+        return torch.zeros(x_lo.shape[0], 2 * rows.numel(), dtype=F64, device=x_lo.device)
+    return acc.reshape(x_lo.shape[0], -1)[:, rows].to(F64).repeat(1, 2)
+
+
 def _dense_rows_apply(graph: Graph, name: str, alphas: Mapping[str, Tensor] | None) -> bool:
     """Whether :func:`_dense_start` serves a pass started at ``name``: a dense layer over a per-sample vector."""
     n = graph.node(name)
@@ -317,9 +328,7 @@ def _dense_start(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bou
     b, r = x_lo.shape[0], rows.numel()
     w = n.op.weight[rows]
     lam = torch.cat([w, -w]).expand(b, 2 * r, -1).reshape(b, 2 * r, *graph.shape_of(n.inputs[0]))
-    acc = accumulated_error(graph, name, bounds, cache)
-    err = torch.zeros(b, 2 * r, dtype=F64, device=x_lo.device) if acc is None else \
-        acc.reshape(b, -1)[:, rows].to(F64).repeat(1, 2)
+    err = _row_allowance(graph, name, rows, bounds, cache)
     if n.op.bias is None:
         kappa, n_terms = torch.zeros(b, 2 * r, dtype=F64, device=x_lo.device), 0
     else:
@@ -341,10 +350,7 @@ def _patch_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Boun
     chain, end = plan
     x_lo, x_hi = bounds[graph.input_name]
     b = x_lo.shape[0]
-    acc = accumulated_error(graph, name, bounds, cache)
-    # <|+-e_r|, E> is E at the row, exactly
-    err = torch.zeros(b, 2 * rows.numel(), dtype=F64, device=x_lo.device) if acc is None else \
-        acc.reshape(b, -1)[:, rows].to(F64).repeat(1, 2)
+    err = _row_allowance(graph, name, rows, bounds, cache)
     out = patch_pass(graph, chain, end, start_patches(graph, name, rows, x_lo.dtype), bounds, b)
     if out.node is not None:  # the rest of the pass is dense
         lam_x, kappa = _propagate(graph, out.node, {out.node: out.lam}, out.kappa, out.kappa_abs, out.n_terms, err,
