@@ -361,13 +361,33 @@ def _patch_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Boun
     return res, out.lam.dense(b, graph.input_shape) if want_lam else None, kappa
 
 
-def intersect_rows(lo: Tensor, hi: Tensor, rows: Tensor, new_lo: Tensor, new_hi: Tensor) -> Bounds:
-    """Tighten ``[lo, hi]`` at ``rows`` with new bounds (out of place, so autograd sees it)."""
+def intersect_rows(lo: Tensor, hi: Tensor, rows: Tensor, new_lo: Tensor, new_hi: Tensor,
+                   straight_through: bool = False) -> Bounds:
+    """Tighten ``[lo, hi]`` at ``rows`` with new bounds (out of place, so autograd sees it). ``straight_through``:
+    the gradient of each result is the new bound's, also where the old bound is tighter (see
+    :class:`_GradientOf`)."""
     b = lo.shape[0]
     lo_f, hi_f = lo.reshape(b, -1).clone(), hi.reshape(b, -1).clone()
-    lo_f[:, rows] = torch.maximum(lo_f[:, rows], new_lo)
-    hi_f[:, rows] = torch.minimum(hi_f[:, rows], new_hi)
+    t_lo, t_hi = torch.maximum(lo_f[:, rows], new_lo), torch.minimum(hi_f[:, rows], new_hi)
+    if straight_through:
+        t_lo, t_hi = _GradientOf.apply(t_lo, new_lo), _GradientOf.apply(t_hi, new_hi)
+    lo_f[:, rows], hi_f[:, rows] = t_lo, t_hi
     return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
+
+
+class _GradientOf(torch.autograd.Function):
+    """``value`` exactly, with the gradient of ``source``. alpha-CROWN's intermediate passes: an old bound tighter
+    than the pass (even by a rounding, as when a patch pass set it and a dense pass recomputes it) would give the
+    pass's slopes no gradient at all, and they would never move (measured: the conv layer of the issue-15 CNN kept
+    its CROWN bounds through every iteration)."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, source: Tensor) -> Tensor:
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, grad
 
 
 def apply_splits(lo: Tensor, hi: Tensor, split: Tensor) -> Bounds:
@@ -425,7 +445,7 @@ def intermediate_bounds(graph: Graph, x_lo: Tensor, x_hi: Tensor, method: str = 
                 chunk = rows[start:start + step]
                 alphas = alpha_store.for_start(n.name, chunk, start, bounds) if alpha_store else None
                 new_lo, new_hi = bound_rows(graph, n.name, chunk, bounds, alphas, functions, cache, ball)
-                lo, hi = intersect_rows(lo, hi, chunk, new_lo, new_hi)
+                lo, hi = intersect_rows(lo, hi, chunk, new_lo, new_hi, straight_through=alpha_store is not None)
         if splits is not None and n.name in splits:
             lo, hi = apply_splits(lo, hi, splits[n.name])
         bounds[n.name] = (lo, hi)
