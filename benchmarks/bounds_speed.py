@@ -1,6 +1,7 @@
 r"""Bound speed and tightness: Clarke beside auto_LiRPA 0.7.1, both measured in this run, in this process.
 
     python benchmarks/bounds_speed.py [--inputs 2] [--iterations 20] [--threads 1] [--models mlp,cnn,mnist_cnn]
+                                      [--methods ibp,crown,alpha-crown,alpha-crown+interm]
                                       [--precision model|float64] [--no-peer] [--json]
 
 Nets (PyTorch's default initialisation, seed 0, float32): ``mlp`` 784-100-100-10; ``cnn`` =
@@ -15,9 +16,13 @@ widen CROWN bounds, several times over on the CNNs (the width table shows by how
 either way (they contain the exact real-arithmetic value); auto_LiRPA's are float32 results.
 
 Inputs are uniform in [0, 1]; each box is ``x +- eps`` clipped to [0, 1], eps 1/255
-and 2/255; one box per call. Methods: IBP, CROWN, alpha-CROWN (``--iterations`` steps, lr 0.5, intermediate bounds
-fixed). Each tool gets one warm-up call per (net, method) first; the time per input is the median over inputs
-(calls under 20 ms are repeated 5 times and the fastest counts).
+and 2/255; one box per call. Methods: IBP, CROWN, and two alpha-CROWNs (``--iterations`` steps, lr 0.5):
+``alpha-crown`` optimises the final pass's slopes over fixed CROWN intermediate bounds (Clarke's default;
+auto_LiRPA gets its own CROWN intermediate bounds, ``save_intermediate()``, as ``interm_bounds``, inside the timed
+call), ``alpha-crown+interm`` also optimises the slopes of the intermediate passes (auto_LiRPA's default when no
+``interm_bounds`` are passed; Clarke's ``optimize_intermediate=True``). ``--methods`` picks a subset (the
+``+interm`` rows take seconds per call on the CIFAR nets). Each tool gets one warm-up call per (net, method) first;
+the time per input is the median over inputs (calls under 20 ms are repeated 5 times and the fastest counts).
 
 Both tools see the same nets, boxes, thread count (``--threads``, default 1) and the same relaxation:
 auto_LiRPA runs ``compute_bounds(method='IBP' | 'backward' | 'CROWN-Optimized')`` on a ``BoundedModule`` built
@@ -67,8 +72,9 @@ from verify import bound, from_torch  # noqa: E402
 PEER_DIR = REPO.parent / "shared" / "peers" / "auto_LiRPA"
 LR = 0.5
 EPS = (1, 2)  # in units of 1/255
-METHODS = ("ibp", "crown", "alpha-crown")
-LIRPA_METHOD = {"ibp": "IBP", "crown": "backward", "alpha-crown": "CROWN-Optimized"}
+METHODS = ("ibp", "crown", "alpha-crown", "alpha-crown+interm")
+LIRPA_METHOD = {"ibp": "IBP", "crown": "backward", "alpha-crown": "CROWN-Optimized",
+                "alpha-crown+interm": "CROWN-Optimized"}
 
 
 def load_auto_lirpa():
@@ -139,7 +145,14 @@ class _Lirpa:
         x = self.lirpa.BoundedTensor((lo + hi) / 2, self.lirpa.PerturbationLpNorm(x_L=lo, x_U=hi))
         try:
             with contextlib.redirect_stdout(self.sink):
-                lower, upper = self.module.compute_bounds(x=(x,), method=LIRPA_METHOD[method])
+                interm = None
+                if method == "alpha-crown":  # fixed intermediate bounds: its CROWN ones, as Clarke's
+                    self.module.compute_bounds(x=(x,), method="backward")
+                    final = self.module.final_name
+                    interm = {k: [v[0].detach(), v[1].detach()]
+                              for k, v in self.module.save_intermediate().items() if k != final}
+                lower, upper = self.module.compute_bounds(x=(x,), method=LIRPA_METHOD[method],
+                                                          interm_bounds=interm)
         finally:
             if iterations is not None:
                 self.module.set_bound_opts({"optimize_bound_args": {"iteration": self.iterations}})
@@ -168,8 +181,14 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def clarke_bound(graph, lo, hi, method: str, iterations: int, precision: str, device: str):
+    """``verify.bound`` for a benchmark method name (``alpha-crown+interm``: intermediate slopes optimised)."""
+    return bound(graph, lo, hi, method=method.split("+")[0], iterations=iterations, lr=LR,
+                 optimize_intermediate=method.endswith("+interm"), precision=precision, device=device)
+
+
 def run(inputs: int, iterations: int, models: list[str], lirpa=None, precision: str = "float64",
-        device: str = "cpu") -> list[dict]:
+        device: str = "cpu", methods: tuple[str, ...] = METHODS) -> list[dict]:
     rows = []
     for name in models:
         factory, shape = MODELS[name]
@@ -181,18 +200,17 @@ def run(inputs: int, iterations: int, models: list[str], lirpa=None, precision: 
         graph = from_torch(net, shape)
         peer = _Lirpa(lirpa, net, shape, iterations) if lirpa is not None else None
         w_lo, w_hi = (xs[:1] - 1 / 255).clamp(0, 1), (xs[:1] + 1 / 255).clamp(0, 1)
-        for method in METHODS:  # warm-up: one call per tool and method
-            bound(graph, w_lo, w_hi, method=method, iterations=2, lr=LR, precision=precision, device=device)
+        for method in methods:  # warm-up: one call per tool and method
+            clarke_bound(graph, w_lo, w_hi, method, 2, precision, device)
             if peer is not None:
                 peer.bound(w_lo, w_hi, method, iterations=2)
         for eps in EPS:
-            for method in METHODS:
+            for method in methods:
                 t_c, t_l, w_c, w_l, rel = [], [], [], [], []
                 for i in range(inputs):
                     lo = (xs[i:i + 1] - eps / 255).clamp(0, 1)
                     hi = (xs[i:i + 1] + eps / 255).clamp(0, 1)
-                    dt, (cl, cu) = _timed(bound, graph, lo, hi, method=method, iterations=iterations, lr=LR,
-                                          precision=precision, device=device)
+                    dt, (cl, cu) = _timed(clarke_bound, graph, lo, hi, method, iterations, precision, device)
                     t_c.append(dt)
                     wc = (cu - cl).detach().double().cpu().flatten()
                     w_c.append(float(wc.mean()))
@@ -261,6 +279,8 @@ def main() -> None:
                          "0 = torch's choice)")
     ap.add_argument("--models", default=",".join(MODELS),
                     help=f"comma-separated subset of {', '.join(MODELS)} (default: all)")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"comma-separated subset of {', '.join(METHODS)} (default: all)")
     ap.add_argument("--precision", choices=("model", "float64"), default="float64",
                     help="Clarke's arithmetic: float64 (default; auto_LiRPA's widths), or the network's float32")
     ap.add_argument("--device", default="cpu",
@@ -270,10 +290,13 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     args = ap.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    methods = tuple(m.strip().lower() for m in args.methods.split(",") if m.strip())
     bad = [m for m in models if m not in MODELS]
-    if args.inputs < 1 or args.iterations < 0 or args.threads < 0 or bad or not models:
+    bad_methods = [m for m in methods if m not in METHODS]
+    if args.inputs < 1 or args.iterations < 0 or args.threads < 0 or bad or bad_methods or not models or not methods:
         ap.error(f"unknown model(s) {', '.join(bad)}" if bad else
-                 "--inputs must be >= 1, --iterations and --threads >= 0, --models non-empty")
+                 f"unknown method(s) {', '.join(bad_methods)}" if bad_methods else
+                 "--inputs must be >= 1, --iterations and --threads >= 0, --models and --methods non-empty")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -289,19 +312,22 @@ def main() -> None:
           f"alpha-CROWN {args.iterations} iterations at lr {LR}, Clarke precision {args.precision} on {args.device}",
           flush=True)
     t0 = time.perf_counter()
-    rows = run(args.inputs, args.iterations, models, lirpa, args.precision, args.device)
+    rows = run(args.inputs, args.iterations, models, lirpa, args.precision, args.device, methods)
     print()
     print(report(rows, lirpa is not None))
     print()
     for name in models:
         for eps in EPS:
             sel = {r["method"]: r for r in rows if r["model"] == name and r["eps"] == f"{eps}/255"}
-            a, c = sel["alpha-crown"], sel["crown"]
-            line = (f"{name} eps={eps}/255: alpha-CROWN width / CROWN width = Clarke "
-                    f"{a['clarke_mean_width'] / c['clarke_mean_width']:.4f}")
-            if lirpa is not None:
-                line += f", auto_LiRPA {a['auto_lirpa_mean_width'] / c['auto_lirpa_mean_width']:.4f}"
-            print(line)
+            for alpha in ("alpha-crown", "alpha-crown+interm"):
+                if alpha not in sel or "crown" not in sel:
+                    continue
+                a, c = sel[alpha], sel["crown"]
+                line = (f"{name} eps={eps}/255: {alpha} width / crown width = Clarke "
+                        f"{a['clarke_mean_width'] / c['clarke_mean_width']:.4f}")
+                if lirpa is not None:
+                    line += f", auto_LiRPA {a['auto_lirpa_mean_width'] / c['auto_lirpa_mean_width']:.4f}"
+                print(line)
     print(f"total {time.perf_counter() - t0:.1f} s")
     if args.json:
         peer_info = ({"available": True, "version": getattr(lirpa, "__version__", None)} if lirpa is not None
