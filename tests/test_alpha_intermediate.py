@@ -4,6 +4,8 @@ convolutions), and the tightened bounds stay sound."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -72,4 +74,44 @@ def test_optimised_intermediate_slopes_are_tighter_and_sound(seed):
     with torch.no_grad():
         y = net.double()(pts.double().reshape(-1, 1, 12, 12))
     low, up = tuned
+    assert bool((y >= low.double()).all() and (y <= up.double()).all())
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_window_slopes_equal_dense_slopes(monkeypatch, seed):
+    """A row's slopes outside its receptive field get no gradient, so slopes kept on the windows (patch passes) are
+    the dense per-row slopes by another name: the same bounds after the same Adam steps, up to round-off."""
+    import verify.bounds.crown as crown
+
+    net = _cnn(seed)
+    x = torch.rand(1, 1, 12, 12, generator=torch.Generator().manual_seed(seed))
+    lo, hi = x - 0.08, x + 0.08
+    with_slopes, real = [], crown.patch_pass
+
+    def counted(*args):
+        with_slopes.append(args[6] is not None)
+        return real(*args)
+
+    monkeypatch.setattr(crown, "patch_pass", counted)
+    windows = bound(net, lo, hi, method="alpha-crown", iterations=8, optimize_intermediate=True)
+    assert sum(with_slopes) >= 8  # the conv layer's alpha passes took the patch form, every iteration
+    monkeypatch.setattr(crown, "USE_PATCHES", False)
+    dense = bound(net, lo, hi, method="alpha-crown", iterations=8, optimize_intermediate=True)
+    for a, b in zip(windows, dense, strict=True):
+        assert torch.allclose(a.double(), b.double(), rtol=0, atol=1e-6)
+
+
+def test_other_activations_behind_convolutions_keep_dense_slopes():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.Sigmoid(), nn.Conv2d(3, 4, 3, stride=2),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(1, 1, 10, 10)
+    lo, hi = x - 0.2, x + 0.2
+    low, up = bound(net, lo, hi, method="alpha-crown", iterations=5, optimize_intermediate=True)
+    pts = torch.cat([lo.reshape(1, -1) + torch.rand(512, 100) * (hi - lo).reshape(1, -1),
+                     extreme_points(net, lo[0], hi[0], 3)])
+    with torch.no_grad():
+        y = copy.deepcopy(net).double()(pts.double().reshape(-1, 1, 10, 10))
     assert bool((y >= low.double()).all() and (y <= up.double()).all())

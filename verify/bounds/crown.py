@@ -234,6 +234,11 @@ def behind_relaxation(graph: Graph) -> set[str]:
     return out
 
 
+def relu_chain(chain) -> bool:
+    """Whether every activation of a patch chain is a ReLU (the ones whose slopes a patch pass can optimise)."""
+    return all(isinstance(n.op, Relu) or not n.op.needs_input_bounds for n in chain)
+
+
 _BOX_PRESERVING = (Reshape, Transpose, Pad, Slice, Scale)
 """Ops that map a box onto a box (each output coordinate one input coordinate, scaled, or a constant)."""
 
@@ -271,7 +276,8 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
                cache: RoundingCache | None = None, ball: Ball | None = None) -> tuple[Tensor, Tensor]:
     """CROWN lower and upper bounds of the given flat neurons of ``name``: two ``[B, R]`` tensors in the
     model's precision, rounded outward. Rows of a feature map behind convolutions go through the patch form
-    (``verify.bounds.patches``; same bounds, less work) unless slopes are optimised.
+    (``verify.bounds.patches``; same bounds, less work), also with optimised slopes when the activations on the
+    way are ReLUs (the slopes then live on each row's windows).
 
     With ``functions``, also stores the linear bounds ``(Lambda_x [B, 2R, n], kappa [B, 2R])`` (lower
     rows, then negated upper rows; ``kappa`` float64 with its rounding paid) under ``name``: they stay valid
@@ -280,9 +286,11 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
     b, shape = x_lo.shape[0], graph.shape_of(name)
     r = rows.numel()
     cache = RoundingCache() if cache is None else cache
-    plan = patch_chain(graph, name) if alphas is None and ball is None and USE_PATCHES else None
+    plan = patch_chain(graph, name) if ball is None and USE_PATCHES else None
+    if alphas is not None and not (isinstance(alphas, StartAlphas) and plan is not None and relu_chain(plan[0])):
+        plan = None
     if plan is not None:
-        res, lam_x, kappa = _patch_rows(graph, name, rows, bounds, plan, cache, functions is not None)
+        res, lam_x, kappa = _patch_rows(graph, name, rows, bounds, plan, cache, functions is not None, alphas)
     elif USE_DENSE_START and _dense_rows_apply(graph, name, alphas):
         lam_x, kappa = _dense_start(graph, name, rows, bounds, alphas, cache)
         res = concretize_lower(lam_x, kappa, x_lo, x_hi, ball)
@@ -345,16 +353,16 @@ USE_DENSE_START = True
 
 
 def _patch_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bounds], plan, cache: RoundingCache,
-                want_lam: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+                want_lam: bool, alphas: StartAlphas | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
     """:func:`bound_rows`' pass in patch form: ``(lower bounds [B, 2R], Lambda_x or None, kappa)``."""
     chain, end = plan
     x_lo, x_hi = bounds[graph.input_name]
     b = x_lo.shape[0]
     err = _row_allowance(graph, name, rows, bounds, cache)
-    out = patch_pass(graph, chain, end, start_patches(graph, name, rows, x_lo.dtype), bounds, b)
+    out = patch_pass(graph, chain, end, start_patches(graph, name, rows, x_lo.dtype), bounds, b, alphas)
     if out.node is not None:  # the rest of the pass is dense
         lam_x, kappa = _propagate(graph, out.node, {out.node: out.lam}, out.kappa, out.kappa_abs, out.n_terms, err,
-                                  bounds, None, None, None, cache)
+                                  bounds, alphas, None, None, cache)
         return concretize_lower(lam_x, kappa, x_lo, x_hi), lam_x, kappa
     kappa = out.kappa - _slack(err, out.kappa_abs, out.n_terms)
     res = concretize_patches(out.lam, kappa, x_lo, x_hi, graph.input_shape)
@@ -458,6 +466,7 @@ class AlphaStore:
     def __init__(self, graph: Graph):
         self.graph = graph
         self.params: dict[tuple[str, int, str], Tensor] = {}
+        self.patch_keys: set[tuple[str, int, str]] = set()  # slopes on row windows (patch passes)
         self._rows: dict[str, Tensor] = {}
 
     def rows(self, name: str) -> Tensor | None:
@@ -466,25 +475,56 @@ class AlphaStore:
     def set_rows(self, name: str, rows: Tensor) -> None:
         self._rows[name] = rows
 
-    def for_start(self, start: str, rows: Tensor, chunk_id: int, bounds: Mapping[str, Bounds]
-                  ) -> dict[str, Tensor]:
-        s = 2 * rows.numel()
-        out = {}
-        for n in self.graph.ancestors(start):
-            if not hasattr(n.op, "init_alpha"):
-                continue
-            key = (start, chunk_id, n.name)
-            if key not in self.params:
-                lo, hi = bounds[n.inputs[0]]
-                init = n.op.init_alpha(lo.unsqueeze(1), hi.unsqueeze(1))
-                self.params[key] = init.detach().expand(init.shape[0], lo.shape[0], s, *init.shape[3:]).clone()
-                self.params[key].requires_grad_(True)
-            out[n.name] = self.params[key]
-        return out
+    def for_start(self, start: str, rows: Tensor, chunk_id: int, bounds: Mapping[str, Bounds]) -> StartAlphas:
+        return StartAlphas(self, start, chunk_id, 2 * rows.numel(), bounds)
 
     def project(self, bounds: Mapping[str, Bounds]) -> None:
         with torch.no_grad():
-            for (_, _, name), p in self.params.items():
-                n = self.graph.node(name)
+            for key, p in self.params.items():
+                n = self.graph.node(key[2])
+                if key in self.patch_keys:  # ReLU slopes: [0, 1] whatever the bounds
+                    p.copy_(n.op.project_alpha(p, None, None))
+                    continue
                 lo, hi = bounds[n.inputs[0]]
                 p.copy_(n.op.project_alpha(p, lo.unsqueeze(1), hi.unsqueeze(1)))
+
+
+class StartAlphas(Mapping):
+    """The optimisable slopes of one intermediate pass (start node, chunk of ``s`` rows), each created at its first
+    use: ``[n_alpha, B, s, *shape]`` per activation node reached by dense steps (the mapping), or one per row window
+    ``[B, s, C, ph, pw]`` for the ReLUs a patch pass crosses (:meth:`patch`)."""
+
+    def __init__(self, store: AlphaStore, start: str, chunk_id: int, s: int, bounds: Mapping[str, Bounds]):
+        self.store, self.start, self.chunk_id, self.s, self.bounds = store, start, chunk_id, s, bounds
+        self.names = [n.name for n in store.graph.ancestors(start) if hasattr(n.op, "init_alpha")]
+
+    def __contains__(self, name) -> bool:
+        return name in self.names
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self.names:
+            raise KeyError(name)
+        key = (self.start, self.chunk_id, name)
+        params = self.store.params
+        if key not in params:
+            n = self.store.graph.node(name)
+            lo, hi = self.bounds[n.inputs[0]]
+            init = n.op.init_alpha(lo.unsqueeze(1), hi.unsqueeze(1))
+            params[key] = init.detach().expand(init.shape[0], lo.shape[0], self.s, *init.shape[3:]).clone()
+            params[key].requires_grad_(True)
+        return params[key]
+
+    def patch(self, name: str, init: Tensor) -> Tensor:
+        """The window slopes of the ReLU ``name``, first set to ``init`` (its default slopes on the windows)."""
+        key = (self.start, self.chunk_id, name)
+        params = self.store.params
+        if key not in params:
+            params[key] = init.detach().clone().requires_grad_(True)
+            self.store.patch_keys.add(key)
+        return params[key]

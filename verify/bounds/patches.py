@@ -180,9 +180,11 @@ def start_patches(graph: Graph, start: str, rows: Tensor, dtype: torch.dtype) ->
 
 
 def patch_pass(graph: Graph, chain: list[Node], end: str | None, lam: Patches, bounds: Mapping[str, Bounds],
-               batch: int) -> PatchResult:
+               batch: int, alphas=None) -> PatchResult:
     """Back-substitute patch rows through ``chain`` (see :func:`patch_chain`), as
-    :func:`verify.bounds.crown.backward_pass` does densely."""
+    :func:`verify.bounds.crown.backward_pass` does densely. ``alphas`` (``verify.bounds.crown.StartAlphas``, the
+    chain's activations all ReLUs): the lower slopes of unstable neurons are optimisable, one per row and window
+    entry (any slope in [0, 1] gives a lower line; the dense pass's allowance covers the same products)."""
     s = len(lam.oy)
     kappa = torch.zeros(batch, s, dtype=F64, device=lam.values.device)
     kappa_abs = torch.zeros_like(kappa)
@@ -208,11 +210,18 @@ def patch_pass(graph: Graph, chain: list[Node], end: str | None, lam: Patches, b
                               lam.height, lam.width)
         else:  # an element-wise activation: its lines on the whole map, then its own step on each window
             lo, hi = bounds[n.inputs[0]]
-            lines = op.relax(_map(lo, in_shape), _map(hi, in_shape))
+            lo_m, hi_m = _map(lo, in_shape), _map(hi, in_shape)
+            lines = list(op.relax(lo_m, hi_m))
+            if alphas is not None:
+                lines.append(((lo_m < 0) & (hi_m > 0)).to(lo_m.dtype))  # where the lower slope is free
             c = lines[0].shape[1]
-            wins = lam.windows(torch.cat([t.expand_as(lines[0]) for t in lines], 1))  # [B, S, 4C, ph, pw]
+            wins = lam.windows(torch.cat([t.expand_as(lines[0]) for t in lines], 1))  # [B, S, 4C or 5C, ph, pw]
             vals = lam.values.expand(batch, *lam.values.shape[1:])
-            (lam_in,), k = op.apply_relaxation(vals, *wins.split(c, 2))
+            parts = list(wins.split(c, 2))
+            if alphas is not None:
+                free = parts.pop() > 0
+                parts[0] = torch.where(free, alphas.patch(n.name, parts[0]), parts[0])
+            (lam_in,), k = op.apply_relaxation(vals, *parts)
             if k is not None:
                 add(k)
             lam = Patches(lam_in, lam.oy, lam.ox, lam.height, lam.width)

@@ -34,7 +34,10 @@ class BoundedModule(nn.Module):
     """``BoundedModule(model, global_input, bound_opts=None, device="auto")``: ``model`` traced once for inputs
     shaped like ``global_input`` (batch axis first); it reads the model's parameters on every call.
 
-    ``bound_opts``: ``optimize_bound_args`` (``iteration``, ``lr_alpha``) as auto_LiRPA's, and Clarke's
+    ``bound_opts``: ``optimize_bound_args`` (``iteration``, ``lr_alpha``) as auto_LiRPA's (``CROWN-Optimized``
+    optimises the slopes of the intermediate passes too, as auto_LiRPA's does when no ``interm_bounds`` are given;
+    Clarke's ``optimize_intermediate: False`` there keeps CROWN intermediate bounds: faster, a little looser), and
+    Clarke's
     ``precision`` (``"float64"``, the default: as tight as auto_LiRPA and rigorous; ``"model"``: the network's own
     float32, faster on a CPU but its rigorous rounding allowances widen CROWN bounds on wide layers).
     Other auto_LiRPA options are accepted and ignored (``ignored_options`` lists them)."""
@@ -49,7 +52,8 @@ class BoundedModule(nn.Module):
         self.device = None if str(device) == "auto" else device  # "auto": where the inputs are
         self.graph = from_torch(model, tuple(x.shape[1:]))
         self.input_name, self.output_name = [self.graph.input_name], [self.graph.output]
-        self.bound_opts: dict = {"optimize_bound_args": {"iteration": 20, "lr_alpha": 0.5}, "precision": "float64"}
+        optimize = {"iteration": 20, "lr_alpha": 0.5, "optimize_intermediate": True}
+        self.bound_opts: dict = {"optimize_bound_args": optimize, "precision": "float64"}
         self.ignored_options: set[str] = set()
         self.set_bound_opts(bound_opts or {})
         self._last_x: BoundedTensor | None = None
@@ -90,6 +94,7 @@ class BoundedModule(nn.Module):
         spec = C if bound_lower else (-C if C is not None else -torch.eye(self.graph.output_numel, dtype=plain.dtype))
         lower, upper = bound(self.graph, lo, hi, C=spec, method=name, iterations=int(opt.get("iteration", 20)),
                              lr=float(opt.get("lr_alpha", 0.5)), precision=self.bound_opts["precision"],
+                             optimize_intermediate=bool(opt.get("optimize_intermediate", True)),
                              bound_upper=bound_lower and bound_upper, linear=linear, ball=ball, device=self.device)
         if not bound_lower:  # only the upper side: the lower bound of -C f
             lb, ub = None, -lower
