@@ -272,7 +272,7 @@ def refine_rows(lo: Tensor, hi: Tensor, relu_only: bool) -> Tensor:
 
 
 def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bounds],
-               alphas: Mapping[str, Tensor] | None = None, functions: dict | None = None,
+               alphas: StartAlphas | None = None, functions: dict | None = None,
                cache: RoundingCache | None = None, ball: Ball | None = None) -> tuple[Tensor, Tensor]:
     """CROWN lower and upper bounds of the given flat neurons of ``name``: two ``[B, R]`` tensors in the
     model's precision, rounded outward. Rows of a feature map behind convolutions go through the patch form
@@ -287,8 +287,8 @@ def bound_rows(graph: Graph, name: str, rows: Tensor, bounds: Mapping[str, Bound
     r = rows.numel()
     cache = RoundingCache() if cache is None else cache
     plan = patch_chain(graph, name) if ball is None and USE_PATCHES else None
-    if alphas is not None and not (isinstance(alphas, StartAlphas) and plan is not None and relu_chain(plan[0])):
-        plan = None
+    if plan is not None and alphas is not None and not relu_chain(plan[0]):
+        plan = None  # window slopes exist for ReLUs only
     if plan is not None:
         res, lam_x, kappa = _patch_rows(graph, name, rows, bounds, plan, cache, functions is not None, alphas)
     elif USE_DENSE_START and _dense_rows_apply(graph, name, alphas):
