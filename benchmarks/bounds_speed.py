@@ -2,7 +2,7 @@ r"""Bound speed and tightness: Clarke beside auto_LiRPA 0.7.1, both measured in 
 
     python benchmarks/bounds_speed.py [--inputs 2] [--iterations 20] [--threads 1] [--models mlp,cnn,mnist_cnn]
                                       [--methods ibp,crown,alpha-crown,alpha-crown+interm]
-                                      [--precision model|float64] [--no-peer] [--json]
+                                      [--precision model|float64] [--default-allocator] [--no-peer] [--json]
 
 Nets (PyTorch's default initialisation, seed 0, float32): ``mlp`` 784-100-100-10; ``cnn`` =
 ``models.zoo.small_cnn`` on 3x32x32; ``mnist_cnn`` = Conv 1->16 k4 s2 p1, Conv 16->32 k4 s2 p1, FC 1568->100->10
@@ -24,7 +24,10 @@ call), ``alpha-crown+interm`` also optimises the slopes of the intermediate pass
 ``+interm`` rows take seconds per call on the CIFAR nets). Each tool gets one warm-up call per (net, method) first;
 the time per input is the median over inputs (calls under 20 ms are repeated 5 times and the fastest counts).
 
-Both tools see the same nets, boxes, thread count (``--threads``, default 1) and the same relaxation:
+Both tools see the same nets, boxes, thread count (``--threads``, default 1), the same allocator (glibc's
+thresholds raised by ``verify.tune_allocator()``, as the ``clarke`` command sets them; ``--default-allocator``
+leaves glibc's defaults, under which Clarke's float64 tensors pay fresh page faults on every call) and the same
+relaxation:
 auto_LiRPA runs ``compute_bounds(method='IBP' | 'backward' | 'CROWN-Optimized')`` on a ``BoundedModule`` built
 once per net (as Clarke's graph is), with ``compare_crown_with_ibp=True`` because Clarke intersects its CROWN
 bounds (intermediate and final) with interval bounds; its alpha-CROWN uses ``optimize_bound_args``
@@ -67,7 +70,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/bounds_speed.py` from anywhe
     sys.path.insert(0, str(REPO))
 
 from models.zoo import mlp, small_cnn  # noqa: E402
-from verify import bound, from_torch  # noqa: E402
+from verify import bound, from_torch, tune_allocator  # noqa: E402
 
 PEER_DIR = REPO.parent / "shared" / "peers" / "auto_LiRPA"
 LR = 0.5
@@ -286,6 +289,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu",
                     help="where Clarke computes: cpu (default), cuda, cuda:N (auto_LiRPA stays on the CPU: use "
                          "--no-peer for a GPU run)")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="leave glibc's allocator as it is (default: verify.tune_allocator(), as the clarke command "
+                         "does; both tools run in this process, so both get the same setting)")
     ap.add_argument("--no-peer", action="store_true", help="do not run auto_LiRPA (Clarke's columns only)")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     args = ap.parse_args()
@@ -299,6 +305,8 @@ def main() -> None:
                  "--inputs must be >= 1, --iterations and --threads >= 0, --models and --methods non-empty")
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator = "glibc default" if args.default_allocator else (
+        "tuned (verify.tune_allocator)" if tune_allocator() else "not tuned (not glibc, or GLIBC_TUNABLES sets it)")
 
     lirpa, reason = (None, "skipped (--no-peer)") if args.no_peer else load_auto_lirpa()
     if lirpa is not None:
@@ -309,7 +317,8 @@ def main() -> None:
         peer_line = f"auto_LiRPA not available: {reason}"
     print(peer_line)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.inputs} input(s) per row, "
-          f"alpha-CROWN {args.iterations} iterations at lr {LR}, Clarke precision {args.precision} on {args.device}",
+          f"alpha-CROWN {args.iterations} iterations at lr {LR}, Clarke precision {args.precision} on {args.device}, "
+          f"allocator {allocator}",
           flush=True)
     t0 = time.perf_counter()
     rows = run(args.inputs, args.iterations, models, lirpa, args.precision, args.device, methods)
@@ -333,7 +342,7 @@ def main() -> None:
         peer_info = ({"available": True, "version": getattr(lirpa, "__version__", None)} if lirpa is not None
                      else {"available": False, "reason": reason})
         print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "inputs": args.inputs,
-                          "precision": args.precision,
+                          "precision": args.precision, "allocator": allocator,
                           "iterations": args.iterations, "lr": LR, "auto_lirpa": peer_info, "rows": rows}))
 
 

@@ -1,5 +1,6 @@
 """Clarke's bound-propagation engine: graph IR, IBP / CROWN / alpha-CROWN, verification front ends."""
 
+from verify.allocator import tune_allocator
 from verify.api import METHODS, BoundedModel, as_graph, bound
 from verify.errors import ClarkeError, InputError, ModelError, ShapeError, UnsupportedOperator, VnnlibError
 from verify.graph import Graph
@@ -37,6 +38,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "METHODS", "BoundedModel", "ClarkeError", "Graph", "InputError", "ModelError", "ShapeError",
-    "UnsupportedOperator", "VnnlibError",
+    "UnsupportedOperator", "VnnlibError", "tune_allocator",
     "__version__", "as_graph", "bound", "evaluation_error", "from_torch", "load_onnx",
 ]

@@ -25,6 +25,11 @@ class Node:
     shape: tuple[int, ...] = ()
 
 
+def _same_weights(a: list[tuple[Tensor, int]], b: list[tuple[Tensor, int]]) -> bool:
+    """The same tensor objects, none modified in place since (identity, not ``id``: ids are reused)."""
+    return len(a) == len(b) and all(x is y and vx == vy for (x, vx), (y, vy) in zip(a, b, strict=True))
+
+
 @dataclass
 class Graph:
     """``input_name``/``input_shape`` describe the single variable input; ``nodes`` are topologically
@@ -37,6 +42,7 @@ class Graph:
     source: str = "<memory>"
     user_input_shape: tuple[int, ...] | None = None  # torch modules: the shape callers use, without the 1
     _by_name: dict[str, Node] = field(default_factory=dict, repr=False)
+    _widened: dict = field(default_factory=dict, repr=False, compare=False)  # with_dtype's copies, by dtype
 
     def __post_init__(self) -> None:
         self._by_name = {n.name: n for n in self.nodes}
@@ -49,6 +55,9 @@ class Graph:
         if self.output not in known:
             raise ModelError(f"{self.source}: output '{self.output}' is not computed by the graph")
         self._prune()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_widened": {}}  # a cache: not worth pickling or copying
 
     def _prune(self) -> None:
         """Drop nodes the output does not depend on (e.g. unused Dropout masks)."""
@@ -141,7 +150,27 @@ class Graph:
         if torch.finfo(dtype).eps > torch.finfo(self.dtype).eps:
             raise ModelError(f"{self.source}: cannot compute a {self.dtype} model in {dtype} (its weights would "
                              "be rounded)")
-        return self._with_copied_ops(lambda op: op.cast(dtype))
+        key = self._weights_key()
+        hit = self._widened.get(dtype)
+        if key is not None and hit is not None and _same_weights(hit[0], key):
+            return hit[1]
+        widened = self._with_copied_ops(lambda op: op.cast(dtype))
+        if key is not None:
+            self._widened[dtype] = (key, widened)
+        return widened
+
+    def _weights_key(self) -> list[tuple[Tensor, int]] | None:
+        """Every op tensor with its version counter, for :meth:`with_dtype`'s cache; None (no caching) when some
+        tensor is differentiable (a torch model's parameters: each call must cast them afresh, in the graph of
+        autograd) or an op wraps a module (its parameters are not listed)."""
+        key = []
+        for n in self.nodes:
+            for v in vars(n.op).values():
+                if isinstance(v, torch.nn.Module) or (isinstance(v, Tensor) and v.requires_grad):
+                    return None
+                if isinstance(v, Tensor):
+                    key.append((v, v._version))
+        return key
 
     def to(self, device: torch.device | str) -> Graph:
         """This graph with every op's tensors on ``device`` (copied ops; ``self`` is unchanged). A torch module's

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import verify
+from verify.allocator import tune_allocator
 from verify.cli import bounds_cmd
 from verify.cli.common import ClarkeParser, run_guarded
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    tune_allocator()  # freed tensor memory stays for reuse: CROWN 20-45 % faster per call (verify.allocator)
     return run_guarded(args)
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from verify.allocator import tune_allocator
 from verify.cli.common import (
     CliError,
     HelpFormatter,
@@ -160,6 +161,7 @@ def verify_task(onnx: str, onnx_data: bytes, vnnlib: str, vnnlib_data: bytes, ti
     user's paths."""
     from verify.cluster import materialized, restore_paths
 
+    tune_allocator()  # a Ray worker is not started by the clarke command
     with materialized({onnx: onnx_data, vnnlib: vnnlib_data}) as local:
         d = _one((local[onnx], local[vnnlib], timeout, seed, workers, device))
     if d.get("message"):
@@ -417,7 +419,7 @@ def _execute(args, rows, jobs, done, expected, ray) -> list[dict]:
             names = {i: f"{Path(rows[i][0]).name},{Path(rows[i][1]).name}" for i in jobs}
             _run_on_cluster(ray, args, jobs, names, lambda i, res: finished(i, res, bar, task))
         elif n_jobs > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(min(n_jobs, len(jobs))) as pool:
+            with ProcessPoolExecutor(min(n_jobs, len(jobs)), initializer=tune_allocator) as pool:
                 futures = {pool.submit(_one, j): i for i, j in jobs.items()}
                 for fut in as_completed(futures):  # write each row as soon as it is finished
                     try:
