@@ -71,6 +71,9 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
     elif op == "Gather":
         inits.append(_init("idx", [[2, 0], [3, 1]]))
         nodes.append(helper.make_node("Gather", ["r", "idx"], ["o"], axis=3))
+    elif op == "GatherRepeated":  # index 2 three times (ml4acopf's buses at several line ends): summed adjoint
+        inits.append(_init("idx", [[2, 2], [3, 2], [0, 1]]))
+        nodes.append(helper.make_node("Gather", ["r", "idx"], ["o"], axis=3))
     elif op == "GatherScalar":
         inits.append(_init("idx", np.array(1)))
         nodes.append(helper.make_node("Gather", ["r", "idx"], ["o"], axis=2))
@@ -185,16 +188,16 @@ def _net(op: str, opset: int, seed: int = 0, dtype=np.float64) -> onnx.ModelProt
 
 
 def _width(op: str, seed: int) -> int:
-    return {"Slice": 2 * 2 * 2, "Split": 24, "Gather": 2 * 3 * 4, "GatherScalar": 2 * 4, "Neg": 24,
-            "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24, "ConvTranspose": 3 * 6 * 8, "Resize": 2 * 6 * 12,
-            "Sign": 24, "Softmax": 24, "Clip": 24, "Abs": 24, "Max": 24, "Min": 24, "MulVars": 24, "Pow": 24,
-            "DivVars": 24, "SinCos": 24, "MatMulVars": 18, "ConcatInexact": 30, "ExpandVar": 24,
-            "ConvTransposeGrouped": 2 * 6 * 8, "ExpLogSqrt": 24, "Gelu": 24}[op]
+    return {"Slice": 2 * 2 * 2, "Split": 24, "Gather": 2 * 3 * 4, "GatherRepeated": 2 * 3 * 6, "GatherScalar": 2 * 4,
+            "Neg": 24, "ReduceSum": 2, "ReduceMean": 2, "LeakyRelu": 24, "ConvTranspose": 3 * 6 * 8,
+            "Resize": 2 * 6 * 12, "Sign": 24, "Softmax": 24, "Clip": 24, "Abs": 24, "Max": 24, "Min": 24,
+            "MulVars": 24, "Pow": 24, "DivVars": 24, "SinCos": 24, "MatMulVars": 18, "ConcatInexact": 30,
+            "ExpandVar": 24, "ConvTransposeGrouped": 2 * 6 * 8, "ExpLogSqrt": 24, "Gelu": 24}[op]
 
 
-OPS = ["Slice", "Split", "Gather", "GatherScalar", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
-       "ConvTransposeGrouped", "Resize", "Sign", "Softmax", "Clip", "Abs", "Max", "Min", "MulVars", "Pow",
-       "DivVars", "SinCos", "MatMulVars", "ConcatInexact", "ExpandVar", "ExpLogSqrt", "Gelu"]
+OPS = ["Slice", "Split", "Gather", "GatherRepeated", "GatherScalar", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu",
+       "ConvTranspose", "ConvTransposeGrouped", "Resize", "Sign", "Softmax", "Clip", "Abs", "Max", "Min", "MulVars",
+       "Pow", "DivVars", "SinCos", "MatMulVars", "ConcatInexact", "ExpandVar", "ExpLogSqrt", "Gelu"]
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -260,9 +263,9 @@ def _pgd_extremes(graph, lo, hi, steps: int = 30) -> torch.Tensor:
     return torch.cat(out)
 
 
-@pytest.mark.parametrize("op", ["Slice", "Gather", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu", "ConvTranspose",
-                                "ConvTransposeGrouped", "Resize", "Clip", "Abs", "Max", "Min", "ExpandVar", "Pow",
-                                "SinCos", "ExpLogSqrt", "Gelu"])
+@pytest.mark.parametrize("op", ["Slice", "Gather", "GatherRepeated", "Neg", "ReduceSum", "ReduceMean", "LeakyRelu",
+                                "ConvTranspose", "ConvTransposeGrouped", "Resize", "Clip", "Abs", "Max", "Min",
+                                "ExpandVar", "Pow", "SinCos", "ExpLogSqrt", "Gelu"])
 def test_op_lipschitz_bound_holds_at_sampled_gradients(op):
     assert_lipschitz_holds(from_onnx_model(_net(op, 13, 3)))
 
@@ -313,13 +316,25 @@ def test_softmax_interval_is_tight_on_a_point_and_sound_on_wide_boxes(kind):
     assert (ys >= lo).all() and (ys <= hi).all()
 
 
-def test_repeated_gather_indices_are_named():
-    model = _net("Gather", 13)
-    for init in model.graph.initializer:
-        if init.name == "idx":
-            init.CopyFrom(_init_any("idx", [[2, 2], [3, 1]]))
-    with pytest.raises(UnsupportedOperator, match="Gather.*repeated"):
-        from_onnx_model(model)
+def test_repeated_gather_indices_sum_in_the_adjoint_and_pay_for_it():
+    """A repeated index: the CROWN step sums the copies (the dense map's transpose, exactly here), and the rounding
+    allowance of that sum is ``gamma_m`` times the gathered magnitudes (zero for distinct indices)."""
+    from verify.ops import Gather
+
+    op = Gather(0, torch.tensor([2, 0, 2, 2, 1]))
+    op.bind([(4,)])
+    lam = torch.randn(2, 3, 5, dtype=torch.float64)
+    dense = torch.zeros(5, 4, dtype=torch.float64)
+    dense[torch.arange(5), op.indices] = 1.0
+    (adj,) = op.adjoint(lam)
+    torch.testing.assert_close(adj, lam @ dense, rtol=0, atol=1e-15)
+    mags = torch.rand(2, 4, dtype=torch.float64)
+    e = op.error_radius([mags])
+    assert op.copies == 3 and e.shape == (2, 5) and (e > 0).all()
+    assert (e <= 10 * 3 * 2.0**-53 * op.forward(mags)).all()
+    distinct = Gather(0, torch.tensor([3, 1]))
+    distinct.bind([(4,)])
+    assert distinct.copies == 1 and distinct.error_radius([mags]) is None
 
 
 def test_constant_slice_attribute_form_and_split_fold():

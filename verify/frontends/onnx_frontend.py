@@ -103,8 +103,6 @@ def _gather(ctx: Ctx, node: onnx.NodeProto, x: Value, indices: Value) -> Value:
     idx = np.where(idx < 0, idx + shape[axis], idx)
     if idx.size and (idx.min() < 0 or idx.max() >= shape[axis]):
         raise ShapeError(f"Gather node '{node.name}': index out of range for an axis of {shape[axis]}")
-    if len(np.unique(idx)) != idx.size:
-        raise UnsupportedOperator("Gather", node.name, ctx.opset, "repeated indices into a variable")
     return ctx.b.add(node.name or node.output[0], Gather(axis, torch.as_tensor(idx, device="cpu")), [x])
 
 

@@ -1,16 +1,18 @@
 """torch.nn.Module -> graph IR via ``torch.fx`` symbolic tracing.
 
 Supported: Linear, Conv2d, ReLU, Sigmoid, Tanh, Flatten, BatchNorm1d/2d (eval), AvgPool2d, MaxPool2d,
-Dropout/Identity, nested Sequential, residual ``+``/``-``, ``torch.flatten``, ``x.view(x.size(0), -1)``.
+Dropout/Identity, nested Sequential, residual ``+``/``-``, ``torch.flatten``, ``x.view(x.size(0), -1)``; calls on
+constants only (buffers, ``torch.zeros(x.shape[0], 1)``) are evaluated by torch, with the batch size read as 1.
 Weights are referenced, not copied, so bounds stay differentiable w.r.t. the module's parameters.
 The per-sample shape carries a leading 1 (the module's own batch axis), as in ONNX.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -266,13 +268,77 @@ def _flatten_dims(args: list, kwargs: dict) -> tuple[int, int]:
         (args[2] if len(args) > 2 else kwargs.get("end_dim", -1))
 
 
+_FACTORIES = ("zeros", "ones", "full")
+"""Tensor factories a forward may call with traced sizes (``torch.zeros(x.shape[0], 1)``): constants of the graph."""
+
+
+@contextlib.contextmanager
+def _traceable_factories() -> Iterator[None]:
+    """During ``fx.symbolic_trace``: ``torch.zeros`` / ``ones`` / ``full`` given a traced size record a node instead
+    of failing on it (fx traces tensor arguments, not sizes). Restored on exit."""
+    originals = {f: getattr(torch, f) for f in _FACTORIES}
+
+    def traceable(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            proxies = [a for a in _leaves((args, kwargs)) if isinstance(a, fx.Proxy)]
+            if proxies:
+                return proxies[0].tracer.create_proxy("call_function", fn, args, kwargs)
+            return fn(*args, **kwargs)
+        return call
+
+    try:
+        for f, fn in originals.items():
+            setattr(torch, f, traceable(fn))
+        yield
+    finally:
+        for f, fn in originals.items():
+            setattr(torch, f, fn)
+
+
+def _leaves(v) -> Iterator:
+    if isinstance(v, list | tuple):
+        for a in v:
+            yield from _leaves(a)
+    elif isinstance(v, dict):
+        for a in v.values():
+            yield from _leaves(a)
+    else:
+        yield v
+
+
+def _fold(n: fx.Node, args: list, kwargs: dict):
+    """A call on constants only (a buffer's ``expand``, ``torch.zeros(x.shape[0], 1)``, shape arithmetic), evaluated
+    by torch itself. A size read off a variable's shape has the batch axis as 1, so the value is per sample, as the
+    graph's values are. In-place methods are refused: they would change the module's own buffers."""
+    if n.op == "call_method":
+        if n.target.endswith("_") and not n.target.endswith("__"):
+            raise UnsupportedOperator(str(n.target), n.name, None, "an in-place method on a constant")
+        value = getattr(args[0], n.target)(*args[1:], **kwargs)
+    else:
+        value = n.target(*args, **kwargs)
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def _on_constants(n: fx.Node, env: dict) -> bool:
+    """No argument of ``n`` is a variable (a value of the graph, named by a string) or a refused value."""
+    return not any(isinstance(v, str | torch_layers.Refused)
+                   for a in _leaves((n.args, dict(n.kwargs))) if isinstance(a, fx.Node) for v in _leaves(env[a]))
+
+
+class _Tracer(fx.Tracer):
+    proxy_buffer_attributes = True  # buffers become graph constants: calls on them (expand, neg) are traced too
+
+
 def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
     """Trace ``module`` for inputs of per-sample shape ``input_shape`` (without the batch axis)."""
     if not any(True for _ in module.children()):
         # A bare layer (nn.Linear, nn.Conv2d, ...) traces to raw parameter reads; as the one child of a
         # Sequential it is a module call, which the layer rules below understand.
         module = nn.Sequential(module)
-    traced = fx.symbolic_trace(module)
+    with _traceable_factories():
+        graph = _Tracer().trace(module)
+        traced = fx.GraphModule(module, graph, type(module).__name__)
     mods = dict(traced.named_modules())
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
@@ -300,6 +366,12 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = value.detach()
             continue
         args = [var(a) for a in n.args]
+        if n.op in ("call_function", "call_method"):
+            nested = [type(a)(var(v) for v in a) if isinstance(a, list | tuple) else a for a in args]
+            kwargs = {k: var(v) for k, v in n.kwargs.items()}
+            if _on_constants(n, env):
+                env[n] = _fold(n, nested, kwargs)
+                continue
         if n.op in ("call_function", "call_method"):
             _check_kwargs(n)
         used = [a for a in args if isinstance(a, torch_layers.Refused)]
@@ -420,11 +492,8 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         elif n.op == "call_function" and n.target is torch.reciprocal:
             env[n] = b.add(n.name, Reciprocal(), [args[0]])
         elif n.op == "call_function" and n.target in (torch.cat, torch.concat):
-            parts = [var(p) for p in n.args[0]]
-            if not all(isinstance(p, str) for p in parts):
-                raise UnsupportedOperator("cat", n.name, None, "only variables can be concatenated")
-            dim = args[1] if len(args) > 1 else n.kwargs.get("dim", 0)
-            env[n] = b.add(n.name, Concat(dim % len(b.shapes[parts[0]]), len(parts)), parts)
+            env[n] = _cat(b, n, [var(p) for p in n.args[0]], args[1] if len(args) > 1 else n.kwargs.get("dim", 0),
+                          dtype)
         elif n.op == "call_function" and n.target in (F.leaky_relu, torch.nn.functional.leaky_relu):
             slope = args[1] if len(args) > 1 else n.kwargs.get("negative_slope", 0.01)
             env[n] = b.add(n.name, _leaky(slope, n.name), [args[0]])
@@ -447,6 +516,26 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         raise UnsupportedOperator("output", "", None, "the module must return one tensor")
     graph = b.build(output)
     return _strip_batch_axis_view(graph, input_shape)
+
+
+def _cat(b: GraphBuilder, n: fx.Node, parts: list, dim: int, dtype: torch.dtype) -> str:
+    """``torch.cat`` of variables and constants (per sample: a constant's leading axis is the batch axis of 1)."""
+    names = [p for p in parts if isinstance(p, str)]
+    if not names:
+        raise UnsupportedOperator("cat", n.name, None, "no variable among the parts")
+    rank = len(b.shapes[names[0]])
+    consts, errs = {}, {}
+    for k, p in enumerate(parts):
+        if isinstance(p, str):
+            continue
+        value = torch_layers.numeric(p)
+        if value.ndim != rank or value.shape[0] != 1:
+            raise UnsupportedOperator("cat", n.name, None, f"a constant of shape {tuple(value.shape)} beside "
+                                      f"variables of per-sample shape {tuple(b.shapes[names[0]])} (batch axis 1)")
+        consts[k], err = _constant(value, np.zeros(()), dtype)
+        if err is not None:
+            errs[k] = err
+    return b.add(n.name, Concat(dim % rank, len(names), consts, errs), names)
 
 
 def _strip_batch_axis_view(graph: Graph, input_shape: Sequence[int]) -> Graph:

@@ -1,5 +1,6 @@
 """torch.fx rules beyond the core layers of ``verify.frontends.torch_frontend``, each mapped onto an existing op:
-tensor indexing (Slice, Reshape), ``permute`` / ``transpose`` (Transpose), ``unsqueeze`` / ``squeeze`` (Reshape),
+tensor indexing (Slice, Reshape; one constant index tensor: Gather), ``x @ C`` for a constant matrix (Dense),
+``permute`` / ``transpose`` (Transpose), ``unsqueeze`` / ``squeeze`` (Reshape),
 ``abs``, the max / min of a variable and a constant or of two variables and ``amax`` / ``amin`` (ReLU composites),
 ``sum`` / ``mean`` over sample axes (ReduceSum),
 ``matmul`` / ``bmm`` of two variables (products and a sum), ``split`` / ``chunk`` (Slices), ``stack`` (Reshapes and
@@ -28,6 +29,7 @@ from verify.ops import (
     AvgPool2d,
     Concat,
     Floor,
+    Gather,
     LeakyRelu,
     MaxPool2d,
     ReduceSum,
@@ -38,7 +40,7 @@ from verify.ops import (
     UpsampleNearest,
 )
 from verify.ops.base import Op
-from verify.ops.linear import ConvTranspose2d
+from verify.ops.linear import ConvTranspose2d, Dense
 
 _MAX_POOLS = tuple(f for f in (F.max_pool2d, getattr(torch, "max_pool2d", None)) if f is not None)
 _AVG_POOLS = tuple(f for f in (F.avg_pool2d, getattr(torch, "avg_pool2d", None)) if f is not None)
@@ -72,11 +74,14 @@ def _batch_safe(what: str, name: str, dims) -> None:
 
 
 def _index(b: GraphBuilder, name: str, x: str, idx) -> str:
-    """``x[idx]`` with slices (positive steps), integers, ``None`` and ``...``: a Slice, then a Reshape."""
+    """``x[idx]`` with slices (positive steps), integers, ``None`` and ``...``: a Slice, then a Reshape; one constant
+    tensor index with ``:`` / ``...`` elsewhere (``x[:, idx]``, repeats allowed, or a boolean mask): a Gather."""
     shape = b.shapes[x]
     idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(isinstance(i, torch.Tensor) for i in idx):
+        return _tensor_index(b, name, x, idx)
     if any(not (isinstance(i, slice | int) or i is None or i is Ellipsis) for i in idx):
-        raise UnsupportedOperator("getitem", name, None, "tensor (advanced) indices")
+        raise UnsupportedOperator("getitem", name, None, "this index")
     if idx and idx[0] is None:  # a new axis in front of the batch axis
         raise UnsupportedOperator("getitem", name, None, "an index or dim on the batch axis")
     real = [i for i in idx if i is not None and i is not Ellipsis]
@@ -103,6 +108,43 @@ def _index(b: GraphBuilder, name: str, x: str, idx) -> str:
     out = b.add(name, Slice(slices), [x])
     target = tuple(_meta(shape)[idx].shape)
     return out if target == b.shapes[out] else b.add(f"{name}_reshape", Reshape(target), [out])
+
+
+def _tensor_index(b: GraphBuilder, name: str, x: str, idx: tuple) -> str:
+    """``x[:, ..., t, :, ...]`` for one constant integer (or boolean) tensor ``t``: torch keeps that axis's place and
+    puts ``t``'s shape there, which is ONNX Gather's result too."""
+    shape = b.shapes[x]
+    pos = [k for k, i in enumerate(idx) if isinstance(i, torch.Tensor)]
+    others = [i for k, i in enumerate(idx) if k != pos[0]]
+    if len(pos) > 1 or any(not (i is Ellipsis or i == slice(None)) for i in others):
+        raise UnsupportedOperator("getitem", name, None, "a tensor index beside others than ':' and '...' "
+                                  "(one tensor index with ':' elsewhere is supported)")
+    k = pos[0]
+    axis = len(shape) - (len(idx) - k) if Ellipsis in idx[:k] else k
+    _batch_safe("getitem", name, [axis])
+    t = idx[k].detach().cpu()
+    if t.dtype == torch.bool:
+        if tuple(t.shape) != (shape[axis],):
+            raise UnsupportedOperator("getitem", name, None, f"a mask of shape {tuple(t.shape)} for an axis of "
+                                      f"{shape[axis]}")
+        t = t.nonzero().flatten()
+    if t.is_floating_point() or t.is_complex():
+        raise UnsupportedOperator("getitem", name, None, f"a {t.dtype} index tensor")
+    t = torch.where(t < 0, t + shape[axis], t).to(torch.long)
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= shape[axis]):
+        raise UnsupportedOperator("getitem", name, None, f"an index out of range for an axis of {shape[axis]}")
+    return b.add(name, Gather(axis, t), [x])
+
+
+def _matmul_constant(b: GraphBuilder, name: str, x: str, w: np.ndarray, const: composites.Constant) -> str:
+    """``x @ W`` for a constant matrix ``W [k, m]`` (``x @ C.T`` of ml4acopf's incidence matrices): a dense layer on
+    the last axis, with ``W``'s distance to its float64 reading carried."""
+    k = b.shapes[x][-1]
+    if w.ndim != 2 or w.shape[0] != k:
+        raise UnsupportedOperator("matmul", name, None, f"a constant of shape {tuple(w.shape)} (a matrix with {k} "
+                                  "rows is supported)")
+    weight, err = const(np.ascontiguousarray(w.T))
+    return b.add(name, Dense(weight, None, weight_err=err), [x])
 
 
 def _dims(args: list, kwargs: dict, key: str = "dims") -> list[int]:
@@ -284,6 +326,8 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const: composites.Con
         return _reshaped(b, "squeeze", name, x, lambda t: t.squeeze(tuple(dims)) if dims else t)
     if _is(n, (torch.matmul, operator.matmul, torch.bmm), ("matmul", "bmm")) and isinstance(args[1], str):
         return composites.matmul_vars(b, name, x, args[1])
+    if _is(n, (torch.matmul, operator.matmul), ("matmul",)) and isinstance(args[1], torch.Tensor):
+        return _matmul_constant(b, name, x, numeric(args[1]), const)
     if _is(n, (torch.split,), ("split",)) or _is(n, (torch.chunk,), ("chunk",)):
         chunks = n.target in (torch.chunk, "chunk")
         sizes = args[1] if len(args) > 1 else kwargs.get("chunks" if chunks else "split_size_or_sections")

@@ -183,15 +183,18 @@ class Slice(_DataMovement):
 
 
 class Gather(_DataMovement):
-    """``y = x`` indexed along per-sample ``axis`` by constant, distinct ``indices`` (any shape; ONNX Gather).
-
-    Distinct indices keep the adjoint a scatter without sums, so nothing rounds."""
+    """``y = x`` indexed along per-sample ``axis`` by constant ``indices`` (any shape; ONNX Gather). An index may
+    repeat (ml4acopf's line-end buses): the adjoint then sums the copies of each input, within ``gamma_m`` of the
+    exact sum for ``m`` the largest count of one index, so the allowance and the absolute map grow as for
+    :class:`_Copies`; with distinct indices the adjoint is a scatter without sums, and nothing rounds."""
 
     kind = "gather"
 
     def __init__(self, axis: int, indices: Tensor):
         self.axis = int(axis)
         self.indices = indices.to(torch.long)
+        flat = self.indices.reshape(-1)
+        self.copies = int(torch.bincount(flat).max()) if flat.numel() else 1
 
     def tensors(self):
         return {}  # integer positions: no dtype cast, no NaN check
@@ -209,8 +212,21 @@ class Gather(_DataMovement):
         k = self.indices.dim()
         flat = lam.reshape(*lead, *lam.shape[2: 2 + self.axis], -1, *lam.shape[2 + self.axis + k:])
         out = lam.new_zeros(*lead, *self.in_shapes[0])
-        out.index_copy_(self.axis + 2, self.indices.reshape(-1), flat)
+        if self.copies == 1:
+            out.index_copy_(self.axis + 2, self.indices.reshape(-1), flat)
+        else:
+            out.index_add_(self.axis + 2, self.indices.reshape(-1), flat)
         return [out]
+
+    def abs_forward(self, ts):
+        y = self.forward(ts[0])
+        return y if self.copies == 1 else (1 + 2 * gamma(self.copies, y.dtype)) * y
+
+    def error_radius(self, mags):
+        if self.copies == 1:
+            return None
+        with torch.no_grad():
+            return gamma(self.copies, mags[0].dtype) * self.forward(mags[0].detach())
 
     def __repr__(self):
         return f"Gather(axis={self.axis}, {tuple(self.indices.shape)})"
