@@ -6,17 +6,19 @@ checked against points where the property's value is known. Zero tolerance; any 
 ``--bounds N`` networks (default 500): attention blocks (LayerNorm, query/key/value maps, the product of two
 variables, softmax over the keys, residuals, a GELU MLP), chains of element-wise ops (sigmoid, tanh, sin, cos, abs,
 square, leaky ReLU, ReLU6, ELU, SiLU, GELU, exp, log, sqrt, reciprocal, softmax, log-softmax, hardtanh, ReLU), each
-optionally combined with a second branch by a product, max, min or sum, and softmax over wide axes (33-48 entries,
-the non-pairwise form). Weights are scaled up (more unstable neurons); boxes have radius 1e-3 to 3. IBP, CROWN,
-alpha-CROWN and (every 3rd network) alpha-CROWN with optimised intermediate slopes must contain ``f(x)`` (the model
-evaluated in float64) at 1024 uniform points, the box's corners (all up to 6 inputs) and PGD points pushed towards
-each bound (the test suite's ``tests.helpers.box_corners`` / ``extreme_points``). CROWN at ``precision="model"``
-(``crown@model``: float32 arithmetic, float32 allowances) must also contain the network's own float32 evaluation at
-those points, batched and one point at a time (float64-precision bounds claim the real value and its float64
-evaluation only: a float32 evaluation can leave them by an ulp, as the README says).
+optionally combined with a second branch by a product, max, min or sum, softmax over wide axes (33-48 entries, the
+non-pairwise form), and features gathered at both ends of random "lines" (repeated indices, as ml4acopf's buses)
+with their products and the sine / cosine of their differences. Weights are scaled up (more unstable neurons); boxes
+have radius 1e-3 to 3. IBP, CROWN, alpha-CROWN and (every 3rd network) alpha-CROWN with optimised intermediate
+slopes must contain ``f(x)`` (the model evaluated in float64) at 1024 uniform points, the box's corners (all up to 6
+inputs) and PGD points pushed towards each bound (the test suite's ``tests.helpers.box_corners`` /
+``extreme_points``). CROWN at ``precision="model"`` (``crown@model``: float32 arithmetic, float32 allowances) must
+also contain the network's own float32 evaluation at those points, batched and one point at a time
+(float64-precision bounds claim the real value and its float64 evaluation only: a float32 evaluation can leave them
+by an ulp, as the README says).
 
-``--pipeline M`` instances (default 150): a random network (ReLU MLP, attention block, element-wise chain or a CNN
-with BatchNorm and max / average pooling)
+``--pipeline M`` instances (default 150): a random network (ReLU MLP, attention block, element-wise chain, a CNN
+with BatchNorm and max / average pooling, or the gathered "lines")
 exported to ONNX, and a VNNLIB property ``y_0 <= c`` on a box. A strong attack (256 starts x 60 signed steps) finds
 a low point; onnxruntime evaluates it (the value ``v`` the competition's rules use). With ``c = v + 1e-3 (|v| + 1)``
 or ``c = v + 1e-6 (|v| + 1)`` a counterexample is known, so ``unsat`` is a bug; with ``c = v - 1e-3 (|v| + 1)`` the
@@ -123,6 +125,22 @@ class WideSoftmax(nn.Module):
         return self.b(5 * (torch.log_softmax(z, dim=-1) if self.log else torch.softmax(z, dim=-1)))
 
 
+class GatherMix(nn.Module):
+    """Features gathered at both ends of random "lines" (indices repeat, as ml4acopf's buses do), their products and
+    the sine / cosine of their differences, and a linear head."""
+
+    def __init__(self, width: int, feats: int, lines: int, g: torch.Generator):
+        super().__init__()
+        self.a, self.head = nn.Linear(width, feats), nn.Linear(3 * lines, 3)
+        self.register_buffer("f", torch.randint(0, feats, (lines,), generator=g))
+        self.register_buffer("t", torch.randint(0, feats, (lines,), generator=g))
+
+    def forward(self, x):
+        z = torch.tanh(self.a(x))
+        zf, zt = z[:, self.f], z[:, self.t]
+        return self.head(torch.cat([zf * zt, torch.sin(zf - zt), torch.cos(zf - zt)], dim=1))
+
+
 def relu_mlp(width: int, hidden: list[int], out: int) -> nn.Module:
     sizes = [width, *hidden, out]
     layers: list[nn.Module] = []
@@ -163,6 +181,10 @@ def random_network(seed: int, family: str) -> tuple[nn.Module, tuple[int, ...], 
         net = nn.Sequential(nn.Conv2d(1, ch, 3, padding=1), bn, nn.ReLU(), pool, nn.Flatten(), nn.Linear(flat, 10),
                             nn.ReLU(), nn.Linear(10, 3))
         shape, desc, scale = (1, side, side), f"cnn {side}x{side}, {ch} channels, {type(pool).__name__}", 1.0
+    elif family == "gather":
+        d, feats = ri(1, 5), ri(2, 5)
+        lines = ri(feats, 3 * feats)
+        net, shape, desc = GatherMix(d, feats, lines, g), (d,), f"gather {feats} features at {lines} line ends"
     elif family == "relu":
         d = ri(2, 8)
         hidden = [ri(8, 24) for _ in range(ri(1, 3))]
@@ -232,7 +254,7 @@ def bounds_campaign(first: int, count: int, findings: list[str]) -> Counter:
     from verify.errors import ClarkeError
 
     counts: Counter = Counter()
-    families = ("attention", "chain", "chain", "wide_softmax")
+    families = ("attention", "chain", "chain", "wide_softmax", "gather")
     for seed, family, net, shape, desc, g, eps in _cases(first, count, families, 10_000, EPS_BOUNDS,
                                                           "networks bounded", findings):
         x0 = torch.rand(1, *shape, generator=g) * 2 - 1
@@ -296,7 +318,7 @@ def pipeline_campaign(first: int, count: int, timeout: float, findings: list[str
     from verify.pipeline import verify_instance
 
     counts: Counter = Counter()
-    families = ("relu", "attention", "chain", "cnn")
+    families = ("relu", "attention", "chain", "cnn", "gather")
     with tempfile.TemporaryDirectory(prefix="clarke-soundness-") as tmp:
         for seed, family, net, shape, desc, g, eps in _cases(first, count, families, 20_000, EPS_PIPELINE,
                                                               "instances verified", findings):
