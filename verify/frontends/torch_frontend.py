@@ -366,12 +366,10 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             env[n] = value.detach()
             continue
         args = [var(a) for a in n.args]
-        if n.op in ("call_function", "call_method"):
-            nested = [type(a)(var(v) for v in a) if isinstance(a, list | tuple) else a for a in args]
-            kwargs = {k: var(v) for k, v in n.kwargs.items()}
-            if _on_constants(n, env):
-                env[n] = _fold(n, nested, kwargs)
-                continue
+        nested = [type(a)(var(v) for v in a) if isinstance(a, list | tuple) else a for a in args]  # stack, cat
+        if n.op in ("call_function", "call_method") and _on_constants(n, env):
+            env[n] = _fold(n, nested, {k: var(v) for k, v in n.kwargs.items()})
+            continue
         if n.op in ("call_function", "call_method"):
             _check_kwargs(n)
         used = [a for a in args if isinstance(a, torch_layers.Refused)]
@@ -503,7 +501,6 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             lo_c, hi_c = _clamp_limits(n.target, args, n.kwargs)
             env[n] = _clip(b, n.name, args[0], lo_c, hi_c, dtype)
         else:
-            nested = [type(a)(var(v) for v in a) if isinstance(a, list | tuple) else a for a in args]  # stack
             def const(v, err=None):
                 return _constant(v, np.zeros(()) if err is None else err, dtype)
             value = torch_layers.function_rule(b, n, nested, const)
