@@ -20,6 +20,7 @@ import torch.nn as nn
 
 import verify
 from tests.helpers import assert_box_contains, box_corners, extreme_points
+from verify.errors import UnsupportedOperator
 from verify.frontends.onnx_frontend import load_onnx
 from verify.pipeline import verify_instance
 from verify.vnnlib import parse_vnnlib
@@ -133,15 +134,38 @@ def test_bounds_of_the_onnx_network_contain_its_values(tmp_path, scale):
     assert widths["alpha-crown"] <= widths["crown"] < widths["ibp"]
 
 
-def test_the_torch_frontend_reads_the_module_itself():
-    """Buffers indexed by buses (repeats), ``torch.zeros(x.shape[0], 1)``, a buffer's ``expand`` and ``p @ C.T``."""
-    net = PowerFlowNet(1).eval()
+@pytest.mark.parametrize("transposed", [False, True])
+def test_the_torch_frontend_reads_the_module_itself(transposed):
+    """Buffers indexed by buses (repeats), ``torch.zeros(x.shape[0], 1)``, a buffer's ``expand`` and ``p @ C.T``, or
+    ``(C @ p.T).T`` as the benchmark's code writes it."""
+    net = PowerFlowNet(1, transposed=transposed).eval()
     graph = verify.from_torch(net, (2 * N_LOAD,))
     x = torch.from_numpy(LOADS[None] * np.random.default_rng(0).uniform(0.9, 1.1, size=(16, 6))).float()
     torch.testing.assert_close(graph(x).reshape(16, -1), net(x), rtol=0, atol=1e-6)
     lo, hi = load_box()
     lower, upper = verify.bound(net, lo.float(), hi.float(), method="crown")
     assert_box_contains(net, lo.float(), hi.float(), lower, upper, label="torch crown", samples=200)
+
+
+class _BatchMoved(nn.Module):
+    def __init__(self, use: str):
+        super().__init__()
+        self.lin, self.use = nn.Linear(4, 3), use
+        self.register_buffer("c", torch.ones(2, 3))
+
+    def forward(self, x):
+        y = torch.relu(self.lin(x))
+        if self.use == "relu":
+            return torch.relu(y.T).T  # an op across the batch axis
+        if self.use == "sum":
+            return (self.c @ y.T).sum(0, keepdim=True)  # a reduction over the transposed row's features
+        return y.T  # returned transposed
+
+
+@pytest.mark.parametrize("use", ["relu", "sum", "out"])
+def test_other_uses_of_a_transposed_row_are_refused_by_name(use):
+    with pytest.raises(UnsupportedOperator, match="transposed batch axis|one tensor"):
+        verify.from_torch(_BatchMoved(use).eval(), (4,))
 
 
 def _balance_property(path, lo: torch.Tensor, hi: torch.Tensor, limits: dict[int, tuple[float, float]]) -> None:

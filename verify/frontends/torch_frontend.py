@@ -321,9 +321,34 @@ def _fold(n: fx.Node, args: list, kwargs: dict):
 
 
 def _on_constants(n: fx.Node, env: dict) -> bool:
-    """No argument of ``n`` is a variable (a value of the graph, named by a string) or a refused value."""
-    return not any(isinstance(v, str | torch_layers.Refused)
+    """No argument of ``n`` is a variable (a value of the graph, named by a string, or a transposed one) or a refused
+    value."""
+    return not any(isinstance(v, str | torch_layers.Refused | _Transposed)
                    for a in _leaves((n.args, dict(n.kwargs))) if isinstance(a, fx.Node) for v in _leaves(env[a]))
+
+
+class _Transposed:
+    """``x.T`` of a per-sample row ``(1, k)``: its batch axis moved, so not a value of the graph. It is read only by
+    ``C @ x.T`` for a constant matrix (``(x @ C.T).T``: a dense layer, still transposed) and by ``.T`` back."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _transposed_rule(b: GraphBuilder, n: fx.Node, args: list, dtype: torch.dtype):
+    """The rules that read a :class:`_Transposed` row (``(C @ p.T).T``, ml4acopf's incidence products)."""
+    if (n.op == "call_function" and n.target is getattr and args[1] == "T") or \
+            torch_layers._is(n, (torch.t,), ("t",)):
+        return args[0].name
+    if torch_layers._is(n, (torch.matmul, operator.matmul), ("matmul",)) and len(args) == 2 \
+            and isinstance(args[0], torch.Tensor) and isinstance(args[1], _Transposed):
+        c, x = torch_layers.numeric(args[0]), args[1].name
+        if c.ndim != 2 or c.shape[1] != b.shapes[x][-1]:
+            raise UnsupportedOperator("matmul", n.name, None, f"a constant of shape {tuple(c.shape)} times a "
+                                      f"transposed row of {b.shapes[x][-1]}")
+        w, err = _constant(c, np.zeros(()), dtype)
+        return _Transposed(b.add(n.name, Dense(w, None, weight_err=err), [x]))
+    raise UnsupportedOperator(_target_name(n), n.name, None, "a transposed batch axis (only (C @ x.T).T is read)")
 
 
 class _Tracer(fx.Tracer):
@@ -369,6 +394,13 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         nested = [type(a)(var(v) for v in a) if isinstance(a, list | tuple) else a for a in args]  # stack, cat
         if n.op in ("call_function", "call_method") and _on_constants(n, env):
             env[n] = _fold(n, nested, {k: var(v) for k, v in n.kwargs.items()})
+            continue
+        if any(isinstance(v, _Transposed) for v in _leaves((nested, {k: var(v) for k, v in n.kwargs.items()}))):
+            env[n] = _transposed_rule(b, n, nested, dtype)
+            continue
+        if ((n.op == "call_function" and n.target is getattr and args[1] == "T") or
+                torch_layers._is(n, (torch.t,), ("t",))) and isinstance(args[0], str) and len(b.shapes[args[0]]) == 2:
+            env[n] = _Transposed(args[0])  # a row (1, k): C @ x.T may follow
             continue
         if n.op in ("call_function", "call_method"):
             _check_kwargs(n)
