@@ -335,19 +335,22 @@ class _Transposed:
         self.name = name
 
 
+def _is_transpose(n: fx.Node, args: list) -> bool:
+    """``x.T``, ``x.t()`` or ``torch.t(x)``."""
+    return (n.op == "call_function" and n.target is getattr and args[1] == "T") or \
+        torch_layers._is(n, (torch.t,), ("t",))
+
+
 def _transposed_rule(b: GraphBuilder, n: fx.Node, args: list, dtype: torch.dtype):
     """The rules that read a :class:`_Transposed` row (``(C @ p.T).T``, ml4acopf's incidence products)."""
-    if (n.op == "call_function" and n.target is getattr and args[1] == "T") or \
-            torch_layers._is(n, (torch.t,), ("t",)):
+    if _is_transpose(n, args):
         return args[0].name
     if torch_layers._is(n, (torch.matmul, operator.matmul), ("matmul",)) and len(args) == 2 \
             and isinstance(args[0], torch.Tensor) and isinstance(args[1], _Transposed):
-        c, x = torch_layers.numeric(args[0]), args[1].name
-        if c.ndim != 2 or c.shape[1] != b.shapes[x][-1]:
-            raise UnsupportedOperator("matmul", n.name, None, f"a constant of shape {tuple(c.shape)} times a "
-                                      f"transposed row of {b.shapes[x][-1]}")
-        w, err = _constant(c, np.zeros(()), dtype)
-        return _Transposed(b.add(n.name, Dense(w, None, weight_err=err), [x]))
+        # C @ x.T = (x @ C.T).T: the dense layer of x @ C.T, still transposed
+        c = torch_layers.numeric(args[0])
+        return _Transposed(torch_layers.matmul_constant(b, n.name, args[1].name, c.T,
+                                                        lambda v: _constant(v, np.zeros(()), dtype)))
     raise UnsupportedOperator(_target_name(n), n.name, None, "a transposed batch axis (only (C @ x.T).T is read)")
 
 
@@ -392,14 +395,14 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
             continue
         args = [var(a) for a in n.args]
         nested = [type(a)(var(v) for v in a) if isinstance(a, list | tuple) else a for a in args]  # stack, cat
+        kwargs = {k: var(v) for k, v in n.kwargs.items()}
         if n.op in ("call_function", "call_method") and _on_constants(n, env):
-            env[n] = _fold(n, nested, {k: var(v) for k, v in n.kwargs.items()})
+            env[n] = _fold(n, nested, kwargs)
             continue
-        if any(isinstance(v, _Transposed) for v in _leaves((nested, {k: var(v) for k, v in n.kwargs.items()}))):
+        if any(isinstance(v, _Transposed) for v in _leaves((nested, kwargs))):
             env[n] = _transposed_rule(b, n, nested, dtype)
             continue
-        if ((n.op == "call_function" and n.target is getattr and args[1] == "T") or
-                torch_layers._is(n, (torch.t,), ("t",))) and isinstance(args[0], str) and len(b.shapes[args[0]]) == 2:
+        if _is_transpose(n, args) and isinstance(args[0], str) and len(b.shapes[args[0]]) == 2:
             env[n] = _Transposed(args[0])  # a row (1, k): C @ x.T may follow
             continue
         if n.op in ("call_function", "call_method"):
@@ -441,7 +444,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         elif n.op == "call_function" and n.target in _ACT_FUNCS:
             env[n] = b.add(n.name, _ACT_FUNCS[n.target](), [args[0]])
         elif _arith(n) in ("add", "sub"):
-            x, y = _two_operands(n, args, {k: var(v) for k, v in n.kwargs.items()}, "other")
+            x, y = _two_operands(n, args, kwargs, "other")
             # torch.add(x, y, alpha=a) = x + a y; sub: x - a y
             scale, scale_err = K.mul(np.asarray(float(n.kwargs.get("alpha", 1))), np.zeros(()),
                                      np.asarray(-1.0 if _arith(n) == "sub" else 1.0), np.zeros(()))
@@ -458,7 +461,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
                 w, w_err = _constant(scale, scale_err, dtype)
                 env[n] = b.add(n.name, Scale(w, c, weight_err=w_err, bias_err=c_err), [y])
         elif _arith(n) in ("mul", "div"):
-            x, y = _two_operands(n, args, {k: var(v) for k, v in n.kwargs.items()}, "other")
+            x, y = _two_operands(n, args, kwargs, "other")
             divide = _arith(n) == "div"
             if divide and n.kwargs.get("rounding_mode") is not None:
                 raise UnsupportedOperator("div", n.name, None, "a rounding mode")
@@ -522,7 +525,7 @@ def from_torch(module: nn.Module, input_shape: Sequence[int]) -> Graph:
         elif n.op == "call_function" and n.target is torch.reciprocal:
             env[n] = b.add(n.name, Reciprocal(), [args[0]])
         elif n.op == "call_function" and n.target in (torch.cat, torch.concat):
-            env[n] = _cat(b, n, [var(p) for p in n.args[0]], args[1] if len(args) > 1 else n.kwargs.get("dim", 0),
+            env[n] = _cat(b, n, list(nested[0]), args[1] if len(args) > 1 else n.kwargs.get("dim", 0),
                           dtype)
         elif n.op == "call_function" and n.target in (F.leaky_relu, torch.nn.functional.leaky_relu):
             slope = args[1] if len(args) > 1 else n.kwargs.get("negative_slope", 0.01)

@@ -136,7 +136,7 @@ def _tensor_index(b: GraphBuilder, name: str, x: str, idx: tuple) -> str:
     return b.add(name, Gather(axis, t), [x])
 
 
-def _matmul_constant(b: GraphBuilder, name: str, x: str, w: np.ndarray, const: composites.Constant) -> str:
+def matmul_constant(b: GraphBuilder, name: str, x: str, w: np.ndarray, const: composites.Constant) -> str:
     """``x @ W`` for a constant matrix ``W [k, m]`` (``x @ C.T`` of ml4acopf's incidence matrices): a dense layer on
     the last axis, with ``W``'s distance to its float64 reading carried."""
     k = b.shapes[x][-1]
@@ -327,7 +327,7 @@ def function_rule(b: GraphBuilder, n: fx.Node, args: list, const: composites.Con
     if _is(n, (torch.matmul, operator.matmul, torch.bmm), ("matmul", "bmm")) and isinstance(args[1], str):
         return composites.matmul_vars(b, name, x, args[1])
     if _is(n, (torch.matmul, operator.matmul), ("matmul",)) and isinstance(args[1], torch.Tensor):
-        return _matmul_constant(b, name, x, numeric(args[1]), const)
+        return matmul_constant(b, name, x, numeric(args[1]), const)
     if _is(n, (torch.split,), ("split",)) or _is(n, (torch.chunk,), ("chunk",)):
         chunks = n.target in (torch.chunk, "chunk")
         sizes = args[1] if len(args) > 1 else kwargs.get("chunks" if chunks else "split_size_or_sections")
